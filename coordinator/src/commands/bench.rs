@@ -1,0 +1,66 @@
+//! Forward / forward+backward benchmark of a whole model in differentiable mode, the
+//! same computation as `bench/torch_fwd_bwd.py` (see `bench/fwd_bwd.sh` for the ratio).
+
+use crate::cli::{BenchArgs, BenchMode};
+use crate::fetch::resolve_model;
+use crate::settings::Settings;
+use anyhow::{anyhow, Context, Result};
+use candle_core::{Device, Tensor};
+use llmprune_worker::eval::perplexity::CorpusKind;
+use llmprune_worker::{load_model, Exec};
+use serde_json::json;
+use std::time::Instant;
+
+/// Peak resident memory of this process (VmHWM), in MiB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+pub fn run(settings: &Settings, args: BenchArgs) -> Result<()> {
+    let model_path = resolve_model(&args.model, &settings.cache_dir, &settings.python)?;
+    let mut loaded = load_model(&model_path, None, &Device::Cpu)?;
+    let raw = std::fs::read_to_string(&args.text).with_context(|| format!("--text {}", args.text.display()))?;
+    let ids = loaded.tokenizer.encode(&CorpusKind::Wikitext2.joined_text(&raw))?;
+    let n = args.batch * args.seq_len;
+    if ids.len() < n {
+        return Err(anyhow!("--text {}: {} tokens, need {n}", args.text.display(), ids.len()));
+    }
+    let input = Tensor::from_vec(ids[..n].to_vec(), (args.batch, args.seq_len), &Device::Cpu)?;
+    let vars = loaded.model.make_trainable(|_| true)?;
+    let model = &loaded.model;
+    let step = || -> Result<()> {
+        let loss = model.loss(&input, Exec::Differentiable)?;
+        if args.mode == BenchMode::Fwdbwd {
+            let grads = loss.backward()?;
+            // Every weight must have received a gradient, or the timing measures less work.
+            if let Some((name, _)) = vars.iter().find(|(_, v)| grads.get(v.as_tensor()).is_none()) {
+                return Err(anyhow!("no gradient for {name}"));
+            }
+        }
+        Ok(())
+    };
+    step()?; // warm-up
+    let mut times = Vec::with_capacity(args.repeats);
+    for _ in 0..args.repeats.max(1) {
+        let t = Instant::now();
+        step()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let median = times[times.len() / 2];
+    let mode = match args.mode {
+        BenchMode::Fwd => "fwd",
+        BenchMode::Fwdbwd => "fwdbwd",
+    };
+    println!(
+        "{}",
+        json!({
+            "impl": "llmprune", "mode": mode, "tokens": n, "seconds": median,
+            "tokens_per_s": n as f64 / median, "peak_rss_mb": peak_rss_mb(), "all_seconds": times,
+        })
+    );
+    Ok(())
+}

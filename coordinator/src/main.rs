@@ -1,0 +1,34 @@
+//! `llmprune`: the coordinator CLI.
+
+mod cli;
+mod commands;
+mod fetch;
+mod progress;
+mod settings;
+mod telemetry;
+
+use anyhow::Result;
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: cli::Cli) -> Result<()> {
+    let settings = settings::Settings::load(&cli.global.overrides())?;
+    telemetry::init(settings.log_format);
+    let run_id = telemetry::new_run_id();
+    match cli.command {
+        cli::Command::Fetch(args) => commands::fetch::run(&settings, args),
+        cli::Command::Ppl(args) => commands::ppl::run(&settings, &run_id, args),
+        cli::Command::Bench(args) => commands::bench::run(&settings, args),
+        cli::Command::Config(args) => commands::config::run(&settings, args),
+    }
+}

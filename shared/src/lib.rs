@@ -1,0 +1,6 @@
+//! Types shared by the coordinator and the workers. Nothing here touches tensors: a
+//! coordinator that only plans must not pay for a tensor library.
+
+pub mod model_spec;
+
+pub use model_spec::{Architecture, LayerShape, ModelSpec, RopeScaling, SpecError};

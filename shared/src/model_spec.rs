@@ -1,0 +1,514 @@
+//! The shape of a LLaMA-family decoder, layer by layer.
+//!
+//! Pruning makes layers differ from each other, so every layer carries its own number of
+//! query heads, KV heads and MLP width; `head_dim` and the hidden size stay global.
+//! A Hugging Face `config.json` is parsed into this, and written back from it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+
+/// Config keys that carry per-layer widths when the layers are not uniform.
+pub const HEADS_PER_LAYER_KEY: &str = "num_attention_heads_per_layer";
+pub const KV_HEADS_PER_LAYER_KEY: &str = "num_key_value_heads_per_layer";
+pub const INTERMEDIATE_PER_LAYER_KEY: &str = "intermediate_size_per_layer";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not valid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: field `{field}`: {reason}")]
+    Field {
+        path: PathBuf,
+        field: String,
+        reason: String,
+    },
+    #[error("{path}: unsupported model_type `{model_type}` (supported: llama, mistral, qwen2, smollm)")]
+    UnsupportedModelType { path: PathBuf, model_type: String },
+}
+
+/// Which family member the weights come from; decides naming details such as biases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+impl Architecture {
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Architecture::Llama => "llama",
+            Architecture::Mistral => "mistral",
+            Architecture::Qwen2 => "qwen2",
+        }
+    }
+
+    fn hf_class(self) -> &'static str {
+        match self {
+            Architecture::Llama => "LlamaForCausalLM",
+            Architecture::Mistral => "MistralForCausalLM",
+            Architecture::Qwen2 => "Qwen2ForCausalLM",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerShape {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub intermediate_size: usize,
+}
+
+impl LayerShape {
+    /// Query heads sharing one KV head.
+    pub fn n_rep(&self) -> usize {
+        self.n_heads / self.n_kv_heads
+    }
+}
+
+/// RoPE frequency scaling, as in the `rope_scaling` field of Hugging Face configs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RopeScaling {
+    /// Positions divided by `factor`.
+    Linear { factor: f64 },
+    /// Llama 3.1's piecewise wavelength-dependent scaling.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub architecture: Architecture,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub head_dim: usize,
+    pub layers: Vec<LayerShape>,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<RopeScaling>,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// Biases on q/k/v projections (Qwen2, `attention_bias` in LLaMA configs).
+    pub attention_bias: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+}
+
+fn field_err(path: &Path, field: &str, reason: impl Into<String>) -> SpecError {
+    SpecError::Field {
+        path: path.to_path_buf(),
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn get_usize(obj: &Map<String, Value>, path: &Path, key: &str) -> Result<Option<usize>, SpecError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(|x| Some(x as usize))
+            .ok_or_else(|| field_err(path, key, format!("expected a non-negative integer, found {v}"))),
+    }
+}
+
+fn req_usize(obj: &Map<String, Value>, path: &Path, key: &str) -> Result<usize, SpecError> {
+    get_usize(obj, path, key)?.ok_or_else(|| field_err(path, key, "missing"))
+}
+
+fn get_f64(obj: &Map<String, Value>, path: &Path, key: &str) -> Result<Option<f64>, SpecError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| field_err(path, key, format!("expected a number, found {v}"))),
+    }
+}
+
+fn get_usize_array(
+    obj: &Map<String, Value>,
+    path: &Path,
+    key: &str,
+    n_layers: usize,
+) -> Result<Option<Vec<usize>>, SpecError> {
+    let Some(v) = obj.get(key) else { return Ok(None) };
+    let arr = v
+        .as_array()
+        .ok_or_else(|| field_err(path, key, "expected an array of integers"))?;
+    if arr.len() != n_layers {
+        return Err(field_err(
+            path,
+            key,
+            format!("has {} entries but num_hidden_layers is {n_layers}", arr.len()),
+        ));
+    }
+    arr.iter()
+        .map(|x| {
+            x.as_u64()
+                .map(|x| x as usize)
+                .ok_or_else(|| field_err(path, key, format!("expected integers, found {x}")))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// `eos_token_id` may be an integer or a list (Llama 3); the first entry is the one we use.
+fn get_token_id(obj: &Map<String, Value>, path: &Path, key: &str) -> Result<Option<u32>, SpecError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) => Ok(a.first().and_then(|x| x.as_u64()).map(|x| x as u32)),
+        Some(v) => v
+            .as_u64()
+            .map(|x| Some(x as u32))
+            .ok_or_else(|| field_err(path, key, format!("expected a token id, found {v}"))),
+    }
+}
+
+fn parse_rope_scaling(v: &Value, path: &Path) -> Result<Option<RopeScaling>, SpecError> {
+    const KEY: &str = "rope_scaling";
+    let obj = match v {
+        Value::Null => return Ok(None),
+        Value::Object(o) => o,
+        other => return Err(field_err(path, KEY, format!("expected an object, found {other}"))),
+    };
+    let kind = obj
+        .get("rope_type")
+        .or_else(|| obj.get("type"))
+        .and_then(|t| t.as_str())
+        .ok_or_else(|| field_err(path, KEY, "missing `rope_type`"))?;
+    let num = |k: &str| -> Result<f64, SpecError> {
+        get_f64(obj, path, k)?.ok_or_else(|| field_err(path, &format!("{KEY}.{k}"), "missing"))
+    };
+    match kind {
+        "default" => Ok(None),
+        "linear" => Ok(Some(RopeScaling::Linear { factor: num("factor")? })),
+        "llama3" => Ok(Some(RopeScaling::Llama3 {
+            factor: num("factor")?,
+            low_freq_factor: num("low_freq_factor")?,
+            high_freq_factor: num("high_freq_factor")?,
+            original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
+        })),
+        other => Err(field_err(
+            path,
+            &format!("{KEY}.rope_type"),
+            format!("`{other}` is not supported (supported: default, linear, llama3)"),
+        )),
+    }
+}
+
+impl ModelSpec {
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn is_uniform(&self) -> bool {
+        self.layers.windows(2).all(|w| w[0] == w[1])
+    }
+
+    /// Reads a Hugging Face `config.json`.
+    pub fn from_hf_config_file(path: &Path) -> Result<Self, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let value: Value = serde_json::from_str(&text).map_err(|source| SpecError::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_hf_config(&value, path)
+    }
+
+    /// Parses a Hugging Face config. `path` only names the source in errors.
+    pub fn from_hf_config(value: &Value, path: &Path) -> Result<Self, SpecError> {
+        let obj = value
+            .as_object()
+            .ok_or_else(|| field_err(path, "(root)", "expected a JSON object"))?;
+        let model_type = obj
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| field_err(path, "model_type", "missing"))?;
+        let architecture = match model_type {
+            "llama" | "smollm" => Architecture::Llama,
+            "mistral" => Architecture::Mistral,
+            "qwen2" => Architecture::Qwen2,
+            other => {
+                return Err(SpecError::UnsupportedModelType {
+                    path: path.to_path_buf(),
+                    model_type: other.to_string(),
+                })
+            }
+        };
+        let hidden_size = req_usize(obj, path, "hidden_size")?;
+        let n_layers = req_usize(obj, path, "num_hidden_layers")?;
+        let n_heads = req_usize(obj, path, "num_attention_heads")?;
+        let n_kv_heads = get_usize(obj, path, "num_key_value_heads")?.unwrap_or(n_heads);
+        let intermediate = req_usize(obj, path, "intermediate_size")?;
+        if n_heads == 0 {
+            return Err(field_err(path, "num_attention_heads", "must be positive"));
+        }
+        let head_dim = match get_usize(obj, path, "head_dim")? {
+            Some(d) => d,
+            None => {
+                if hidden_size % n_heads != 0 {
+                    return Err(field_err(
+                        path,
+                        "num_attention_heads",
+                        format!("hidden_size {hidden_size} is not a multiple of {n_heads} heads and no head_dim is given"),
+                    ));
+                }
+                hidden_size / n_heads
+            }
+        };
+        let heads = get_usize_array(obj, path, HEADS_PER_LAYER_KEY, n_layers)?
+            .unwrap_or_else(|| vec![n_heads; n_layers]);
+        let kv_heads = get_usize_array(obj, path, KV_HEADS_PER_LAYER_KEY, n_layers)?
+            .unwrap_or_else(|| vec![n_kv_heads; n_layers]);
+        let widths = get_usize_array(obj, path, INTERMEDIATE_PER_LAYER_KEY, n_layers)?
+            .unwrap_or_else(|| vec![intermediate; n_layers]);
+        let layers = (0..n_layers)
+            .map(|i| LayerShape {
+                n_heads: heads[i],
+                n_kv_heads: kv_heads[i],
+                intermediate_size: widths[i],
+            })
+            .collect();
+        let rope_scaling = match obj.get("rope_scaling") {
+            Some(v) => parse_rope_scaling(v, path)?,
+            None => None,
+        };
+        let default_bias = architecture == Architecture::Qwen2;
+        let attention_bias = match obj.get("attention_bias") {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::Null) | None => default_bias,
+            Some(v) => return Err(field_err(path, "attention_bias", format!("expected a boolean, found {v}"))),
+        };
+        let tie_word_embeddings = match obj.get("tie_word_embeddings") {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::Null) | None => false,
+            Some(v) => {
+                return Err(field_err(path, "tie_word_embeddings", format!("expected a boolean, found {v}")))
+            }
+        };
+        let spec = ModelSpec {
+            architecture,
+            vocab_size: req_usize(obj, path, "vocab_size")?,
+            hidden_size,
+            head_dim,
+            layers,
+            rms_norm_eps: get_f64(obj, path, "rms_norm_eps")?.unwrap_or(1e-6),
+            rope_theta: get_f64(obj, path, "rope_theta")?.unwrap_or(10_000.0),
+            rope_scaling,
+            max_position_embeddings: get_usize(obj, path, "max_position_embeddings")?.unwrap_or(2048),
+            tie_word_embeddings,
+            attention_bias,
+            bos_token_id: get_token_id(obj, path, "bos_token_id")?,
+            eos_token_id: get_token_id(obj, path, "eos_token_id")?,
+        };
+        spec.validate().map_err(|(field, reason)| field_err(path, &field, reason))?;
+        Ok(spec)
+    }
+
+    /// Checks internal consistency; returns the offending field and why.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("head_dim", self.head_dim),
+            ("num_hidden_layers", self.layers.len()),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err((name.into(), "must be positive".into()));
+            }
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(("head_dim".into(), format!("{} is odd; rotary embeddings need an even head_dim", self.head_dim)));
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            if l.n_heads == 0 || l.n_kv_heads == 0 {
+                return Err((
+                    format!("layer {i} heads"),
+                    format!("{} query / {} KV heads: every layer needs at least one of each", l.n_heads, l.n_kv_heads),
+                ));
+            }
+            if l.n_heads % l.n_kv_heads != 0 {
+                return Err((
+                    format!("layer {i} heads"),
+                    format!("{} query heads are not a multiple of {} KV heads", l.n_heads, l.n_kv_heads),
+                ));
+            }
+            if l.intermediate_size == 0 {
+                return Err((format!("layer {i} intermediate_size"), "must be positive".into()));
+            }
+        }
+        if !(self.rms_norm_eps > 0.0) {
+            return Err(("rms_norm_eps".into(), "must be positive".into()));
+        }
+        if !(self.rope_theta > 0.0) {
+            return Err(("rope_theta".into(), "must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// A Hugging Face `config.json` for this spec. Uniform models get a stock config that
+    /// transformers loads as is; non-uniform ones add the per-layer arrays.
+    pub fn to_hf_config(&self) -> Value {
+        let first = self.layers[0];
+        let max_heads = self.layers.iter().map(|l| l.n_heads).max().unwrap_or(0);
+        let max_kv = self.layers.iter().map(|l| l.n_kv_heads).max().unwrap_or(0);
+        let max_inter = self.layers.iter().map(|l| l.intermediate_size).max().unwrap_or(0);
+        let uniform = self.is_uniform();
+        let mut cfg = json!({
+            "architectures": [self.architecture.hf_class()],
+            "model_type": self.architecture.model_type(),
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "head_dim": self.head_dim,
+            "num_hidden_layers": self.layers.len(),
+            "num_attention_heads": if uniform { first.n_heads } else { max_heads },
+            "num_key_value_heads": if uniform { first.n_kv_heads } else { max_kv },
+            "intermediate_size": if uniform { first.intermediate_size } else { max_inter },
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.attention_bias,
+            "hidden_act": "silu",
+            "torch_dtype": "float32",
+        });
+        let obj = cfg.as_object_mut().expect("json! of an object literal is an object");
+        if let Some(b) = self.bos_token_id {
+            obj.insert("bos_token_id".into(), json!(b));
+        }
+        if let Some(e) = self.eos_token_id {
+            obj.insert("eos_token_id".into(), json!(e));
+        }
+        if let Some(s) = &self.rope_scaling {
+            let v = match s {
+                RopeScaling::Linear { factor } => json!({"rope_type": "linear", "factor": factor}),
+                RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => json!({
+                    "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+                    "high_freq_factor": high_freq_factor,
+                    "original_max_position_embeddings": original_max_position_embeddings,
+                }),
+            };
+            obj.insert("rope_scaling".into(), v);
+        }
+        if !uniform {
+            let per = |f: fn(&LayerShape) -> usize| json!(self.layers.iter().map(f).collect::<Vec<_>>());
+            obj.insert(HEADS_PER_LAYER_KEY.into(), per(|l| l.n_heads));
+            obj.insert(KV_HEADS_PER_LAYER_KEY.into(), per(|l| l.n_kv_heads));
+            obj.insert(INTERMEDIATE_PER_LAYER_KEY.into(), per(|l| l.intermediate_size));
+        }
+        cfg
+    }
+
+    /// Parameters of the full model (embedding counted once when tied).
+    pub fn n_params(&self) -> usize {
+        let h = self.hidden_size;
+        let d = self.head_dim;
+        let mut n = self.vocab_size * h + h; // embedding + final norm
+        if !self.tie_word_embeddings {
+            n += self.vocab_size * h;
+        }
+        for l in &self.layers {
+            let q = l.n_heads * d;
+            let kv = l.n_kv_heads * d;
+            n += h * (q + 2 * kv) + q * h + 3 * h * l.intermediate_size + 2 * h;
+            if self.attention_bias {
+                n += q + 2 * kv;
+            }
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Value {
+        json!({
+            "model_type": "llama", "vocab_size": 100, "hidden_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 96,
+        })
+    }
+
+    #[test]
+    fn uniform_config_round_trips() {
+        let spec = ModelSpec::from_hf_config(&base(), Path::new("c.json")).unwrap();
+        assert_eq!(spec.head_dim, 16);
+        assert_eq!(spec.layers, vec![LayerShape { n_heads: 4, n_kv_heads: 2, intermediate_size: 96 }; 2]);
+        let again = ModelSpec::from_hf_config(&spec.to_hf_config(), Path::new("c.json")).unwrap();
+        assert_eq!(spec, again);
+        assert!(spec.to_hf_config().get(HEADS_PER_LAYER_KEY).is_none());
+    }
+
+    #[test]
+    fn per_layer_arrays_round_trip() {
+        let mut v = base();
+        v["head_dim"] = json!(16);
+        v[HEADS_PER_LAYER_KEY] = json!([4, 2]);
+        v[KV_HEADS_PER_LAYER_KEY] = json!([2, 1]);
+        v[INTERMEDIATE_PER_LAYER_KEY] = json!([96, 40]);
+        let spec = ModelSpec::from_hf_config(&v, Path::new("c.json")).unwrap();
+        assert_eq!(spec.layers[1], LayerShape { n_heads: 2, n_kv_heads: 1, intermediate_size: 40 });
+        let again = ModelSpec::from_hf_config(&spec.to_hf_config(), Path::new("c.json")).unwrap();
+        assert_eq!(spec, again);
+    }
+
+    #[test]
+    fn parameter_count_by_hand() {
+        // embed 100*64 + lm_head 100*64 + final norm 64; per layer: q 64*64, k,v 64*32 each,
+        // o 64*64, mlp 3*64*96, norms 2*64.
+        let spec = ModelSpec::from_hf_config(&base(), Path::new("c.json")).unwrap();
+        let layer = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 96 + 2 * 64;
+        assert_eq!(spec.n_params(), 2 * 100 * 64 + 64 + 2 * layer);
+    }
+
+    fn err_of(v: Value) -> String {
+        ModelSpec::from_hf_config(&v, Path::new("cfg.json")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let mut v = base();
+        v["model_type"] = json!("gpt_neox");
+        assert!(err_of(v).contains("unsupported model_type `gpt_neox`"));
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("hidden_size");
+        assert!(err_of(v).contains("`hidden_size`: missing"));
+        let mut v = base();
+        v["num_key_value_heads"] = json!(3);
+        assert!(err_of(v).contains("not a multiple of 3 KV heads"));
+        let mut v = base();
+        v[HEADS_PER_LAYER_KEY] = json!([4]);
+        assert!(err_of(v).contains("has 1 entries but num_hidden_layers is 2"));
+        let mut v = base();
+        v["hidden_size"] = json!(60);
+        assert!(err_of(v).contains("not a multiple of 4 heads"));
+        let mut v = base();
+        v["rope_scaling"] = json!({"rope_type": "yarn", "factor": 2.0});
+        assert!(err_of(v).contains("rope_scaling.rope_type"));
+        let mut v = base();
+        v["vocab_size"] = json!("big");
+        assert!(err_of(v).contains("cfg.json: field `vocab_size`"));
+    }
+}

@@ -1,0 +1,3 @@
+//! Evaluation of a loaded model.
+
+pub mod perplexity;

@@ -1,0 +1,145 @@
+//! Perplexity with LLM-Pruner's protocol: dataset rows joined with `"\n\n"`, tokenized
+//! once, cut into non-overlapping chunks of `seq_len` (the remainder dropped), and
+//! `exp` of the mean next-token NLL over every predicted token of every chunk.
+
+use crate::error::{Error, Result};
+use crate::loader::TextTokenizer;
+use crate::model::{Exec, LlamaModel};
+use candle_core::{DType, Tensor};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// How a corpus file splits into the rows of its Hugging Face dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CorpusKind {
+    /// `wikitext-2-raw-v1`: a row is a line with its newline; whitespace-only lines are "".
+    Wikitext2,
+    /// `ptb_text_only`: a row is a line with surrounding whitespace stripped.
+    Ptb,
+}
+
+impl FromStr for CorpusKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "wikitext2" => Ok(CorpusKind::Wikitext2),
+            "ptb" => Ok(CorpusKind::Ptb),
+            other => Err(format!("unknown perplexity dataset `{other}` (known: wikitext2, ptb)")),
+        }
+    }
+}
+
+impl CorpusKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            CorpusKind::Wikitext2 => "wikitext2",
+            CorpusKind::Ptb => "ptb",
+        }
+    }
+
+    /// The dataset's text: its rows joined with `"\n\n"`.
+    pub fn joined_text(self, raw: &str) -> String {
+        let rows: Vec<&str> = match self {
+            CorpusKind::Wikitext2 => raw
+                .split_inclusive('\n')
+                .map(|l| if l.trim().is_empty() { "" } else { l })
+                .collect(),
+            CorpusKind::Ptb => raw.lines().map(str::trim).collect(),
+        };
+        rows.join("\n\n")
+    }
+}
+
+/// A tokenized corpus cut into chunks.
+pub struct PplCorpus {
+    pub kind: CorpusKind,
+    pub path: PathBuf,
+    pub n_tokens: usize,
+    pub seq_len: usize,
+    pub chunks: Vec<Vec<u32>>,
+}
+
+impl PplCorpus {
+    pub fn load(kind: CorpusKind, path: &Path, tokenizer: &TextTokenizer, seq_len: usize) -> Result<Self> {
+        if seq_len < 2 {
+            return Err(Error::Invalid(format!("--seq-len must be at least 2, got {seq_len}")));
+        }
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let raw = String::from_utf8(bytes).map_err(|e| Error::file(path, format!("not UTF-8 text: {e}")))?;
+        let tokens = tokenizer.encode(&kind.joined_text(&raw))?;
+        if tokens.len() < seq_len {
+            return Err(Error::file(
+                path,
+                format!("has {} tokens, fewer than one chunk of {seq_len}", tokens.len()),
+            ));
+        }
+        let chunks = tokens.chunks_exact(seq_len).map(<[u32]>::to_vec).collect();
+        Ok(Self { kind, path: path.to_path_buf(), n_tokens: tokens.len(), seq_len, chunks })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PplResult {
+    pub ppl: f64,
+    /// Tokens of the whole corpus.
+    pub tokens: usize,
+    /// Chunks evaluated.
+    pub chunks: usize,
+    /// Next-token predictions scored (chunks × (seq_len − 1)).
+    pub scored_tokens: usize,
+    pub mean_nll: f64,
+}
+
+/// Progress after each batch: chunks done, chunks in all.
+pub type ProgressFn<'a> = &'a mut dyn FnMut(usize, usize);
+
+/// Evaluates the first `max_chunks` chunks (all by default) in batches.
+pub fn evaluate(
+    model: &LlamaModel,
+    corpus: &PplCorpus,
+    batch_size: usize,
+    max_chunks: Option<usize>,
+    progress: ProgressFn<'_>,
+) -> Result<PplResult> {
+    let n = max_chunks.map_or(corpus.chunks.len(), |m| m.min(corpus.chunks.len()));
+    let batch_size = batch_size.max(1);
+    let mut nll_sum = 0f64;
+    let mut scored = 0usize;
+    for (i, batch) in corpus.chunks[..n].chunks(batch_size).enumerate() {
+        let flat: Vec<u32> = batch.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(flat, (batch.len(), corpus.seq_len), model.device())?;
+        let nll = model.next_token_nll(&ids, Exec::Inference)?;
+        nll_sum += nll.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+        scored += nll.elem_count();
+        progress((i * batch_size + batch.len()).min(n), n);
+    }
+    let mean_nll = nll_sum / scored.max(1) as f64;
+    Ok(PplResult { ppl: mean_nll.exp(), tokens: corpus.n_tokens, chunks: n, scored_tokens: scored, mean_nll })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wikitext_rows_keep_newlines_and_blank_whitespace_rows() {
+        let raw = " \n = Title = \n \n Text here . \n";
+        // Rows: "", " = Title = \n", "", " Text here . \n"
+        assert_eq!(CorpusKind::Wikitext2.joined_text(raw), "\n\n = Title = \n\n\n\n\n Text here . \n");
+    }
+
+    #[test]
+    fn ptb_rows_are_stripped_lines() {
+        let raw = " a b <unk> \n c N d \n";
+        assert_eq!(CorpusKind::Ptb.joined_text(raw), "a b <unk>\n\nc N d");
+    }
+
+    #[test]
+    fn unknown_dataset_names_the_known_ones() {
+        let e = "c4".parse::<CorpusKind>().unwrap_err();
+        assert!(e.contains("wikitext2, ptb"), "{e}");
+    }
+}

@@ -1,0 +1,12 @@
+//! The llmprune worker library: a LLaMA-family model on candle with per-layer shapes,
+//! loaders for Hugging Face directories and GGUF files, and evaluation.
+
+pub mod error;
+pub mod eval;
+pub mod loader;
+pub mod model;
+pub mod ops;
+
+pub use error::{Error, Result};
+pub use loader::{load_model, LoadedModel};
+pub use model::{Exec, LlamaModel, LoadOptions};

@@ -1,0 +1,203 @@
+//! One decoder layer: pre-norm attention (GQA, RoPE) and a SwiGLU MLP, each residual.
+
+use super::{load_checked as load_weight, Exec};
+use crate::error::Result;
+use crate::loader::WeightSource;
+use crate::ops;
+use candle_core::{Device, Tensor};
+use llmprune_shared::{LayerShape, ModelSpec};
+
+pub struct Attention {
+    pub q: Tensor,
+    pub k: Tensor,
+    pub v: Tensor,
+    pub o: Tensor,
+    /// q/k/v biases (Qwen2-style), all or none.
+    pub qkv_bias: Option<[Tensor; 3]>,
+}
+
+pub struct Mlp {
+    pub gate: Tensor,
+    pub up: Tensor,
+    pub down: Tensor,
+}
+
+pub struct DecoderLayer {
+    pub index: usize,
+    pub shape: LayerShape,
+    pub head_dim: usize,
+    pub input_norm: Tensor,
+    pub attn: Attention,
+    pub post_norm: Tensor,
+    pub mlp: Mlp,
+}
+
+pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, exec: Exec) -> Result<Tensor> {
+    Ok(match exec {
+        Exec::Inference => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?,
+        Exec::Differentiable => ops::rms_norm(x, w, eps)?,
+    })
+}
+
+/// `x W^T (+ b)` for `x` of shape `[N, in]`.
+fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let y = x.matmul(&w.t()?)?;
+    Ok(match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
+/// Additive mask for GQA-folded score rows: row `r` is query position `r % q_len`.
+fn causal_mask(rows: usize, q_len: usize, keys: usize, device: &Device) -> Result<Tensor> {
+    let offset = keys - q_len;
+    let mask: Vec<f32> = (0..rows)
+        .flat_map(|r| (0..keys).map(move |j| if j > offset + r % q_len { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (rows, keys), device)?)
+}
+
+impl DecoderLayer {
+    pub fn load(spec: &ModelSpec, index: usize, src: &dyn WeightSource, device: &Device) -> Result<Self> {
+        let shape = spec.layers[index];
+        let (h, d) = (spec.hidden_size, spec.head_dim);
+        let (q_out, kv_out) = (shape.n_heads * d, shape.n_kv_heads * d);
+        let p = format!("model.layers.{index}");
+        let w = |name: &str, dims: &[usize]| load_weight(src, &format!("{p}.{name}"), dims, device);
+        let qkv_bias = if spec.attention_bias {
+            Some([
+                w("self_attn.q_proj.bias", &[q_out])?,
+                w("self_attn.k_proj.bias", &[kv_out])?,
+                w("self_attn.v_proj.bias", &[kv_out])?,
+            ])
+        } else {
+            None
+        };
+        Ok(Self {
+            index,
+            shape,
+            head_dim: d,
+            input_norm: w("input_layernorm.weight", &[h])?,
+            attn: Attention {
+                q: w("self_attn.q_proj.weight", &[q_out, h])?,
+                k: w("self_attn.k_proj.weight", &[kv_out, h])?,
+                v: w("self_attn.v_proj.weight", &[kv_out, h])?,
+                o: w("self_attn.o_proj.weight", &[h, q_out])?,
+                qkv_bias,
+            },
+            post_norm: w("post_attention_layernorm.weight", &[h])?,
+            mlp: Mlp {
+                gate: w("mlp.gate_proj.weight", &[shape.intermediate_size, h])?,
+                up: w("mlp.up_proj.weight", &[shape.intermediate_size, h])?,
+                down: w("mlp.down_proj.weight", &[h, shape.intermediate_size])?,
+            },
+        })
+    }
+
+    fn names(&self) -> [String; 12] {
+        let p = format!("model.layers.{}", self.index);
+        [
+            format!("{p}.input_layernorm.weight"),
+            format!("{p}.self_attn.q_proj.weight"),
+            format!("{p}.self_attn.k_proj.weight"),
+            format!("{p}.self_attn.v_proj.weight"),
+            format!("{p}.self_attn.o_proj.weight"),
+            format!("{p}.post_attention_layernorm.weight"),
+            format!("{p}.mlp.gate_proj.weight"),
+            format!("{p}.mlp.up_proj.weight"),
+            format!("{p}.mlp.down_proj.weight"),
+            format!("{p}.self_attn.q_proj.bias"),
+            format!("{p}.self_attn.k_proj.bias"),
+            format!("{p}.self_attn.v_proj.bias"),
+        ]
+    }
+
+    pub fn named_weights(&self) -> Vec<(String, &Tensor)> {
+        let [n0, n1, n2, n3, n4, n5, n6, n7, n8, b0, b1, b2] = self.names();
+        let mut out = vec![
+            (n0, &self.input_norm),
+            (n1, &self.attn.q),
+            (n2, &self.attn.k),
+            (n3, &self.attn.v),
+            (n4, &self.attn.o),
+            (n5, &self.post_norm),
+            (n6, &self.mlp.gate),
+            (n7, &self.mlp.up),
+            (n8, &self.mlp.down),
+        ];
+        if let Some([bq, bk, bv]) = &self.attn.qkv_bias {
+            out.extend([(b0, bq), (b1, bk), (b2, bv)]);
+        }
+        out
+    }
+
+    pub fn named_weights_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let [n0, n1, n2, n3, n4, n5, n6, n7, n8, b0, b1, b2] = self.names();
+        let mut out = vec![
+            (n0, &mut self.input_norm),
+            (n1, &mut self.attn.q),
+            (n2, &mut self.attn.k),
+            (n3, &mut self.attn.v),
+            (n4, &mut self.attn.o),
+            (n5, &mut self.post_norm),
+            (n6, &mut self.mlp.gate),
+            (n7, &mut self.mlp.up),
+            (n8, &mut self.mlp.down),
+        ];
+        if let Some([bq, bk, bv]) = &mut self.attn.qkv_bias {
+            out.extend([(b0, bq), (b1, bk), (b2, bv)]);
+        }
+        out
+    }
+
+    /// `x` is `[B, T, H]`; `cos`/`sin` are the tables for positions `0..T`.
+    pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, eps: f64, exec: Exec) -> Result<Tensor> {
+        let h = rms_norm(x, &self.input_norm, eps, exec)?;
+        let x = (x + self.attention(&h, cos, sin, exec)?)?;
+        let h = rms_norm(&x, &self.post_norm, eps, exec)?;
+        Ok((&x + self.mlp(&h)?)?)
+    }
+
+    fn attention(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, exec: Exec) -> Result<Tensor> {
+        let (b, t, hidden) = x.dims3()?;
+        let (d, nh, nkv) = (self.head_dim, self.shape.n_heads, self.shape.n_kv_heads);
+        let rep = self.shape.n_rep();
+        let x2 = x.reshape((b * t, hidden))?;
+        let bias = |i: usize| self.attn.qkv_bias.as_ref().map(|bs| &bs[i]);
+        let heads = |w: &Tensor, i: usize, n: usize| -> Result<Tensor> {
+            Ok(linear(&x2, w, bias(i))?.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = heads(&self.attn.q, 0, nh)?;
+        let k = heads(&self.attn.k, 1, nkv)?;
+        let v = heads(&self.attn.v, 2, nkv)?;
+        let (q, k) = match exec {
+            Exec::Inference => (candle_nn::rotary_emb::rope(&q, cos, sin)?, candle_nn::rotary_emb::rope(&k, cos, sin)?),
+            Exec::Differentiable => (ops::rope(&q, cos, sin)?, ops::rope(&k, cos, sin)?),
+        };
+        // The n_rep query heads of a KV head are adjacent: fold them into the row axis so
+        // one batched matmul serves the group and KV heads are never copied.
+        let q = q.reshape((b, nkv, rep * t, d))?;
+        let scores = q.matmul(&k.t()?)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let probs = match exec {
+            Exec::Inference => {
+                let mask = causal_mask(rep * t, t, t, x.device())?;
+                candle_nn::ops::softmax_last_dim(&(scores * scale)?.broadcast_add(&mask)?)?
+            }
+            Exec::Differentiable => ops::causal_softmax(&scores, scale, t)?,
+        };
+        let out = probs
+            .matmul(&v)?
+            .reshape((b, nh, t, d))?
+            .transpose(1, 2)?
+            .reshape((b * t, nh * d))?;
+        Ok(linear(&out, &self.attn.o, None)?.reshape((b, t, hidden))?)
+    }
+
+    fn mlp(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, hidden) = x.dims3()?;
+        let x2 = x.reshape((b * t, hidden))?;
+        let act = (linear(&x2, &self.mlp.gate, None)?.silu()? * linear(&x2, &self.mlp.up, None)?)?;
+        Ok(linear(&act, &self.mlp.down, None)?.reshape((b, t, hidden))?)
+    }
+}

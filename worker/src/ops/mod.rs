@@ -1,0 +1,35 @@
+//! Fused kernels with hand-written backward passes.
+//!
+//! candle's fast `rms_norm`, `softmax_last_dim` and `rope` record no backward, and composing
+//! them from primitives costs several full-size temporaries each. These ops run one pass
+//! forward and one pass backward over contiguous f32 rows, on the CPU. The inference path
+//! keeps candle's own fused kernels, so tests compare the two.
+
+mod causal_softmax;
+mod lm_head_nll;
+mod rms_norm;
+mod rope;
+
+pub use causal_softmax::causal_softmax;
+pub use lm_head_nll::{lm_head_nll, lm_head_nll_chunked, IGNORE_TARGET};
+pub use rms_norm::rms_norm;
+pub use rope::rope;
+
+use candle_core::{CpuStorage, Layout, Result};
+
+/// The contiguous f32 data a layout points at, or an error naming the op.
+pub(crate) fn f32_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        _ => candle_core::bail!("{op}: only f32 is supported on the CPU"),
+    };
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// Rows per rayon task: enough work per task to amortise scheduling.
+pub(crate) fn rows_per_task(row_len: usize) -> usize {
+    (16 * 1024 / row_len.max(1)).max(1)
+}

@@ -1,0 +1,130 @@
+//! The fused ops against candle's own composed (differentiable) formulations: same forward
+//! values, same gradients for every input.
+
+use candle_core::{Device, Tensor, Var, D};
+use llmprune_worker::ops;
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    // A fixed pseudo-random fill (splitmix64), so failures reproduce.
+    let n: usize = shape.iter().product();
+    let mut s = seed;
+    let data: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9E3779B97F4A7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+            z ^= z >> 31;
+            (z as f64 / u64::MAX as f64 * 2.0 - 1.0) as f32
+        })
+        .collect();
+    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+/// Gradients of `Σ f(inputs) ⊙ r` for a fixed random `r`, for each input.
+fn grads(f: impl Fn(&[Tensor]) -> Tensor, inputs: &[Tensor], seed: u64) -> (Tensor, Vec<Tensor>) {
+    let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = f(&ts);
+    let r = randn(y.dims(), seed);
+    let loss = (&y * &r).unwrap().sum_all().unwrap();
+    let g = loss.backward().unwrap();
+    let gs = vars.iter().map(|v| g.get(v.as_tensor()).expect("input without gradient").clone()).collect();
+    (y.detach(), gs)
+}
+
+fn assert_same(name: &str, ours: (Tensor, Vec<Tensor>), reference: (Tensor, Vec<Tensor>), tol: f32) {
+    let d = max_abs_diff(&ours.0, &reference.0);
+    assert!(d < tol, "{name}: forward differs by {d}");
+    for (i, (a, b)) in ours.1.iter().zip(&reference.1).enumerate() {
+        let d = max_abs_diff(a, b);
+        assert!(d < tol, "{name}: gradient of input {i} differs by {d}");
+    }
+}
+
+#[test]
+fn rms_norm_matches_composed() {
+    let x = (randn(&[3, 5, 16], 1) * 3.0).unwrap();
+    let w = randn(&[16], 2);
+    let ours = grads(|t| ops::rms_norm(&t[0], &t[1], 1e-5).unwrap(), &[x.clone(), w.clone()], 3);
+    let reference = grads(|t| candle_nn::ops::rms_norm_slow(&t[0], &t[1], 1e-5).unwrap(), &[x.clone(), w.clone()], 3);
+    assert_same("rms_norm", ours, reference, 1e-4);
+    let fused = candle_nn::ops::rms_norm(&x, &w, 1e-5).unwrap();
+    assert!(max_abs_diff(&fused, &ops::rms_norm(&x, &w, 1e-5).unwrap()) < 1e-5);
+}
+
+#[test]
+fn rope_matches_composed() {
+    let x = randn(&[2, 3, 7, 8], 4);
+    let cos = randn(&[7, 4], 5);
+    let sin = randn(&[7, 4], 6);
+    let ours = grads(|t| ops::rope(&t[0], &cos, &sin).unwrap(), &[x.clone()], 7);
+    let reference = grads(|t| candle_nn::rotary_emb::rope_slow(&t[0], &cos, &sin).unwrap(), &[x.clone()], 7);
+    assert_same("rope", ours, reference, 1e-5);
+    let fused = candle_nn::rotary_emb::rope(&x, &cos, &sin).unwrap();
+    assert!(max_abs_diff(&fused, &ops::rope(&x, &cos, &sin).unwrap()) < 1e-6);
+}
+
+/// The same softmax written with candle's differentiable primitives and an explicit mask.
+fn composed_causal_softmax(scores: &Tensor, scale: f64, q_len: usize) -> Tensor {
+    let (_, _, rows, keys) = scores.dims4().unwrap();
+    let offset = keys - q_len;
+    let mask: Vec<f32> = (0..rows)
+        .flat_map(|r| (0..keys).map(move |j| if j > offset + r % q_len { -1e9 } else { 0.0 }))
+        .collect();
+    let mask = Tensor::from_vec(mask, (rows, keys), &Device::Cpu).unwrap();
+    candle_nn::ops::softmax(&(scores * scale).unwrap().broadcast_add(&mask).unwrap(), D::Minus1).unwrap()
+}
+
+#[test]
+fn causal_softmax_matches_composed_with_gqa_rows() {
+    // 2 query heads per KV head folded into rows: rows = 2 × 5 positions.
+    let s = (randn(&[2, 3, 10, 5], 8) * 4.0).unwrap();
+    let ours = grads(|t| ops::causal_softmax(&t[0], 0.35, 5).unwrap(), &[s.clone()], 9);
+    let reference = grads(|t| composed_causal_softmax(&t[0], 0.35, 5), &[s.clone()], 9);
+    assert_same("causal_softmax", ours, reference, 1e-5);
+}
+
+#[test]
+fn causal_softmax_with_cached_keys() {
+    // 3 new queries against 7 keys: query i sees keys 0..=4+i.
+    let s = randn(&[1, 2, 3, 7], 10);
+    let ours = grads(|t| ops::causal_softmax(&t[0], 1.0, 3).unwrap(), &[s.clone()], 11);
+    let reference = grads(|t| composed_causal_softmax(&t[0], 1.0, 3), &[s.clone()], 11);
+    assert_same("causal_softmax(cache)", ours, reference, 1e-5);
+    // Row 0 of both heads must put zero weight on keys 5 and 6.
+    let row0: Vec<f32> = ops::causal_softmax(&s, 1.0, 3).unwrap().narrow(2, 0, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!((&row0[5..7], &row0[12..14]), (&[0.0, 0.0][..], &[0.0, 0.0][..]));
+}
+
+#[test]
+fn lm_head_nll_matches_composed_in_every_chunking() {
+    let h = randn(&[7, 6], 12);
+    let w = (randn(&[11, 6], 13) * 2.0).unwrap();
+    let targets = [3u32, 0, ops::IGNORE_TARGET, 10, 5, 5, 1];
+    let composed = |t: &[Tensor]| {
+        let logits = t[0].matmul(&t[1].t().unwrap()).unwrap();
+        let lp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
+        let idx: Vec<u32> = targets.iter().map(|&x| if x == ops::IGNORE_TARGET { 0 } else { x }).collect();
+        let keep: Vec<f32> = targets.iter().map(|&x| if x == ops::IGNORE_TARGET { 0.0 } else { 1.0 }).collect();
+        let idx = Tensor::from_vec(idx, (7, 1), &Device::Cpu).unwrap();
+        let keep = Tensor::from_vec(keep, 7, &Device::Cpu).unwrap();
+        (lp.gather(&idx, 1).unwrap().squeeze(1).unwrap().neg().unwrap() * keep).unwrap()
+    };
+    for chunk in [1, 3, 7, 100] {
+        let ours = grads(|t| ops::lm_head_nll_chunked(&t[0], &t[1], &targets, chunk).unwrap(), &[h.clone(), w.clone()], 14);
+        let reference = grads(composed, &[h.clone(), w.clone()], 14);
+        assert_same(&format!("lm_head_nll(chunk {chunk})"), ours, reference, 1e-5);
+    }
+}
+
+#[test]
+fn lm_head_nll_rejects_targets_outside_vocabulary() {
+    let e = ops::lm_head_nll(&randn(&[2, 4], 1), &randn(&[5, 4], 2), &[1, 5]).unwrap_err();
+    assert!(e.to_string().contains("target id 5 is outside the vocabulary of 5"), "{e}");
+}
