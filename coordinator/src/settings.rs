@@ -52,7 +52,8 @@ impl Settings {
             }
             b = b.add_source(File::from(path.as_path()).format(FileFormat::Toml));
         }
-        b = b.add_source(Environment::with_prefix("LLMPRUNE").separator("__"));
+        // `LLMPRUNE_CACHE_DIR`; nested keys (later) use `__`, as in `LLMPRUNE_PRUNE__RATIO`.
+        b = b.add_source(Environment::with_prefix("LLMPRUNE").prefix_separator("_").separator("__"));
         b = b.set_override_option("cache_dir", cli.cache_dir.as_ref().map(|p| p.to_string_lossy().into_owned()))?;
         b = b.set_override_option(
             "log_format",

@@ -502,7 +502,7 @@ mod tests {
         v[HEADS_PER_LAYER_KEY] = json!([4]);
         assert!(err_of(v).contains("has 1 entries but num_hidden_layers is 2"));
         let mut v = base();
-        v["hidden_size"] = json!(60);
+        v["hidden_size"] = json!(62);
         assert!(err_of(v).contains("not a multiple of 4 heads"));
         let mut v = base();
         v["rope_scaling"] = json!({"rope_type": "yarn", "factor": 2.0});

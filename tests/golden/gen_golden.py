@@ -17,7 +17,12 @@ float32 in a few places (RMSNorm, rotary cos/sin and inv_freq, eager softmax, th
 `enable_float64_reference()` patches those so a float64 model really runs in float64, and the loss is
 computed here with HF's exact semantics (shift by one, mean over all predicted tokens). For float32
 inputs the patched functions are numerically identical to the stock ones. Each result is also checked
-against the stock (unpatched-semantics) float32 transformers forward.
+against the stock (unpatched-semantics) float32 transformers forward; tests/golden/verify_fixtures.py
+re-checks the tiny fixtures with a from-scratch float64 implementation.
+
+SmolLM2 tokenizer: transformers' GGUF tokenizer ignores `tokenizer.ggml.pre` ("smollm" = split every
+digit first); gguf_ref.load_gguf_tokenizer restores that (see gguf_ref.py). tokenizer_cases.json holds
+the faithful ids, plus `ids_transformers_gguf_unfixed` where the unfixed transformers tokenizer differs.
 """
 
 import argparse
@@ -34,6 +39,9 @@ from safetensors.torch import save_file
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from transformers.models.llama import modeling_llama as ml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gguf_ref import load_gguf_model, load_gguf_tokenizer  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 torch.use_deterministic_algorithms(True)
@@ -238,6 +246,12 @@ def golden_for(model32: LlamaForCausalLM, input_ids: torch.Tensor, rope: dict, h
     return res
 
 
+def _meta(**kw) -> dict:
+    """safetensors metadata as ONE key (the writer orders several keys randomly -> non-reproducible bytes)."""
+    kw.update(torch=torch.__version__, transformers=transformers.__version__)
+    return {"info": json.dumps(kw, sort_keys=True, ensure_ascii=False)}
+
+
 def write_tiny(out_dir: str, cfg_json: dict, seed: int, batch: int, seq: int):
     os.makedirs(out_dir, exist_ok=True)
     model = build_tiny(cfg_json, seed)
@@ -283,8 +297,7 @@ def write_tiny(out_dir: str, cfg_json: dict, seed: int, batch: int, seq: int):
         assert tuple(res[p + "mlp.gate_proj.weight"].shape) == (it, H)
         assert tuple(res[p + "mlp.down_proj.weight"].shape) == (H, it)
     save_file(res, os.path.join(out_dir, "golden.safetensors"),
-              metadata={"torch": torch.__version__, "transformers": transformers.__version__,
-                        "precision": "float64 compute, stored float32"})
+              metadata=_meta(precision="float64 compute, stored float32"))
 
 
 TINY_GQA = {
@@ -342,19 +355,6 @@ TINY_TIED_MHA = {
 SENTENCE = "The quick brown fox jumps over the lazy dog. In 1969, 3 astronauts flew to the Moon!"
 
 
-def load_gguf(gguf_path: str, dtype=torch.float32):
-    d, name = os.path.split(os.path.abspath(gguf_path))
-    tok = AutoTokenizer.from_pretrained(d, gguf_file=name)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=dtype, attn_implementation="eager")
-    except TypeError:
-        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, torch_dtype=dtype,
-                                                     attn_implementation="eager")
-    model.config.use_cache = False
-    model.eval()
-    return tok, model
-
-
 def tokenizer_texts() -> list:
     wiki = os.path.join(os.environ.get("LLMPRUNE_SHARED_DATA", "/work/shared/data"), "wikitext2", "wiki.test.raw")
     ptb = os.path.join(os.environ.get("LLMPRUNE_SHARED_DATA", "/work/shared/data"), "ptb", "ptb.valid.txt")
@@ -376,20 +376,26 @@ def tokenizer_texts() -> list:
         "HELLO hello HeLLo   multiple   spaces\r\nwindows line",
         "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n",
         "Ünïcödé ßtraße — “quotes” … ½ ©",
+        "total : \n\n\n 1 item , 22 @,@ 000 people \n 3",
     ]
 
 
 def write_smollm2(out_dir: str, gguf_path: str):
     os.makedirs(out_dir, exist_ok=True)
-    tok, model = load_gguf(gguf_path)
+    tok, tok_note = load_gguf_tokenizer(gguf_path, faithful=True)
+    raw_tok, _ = load_gguf_tokenizer(gguf_path, faithful=False)
+    print(f"  tokenizer: {tok_note}")
+    model = load_gguf_model(gguf_path, dtype=torch.float32, attn_implementation="eager")
     cfg = model.config
     print("  transformers config derived from the GGUF:")
     print(cfg)
+    assert tok("a")["input_ids"] == raw_tok("a")["input_ids"]
     print(f"  tokenizer class={type(tok).__name__} vocab={len(tok)} bos={tok.bos_token!r}/{tok.bos_token_id} "
           f"eos={tok.eos_token!r}/{tok.eos_token_id} pad={tok.pad_token!r}/{tok.pad_token_id} "
           f"unk={tok.unk_token!r}/{tok.unk_token_id} add_bos={getattr(tok, 'add_bos_token', None)}")
     with open(os.path.join(out_dir, "hf_config.json"), "w") as f:
         d = cfg.to_dict()
+        d.pop("_name_or_path", None)  # machine-specific path
         d["_tokenizer"] = {
             "class": type(tok).__name__, "len": len(tok),
             "bos_token": tok.bos_token, "bos_token_id": tok.bos_token_id,
@@ -397,6 +403,8 @@ def write_smollm2(out_dir: str, gguf_path: str):
             "pad_token": tok.pad_token, "pad_token_id": tok.pad_token_id,
             "unk_token": tok.unk_token, "unk_token_id": tok.unk_token_id,
             "adds_bos_by_default": tok("a")["input_ids"][0] == tok.bos_token_id,
+            "pre_tokenizer": json.loads(tok.backend_tokenizer.to_str())["pre_tokenizer"],
+            **tok_note,
         }
         d["_versions"] = {"torch": torch.__version__, "transformers": transformers.__version__}
         json.dump(d, f, indent=2, sort_keys=True, default=str)
@@ -422,17 +430,21 @@ def write_smollm2(out_dir: str, gguf_path: str):
         "loss": loss.reshape(1).to(torch.float32),
     }
     save_file(res, os.path.join(out_dir, "golden.safetensors"),
-              metadata={"torch": torch.__version__, "transformers": transformers.__version__,
-                        "precision": "float64 compute from GGUF-dequantized float32 weights, stored float32",
-                        "text": SENTENCE, "gguf": os.path.basename(gguf_path)})
+              metadata=_meta(precision="float64 compute from GGUF-dequantized float32 weights, stored float32",
+                             text=SENTENCE, gguf=os.path.basename(gguf_path)))
 
     cases = []
     for t in tokenizer_texts():
-        cases.append({"text": t, "ids": tok(t)["input_ids"]})
+        case = {"text": t, "ids": tok(t)["input_ids"]}
+        raw = raw_tok(t)["input_ids"]
+        if raw != case["ids"]:  # transformers' GGUF tokenizer without the digit pre-tokenizer (gguf_ref.py)
+            case["ids_transformers_gguf_unfixed"] = raw
+        cases.append(case)
     with open(os.path.join(out_dir, "tokenizer_cases.json"), "w", encoding="utf-8") as f:
         json.dump(cases, f, indent=1, ensure_ascii=False)
         f.write("\n")
-    print(f"  {len(cases)} tokenizer cases; lengths {[len(c['ids']) for c in cases]}")
+    print(f"  {len(cases)} tokenizer cases; lengths {[len(c['ids']) for c in cases]}; "
+          f"{sum('ids_transformers_gguf_unfixed' in c for c in cases)} differ without the digit fix")
 
 
 def main():

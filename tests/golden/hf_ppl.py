@@ -10,7 +10,8 @@ Protocol (LLM-Pruner LLMPruner/datasets/ppl_dataset.py + LLMPruner/evaluator/ppl
   * rows: WikiText-2 (a name containing "wiki") = lines of the file with their "\n"; a whitespace-only
     line is the empty row "" (as in the HF `wikitext-2-raw-v1` dataset). PTB (a name containing "ptb")
     = lines stripped of surrounding whitespace (HF `ptb_text_only` `sentence`).
-  * text = "\n\n".join(rows), tokenized ONCE with the model's tokenizer default settings (SmolLM2: no BOS).
+  * text = "\n\n".join(rows), tokenized ONCE with the model's tokenizer default settings (SmolLM2: no BOS;
+    transformers' GGUF tokenizer gets the digit pre-tokenizer fix of gguf_ref.py unless --raw-hf-tokenizer).
   * non-overlapping chunks of --seq-len tokens, remainder dropped; --max-chunks keeps the first K.
   * per chunk: logits -> shift by one -> per-token CE (reduction none) on seq_len-1 positions.
   * PPL = exp(mean NLL over all those tokens). Model in float32 on CPU (LLM-Pruner: fp16 on GPU).
@@ -20,46 +21,18 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
 import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gguf_ref import load_gguf_model, load_gguf_tokenizer, protocol_ids  # noqa: E402
 
 EXPECTED_TOKENS = {"wikitext2": 304_978, "ptb": 93_459}  # SmolLM2 tokenizer, full files
-
-
-def load_gguf(gguf_path, dtype=torch.float32):
-    d, name = os.path.split(os.path.abspath(gguf_path))
-    tok = AutoTokenizer.from_pretrained(d, gguf_file=name)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=dtype)
-    except TypeError:
-        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, torch_dtype=dtype)
-    model.config.use_cache = False
-    model.eval()
-    return tok, model
-
-
-def read_rows(name, path):
-    with open(path, "r", encoding="utf-8", newline="") as f:
-        data = f.read()
-    if "ptb" in name.lower():
-        return [line.strip() for line in data.split("\n")[: -1 if data.endswith("\n") else None]]
-    if "wiki" in name.lower():
-        parts = data.split("\n")
-        lines = [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
-        return ["" if not line.strip() else line for line in lines]
-    raise SystemExit(f"--data {name}=...: name must contain 'wiki' or 'ptb' to choose the row format")
-
-
-def protocol_ids(tok, name, path):
-    """All token ids of the dataset per the protocol (1-D int64 tensor)."""
-    text = "\n\n".join(read_rows(name, path))
-    return tok(text, return_tensors="pt")["input_ids"][0].to(torch.int64)
-
 
 @torch.no_grad()
 def eval_ppl(model, ids, seq_len, batch_size, max_chunks=None, log_every=50, label=""):
@@ -94,17 +67,21 @@ def main():
     ap.add_argument("--max-chunks", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--raw-hf-tokenizer", action="store_true",
+                    help="use transformers' GGUF tokenizer as is (no digit pre-tokenizer fix, see gguf_ref.py)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     t0 = time.time()
-    tok, model = load_gguf(args.gguf)
+    tok, tok_note = load_gguf_tokenizer(args.gguf, faithful=not args.raw_hf_tokenizer)
+    model = load_gguf_model(args.gguf)
     print(f"loaded {args.gguf} in {time.time() - t0:.1f}s (torch {torch.__version__}, "
           f"transformers {transformers.__version__}, threads {torch.get_num_threads()})", flush=True)
     out = {
         "impl": "pytorch", "model": os.path.basename(args.gguf), "dtype": "float32",
         "seq_len": args.seq_len, "batch_size": args.batch_size, "max_chunks": args.max_chunks,
         "torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
+        "tokenizer": tok_note,
         "protocol": "LLM-Pruner ppl: rows joined with \\n\\n, tokenized once (default settings), "
                     "non-overlapping seq_len chunks, remainder dropped, exp(mean NLL of shifted tokens)",
         "results": {},

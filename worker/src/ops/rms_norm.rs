@@ -9,11 +9,17 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps: eps as f32 })
 }
 
-fn inv_rms(row: &[f32], eps: f32) -> f32 {
-    // Accumulate in f64: rows are short and the sum of squares of thousands of
-    // activations loses digits in f32.
-    let ss: f64 = row.iter().map(|&v| (v as f64) * (v as f64)).sum();
-    (1.0 / ((ss / row.len() as f64) + eps as f64).sqrt()) as f32
+/// `sqrt(mean(x²) + eps)` summed in f32 exactly as candle's fused kernel (and PyTorch's f32
+/// LLaMA) computes it, so both execution modes give bit-identical activations. (An f64 sum is
+/// more precise per call but moved SmolLM2's end-to-end logits further from an f64 reference.)
+fn rms(row: &[f32], eps: f32) -> f32 {
+    let sum2: f32 = row.iter().map(|v| v * v).sum();
+    (sum2 / row.len() as f32 + eps).sqrt()
+}
+
+/// `1 / rms` for the backward pass, where f64 arithmetic keeps cancellation harmless.
+fn inv_rms(row: &[f32], eps: f32) -> f64 {
+    1.0 / rms(row, eps) as f64
 }
 
 struct RmsNorm {
@@ -37,9 +43,9 @@ impl CustomOp2 for RmsNorm {
             .zip(x.par_chunks(h * rows_per_task(h)))
             .for_each(|(yc, xc)| {
                 for (yr, xr) in yc.chunks_mut(h).zip(xc.chunks(h)) {
-                    let r = inv_rms(xr, self.eps);
+                    let m = rms(xr, self.eps);
                     for ((yv, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
-                        *yv = xv * r * wv;
+                        *yv = xv / m * wv;
                     }
                 }
             });
@@ -84,10 +90,10 @@ impl CustomOp3 for RmsNormGradX {
             .for_each(|(dc, (xc, gc))| {
                 for ((dr, xr), gr) in dc.chunks_mut(h).zip(xc.chunks(h)).zip(gc.chunks(h)) {
                     let r = inv_rms(xr, self.eps);
-                    let dot: f64 = xr.iter().zip(gr).zip(w).map(|((&a, &b), &c)| (a * b * c) as f64).sum();
-                    let coef = (dot as f32) * r * r * r / h as f32;
+                    let dot: f64 = xr.iter().zip(gr).zip(w).map(|((&a, &b), &c)| a as f64 * b as f64 * c as f64).sum();
+                    let coef = dot * r * r * r / h as f64;
                     for (((d, &xv), &gv), &wv) in dr.iter_mut().zip(xr).zip(gr).zip(w) {
-                        *d = r * wv * gv - xv * coef;
+                        *d = (r * wv as f64 * gv as f64 - xv as f64 * coef) as f32;
                     }
                 }
             });
@@ -116,7 +122,7 @@ impl CustomOp2 for RmsNormGradW {
             .map(|(xc, gc)| {
                 let mut acc = vec![0f64; h];
                 for (xr, gr) in xc.chunks(h).zip(gc.chunks(h)) {
-                    let r = inv_rms(xr, self.eps) as f64;
+                    let r = inv_rms(xr, self.eps);
                     for ((a, &xv), &gv) in acc.iter_mut().zip(xr).zip(gr) {
                         *a += (xv as f64) * (gv as f64) * r;
                     }
