@@ -2,7 +2,7 @@
 
 use candle_core::quantized::GgmlDType;
 use candle_core::Device;
-use llmprune_tests::{tiny_model_dir, write_tiny_gguf, write_word_tokenizer};
+use llmprune_tests::{assert_contains, tiny_model_dir, write_tiny_gguf, write_word_tokenizer};
 use llmprune_worker::eval::perplexity::{CorpusKind, PplCorpus};
 use llmprune_worker::load_model;
 use std::path::Path;
@@ -11,12 +11,6 @@ fn load_err(path: &Path) -> String {
     match load_model(path, None, &Device::Cpu) {
         Ok(_) => panic!("{} loaded but should not have", path.display()),
         Err(e) => e.to_string(),
-    }
-}
-
-fn assert_contains(msg: &str, parts: &[&str]) {
-    for p in parts {
-        assert!(msg.contains(p), "error {msg:?} should contain {p:?}");
     }
 }
 

@@ -36,7 +36,7 @@ fn every_weight_gradient_matches_finite_differences() {
         let original = var.as_tensor().copy().unwrap();
         let v = direction(original.dims(), 0x9E37 + i as u64);
         let analytic = (g * &v).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
-        let mut central = |eps: f64| {
+        let central = |eps: f64| {
             var.set(&(&original + (&v * eps).unwrap()).unwrap()).unwrap();
             let up = loss_of(&model, &ids);
             var.set(&(&original - (&v * eps).unwrap()).unwrap()).unwrap();

@@ -174,3 +174,10 @@ pub fn tiny_model_dir(name: &str, into: &Path) -> PathBuf {
     write_word_tokenizer(&dst.join("tokenizer.json"), spec.vocab_size);
     dst
 }
+
+/// Asserts that an error message names every one of `parts`.
+pub fn assert_contains(msg: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(msg.contains(p), "message {msg:?} should contain {p:?}");
+    }
+}

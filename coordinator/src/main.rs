@@ -10,9 +10,12 @@ mod telemetry;
 use anyhow::Result;
 use clap::Parser;
 
+#[global_allocator]
+static ALLOCATOR: llmprune_worker::memory::MiMalloc = llmprune_worker::memory::MiMalloc;
+
 fn main() -> std::process::ExitCode {
-    let cli = cli::Cli::parse();
-    match run(cli) {
+    llmprune_worker::memory::configure_allocator();
+    match run(cli::Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

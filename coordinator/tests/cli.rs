@@ -1,6 +1,6 @@
 //! The `llmprune` binary end to end: exit codes, messages, outputs, configuration merge.
 
-use llmprune_tests::{data_dir, repo_root, smollm2_gguf, tiny_model_dir};
+use llmprune_tests::{assert_contains, data_dir, repo_root, smollm2_gguf, tiny_model_dir};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -16,9 +16,7 @@ fn llmprune(args: &[&str], env: &[(&str, &str)]) -> Output {
 fn fails_with(out: &Output, parts: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
-    for p in parts {
-        assert!(stderr.contains(p), "stderr {stderr:?} should contain {p:?}");
-    }
+    assert_contains(&stderr, parts);
 }
 
 #[test]

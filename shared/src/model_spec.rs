@@ -438,6 +438,23 @@ impl ModelSpec {
         }
         n
     }
+
+    /// Multiply-add FLOPs (2 per MAC) of one forward pass over `batch` sequences of `seq`
+    /// tokens with logits at every position: every projection, the head, and the attention
+    /// products `QKᵀ` and `PV` over the full square (as dense kernels compute them, causal
+    /// mask or not). A backward pass costs twice this.
+    pub fn forward_flops(&self, batch: usize, seq: usize) -> f64 {
+        let (h, d) = (self.hidden_size as f64, self.head_dim as f64);
+        let tokens = (batch * seq) as f64;
+        let mut macs_per_token = self.vocab_size as f64 * h;
+        let mut attention_macs = 0.0;
+        for l in &self.layers {
+            let (q, kv) = (l.n_heads as f64 * d, l.n_kv_heads as f64 * d);
+            macs_per_token += h * (q + 2.0 * kv) + q * h + 3.0 * h * l.intermediate_size as f64;
+            attention_macs += 2.0 * batch as f64 * l.n_heads as f64 * (seq * seq) as f64 * d;
+        }
+        2.0 * (tokens * macs_per_token + attention_macs)
+    }
 }
 
 #[cfg(test)]
@@ -485,6 +502,17 @@ mod tests {
 
     fn err_of(v: Value) -> String {
         ModelSpec::from_hf_config(&v, Path::new("cfg.json")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn forward_flops_by_hand() {
+        let spec = ModelSpec::from_hf_config(&base(), Path::new("c.json")).unwrap();
+        // Per token: head 100*64, q 64*64, k+v 2*64*32, o 64*64, mlp 3*64*96 = 30720 MACs
+        // per layer. Attention per layer: 2 (QK, PV) * batch 3 * 4
+        // heads * 5*5 positions * 16 dims = 9600 MACs.
+        let per_token = 100.0 * 64.0 + 2.0 * (64.0 * 64.0 + 2.0 * 64.0 * 32.0 + 64.0 * 64.0 + 3.0 * 64.0 * 96.0);
+        let expected = 2.0 * (15.0 * per_token + 2.0 * 9600.0);
+        assert_eq!(spec.forward_flops(3, 5), expected);
     }
 
     #[test]

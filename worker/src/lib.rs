@@ -4,6 +4,7 @@
 pub mod error;
 pub mod eval;
 pub mod loader;
+pub mod memory;
 pub mod model;
 pub mod ops;
 

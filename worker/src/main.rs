@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand};
 use llmprune_worker::loader::open_model;
 use std::path::PathBuf;
 
+#[global_allocator]
+static ALLOCATOR: llmprune_worker::memory::MiMalloc = llmprune_worker::memory::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "llmprune-worker", version, about = "llmprune worker process")]
 struct Cli {
@@ -25,8 +28,14 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    llmprune_worker::memory::configure_allocator();
     tracing_subscriber::fmt().with_writer(std::io::stderr).init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    inspect(cli)
+}
+
+fn inspect(cli: Cli) -> Result<()> {
+    match cli.command {
         Command::Inspect { model } => {
             let opened = open_model(&model).with_context(|| format!("opening {}", model.display()))?;
             println!("{}", serde_json::to_string_pretty(&opened.spec)?);

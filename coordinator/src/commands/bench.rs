@@ -7,17 +7,10 @@ use crate::settings::Settings;
 use anyhow::{anyhow, Context, Result};
 use candle_core::{Device, Tensor};
 use llmprune_worker::eval::perplexity::CorpusKind;
+use llmprune_worker::memory::peak_rss_mb;
 use llmprune_worker::{load_model, Exec};
 use serde_json::json;
 use std::time::Instant;
-
-/// Peak resident memory of this process (VmHWM), in MiB.
-fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
 
 pub fn run(settings: &Settings, args: BenchArgs) -> Result<()> {
     let model_path = resolve_model(&args.model, &settings.cache_dir, &settings.python)?;
@@ -51,6 +44,9 @@ pub fn run(settings: &Settings, args: BenchArgs) -> Result<()> {
     }
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
+    let passes = if args.mode == BenchMode::Fwdbwd { 3.0 } else { 1.0 };
+    let flops = passes * model.spec.forward_flops(args.batch, args.seq_len);
+    let peak = matmul_gflops(args.batch * args.seq_len, model.spec.hidden_size)?;
     let mode = match args.mode {
         BenchMode::Fwd => "fwd",
         BenchMode::Fwdbwd => "fwdbwd",
@@ -60,7 +56,24 @@ pub fn run(settings: &Settings, args: BenchArgs) -> Result<()> {
         json!({
             "impl": "llmprune", "mode": mode, "tokens": n, "seconds": median,
             "tokens_per_s": n as f64 / median, "peak_rss_mb": peak_rss_mb(), "all_seconds": times,
+            "gflop": flops / 1e9, "gflops": flops / 1e9 / median, "matmul_gflops": peak,
+            "of_matmul_peak": flops / 1e9 / median / peak,
         })
     );
     Ok(())
+}
+
+/// What this machine's matmul sustains, in GFLOP/s: the physical ceiling of a step that is
+/// all matmuls. Measured on a `[tokens, hidden] × [hidden, 4·hidden]` product, the shape of
+/// an MLP projection, best of several runs.
+fn matmul_gflops(tokens: usize, hidden: usize) -> Result<f64> {
+    let a = Tensor::ones((tokens, hidden), candle_core::DType::F32, &Device::Cpu)?;
+    let b = Tensor::ones((hidden, 4 * hidden), candle_core::DType::F32, &Device::Cpu)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..20 {
+        let t = Instant::now();
+        let _ = a.matmul(&b)?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (tokens * hidden * 4 * hidden) as f64 / best / 1e9)
 }

@@ -155,7 +155,7 @@ impl DecoderLayer {
         let h = rms_norm(x, &self.input_norm, eps, exec)?;
         let x = (x + self.attention(&h, cos, sin, exec)?)?;
         let h = rms_norm(&x, &self.post_norm, eps, exec)?;
-        Ok((&x + self.mlp(&h)?)?)
+        Ok((&x + self.mlp(&h, exec)?)?)
     }
 
     fn attention(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, exec: Exec) -> Result<Tensor> {
@@ -194,10 +194,14 @@ impl DecoderLayer {
         Ok(linear(&out, &self.attn.o, None)?.reshape((b, t, hidden))?)
     }
 
-    fn mlp(&self, x: &Tensor) -> Result<Tensor> {
+    fn mlp(&self, x: &Tensor, exec: Exec) -> Result<Tensor> {
         let (b, t, hidden) = x.dims3()?;
         let x2 = x.reshape((b * t, hidden))?;
-        let act = (linear(&x2, &self.mlp.gate, None)?.silu()? * linear(&x2, &self.mlp.up, None)?)?;
+        let (gate, up) = (linear(&x2, &self.mlp.gate, None)?, linear(&x2, &self.mlp.up, None)?);
+        let act = match exec {
+            Exec::Inference => (gate.silu()? * up)?,
+            Exec::Differentiable => ops::swiglu(&gate, &up)?,
+        };
         Ok(linear(&act, &self.mlp.down, None)?.reshape((b, t, hidden))?)
     }
 }

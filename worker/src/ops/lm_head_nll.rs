@@ -1,27 +1,41 @@
-//! Per-token negative log-likelihood through the output head, without keeping logits.
+//! Per-token negative log-likelihood through the output head, with one copy of the logits
+//! at most.
 //!
 //! With a 49k vocabulary the logits of 10×128 tokens are 250 MB per copy, and a composed
 //! `matmul → log_softmax → gather` keeps several copies alive for the backward pass. This op
-//! recomputes the logits chunk by chunk in both passes instead: memory is one chunk of
-//! logits, the price one extra head matmul in the backward pass.
+//! keeps the logits themselves (turned into their gradient in place by the backward pass)
+//! while they fit [`KEEP_LOGITS_FLOATS`]; beyond that it keeps only the per-row
+//! log-sum-exp and recomputes the logits chunk by chunk, paying one more head matmul.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::Mutex;
 
 /// Target id that contributes nothing (a masked label, as `-100` in PyTorch).
 pub const IGNORE_TARGET: u32 = u32::MAX;
 
-/// Logits held at once: rows per chunk × vocabulary stays near this many floats.
+/// Logits computed at once: rows per chunk × vocabulary stays near this many floats.
 const CHUNK_FLOATS: usize = 8 << 20;
+
+/// Logits kept from the forward to the backward pass up to this many floats (256 MiB);
+/// more are recomputed.
+pub const KEEP_LOGITS_FLOATS: usize = 64 << 20;
 
 /// `hidden` is `[N, H]`, `head` is `[V, H]`, `targets` has N ids (or [`IGNORE_TARGET`]).
 /// Returns `[N]` NLLs (0 for ignored rows), differentiable in `hidden` and `head`.
 pub fn lm_head_nll(hidden: &Tensor, head: &Tensor, targets: &[u32]) -> Result<Tensor> {
     let rows = (CHUNK_FLOATS / head.dim(0)?.max(1)).max(1);
-    lm_head_nll_chunked(hidden, head, targets, rows)
+    lm_head_nll_chunked(hidden, head, targets, rows, KEEP_LOGITS_FLOATS)
 }
 
-/// [`lm_head_nll`] with an explicit number of rows per chunk of logits.
-pub fn lm_head_nll_chunked(hidden: &Tensor, head: &Tensor, targets: &[u32], chunk_rows: usize) -> Result<Tensor> {
+/// [`lm_head_nll`] with explicit rows per chunk of logits and limit on kept logits.
+pub fn lm_head_nll_chunked(
+    hidden: &Tensor,
+    head: &Tensor,
+    targets: &[u32],
+    chunk_rows: usize,
+    keep_logits_floats: usize,
+) -> Result<Tensor> {
     let (n, h) = hidden.dims2()?;
     let (v, h2) = head.dims2()?;
     if h != h2 || targets.len() != n {
@@ -35,6 +49,9 @@ pub fn lm_head_nll_chunked(hidden: &Tensor, head: &Tensor, targets: &[u32], chun
         head: head.detach(),
         targets: targets.to_vec(),
         chunk_rows: chunk_rows.max(1),
+        // Without a graph there is no backward pass to keep them for.
+        keep_logits: n * v <= keep_logits_floats && (hidden.track_op() || head.track_op()),
+        saved: Mutex::new(None),
     };
     hidden.apply_op2(head, op)
 }
@@ -44,6 +61,16 @@ struct LmHeadNll {
     head: Tensor,
     targets: Vec<u32>,
     chunk_rows: usize,
+    keep_logits: bool,
+    /// What the forward pass leaves for the backward pass.
+    saved: Mutex<Option<Saved>>,
+}
+
+struct Saved {
+    /// Per row.
+    log_sum_exp: Vec<f32>,
+    /// `[N, V]` row-major, when kept.
+    logits: Option<Vec<f32>>,
 }
 
 impl LmHeadNll {
@@ -52,11 +79,19 @@ impl LmHeadNll {
         (0..n).step_by(self.chunk_rows).map(move |s| (s, self.chunk_rows.min(n - s)))
     }
 
-    /// Log-softmax of one chunk of logits as an f32 tensor `[rows, V]`.
-    fn log_probs(&self, start: usize, rows: usize) -> Result<Tensor> {
-        let logits = self.hidden.narrow(0, start, rows)?.matmul(&self.head.t()?)?.to_dtype(DType::F32)?;
-        candle_nn::ops::log_softmax(&logits, D::Minus1)
+    /// One chunk of logits `[rows, V]` as f32, row-major.
+    fn logits(&self, start: usize, rows: usize) -> Result<Vec<f32>> {
+        let logits = self.hidden.narrow(0, start, rows)?.matmul(&self.head.t()?)?;
+        logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
     }
+}
+
+/// `log Σ_j exp(l_j)`, shifted by the maximum for stability. Each term's f32 `exp` is
+/// accurate to an ulp; the f64 sum keeps 49k of them from losing digits to rounding.
+fn log_sum_exp(row: &[f32]) -> f32 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let sum: f64 = row.iter().map(|&v| (v - max).exp() as f64).sum();
+    max + sum.ln() as f32
 }
 
 impl CustomOp2 for LmHeadNll {
@@ -67,42 +102,70 @@ impl CustomOp2 for LmHeadNll {
     // The storages are those of `hidden` and `head`, which the op already holds as tensors:
     // running tensor ops on them reuses candle's matmul instead of a hand-written one.
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        let mut nll = Vec::with_capacity(self.targets.len());
+        let v = self.head.dim(0)?;
+        let n = self.targets.len();
+        let mut nll = Vec::with_capacity(n);
+        let mut all_lse = Vec::with_capacity(n);
+        let mut kept = Vec::with_capacity(if self.keep_logits { n * v } else { 0 });
         for (start, rows) in self.chunks() {
-            let lp = self.log_probs(start, rows)?;
-            let lp = lp.to_vec2::<f32>()?;
-            for (row, &t) in lp.iter().zip(&self.targets[start..start + rows]) {
-                nll.push(if t == IGNORE_TARGET { 0.0 } else { -row[t as usize] });
+            let logits = self.logits(start, rows)?;
+            let lse: Vec<f32> = logits.par_chunks(v).map(log_sum_exp).collect();
+            for (r, &t) in self.targets[start..start + rows].iter().enumerate() {
+                nll.push(if t == IGNORE_TARGET { 0.0 } else { lse[r] - logits[r * v + t as usize] });
+            }
+            all_lse.extend(lse);
+            if self.keep_logits {
+                kept.extend_from_slice(&logits);
             }
         }
-        Ok((CpuStorage::F32(nll), Shape::from(self.targets.len())))
+        let saved = Saved { log_sum_exp: all_lse, logits: self.keep_logits.then_some(kept) };
+        if let Ok(mut slot) = self.saved.lock() {
+            *slot = Some(saved);
+        }
+        Ok((CpuStorage::F32(nll), Shape::from(n)))
     }
 
     fn bwd(&self, hidden: &Tensor, head: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let saved = self.saved.lock().ok().and_then(|mut s| s.take());
+        let Some(Saved { log_sum_exp: lse, logits }) = saved else {
+            candle_core::bail!("lm_head_nll: backward without a forward pass, or twice");
+        };
         let want_head = head.track_op();
+        let v = self.head.dim(0)?;
+        // d nll_i / d logit_ij = softmax_ij − [j = t_i], times the upstream gradient; computed
+        // in place over logits whose rows start at row `start`.
+        let to_grad = |logits: &mut [f32], start: usize| {
+            logits.par_chunks_mut(v).enumerate().for_each(|(r, row)| {
+                let i = start + r;
+                let t = self.targets[i];
+                if t == IGNORE_TARGET {
+                    row.iter_mut().for_each(|x| *x = 0.0);
+                    return;
+                }
+                let (c, l) = (grad[i], lse[i]);
+                row.iter_mut().for_each(|x| *x = (*x - l).exp() * c);
+                row[t as usize] -= c;
+            });
+        };
+        let device = self.head.device();
+        if let Some(mut all) = logits {
+            to_grad(&mut all, 0);
+            let n = self.targets.len();
+            let d_logits = Tensor::from_vec(all, (n, v), device)?.to_dtype(self.head.dtype())?;
+            let d_hidden = d_logits.matmul(&self.head)?;
+            let d_head = if want_head { Some(d_logits.t()?.matmul(&self.hidden)?) } else { None };
+            return Ok((Some(d_hidden), d_head));
+        }
         let mut d_hidden = Vec::new();
         let mut d_head: Option<Tensor> = None;
-        let v = self.head.dim(0)?;
         for (start, rows) in self.chunks() {
-            // d nll_i / d logits_i = softmax_i − onehot(t_i), scaled by the upstream gradient.
-            let probs = self.log_probs(start, rows)?.exp()?;
-            let mut coeff = vec![0f32; rows];
-            let mut onehot = vec![0f32; rows * v];
-            for r in 0..rows {
-                let t = self.targets[start + r];
-                if t != IGNORE_TARGET {
-                    coeff[r] = grad[start + r];
-                    onehot[r * v + t as usize] = 1.0;
-                }
-            }
-            let coeff = Tensor::from_vec(coeff, (rows, 1), probs.device())?;
-            let onehot = Tensor::from_vec(onehot, (rows, v), probs.device())?;
-            let d_logits = (probs - onehot)?.broadcast_mul(&coeff)?.to_dtype(self.head.dtype())?;
+            let mut d = self.logits(start, rows)?;
+            to_grad(&mut d, start);
+            let d_logits = Tensor::from_vec(d, (rows, v), device)?.to_dtype(self.head.dtype())?;
             d_hidden.push(d_logits.matmul(&self.head)?);
             if want_head {
-                let h = self.hidden.narrow(0, start, rows)?;
-                let part = d_logits.t()?.matmul(&h)?;
+                let part = d_logits.t()?.matmul(&self.hidden.narrow(0, start, rows)?)?;
                 d_head = Some(match d_head {
                     Some(acc) => (acc + part)?,
                     None => part,

@@ -1,7 +1,7 @@
 //! Fused kernels with hand-written backward passes.
 //!
 //! candle's fast `rms_norm`, `softmax_last_dim` and `rope` record no backward, and composing
-//! them from primitives costs several full-size temporaries each. These ops run one pass
+//! them (or SwiGLU) from primitives costs several full-size temporaries each. These ops run one pass
 //! forward and one pass backward over contiguous f32 rows, on the CPU. The inference path
 //! keeps candle's own fused kernels, so tests compare the two.
 
@@ -9,11 +9,13 @@ mod causal_softmax;
 mod lm_head_nll;
 mod rms_norm;
 mod rope;
+mod swiglu;
 
 pub use causal_softmax::causal_softmax;
 pub use lm_head_nll::{lm_head_nll, lm_head_nll_chunked, IGNORE_TARGET};
 pub use rms_norm::rms_norm;
 pub use rope::rope;
+pub use swiglu::swiglu;
 
 use candle_core::{CpuStorage, Layout, Result};
 

@@ -1,0 +1,76 @@
+//! Tokenizers: a Hugging Face `tokenizer.json`, or one rebuilt from GGUF metadata.
+
+mod from_gguf;
+
+use crate::error::{Error, Result};
+use candle_core::quantized::gguf_file::Value;
+use llmprune_shared::ModelSpec;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tokenizers::Tokenizer;
+
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    /// Prepended by us when the GGUF asks for a BOS (tokenizer.json files do it themselves).
+    bos: Option<u32>,
+    source: PathBuf,
+}
+
+impl TextTokenizer {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::Tokenizer { path: path.into(), reason: "file not found".into() });
+        }
+        let inner = Tokenizer::from_file(path).map_err(|e| Error::Tokenizer { path: path.into(), reason: e.to_string() })?;
+        Ok(Self { inner, bos: None, source: path.to_path_buf() })
+    }
+
+    /// Rebuilds the tokenizer llama.cpp stored in `tokenizer.ggml.*`.
+    pub fn from_gguf(path: &Path, meta: &HashMap<String, Value>) -> Result<Self> {
+        let (inner, bos) = from_gguf::build(meta).map_err(|reason| Error::Tokenizer { path: path.into(), reason })?;
+        Ok(Self { inner, bos, source: path.to_path_buf() })
+    }
+
+    /// Token ids of `text`, with the BOS the model expects (if any).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode_fast(text, true)
+            .map_err(|e| Error::Tokenizer { path: self.source.clone(), reason: e.to_string() })?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        ids.extend(self.bos);
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| Error::Tokenizer { path: self.source.clone(), reason: e.to_string() })
+    }
+
+    /// Tokens including added ones.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+
+    /// A tokenizer whose ids reach past the model's embedding rows would index out of range.
+    pub fn check_fits(&self, spec: &ModelSpec) -> Result<()> {
+        let max_id = self.inner.get_vocab(true).values().copied().max().unwrap_or(0) as usize;
+        if max_id >= spec.vocab_size {
+            return Err(Error::Tokenizer {
+                path: self.source.clone(),
+                reason: format!(
+                    "token id {max_id} (of {} tokens) does not fit the model's vocab_size {}",
+                    self.vocab_size(),
+                    spec.vocab_size
+                ),
+            });
+        }
+        Ok(())
+    }
+}
