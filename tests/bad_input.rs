@@ -4,11 +4,11 @@ use candle_core::quantized::GgmlDType;
 use candle_core::Device;
 use llmprune_tests::{assert_contains, tiny_model_dir, write_tiny_gguf, write_word_tokenizer};
 use llmprune_worker::eval::perplexity::{CorpusKind, PplCorpus};
-use llmprune_worker::load_model;
+use llmprune_worker::{load_model, LoadOptions};
 use std::path::Path;
 
 fn load_err(path: &Path) -> String {
-    match load_model(path, None, &Device::Cpu) {
+    match load_model(path, LoadOptions::full, &Device::Cpu) {
         Ok(_) => panic!("{} loaded but should not have", path.display()),
         Err(e) => e.to_string(),
     }
@@ -120,7 +120,7 @@ fn tokenizer_larger_than_the_vocabulary_is_refused() {
 fn perplexity_data_too_short_or_not_text() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tiny_model_dir("tiny_gqa", tmp.path());
-    let loaded = load_model(&dir, None, &Device::Cpu).unwrap();
+    let loaded = load_model(&dir, LoadOptions::full, &Device::Cpu).unwrap();
     let short = tmp.path().join("short.txt");
     std::fs::write(&short, "w1 w2 w3\n").unwrap();
     let e = PplCorpus::load(CorpusKind::Ptb, &short, &loaded.tokenizer, 16).err().unwrap().to_string();
@@ -129,4 +129,16 @@ fn perplexity_data_too_short_or_not_text() {
     std::fs::write(&binary, [0xffu8, 0xfe, 0x00]).unwrap();
     let e = PplCorpus::load(CorpusKind::Wikitext2, &binary, &loaded.tokenizer, 16).err().unwrap().to_string();
     assert_contains(&e, &["bin.txt", "not UTF-8"]);
+}
+
+#[test]
+fn differentiable_half_precision_on_cpu_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tiny_model_dir("tiny_gqa", tmp.path());
+    let half = |s: &llmprune_shared::ModelSpec| LoadOptions { dtype: candle_core::DType::BF16, ..LoadOptions::full(s) };
+    let loaded = load_model(&dir, half, &Device::Cpu).unwrap();
+    let ids = candle_core::Tensor::new(&[[1u32, 2, 3, 4]], &Device::Cpu).unwrap();
+    assert!(loaded.model.loss(&ids, llmprune_worker::Exec::Inference).is_ok(), "bf16 inference runs");
+    let err = loaded.model.loss(&ids, llmprune_worker::Exec::Differentiable).err().expect("must fail").to_string();
+    assert_contains(&err, &["differentiable", "f32", "BF16"]);
 }

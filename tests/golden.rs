@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use llmprune_tests::{fixture, load_tensors, max_abs_diff, rel_err, smollm2_gguf, tiny_model};
-use llmprune_worker::{load_model, Exec};
+use llmprune_worker::{load_model, Exec, LoadOptions};
 
 fn golden_ids(golden: &std::collections::HashMap<String, Tensor>) -> Tensor {
     golden["input_ids"].to_dtype(DType::U32).unwrap()
@@ -49,7 +49,7 @@ fn tiny_tied_mha_with_llama3_rope_scaling_matches_transformers() {
 #[test]
 fn smollm2_gguf_logits_match_transformers() {
     let golden = load_tensors(&fixture("smollm2").join("golden.safetensors"));
-    let loaded = load_model(&smollm2_gguf(), None, &Device::Cpu).unwrap();
+    let loaded = load_model(&smollm2_gguf(), LoadOptions::full, &Device::Cpu).unwrap();
     let ids = golden_ids(&golden);
     let text = "The quick brown fox jumps over the lazy dog. In 1969, 3 astronauts flew to the Moon!";
     let ours = loaded.tokenizer.encode(text).unwrap();

@@ -2,7 +2,7 @@
 //! safetensors, and GGUF files with llama.cpp's q/k permutation undone.
 
 use candle_core::quantized::GgmlDType;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use llmprune_shared::ModelSpec;
 use llmprune_tests::{fixture, load_tensors, max_abs_diff, tiny_model, tiny_model_dir, write_tiny_gguf};
 use llmprune_worker::loader::{open_model, HfWeights};
@@ -18,8 +18,8 @@ fn a_pipeline_of_layer_ranges_equals_the_whole_model() {
     let dir = fixture("tiny_gqa");
     let spec = ModelSpec::from_hf_config_file(&dir.join("config.json")).unwrap();
     let weights = HfWeights::open(&dir).unwrap();
-    let first = LlamaModel::load(spec.clone(), &weights, &LoadOptions { layers: 0..1, embeddings: true, head: false }, &Device::Cpu).unwrap();
-    let last = LlamaModel::load(spec, &weights, &LoadOptions { layers: 1..3, embeddings: false, head: true }, &Device::Cpu).unwrap();
+    let first = LlamaModel::load(spec.clone(), &weights, &LoadOptions { layers: 0..1, embeddings: true, head: false, dtype: DType::F32 }, &Device::Cpu).unwrap();
+    let last = LlamaModel::load(spec, &weights, &LoadOptions { layers: 1..3, embeddings: false, head: true, dtype: DType::F32 }, &Device::Cpu).unwrap();
     assert!(last.embed.is_none() && first.norm.is_none() && first.lm_head.is_none());
     assert_eq!(last.named_weights().len(), 2 * 9 + 2, "the last stage holds its layers, the norm and the head only");
     let ids = ids();
@@ -37,7 +37,7 @@ fn layer_range_outside_the_model_is_refused() {
     let dir = fixture("tiny_gqa");
     let spec = ModelSpec::from_hf_config_file(&dir.join("config.json")).unwrap();
     let weights = HfWeights::open(&dir).unwrap();
-    let opts = LoadOptions { layers: 2..4, embeddings: false, head: false };
+    let opts = LoadOptions { layers: 2..4, embeddings: false, head: false, dtype: DType::F32 };
     let err = LlamaModel::load(spec, &weights, &opts, &Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("layer range 2..4 is outside the model's 3 layers"), "{err}");
 }
@@ -61,7 +61,7 @@ fn sharded_safetensors_with_an_index_load_like_one_file() {
     }
     let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
     std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
-    let sharded = load_model(&dir, None, &Device::Cpu).unwrap();
+    let sharded = load_model(&dir, LoadOptions::full, &Device::Cpu).unwrap();
     let whole = tiny_model("tiny_gqa");
     let d = max_abs_diff(&sharded.model.logits(&ids(), Exec::Inference).unwrap(), &whole.logits(&ids(), Exec::Inference).unwrap());
     assert_eq!(d, 0.0);
@@ -80,7 +80,7 @@ fn gguf_with_llama_cpp_permutation_loads_in_hf_layout() {
         if want.rope_scaling.is_some() {
             continue; // GGUF rope scaling is refused (tested in bad_input); shapes were the point.
         }
-        let gguf = load_model(&path, None, &Device::Cpu).unwrap();
+        let gguf = load_model(&path, LoadOptions::full, &Device::Cpu).unwrap();
         let hf = tiny_model(name);
         let ids = ids();
         let d = max_abs_diff(&gguf.model.logits(&ids, Exec::Inference).unwrap(), &hf.logits(&ids, Exec::Inference).unwrap());
@@ -93,7 +93,7 @@ fn gguf_quantized_weights_are_dequantized() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("q.gguf");
     write_tiny_gguf("tiny_gqa", &path, "llama", GgmlDType::F16);
-    let gguf = load_model(&path, None, &Device::Cpu).unwrap();
+    let gguf = load_model(&path, LoadOptions::full, &Device::Cpu).unwrap();
     let hf = tiny_model("tiny_gqa");
     let (a, b) = (gguf.model.logits(&ids(), Exec::Inference).unwrap(), hf.logits(&ids(), Exec::Inference).unwrap());
     let d = max_abs_diff(&a, &b);

@@ -66,25 +66,40 @@ fn ppl_writes_json_and_a_failed_run_writes_nothing() {
     assert_eq!(leftovers.len(), 1, "no temporary files left behind: {leftovers:?}");
 }
 
-#[test]
-fn smollm2_ptb_perplexity_matches_transformers_on_20_chunks() {
-    // Reference: tests/golden/hf_ppl.py (transformers, same protocol), committed output.
-    let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_root().join("bench/results/torch_ppl_smollm2_20chunks.json")).unwrap(),
-    )
-    .unwrap();
+/// PTB perplexity of SmolLM2 over 20 chunks with the weights in `dtype`, against
+/// transformers with its model in the same dtype (`tests/golden/hf_ppl.py`, committed output).
+fn check_smollm2_ptb_20_chunks(dtype: &str, reference: &str, rel_tol: f64) {
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo_root().join("bench/results").join(reference)).unwrap()).unwrap();
     let want = reference["results"]["ptb"]["ppl"].as_f64().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let json = tmp.path().join("ppl.json");
     let data = format!("ptb={}", data_dir().join("ptb/ptb.valid.txt").display());
     let model = smollm2_gguf();
-    let args = ["ppl", "--model", model.to_str().unwrap(), "--data", &data, "--max-chunks", "20", "--json", json.to_str().unwrap()];
+    let args = [
+        "ppl", "--model", model.to_str().unwrap(), "--data", &data, "--max-chunks", "20", "--dtype", dtype, "--json",
+        json.to_str().unwrap(),
+    ];
     let out = llmprune(&args, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let got = doc["results"]["ptb"]["ppl"].as_f64().unwrap();
+    assert_eq!(doc["dtype"], dtype);
     assert_eq!(doc["results"]["ptb"]["tokens"], 93_459, "PTB valid has 93,459 SmolLM2 tokens");
-    assert!((got - want).abs() / want < 1e-4, "ppl {got} vs transformers {want}");
+    assert!((got - want).abs() / want < rel_tol, "{dtype}: ppl {got} vs transformers {want}");
+}
+
+#[test]
+fn smollm2_ptb_perplexity_matches_transformers_on_20_chunks() {
+    check_smollm2_ptb_20_chunks("f32", "torch_ppl_smollm2_20chunks.json", 1e-4);
+}
+
+#[test]
+fn smollm2_half_precision_perplexity_matches_transformers() {
+    // Measured 7e-5 (bf16) and 8e-6 (f16); rounding the RMS to bf16 before scaling, as
+    // candle's kernel does, made it 1.3e-3.
+    check_smollm2_ptb_20_chunks("bf16", "torch_ppl_smollm2_20chunks_bfloat16.json", 5e-4);
+    check_smollm2_ptb_20_chunks("f16", "torch_ppl_smollm2_20chunks_float16.json", 5e-4);
 }
 
 #[test]

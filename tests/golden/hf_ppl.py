@@ -67,6 +67,8 @@ def main():
     ap.add_argument("--max-chunks", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                    help="the model's dtype (the loss is always taken in float32)")
     ap.add_argument("--raw-hf-tokenizer", action="store_true",
                     help="use transformers' GGUF tokenizer as is (no digit pre-tokenizer fix, see gguf_ref.py)")
     args = ap.parse_args()
@@ -74,11 +76,11 @@ def main():
 
     t0 = time.time()
     tok, tok_note = load_gguf_tokenizer(args.gguf, faithful=not args.raw_hf_tokenizer)
-    model = load_gguf_model(args.gguf)
+    model = load_gguf_model(args.gguf, dtype=getattr(torch, args.dtype))
     print(f"loaded {args.gguf} in {time.time() - t0:.1f}s (torch {torch.__version__}, "
           f"transformers {transformers.__version__}, threads {torch.get_num_threads()})", flush=True)
     out = {
-        "impl": "pytorch", "model": os.path.basename(args.gguf), "dtype": "float32",
+        "impl": "pytorch", "model": os.path.basename(args.gguf), "dtype": args.dtype,
         "seq_len": args.seq_len, "batch_size": args.batch_size, "max_chunks": args.max_chunks,
         "torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
         "tokenizer": tok_note,

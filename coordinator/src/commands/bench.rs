@@ -8,13 +8,13 @@ use anyhow::{anyhow, Context, Result};
 use candle_core::{Device, Tensor};
 use llmprune_worker::eval::perplexity::CorpusKind;
 use llmprune_worker::memory::peak_rss_mb;
-use llmprune_worker::{load_model, Exec};
+use llmprune_worker::{load_model, Exec, LoadOptions};
 use serde_json::json;
 use std::time::Instant;
 
 pub fn run(settings: &Settings, args: BenchArgs) -> Result<()> {
     let model_path = resolve_model(&args.model, &settings.cache_dir, &settings.python)?;
-    let mut loaded = load_model(&model_path, None, &Device::Cpu)?;
+    let mut loaded = load_model(&model_path, LoadOptions::full, &Device::Cpu)?;
     let raw = std::fs::read_to_string(&args.text).with_context(|| format!("--text {}", args.text.display()))?;
     let ids = loaded.tokenizer.encode(&CorpusKind::Wikitext2.joined_text(&raw))?;
     let n = args.batch * args.seq_len;

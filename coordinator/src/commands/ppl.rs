@@ -6,7 +6,7 @@ use crate::settings::Settings;
 use anyhow::{anyhow, Context, Result};
 use candle_core::Device;
 use llmprune_worker::eval::perplexity::{evaluate, CorpusKind, PplCorpus};
-use llmprune_worker::load_model;
+use llmprune_worker::{load_model, LoadOptions};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -38,7 +38,7 @@ pub fn run(settings: &Settings, run_id: &str, args: PplArgs) -> Result<()> {
     }
     let model_path = resolve_model(&args.model, &settings.cache_dir, &settings.python)?;
     let t0 = Instant::now();
-    let loaded = load_model(&model_path, None, &Device::Cpu).with_context(|| format!("loading {}", model_path.display()))?;
+    let loaded = load_model(&model_path, |s| LoadOptions { dtype: args.dtype.into(), ..LoadOptions::full(s) }, &Device::Cpu).with_context(|| format!("loading {}", model_path.display()))?;
     let load_s = t0.elapsed().as_secs_f64();
     tracing::info!(model = %model_path.display(), params = loaded.model.spec.n_params(), load_s, "model loaded");
     let mut results = serde_json::Map::new();
@@ -71,6 +71,7 @@ pub fn run(settings: &Settings, run_id: &str, args: PplArgs) -> Result<()> {
             "model": model_path.display().to_string(),
             "seq_len": args.seq_len,
             "batch_size": args.batch_size,
+            "dtype": candle_core::DType::from(args.dtype).as_str(),
             "max_chunks": args.max_chunks,
             "results": results,
             "seconds": {"load": load_s},

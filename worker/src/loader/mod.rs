@@ -55,10 +55,11 @@ pub fn open_model(path: &Path) -> Result<OpenedModel> {
     Ok(opened)
 }
 
-/// Opens and loads the parts of a model that `opts` names (all of it by default).
-pub fn load_model(path: &Path, opts: Option<LoadOptions>, device: &Device) -> Result<LoadedModel> {
+/// Opens a model and loads the parts `opts` chooses from its spec (`LoadOptions::full` for
+/// all of it).
+pub fn load_model(path: &Path, opts: impl FnOnce(&ModelSpec) -> LoadOptions, device: &Device) -> Result<LoadedModel> {
     let opened = open_model(path)?;
-    let opts = opts.unwrap_or_else(|| LoadOptions::full(&opened.spec));
+    let opts = opts(&opened.spec);
     let model = LlamaModel::load(opened.spec, opened.weights.as_ref(), &opts, device)?;
     Ok(LoadedModel { model, tokenizer: opened.tokenizer, path: opened.path })
 }

@@ -4,7 +4,7 @@ use super::{load_checked as load_weight, Exec};
 use crate::error::Result;
 use crate::loader::WeightSource;
 use crate::ops;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use llmprune_shared::{LayerShape, ModelSpec};
 
 pub struct Attention {
@@ -34,6 +34,14 @@ pub struct DecoderLayer {
 
 pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, exec: Exec) -> Result<Tensor> {
     Ok(match exec {
+        Exec::Inference if x.dtype() != DType::F32 => {
+            // As Hugging Face's LlamaRMSNorm: normalise in f32, round once to the model's
+            // dtype, then scale. candle's half-precision kernel rounds the row's RMS first,
+            // which scales a whole row by up to 0.4% (bf16) and cost 0.15% of PTB perplexity.
+            let ones = Tensor::ones(x.dim(candle_core::D::Minus1)?, DType::F32, x.device())?;
+            let normed = candle_nn::ops::rms_norm(&x.to_dtype(DType::F32)?.contiguous()?, &ones, eps as f32)?;
+            normed.to_dtype(x.dtype())?.broadcast_mul(w)?
+        }
         Exec::Inference => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?,
         Exec::Differentiable => ops::rms_norm(x, w, eps)?,
     })
@@ -58,12 +66,12 @@ fn causal_mask(rows: usize, q_len: usize, keys: usize, device: &Device) -> Resul
 }
 
 impl DecoderLayer {
-    pub fn load(spec: &ModelSpec, index: usize, src: &dyn WeightSource, device: &Device) -> Result<Self> {
+    pub fn load(spec: &ModelSpec, index: usize, src: &dyn WeightSource, device: &Device, dtype: DType) -> Result<Self> {
         let shape = spec.layers[index];
         let (h, d) = (spec.hidden_size, spec.head_dim);
         let (q_out, kv_out) = (shape.n_heads * d, shape.n_kv_heads * d);
         let p = format!("model.layers.{index}");
-        let w = |name: &str, dims: &[usize]| load_weight(src, &format!("{p}.{name}"), dims, device);
+        let w = |name: &str, dims: &[usize]| load_weight(src, &format!("{p}.{name}"), dims, device, dtype);
         let qkv_bias = if spec.attention_bias {
             Some([
                 w("self_attn.q_proj.bias", &[q_out])?,
@@ -181,8 +189,11 @@ impl DecoderLayer {
         let scale = 1.0 / (d as f64).sqrt();
         let probs = match exec {
             Exec::Inference => {
+                // In f32 whatever the model's dtype, as Hugging Face's attention does: candle's
+                // half-precision softmax sums the exponentials in half precision.
                 let mask = causal_mask(rep * t, t, t, x.device())?;
-                candle_nn::ops::softmax_last_dim(&(scores * scale)?.broadcast_add(&mask)?)?
+                let scores = (scores.to_dtype(DType::F32)? * scale)?.broadcast_add(&mask)?;
+                candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?
             }
             Exec::Differentiable => ops::causal_softmax(&scores, scale, t)?,
         };

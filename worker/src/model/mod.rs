@@ -31,11 +31,15 @@ pub struct LoadOptions {
     pub layers: Range<usize>,
     pub embeddings: bool,
     pub head: bool,
+    /// The weights' dtype in memory, whatever the file stores. [`Exec::Differentiable`]
+    /// needs f32 on the CPU; f16/bf16 serve inference.
+    pub dtype: DType,
 }
 
 impl LoadOptions {
+    /// The whole model in f32.
     pub fn full(spec: &ModelSpec) -> Self {
-        Self { layers: 0..spec.n_layers(), embeddings: true, head: true }
+        Self { layers: 0..spec.n_layers(), embeddings: true, head: true, dtype: DType::F32 }
     }
 }
 
@@ -65,21 +69,21 @@ impl LlamaModel {
         let (v, h) = (spec.vocab_size, spec.hidden_size);
         let tied_head = opts.head && spec.tie_word_embeddings;
         let embed = if opts.embeddings || tied_head {
-            Some(load_checked(src, "model.embed_tokens.weight", &[v, h], device)?)
+            Some(load_checked(src, "model.embed_tokens.weight", &[v, h], device, opts.dtype)?)
         } else {
             None
         };
         let layers = opts
             .layers
             .clone()
-            .map(|i| DecoderLayer::load(&spec, i, src, device))
+            .map(|i| DecoderLayer::load(&spec, i, src, device, opts.dtype))
             .collect::<Result<Vec<_>>>()?;
         let (norm, lm_head) = if opts.head {
-            let norm = load_checked(src, "model.norm.weight", &[h], device)?;
+            let norm = load_checked(src, "model.norm.weight", &[h], device, opts.dtype)?;
             let head = if spec.tie_word_embeddings {
                 None
             } else {
-                Some(load_checked(src, "lm_head.weight", &[v, h], device)?)
+                Some(load_checked(src, "lm_head.weight", &[v, h], device, opts.dtype)?)
             };
             (Some(norm), head)
         } else {
@@ -158,8 +162,12 @@ impl LlamaModel {
                 self.rope.max_positions()
             )));
         }
-        let cos = self.rope.cos.narrow(0, 0, t)?;
-        let sin = self.rope.sin.narrow(0, 0, t)?;
+        let dtype = x.dtype();
+        if exec == Exec::Differentiable && dtype != DType::F32 && x.device().is_cpu() {
+            return Err(Error::Invalid(format!("differentiable execution on the CPU needs f32 weights, not {dtype:?}")));
+        }
+        let cos = self.rope.cos.narrow(0, 0, t)?.to_dtype(dtype)?;
+        let sin = self.rope.sin.narrow(0, 0, t)?.to_dtype(dtype)?;
         for layer in &self.layers {
             x = layer.forward(&x, &cos, &sin, self.spec.rms_norm_eps, exec)?;
         }
@@ -220,7 +228,7 @@ fn shifted_targets(ids: &Tensor) -> Result<Vec<u32>> {
         .collect())
 }
 
-pub(crate) fn load_checked(src: &dyn WeightSource, name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
+pub(crate) fn load_checked(src: &dyn WeightSource, name: &str, shape: &[usize], device: &Device, dtype: DType) -> Result<Tensor> {
     let t = src.load(name, device)?;
     if t.dims() != shape {
         return Err(Error::Tensor {
@@ -229,6 +237,6 @@ pub(crate) fn load_checked(src: &dyn WeightSource, name: &str, shape: &[usize], 
             reason: format!("has shape {:?}, the config implies {:?}", t.dims(), shape),
         });
     }
-    Ok(t.to_dtype(DType::F32)?)
+    Ok(t.to_dtype(dtype)?)
 }
 
