@@ -1,6 +1,7 @@
 //! The model against transformers (fixtures from `tests/golden/gen_golden.py`): logits of
 //! every position, the loss and every weight's gradient of tiny random LLaMAs with GQA,
-//! non-uniform layers, tied embeddings and Llama-3 rope scaling; and dequantised SmolLM2.
+//! non-uniform layers, tied embeddings and Llama-3 rope scaling, and of a tiny Qwen2 with
+//! q/k/v biases; and dequantised SmolLM2.
 
 use candle_core::{DType, Device, Tensor};
 use llmprune_tests::{fixture, load_tensors, max_abs_diff, rel_err, smollm2_gguf, tiny_model};
@@ -44,6 +45,12 @@ fn tiny_gqa_non_uniform_layers_match_transformers() {
 #[test]
 fn tiny_tied_mha_with_llama3_rope_scaling_matches_transformers() {
     check_tiny("tiny_tied_mha");
+}
+
+#[test]
+fn tiny_qwen2_with_qkv_biases_matches_transformers() {
+    // Qwen2ForCausalLM: q/k/v biases (gradients checked too), GQA, tied head, rope_theta 1e6.
+    check_tiny("tiny_qwen2");
 }
 
 #[test]

@@ -104,8 +104,12 @@ pub struct ModelSpec {
     pub rope_scaling: Option<RopeScaling>,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
-    /// Biases on q/k/v projections (Qwen2, `attention_bias` in LLaMA configs).
+    /// Biases on q/k/v projections (Qwen2).
     pub attention_bias: bool,
+    /// Mistral's (or Qwen2's, when enabled) attention window. llmprune attends to every
+    /// earlier position, which equals windowed attention only for sequences up to this long;
+    /// longer ones are refused.
+    pub sliding_window: Option<usize>,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
 }
@@ -293,12 +297,19 @@ impl ModelSpec {
             Some(v) => parse_rope_scaling(v, path)?,
             None => None,
         };
-        let default_bias = architecture == Architecture::Qwen2;
-        let attention_bias = match obj.get("attention_bias") {
-            Some(Value::Bool(b)) => *b,
-            Some(Value::Null) | None => default_bias,
-            Some(v) => return Err(field_err(path, "attention_bias", format!("expected a boolean, found {v}"))),
-        };
+        // Qwen2 always has q/k/v biases. LLaMA's `attention_bias` also puts one on o_proj, and
+        // `mlp_bias` on the MLP: loading such weights without them would be silently wrong.
+        let attention_bias = architecture == Architecture::Qwen2;
+        for field in ["attention_bias", "mlp_bias"] {
+            match obj.get(field) {
+                Some(Value::Bool(false)) | Some(Value::Null) | None => {}
+                Some(Value::Bool(true)) if attention_bias && field == "attention_bias" => {}
+                Some(Value::Bool(true)) => {
+                    return Err(field_err(path, field, "biases on o_proj or the MLP are not supported"))
+                }
+                Some(v) => return Err(field_err(path, field, format!("expected a boolean, found {v}"))),
+            }
+        }
         let tie_word_embeddings = match obj.get("tie_word_embeddings") {
             Some(Value::Bool(b)) => *b,
             Some(Value::Null) | None => false,
@@ -318,6 +329,13 @@ impl ModelSpec {
             max_position_embeddings: get_usize(obj, path, "max_position_embeddings")?.unwrap_or(2048),
             tie_word_embeddings,
             attention_bias,
+            sliding_window: match architecture {
+                Architecture::Mistral => get_usize(obj, path, "sliding_window")?,
+                Architecture::Qwen2 if obj.get("use_sliding_window") == Some(&Value::Bool(true)) => {
+                    get_usize(obj, path, "sliding_window")?
+                }
+                _ => None,
+            },
             bos_token_id: get_token_id(obj, path, "bos_token_id")?,
             eos_token_id: get_token_id(obj, path, "eos_token_id")?,
         };
@@ -399,6 +417,10 @@ impl ModelSpec {
         }
         if let Some(e) = self.eos_token_id {
             obj.insert("eos_token_id".into(), json!(e));
+        }
+        if let Some(w) = self.sliding_window {
+            obj.insert("sliding_window".into(), json!(w));
+            obj.insert("use_sliding_window".into(), json!(true));
         }
         if let Some(s) = &self.rope_scaling {
             let v = match s {
@@ -538,5 +560,38 @@ mod tests {
         let mut v = base();
         v["vocab_size"] = json!("big");
         assert!(err_of(v).contains("cfg.json: field `vocab_size`"));
+        for field in ["attention_bias", "mlp_bias"] {
+            let mut v = base();
+            v[field] = json!(true);
+            assert!(err_of(v).contains(&format!("field `{field}`: biases on o_proj or the MLP are not supported")));
+        }
+    }
+
+    #[test]
+    fn sliding_windows_are_read_where_they_apply() {
+        let mut v = base();
+        v["sliding_window"] = json!(4096);
+        assert_eq!(ModelSpec::from_hf_config(&v, Path::new("c.json")).unwrap().sliding_window, None, "llama has none");
+        v["model_type"] = json!("mistral");
+        let spec = ModelSpec::from_hf_config(&v, Path::new("c.json")).unwrap();
+        assert_eq!(spec.sliding_window, Some(4096));
+        assert_eq!(ModelSpec::from_hf_config(&spec.to_hf_config(), Path::new("c.json")).unwrap(), spec);
+        v["model_type"] = json!("qwen2");
+        v["use_sliding_window"] = json!(false);
+        assert_eq!(ModelSpec::from_hf_config(&v, Path::new("c.json")).unwrap().sliding_window, None);
+        v["use_sliding_window"] = json!(true);
+        assert_eq!(ModelSpec::from_hf_config(&v, Path::new("c.json")).unwrap().sliding_window, Some(4096));
+    }
+
+    #[test]
+    fn qwen2_has_qkv_biases() {
+        let mut v = base();
+        v["model_type"] = json!("qwen2");
+        assert!(ModelSpec::from_hf_config(&v, Path::new("c.json")).unwrap().attention_bias);
+        v["attention_bias"] = json!(true);
+        assert!(ModelSpec::from_hf_config(&v, Path::new("c.json")).unwrap().attention_bias);
+        v["model_type"] = json!("llama");
+        v["attention_bias"] = json!(false);
+        assert!(!ModelSpec::from_hf_config(&v, Path::new("c.json")).unwrap().attention_bias);
     }
 }

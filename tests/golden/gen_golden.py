@@ -39,6 +39,7 @@ from safetensors.torch import save_file
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from transformers.models.llama import modeling_llama as ml
+from transformers.models.qwen2 import modeling_qwen2 as mq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gguf_ref import load_gguf_model, load_gguf_tokenizer  # noqa: E402
@@ -88,9 +89,11 @@ def _eager_attention(module, query, key, value, attention_mask, scaling, dropout
 
 
 def enable_float64_reference():
-    ml.LlamaRMSNorm.forward = _rms_forward
-    ml.LlamaRotaryEmbedding.forward = _rope_forward
-    ml.eager_attention_forward = _eager_attention
+    # Qwen2's norm, rotary embedding and eager attention are LLaMA's, copied.
+    for module, prefix in ((ml, "Llama"), (mq, "Qwen2")):
+        getattr(module, prefix + "RMSNorm").forward = _rms_forward
+        getattr(module, prefix + "RotaryEmbedding").forward = _rope_forward
+        module.eager_attention_forward = _eager_attention
 
 
 def inv_freq_f64(rope: dict, head_dim: int) -> torch.Tensor:
@@ -151,12 +154,13 @@ def rope_dict(cfg: LlamaConfig) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 def build_tiny(cfg_json: dict, seed: int) -> LlamaForCausalLM:
-    """Random LLaMA at the max shapes, then sliced to the per-layer shapes of cfg_json."""
-    cfg = LlamaConfig.from_dict(dict(cfg_json))
+    """Random LLaMA-family model (biases too) at the max shapes, then sliced to the per-layer
+    shapes of cfg_json."""
+    cfg = transformers.CONFIG_MAPPING[cfg_json["model_type"]].from_dict(dict(cfg_json))
     cfg._attn_implementation = "eager"
     cfg.use_cache = False
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg).float().eval()
+    model = AutoModelForCausalLM.from_config(cfg).float().eval()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -166,7 +170,8 @@ def build_tiny(cfg_json: dict, seed: int) -> LlamaForCausalLM:
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen, dtype=torch.float32))
     if cfg.tie_word_embeddings:
         assert model.lm_head.weight is model.model.embed_tokens.weight
-    apply_per_layer_shapes(model, cfg_json)
+    if any(k.endswith("_per_layer") for k in cfg_json):
+        apply_per_layer_shapes(model, cfg_json)
     return model
 
 
@@ -447,19 +452,40 @@ def write_smollm2(out_dir: str, gguf_path: str):
           f"{sum('ids_transformers_gguf_unfixed' in c for c in cases)} differ without the digit fix")
 
 
+TINY_QWEN2 = {
+    "architectures": ["Qwen2ForCausalLM"],
+    "model_type": "qwen2",
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "head_dim": 8,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 48,
+    "hidden_act": "silu",
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "max_position_embeddings": 64,
+    "tie_word_embeddings": True,
+    "use_sliding_window": False,
+}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gguf", help="SmolLM2-135M-Instruct.Q4_1.gguf (skip the smollm2 fixture if omitted)")
     ap.add_argument("--out", default=os.path.join(REPO, "tests", "fixtures"))
-    ap.add_argument("--only", choices=["tiny_gqa", "tiny_tied_mha", "smollm2"], action="append")
+    ap.add_argument("--only", choices=["tiny_gqa", "tiny_tied_mha", "tiny_qwen2", "smollm2"], action="append")
     args = ap.parse_args()
-    only = set(args.only or ["tiny_gqa", "tiny_tied_mha", "smollm2"])
+    only = set(args.only or ["tiny_gqa", "tiny_tied_mha", "tiny_qwen2", "smollm2"])
     enable_float64_reference()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, numpy {np.__version__}")
     if "tiny_gqa" in only:
         write_tiny(os.path.join(args.out, "tiny_gqa"), TINY_GQA, seed=1234, batch=2, seq=12)
     if "tiny_tied_mha" in only:
         write_tiny(os.path.join(args.out, "tiny_tied_mha"), TINY_TIED_MHA, seed=4321, batch=2, seq=40)
+    if "tiny_qwen2" in only:
+        write_tiny(os.path.join(args.out, "tiny_qwen2"), TINY_QWEN2, seed=2468, batch=2, seq=16)
     if "smollm2" in only:
         if not args.gguf:
             print("no --gguf given: skipping smollm2", file=sys.stderr)

@@ -3,9 +3,10 @@
 
     python tests/golden/verify_fixtures.py [--fixtures tests/fixtures]
 
-Reads config.json / model.safetensors / golden.safetensors of tiny_gqa and tiny_tied_mha, runs an
-independent implementation of the forward pass (per-layer heads / kv heads / widths, GQA, rotate-half
-RoPE with optional llama3 scaling, RMSNorm, SwiGLU, tied head) and its autograd gradients, and
+Reads config.json / model.safetensors / golden.safetensors of tiny_gqa, tiny_tied_mha and tiny_qwen2,
+runs an independent implementation of the forward pass (per-layer heads / kv heads / widths, GQA,
+q/k/v biases, rotate-half RoPE with optional llama3 scaling, RMSNorm, SwiGLU, tied head) and its
+autograd gradients, and
 compares with the stored logits, loss and grads.
 """
 
@@ -56,9 +57,12 @@ def forward(cfg, W, ids):
         p = f"model.layers.{i}."
         h, kv = heads[i], kvs[i]
         y = rms(x, W[p + "input_layernorm.weight"], eps)
-        q = (y @ W[p + "self_attn.q_proj.weight"].T).view(B, T, h, hd).transpose(1, 2)
-        k = (y @ W[p + "self_attn.k_proj.weight"].T).view(B, T, kv, hd).transpose(1, 2)
-        v = (y @ W[p + "self_attn.v_proj.weight"].T).view(B, T, kv, hd).transpose(1, 2)
+        def proj(name, heads_):
+            out = y @ W[p + f"self_attn.{name}_proj.weight"].T
+            bias = W.get(p + f"self_attn.{name}_proj.bias")  # Qwen2
+            return (out if bias is None else out + bias).view(B, T, heads_, hd).transpose(1, 2)
+
+        q, k, v = proj("q", h), proj("k", kv), proj("v", kv)
         q, k = q * cos + rot_half(q) * sin, k * cos + rot_half(k) * sin
         k, v = k.repeat_interleave(h // kv, 1), v.repeat_interleave(h // kv, 1)
         a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd) + mask, -1) @ v
@@ -94,6 +98,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--fixtures", default=os.path.join(os.path.dirname(__file__), "..", "fixtures"))
     a = ap.parse_args()
-    for name in ("tiny_gqa", "tiny_tied_mha"):
+    for name in ("tiny_gqa", "tiny_tied_mha", "tiny_qwen2"):
         check(os.path.join(a.fixtures, name))
     print("ok")

@@ -273,6 +273,8 @@ impl Metadata<'_> {
             max_position_embeddings: self.uint(&key("context_length"))?.unwrap_or(2048),
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             attention_bias: self.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+            // llama.cpp's llama architecture stores no window (and applies none).
+            sliding_window: None,
             bos_token_id: self.uint("tokenizer.ggml.bos_token_id")?.map(|x| x as u32),
             eos_token_id: self.uint("tokenizer.ggml.eos_token_id")?.map(|x| x as u32),
         };

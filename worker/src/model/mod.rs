@@ -162,6 +162,11 @@ impl LlamaModel {
                 self.rope.max_positions()
             )));
         }
+        if let Some(window) = self.spec.sliding_window.filter(|&w| t > w) {
+            return Err(Error::Invalid(format!(
+                "sequence of {t} tokens is longer than the model's sliding window of {window}, which llmprune does not apply"
+            )));
+        }
         let dtype = x.dtype();
         if exec == Exec::Differentiable && dtype != DType::F32 && x.device().is_cpu() {
             return Err(Error::Invalid(format!("differentiable execution on the CPU needs f32 weights, not {dtype:?}")));
