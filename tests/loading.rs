@@ -99,3 +99,22 @@ fn gguf_quantized_weights_are_dequantized() {
     let d = max_abs_diff(&a, &b);
     assert!(d > 0.0 && d < 5e-3, "f16 storage should perturb logits slightly, got {d}");
 }
+
+/// The dequantisation the GGUF loader relies on (candle's `QTensor::dequantize`) against
+/// llama.cpp's own `gguf` Python package, for every storage type it can write or read:
+/// F16, BF16, Q4_0/1, Q5_0/1, Q8_0 and the K-quants Q2_K..Q6_K (`tests/golden/gen_gguf_quants.py`).
+#[test]
+fn gguf_dequantization_matches_llama_cpp_reference_for_every_type() {
+    use candle_core::quantized::gguf_file::Content;
+    let dir = fixture("gguf_quants");
+    let golden = load_tensors(&dir.join("dequantized.safetensors"));
+    let mut file = std::fs::File::open(dir.join("quants.gguf")).unwrap();
+    let content = Content::read(&mut file).unwrap();
+    assert_eq!(content.tensor_infos.len(), 12);
+    for (name, want) in &golden {
+        let got = content.tensor(&mut file, name, &Device::Cpu).unwrap().dequantize(&Device::Cpu).unwrap();
+        let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = max_abs_diff(&got, want);
+        assert!(d <= 1e-6 * scale, "{name}: dequantised values differ by {d} (scale {scale})");
+    }
+}
