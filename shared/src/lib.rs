@@ -2,5 +2,7 @@
 //! coordinator that only plans must not pay for a tensor library.
 
 pub mod model_spec;
+pub mod py_random;
 
 pub use model_spec::{Architecture, LayerShape, ModelSpec, RopeScaling, SpecError};
+pub use py_random::PyRandom;

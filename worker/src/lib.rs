@@ -1,6 +1,7 @@
 //! The llmprune worker library: a LLaMA-family model on candle with per-layer shapes,
 //! loaders for Hugging Face directories and GGUF files, and evaluation.
 
+pub mod calibration;
 pub mod error;
 pub mod eval;
 pub mod loader;
