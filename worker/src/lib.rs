@@ -8,6 +8,7 @@ pub mod loader;
 pub mod memory;
 pub mod model;
 pub mod ops;
+pub mod prune;
 
 pub use error::{Error, Result};
 pub use loader::{load_model, LoadedModel};

@@ -1,0 +1,249 @@
+//! Channel importance: per group member (reference §2.3), then reduced over the members of
+//! a coupled group (§2.4), with GQA query heads credited to their true KV head (§2.5).
+//!
+//! Everything is computed in f32 whatever the model's dtype: the reference squares and
+//! accumulates gradients in fp16 on GPUs, where `g²` (g ≈ 1e-5) underflows to zero.
+
+use crate::error::{Error, Result};
+use candle_core::{DType, Tensor};
+
+/// Where a member's channels sit in its weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberKind {
+    /// Rows of a `[out, in]` linear weight (q/k/v/gate/up outputs; o/down outputs in
+    /// channel-wise pruning).
+    LinearOut,
+    /// Columns of a `[out, in]` linear weight (o/down inputs; every input on the residual
+    /// stream in channel-wise pruning).
+    LinearIn,
+    /// The elements of an RMSNorm weight `[H]`.
+    Norm,
+    /// Columns (hidden channels) of an embedding `[V, H]`.
+    Embedding,
+}
+
+/// The importance criteria of LLM-Pruner (`--pruner_type`, `--taylor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Criterion {
+    /// `Σ_k |w_k|` per channel.
+    L1,
+    /// `Σ_k w_k²` per channel.
+    L2,
+    /// Vector-wise Taylor (paper Eq. 3): `|Σ_k w_k g_k|`.
+    Vectorize,
+    /// Element-wise first order (Element¹): `Σ_k |w_k g_k|`.
+    ParamFirst,
+    /// Element-wise second order (Element²): `Σ_k |w_k F_kk w_k|`, `F` the diagonal Fisher.
+    ParamSecond,
+    /// `Σ_k |w_k g_k − ½ w_k F_kk w_k|`.
+    ParamMix,
+}
+
+impl Criterion {
+    pub fn needs_gradient(self) -> bool {
+        !matches!(self, Criterion::L1 | Criterion::L2)
+    }
+
+    /// Whether the diagonal Fisher (`Σ_j g_j² / N` over per-sample gradients) is needed.
+    pub fn needs_fisher(self) -> bool {
+        matches!(self, Criterion::ParamSecond | Criterion::ParamMix)
+    }
+}
+
+/// One channel score per channel of a member. `grad` is the gradient of the batch-mean
+/// loss and `fisher` the diagonal Fisher, both shaped like `weight`, given when the
+/// criterion needs them.
+pub fn member_importance(
+    kind: MemberKind,
+    criterion: Criterion,
+    weight: &Tensor,
+    grad: Option<&Tensor>,
+    fisher: Option<&Tensor>,
+) -> Result<Vec<f32>> {
+    let f32_like = |name: &str, t: Option<&Tensor>| -> Result<Tensor> {
+        let t = t.ok_or_else(|| Error::Invalid(format!("{criterion:?} importance needs the {name}")))?;
+        if t.dims() != weight.dims() {
+            return Err(Error::Invalid(format!("{name} {:?} does not match the weight {:?}", t.dims(), weight.dims())));
+        }
+        Ok(t.to_dtype(DType::F32)?)
+    };
+    let w = weight.to_dtype(DType::F32)?;
+    // Salience per element; `Vectorize` sums it signed before taking |·|.
+    let salience = match criterion {
+        Criterion::L1 => w.abs()?,
+        Criterion::L2 => w.sqr()?,
+        Criterion::Vectorize | Criterion::ParamFirst => (&w * f32_like("gradient", grad)?)?,
+        Criterion::ParamSecond => (&w * f32_like("Fisher diagonal", fisher)?)?.mul(&w)?,
+        Criterion::ParamMix => {
+            let second = (&w * f32_like("Fisher diagonal", fisher)?)?.mul(&w)?;
+            ((&w * f32_like("gradient", grad)?)? - (second * 0.5)?)?
+        }
+    };
+    let per_channel = |t: &Tensor| -> Result<Tensor> {
+        Ok(match kind {
+            MemberKind::Norm => t.clone(),
+            MemberKind::LinearOut => t.sum(1)?,
+            MemberKind::LinearIn | MemberKind::Embedding => t.sum(0)?,
+        })
+    };
+    let scores = match (kind, criterion) {
+        (MemberKind::Norm, _) => salience.abs()?,
+        (_, Criterion::Vectorize) => per_channel(&salience)?.abs()?,
+        _ => per_channel(&salience.abs()?)?,
+    };
+    Ok(scores.to_vec1::<f32>()?)
+}
+
+/// How a group's member scores become one score per channel (`--grouping_strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduction {
+    Sum,
+    Mean,
+    Max,
+    Prod,
+    /// The first member only (the group's root).
+    First,
+    /// The last member only (the paper's "last-only" ablation).
+    Last,
+}
+
+/// Reduces aligned member scores (all of one length) to one score per channel.
+pub fn reduce(members: &[Vec<f32>], how: Reduction) -> Result<Vec<f32>> {
+    let first = members.first().ok_or_else(|| Error::Invalid("a group without members".into()))?;
+    if let Some(bad) = members.iter().find(|m| m.len() != first.len()) {
+        return Err(Error::Invalid(format!("member scores of {} and {} channels cannot be reduced", first.len(), bad.len())));
+    }
+    let fold = |init: f32, f: fn(f32, f32) -> f32| -> Vec<f32> {
+        (0..first.len()).map(|c| members.iter().fold(init, |acc, m| f(acc, m[c]))).collect()
+    };
+    Ok(match how {
+        Reduction::Sum => fold(0.0, |a, b| a + b),
+        Reduction::Mean => fold(0.0, |a, b| a + b).into_iter().map(|s| s / members.len() as f32).collect(),
+        Reduction::Max => fold(f32::NEG_INFINITY, f32::max),
+        Reduction::Prod => fold(1.0, |a, b| a * b),
+        Reduction::First => first.clone(),
+        Reduction::Last => members[members.len() - 1].clone(),
+    })
+}
+
+/// Folds the scores of the query side of a GQA group (q rows or o columns, `n_kv · n_rep`
+/// heads of `head_dim`) onto the KV side (`n_kv` heads): channel `c` of KV head `j` receives
+/// channel `c` of query heads `j·n_rep .. (j+1)·n_rep`, the heads that `repeat_kv` feeds
+/// from it. (The reference folds with `view(n_rep, n_kv·head_dim)`, crediting query head
+/// `h` to KV head `h mod n_kv`; see reference §2.5.)
+pub fn fold_queries_onto_kv_heads(scores: &[f32], n_kv: usize, n_rep: usize, head_dim: usize) -> Result<Vec<f32>> {
+    if scores.len() != n_kv * n_rep * head_dim {
+        return Err(Error::Invalid(format!(
+            "{} query channels are not {n_kv} KV heads × {n_rep} query heads × {head_dim}",
+            scores.len()
+        )));
+    }
+    let mut out = vec![0f32; n_kv * head_dim];
+    for (h, head) in scores.chunks(head_dim).enumerate() {
+        let kv = h / n_rep;
+        for (o, s) in out[kv * head_dim..(kv + 1) * head_dim].iter_mut().zip(head) {
+            *o += s;
+        }
+    }
+    Ok(out)
+}
+
+/// One score per head: the sum of its `head_dim` channel scores.
+pub fn head_scores(channel_scores: &[f32], head_dim: usize) -> Result<Vec<f32>> {
+    if head_dim == 0 || channel_scores.len() % head_dim != 0 {
+        return Err(Error::Invalid(format!("{} channels are not whole heads of {head_dim}", channel_scores.len())));
+    }
+    Ok(channel_scores.chunks(head_dim).map(|h| h.iter().sum()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn t(rows: &[&[f32]]) -> Tensor {
+        Tensor::new(rows.iter().map(|r| r.to_vec()).collect::<Vec<_>>(), &Device::Cpu).unwrap()
+    }
+
+    // W = [[1, -2], [3, 4]], G = [[0.5, 0.5], [-1, 2]], F = [[2, 1], [1, 0.5]]:
+    //   W⊙G = [[0.5, -1], [-3, 8]];  W⊙F⊙W = [[2, 4], [9, 8]];
+    //   W⊙G − ½W⊙F⊙W = [[-0.5, -3], [-7.5, 4]].
+    fn wgf() -> (Tensor, Tensor, Tensor) {
+        (t(&[&[1., -2.], &[3., 4.]]), t(&[&[0.5, 0.5], &[-1., 2.]]), t(&[&[2., 1.], &[1., 0.5]]))
+    }
+
+    #[test]
+    fn taylor_scores_by_hand() {
+        let (w, g, f) = wgf();
+        let score = |kind, c| member_importance(kind, c, &w, Some(&g), Some(&f)).unwrap();
+        use Criterion::*;
+        use MemberKind::*;
+        // Rows: vectorize |0.5 − 1| = 0.5, |−3 + 8| = 5; element-wise Σ|·|: 1.5, 11.
+        assert_eq!(score(LinearOut, Vectorize), [0.5, 5.0]);
+        assert_eq!(score(LinearOut, ParamFirst), [1.5, 11.0]);
+        assert_eq!(score(LinearOut, ParamSecond), [6.0, 17.0]);
+        assert_eq!(score(LinearOut, ParamMix), [3.5, 11.5]);
+        // Columns: vectorize |0.5 − 3| = 2.5, |−1 + 8| = 7; element-wise 3.5, 9.
+        assert_eq!(score(LinearIn, Vectorize), [2.5, 7.0]);
+        assert_eq!(score(LinearIn, ParamFirst), [3.5, 9.0]);
+        assert_eq!(score(Embedding, ParamMix), [8.0, 7.0]);
+        assert_eq!(score(LinearOut, L1), [3.0, 7.0]);
+        assert_eq!(score(LinearIn, L2), [10.0, 20.0]);
+    }
+
+    #[test]
+    fn norm_scores_are_elementwise() {
+        let w = Tensor::new(&[2f32, -1.0, 0.5], &Device::Cpu).unwrap();
+        let g = Tensor::new(&[0.25f32, 3.0, -4.0], &Device::Cpu).unwrap();
+        let s = member_importance(MemberKind::Norm, Criterion::Vectorize, &w, Some(&g), None).unwrap();
+        assert_eq!(s, [0.5, 3.0, 2.0]);
+    }
+
+    #[test]
+    fn half_precision_gradients_do_not_underflow() {
+        // g = 1e-5 squares to 1e-10, below f16's smallest subnormal (6e-8): the reference's
+        // fp16 Fisher is zero here, ours is not.
+        let w = Tensor::new(&[[1f32, 2.0]], &Device::Cpu).unwrap().to_dtype(DType::F16).unwrap();
+        let fisher = Tensor::new(&[[1e-10f32, 1e-10]], &Device::Cpu).unwrap();
+        let s = member_importance(MemberKind::LinearOut, Criterion::ParamSecond, &w, None, Some(&fisher)).unwrap();
+        assert!((s[0] - 5e-10).abs() < 1e-15, "{s:?}");
+    }
+
+    #[test]
+    fn missing_or_mismatched_statistics_are_refused() {
+        let (w, g, _) = wgf();
+        let err = member_importance(MemberKind::LinearOut, Criterion::ParamFirst, &w, None, None).unwrap_err();
+        assert!(err.to_string().contains("ParamFirst importance needs the gradient"), "{err}");
+        let err = member_importance(MemberKind::LinearOut, Criterion::ParamMix, &w, Some(&g), None).unwrap_err();
+        assert!(err.to_string().contains("needs the Fisher diagonal"), "{err}");
+        let short = t(&[&[1., 2.]]);
+        let err = member_importance(MemberKind::LinearOut, Criterion::Vectorize, &w, Some(&short), None).unwrap_err();
+        assert!(err.to_string().contains("does not match the weight"), "{err}");
+        assert!(member_importance(MemberKind::LinearOut, Criterion::L1, &w, None, None).is_ok());
+    }
+
+    #[test]
+    fn reductions_by_hand() {
+        let m = vec![vec![1.0, 4.0], vec![3.0, -2.0], vec![2.0, 0.5]];
+        assert_eq!(reduce(&m, Reduction::Sum).unwrap(), [6.0, 2.5]);
+        assert_eq!(reduce(&m, Reduction::Mean).unwrap(), [2.0, 2.5 / 3.0]);
+        assert_eq!(reduce(&m, Reduction::Max).unwrap(), [3.0, 4.0]);
+        assert_eq!(reduce(&m, Reduction::Prod).unwrap(), [6.0, -4.0]);
+        assert_eq!(reduce(&m, Reduction::First).unwrap(), [1.0, 4.0]);
+        assert_eq!(reduce(&m, Reduction::Last).unwrap(), [2.0, 0.5]);
+        assert!(reduce(&[vec![1.0], vec![1.0, 2.0]], Reduction::Sum).is_err());
+        assert!(reduce(&[], Reduction::Sum).is_err());
+    }
+
+    #[test]
+    fn query_heads_are_credited_to_their_own_kv_head() {
+        // 2 KV heads × 2 query heads each, head_dim 2: query heads 0, 1 read KV head 0 and
+        // query heads 2, 3 read KV head 1 (HF repeat_kv). The reference's view(2, 4).sum(0)
+        // would pair heads {0, 2} and {1, 3} instead.
+        let q = [1.0, 2.0, 10.0, 20.0, 100.0, 200.0, 1000.0, 2000.0];
+        assert_eq!(fold_queries_onto_kv_heads(&q, 2, 2, 2).unwrap(), [11.0, 22.0, 1100.0, 2200.0]);
+        assert!(fold_queries_onto_kv_heads(&q, 2, 3, 2).is_err());
+        assert_eq!(head_scores(&[11.0, 22.0, 1100.0, 2200.0], 2).unwrap(), [33.0, 3300.0]);
+        assert!(head_scores(&[1.0, 2.0, 3.0], 2).is_err());
+    }
+}
