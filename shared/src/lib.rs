@@ -1,6 +1,7 @@
 //! Types shared by the coordinator and the workers. Nothing here touches tensors: a
 //! coordinator that only plans must not pay for a tensor library.
 
+pub mod depgraph;
 pub mod model_spec;
 pub mod py_random;
 
