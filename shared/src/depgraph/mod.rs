@@ -90,6 +90,8 @@ pub struct GroupMember {
 pub struct Group {
     pub root: String,
     pub units: usize,
+    /// Channels per root unit (the head dimension for heads, 1 for neurons and hidden channels).
+    pub unit_width: usize,
     /// Every space of the group, by name.
     pub spaces: Vec<String>,
     pub members: Vec<GroupMember>,
@@ -239,9 +241,14 @@ impl Graph {
                 None => members.push(GroupMember { param: a.param.clone(), axis: a.axis, channels }),
             }
         }
+        // The root's own parameters first, so that a "first member" reduction means the root.
+        members.sort_by_key(|m| {
+            !self.attachments.iter().any(|a| a.space == root && a.param == m.param && a.axis == m.axis)
+        });
         Ok(Group {
             root: self.spaces[root].name.clone(),
             units: self.spaces[root].units,
+            unit_width: self.spaces[root].unit_width,
             spaces: spaces.iter().map(|&s| self.spaces[s].name.clone()).collect(),
             members,
         })

@@ -4,8 +4,11 @@
 //! Everything is computed in f32 whatever the model's dtype: the reference squares and
 //! accumulates gradients in fp16 on GPUs, where `g²` (g ≈ 1e-5) underflows to zero.
 
+use super::statistics::GradientStats;
 use crate::error::{Error, Result};
 use candle_core::{DType, Tensor};
+use llmprune_shared::depgraph::{Axis, Group};
+use std::collections::HashMap;
 
 /// Where a member's channels sit in its weight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +95,51 @@ pub fn member_importance(
         _ => per_channel(&salience.abs()?)?,
     };
     Ok(scores.to_vec1::<f32>()?)
+}
+
+/// One score per root unit of `group` (a head, a neuron, a hidden channel): each member's
+/// per-channel importance is gathered per root unit and folded onto the root's unit width
+/// (the query heads of a KV head summed channel by channel, as
+/// [`fold_queries_onto_kv_heads`] does), reduced across members channel by channel, and
+/// summed over the unit's channels. Biases are not scored, as in the reference (its linear
+/// handler reads only the weight). `weights` and `stats` are looked up by parameter name.
+pub fn group_scores(
+    group: &Group,
+    criterion: Criterion,
+    reduction: Reduction,
+    weights: &HashMap<String, Tensor>,
+    stats: &GradientStats,
+) -> Result<Vec<f32>> {
+    let width = group.unit_width;
+    let mut folded: Vec<Vec<Vec<f32>>> = Vec::new(); // [member][unit][channel of the unit]
+    for m in group.members.iter().filter(|m| !m.param.ends_with(".bias")) {
+        let w = weights.get(&m.param).ok_or_else(|| Error::Invalid(format!("no weight `{}`", m.param)))?;
+        let kind = match m.axis {
+            Axis::Rows => MemberKind::LinearOut,
+            Axis::Cols => MemberKind::LinearIn,
+            Axis::Elements => MemberKind::Norm,
+        };
+        let fisher = stats.fisher.as_ref().and_then(|f| f.get(&m.param));
+        let scores = member_importance(kind, criterion, w, stats.grad.get(&m.param), fisher)?;
+        let per_unit = m
+            .channels
+            .iter()
+            .map(|channels| {
+                let mut unit = vec![0f32; width];
+                for (i, &c) in channels.iter().enumerate() {
+                    unit[i % width] += scores[c];
+                }
+                unit
+            })
+            .collect();
+        folded.push(per_unit);
+    }
+    (0..group.units)
+        .map(|u| {
+            let members: Vec<Vec<f32>> = folded.iter().map(|m| m[u].clone()).collect();
+            Ok(reduce(&members, reduction)?.iter().sum())
+        })
+        .collect()
 }
 
 /// How a group's member scores become one score per channel (`--grouping_strategy`).

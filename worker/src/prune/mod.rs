@@ -5,3 +5,4 @@
 //! slicing build on these.
 
 pub mod importance;
+pub mod statistics;
