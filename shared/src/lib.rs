@@ -4,6 +4,7 @@
 pub mod depgraph;
 pub mod model_spec;
 pub mod py_random;
+pub mod selection;
 
 pub use model_spec::{Architecture, LayerShape, ModelSpec, RopeScaling, SpecError};
 pub use py_random::PyRandom;

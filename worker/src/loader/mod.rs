@@ -63,3 +63,29 @@ pub fn load_model(path: &Path, opts: impl FnOnce(&ModelSpec) -> LoadOptions, dev
     let model = LlamaModel::load(opened.spec, opened.weights.as_ref(), &opts, device)?;
     Ok(LoadedModel { model, tokenizer: opened.tokenizer, path: opened.path })
 }
+
+/// Tensors already in memory (a pruned model before it is written), under Hugging Face names.
+pub struct InMemoryWeights {
+    /// Named in errors.
+    pub label: PathBuf,
+    pub tensors: std::collections::HashMap<String, Tensor>,
+}
+
+impl WeightSource for InMemoryWeights {
+    fn path(&self) -> &Path {
+        &self.label
+    }
+
+    fn load(&self, name: &str, device: &Device) -> Result<Tensor> {
+        let t = self.tensors.get(name).ok_or_else(|| Error::Tensor {
+            path: self.label.clone(),
+            name: name.to_string(),
+            reason: "missing".into(),
+        })?;
+        Ok(t.to_device(device)?)
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+}

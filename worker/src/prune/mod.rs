@@ -5,4 +5,5 @@
 //! slicing build on these.
 
 pub mod importance;
+pub mod slice;
 pub mod statistics;

@@ -1,0 +1,60 @@
+//! Applying a selection: every member parameter of a group keeps the channels of the
+//! group's kept units, and the model's per-layer shapes follow from the sliced weights.
+
+use crate::error::{Error, Result};
+use candle_core::Tensor;
+use llmprune_shared::depgraph::{Axis, Group};
+use llmprune_shared::{LayerShape, ModelSpec};
+use std::collections::HashMap;
+
+/// The weights with each group cut to its `kept` units (one list per group, ascending).
+/// Groups that keep every unit are left alone.
+pub fn slice_weights(weights: &HashMap<String, Tensor>, groups: &[Group], kept: &[Vec<usize>]) -> Result<HashMap<String, Tensor>> {
+    if groups.len() != kept.len() {
+        return Err(Error::Invalid(format!("{} groups but {} kept-unit lists", groups.len(), kept.len())));
+    }
+    let mut out = weights.clone();
+    for (group, kept) in groups.iter().zip(kept) {
+        if let Some(&bad) = kept.iter().find(|&&u| u >= group.units) {
+            return Err(Error::Invalid(format!("group `{}` has {} units; cannot keep unit {bad}", group.root, group.units)));
+        }
+        if kept.len() == group.units {
+            continue;
+        }
+        for m in &group.members {
+            let mut channels: Vec<u32> = kept.iter().flat_map(|&u| m.channels[u].iter().map(|&c| c as u32)).collect();
+            channels.sort_unstable();
+            let w = out.get(&m.param).ok_or_else(|| Error::Invalid(format!("group `{}`: no parameter `{}`", group.root, m.param)))?;
+            let dim = match m.axis {
+                Axis::Rows | Axis::Elements => 0,
+                Axis::Cols => 1,
+            };
+            let index = Tensor::from_vec(channels.clone(), channels.len(), w.device())?;
+            let sliced = w.index_select(&index, dim)?;
+            out.insert(m.param.clone(), sliced);
+        }
+    }
+    Ok(out)
+}
+
+/// `spec` with the widths the sliced weights have: hidden size from the embedding, and per
+/// layer the query heads, KV heads and MLP width from q_proj, k_proj and gate_proj.
+pub fn sliced_spec(spec: &ModelSpec, weights: &HashMap<String, Tensor>) -> Result<ModelSpec> {
+    let dim = |name: &str, d: usize| -> Result<usize> {
+        let w = weights.get(name).ok_or_else(|| Error::Invalid(format!("no parameter `{name}`")))?;
+        Ok(w.dim(d)?)
+    };
+    let mut out = spec.clone();
+    out.hidden_size = dim("model.embed_tokens.weight", 1)?;
+    let hd = spec.head_dim;
+    for (i, layer) in out.layers.iter_mut().enumerate() {
+        let p = format!("model.layers.{i}");
+        *layer = LayerShape {
+            n_heads: dim(&format!("{p}.self_attn.q_proj.weight"), 0)? / hd,
+            n_kv_heads: dim(&format!("{p}.self_attn.k_proj.weight"), 0)? / hd,
+            intermediate_size: dim(&format!("{p}.mlp.gate_proj.weight"), 0)?,
+        };
+    }
+    out.validate().map_err(|(field, reason)| Error::Invalid(format!("pruned model: {field}: {reason}")))?;
+    Ok(out)
+}
