@@ -95,3 +95,45 @@ fn hidden_channels_are_cut_everywhere_and_bad_selections_refused() {
     assert!(err.contains("group `embed_tokens.out` has 48 units; cannot keep unit 48"), "{err}");
     assert!(slice_weights(&weights, &groups, &kept[1..]).is_err());
 }
+
+#[test]
+fn export_then_reload_gives_identical_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = llmprune_tests::tiny_model_dir("tiny_gqa", tmp.path());
+    let loaded = llmprune_worker::load_model(&dir, LoadOptions::full, &Device::Cpu).unwrap();
+    let groups = llama_graph(&loaded.model.spec, Fusion::Separate).groups().unwrap();
+    let mut kept: Vec<Vec<usize>> = groups.iter().map(|g| (0..g.units).collect()).collect();
+    kept[groups.iter().position(|g| g.root == "layers.0.k").unwrap()] = vec![0];
+    kept[groups.iter().position(|g| g.root == "layers.2.gate").unwrap()] = (0..24).step_by(2).collect();
+    let sliced = slice_weights(&weights_of(&loaded.model), &groups, &kept).unwrap();
+    let spec = sliced_spec(&loaded.model.spec, &sliced).unwrap();
+    let source = InMemoryWeights { label: "pruned".into(), tensors: sliced.clone() };
+    let pruned = LlamaModel::load(spec.clone(), &source, &LoadOptions::full(&spec), &Device::Cpu).unwrap();
+
+    let out = tmp.path().join("pruned");
+    let plan = serde_json::json!({"kept": kept});
+    llmprune_worker::export::export_model(&out, &spec, &sliced, &loaded.tokenizer, &[("plan.json", &plan)]).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["num_attention_heads_per_layer"], serde_json::json!([3, 4, 2]));
+    assert_eq!(config["intermediate_size_per_layer"], serde_json::json!([64, 40, 12]));
+    assert!(out.join("plan.json").exists());
+    let reloaded = llmprune_worker::load_model(&out, LoadOptions::full, &Device::Cpu).unwrap();
+    let (a, b) = (pruned.logits(&ids(), Exec::Inference).unwrap(), reloaded.model.logits(&ids(), Exec::Inference).unwrap());
+    assert_eq!(max_abs_diff(&a, &b), 0.0, "exported weights are the pruned weights, bit for bit");
+    // Nothing else is left beside the output, and an existing directory is not overwritten.
+    let entries: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let err = llmprune_worker::export::export_model(&out, &spec, &sliced, &loaded.tokenizer, &[]).unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+}
+
+#[test]
+fn saved_gguf_tokenizers_read_back_to_the_same_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = "The 3 quick foxes, naïve: <|im_start|>user\nhi";
+    let smollm2 = llmprune_worker::loader::open_model(&llmprune_tests::smollm2_gguf()).unwrap().tokenizer;
+    let path = tmp.path().join("smollm2.json");
+    smollm2.save(&path).unwrap();
+    let back = llmprune_worker::loader::TextTokenizer::from_file(&path).unwrap();
+    assert_eq!(back.encode(text).unwrap(), smollm2.encode(text).unwrap());
+}

@@ -94,3 +94,18 @@ fn unknown_gguf_tokenizer_model_is_refused() {
     let err = TextTokenizer::from_gguf(Path::new("wp.gguf"), &meta).err().expect("must fail").to_string();
     assert_contains(&err, &["wp.gguf", "`bert` is not supported"]);
 }
+
+#[test]
+fn saved_sentencepiece_tokenizer_keeps_its_bos() {
+    let f = spm_fixture();
+    let tokenizer = TextTokenizer::from_gguf(Path::new("spm.gguf"), &spm_metadata(&f)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("tokenizer.json");
+    tokenizer.save(&path).unwrap();
+    let back = TextTokenizer::from_file(&path).unwrap();
+    for case in &f.cases {
+        let ids = back.encode(&case.text).unwrap();
+        assert_eq!(ids, tokenizer.encode(&case.text).unwrap(), "{:?}", case.text);
+        assert_eq!(ids[0], f.bos_token_id);
+    }
+}

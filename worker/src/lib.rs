@@ -4,6 +4,7 @@
 pub mod calibration;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod loader;
 pub mod memory;
 pub mod model;

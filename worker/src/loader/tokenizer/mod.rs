@@ -7,6 +7,7 @@ use candle_core::quantized::gguf_file::Value;
 use llmprune_shared::ModelSpec;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::Tokenizer;
 
 pub struct TextTokenizer {
@@ -47,6 +48,26 @@ impl TextTokenizer {
         self.inner
             .decode(ids, true)
             .map_err(|e| Error::Tokenizer { path: self.source.clone(), reason: e.to_string() })
+    }
+
+    /// Writes a `tokenizer.json` that [`TextTokenizer::from_file`] (and Hugging Face)
+    /// reads back to the same ids: a BOS this tokenizer prepends itself becomes the file's
+    /// post-processor template.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let err = |reason: String| Error::Tokenizer { path: path.into(), reason };
+        let mut inner = self.inner.clone();
+        if let Some(bos) = self.bos {
+            let token = inner.id_to_token(bos).ok_or_else(|| err(format!("BOS id {bos} is not a token")))?;
+            let template = TemplateProcessing::builder()
+                .try_single(format!("{token} $A"))
+                .and_then(|b| b.try_pair(format!("{token} $A {token} $B:1")))
+                .map_err(|e| err(format!("BOS template: {e}")))?
+                .special_tokens(vec![(token.clone(), bos)])
+                .build()
+                .map_err(|e| err(format!("BOS template: {e}")))?;
+            inner.with_post_processor(Some(template));
+        }
+        inner.save(path, true).map_err(|e| err(e.to_string()))
     }
 
     /// Tokens including added ones.
