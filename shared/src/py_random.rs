@@ -28,6 +28,13 @@ impl PyRandom {
         }
     }
 
+    /// `random()`: a float in [0, 1) from 53 random bits.
+    pub fn random(&mut self) -> f64 {
+        let a = self.0.next_u32() >> 5;
+        let b = self.0.next_u32() >> 6;
+        (f64::from(a) * 67_108_864.0 + f64::from(b)) / 9_007_199_254_740_992.0
+    }
+
     /// `randint(low, high)`, both ends included (`low ≤ high`).
     pub fn randint(&mut self, low: u64, high: u64) -> u64 {
         assert!(low <= high, "randint({low}, {high})");
@@ -63,6 +70,14 @@ mod tests {
         assert_eq!(r.getrandbits(33), 7476111027);
         assert_eq!(r.randint(0, 0), 0);
         assert_eq!(r.randint(5, 1 << 40), 466392613998);
+    }
+
+    #[test]
+    fn floats_equal_cpython() {
+        // random.seed(42); random.random(), random.random()
+        let mut r = PyRandom::new(42);
+        assert_eq!(r.random(), 0.6394267984578837);
+        assert_eq!(r.random(), 0.025010755222666936);
     }
 
     #[test]

@@ -102,3 +102,30 @@ pub fn llama_graph(spec: &ModelSpec, fusion: Fusion) -> Graph {
     g.attach(head, Axis::Cols, normed, 0);
     g
 }
+
+/// What a group of [`llama_graph`] prunes, read from its root's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Structure {
+    /// Attention heads of a layer (KV heads with their query heads under GQA).
+    Heads(usize),
+    /// MLP neurons of a layer.
+    Neurons(usize),
+    /// Hidden channels across the whole network.
+    Hidden,
+}
+
+/// The structure a group of [`llama_graph`] prunes, from its root's name; `None` for a
+/// group this builder does not make.
+pub fn structure(root: &str) -> Option<Structure> {
+    if root == "embed_tokens.out" {
+        return Some(Structure::Hidden);
+    }
+    let rest = root.strip_prefix("layers.")?;
+    let (layer, space) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    match space {
+        "q" | "k" => Some(Structure::Heads(layer)),
+        "gate" => Some(Structure::Neurons(layer)),
+        _ => None,
+    }
+}

@@ -13,7 +13,7 @@
 
 mod llama;
 
-pub use llama::{llama_graph, Fusion};
+pub use llama::{llama_graph, structure, Fusion, Structure};
 
 use serde::Serialize;
 

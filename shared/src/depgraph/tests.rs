@@ -149,3 +149,17 @@ fn inconsistent_couplings_are_refused() {
     g.expand(kv, q, 2);
     assert!(matches!(g.groups(), Err(GraphError::BadExpand { .. })));
 }
+
+#[test]
+fn every_group_has_a_known_structure() {
+    let s = spec(json!({"num_key_value_heads": 2}));
+    let groups = llama_graph(&s, Fusion::Separate).groups().unwrap();
+    let mut found: Vec<Structure> = groups.iter().map(|g| structure(&g.root).unwrap()).collect();
+    found.sort_by_key(|s| format!("{s:?}"));
+    assert_eq!(
+        found,
+        [Structure::Heads(0), Structure::Heads(1), Structure::Hidden, Structure::Neurons(0), Structure::Neurons(1)]
+    );
+    assert_eq!(structure("layers.x.k"), None);
+    assert_eq!(structure("layers.1.v"), None);
+}

@@ -5,5 +5,6 @@
 //! slicing build on these.
 
 pub mod importance;
+pub mod pipeline;
 pub mod slice;
 pub mod statistics;
