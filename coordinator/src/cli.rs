@@ -42,6 +42,86 @@ pub enum Command {
     Bench(BenchArgs),
     /// Show the merged configuration.
     Config(ConfigArgs),
+    /// Prune a model (one process): calibration statistics, importance, selection, slicing, export.
+    Prune(PruneArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+pub enum StrategyArg {
+    /// Attention heads and MLP neurons of the layers in range.
+    Block,
+    /// Hidden channels of the whole network.
+    Channel,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+pub enum CriterionArg {
+    Random,
+    L1,
+    L2,
+    Vectorize,
+    ParamFirst,
+    ParamSecond,
+    ParamMix,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+pub enum ReductionArg {
+    Sum,
+    Mean,
+    Max,
+    Prod,
+    First,
+    Last,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+pub enum ScopeArg {
+    Local,
+    Global,
+}
+
+#[derive(Args)]
+pub struct PruneArgs {
+    /// Hugging Face directory, `.gguf` file, or `smollm2`.
+    #[arg(long)]
+    pub model: String,
+    #[arg(long, value_enum, default_value = "block")]
+    pub strategy: StrategyArg,
+    /// Share of each group's channels to remove, in (0, 1); heads are removed whole (floored).
+    #[arg(long)]
+    pub ratio: f64,
+    /// Layers whose attention heads are pruned, START:END (end exclusive) [default: all].
+    #[arg(long, value_name = "START:END")]
+    pub attn_layers: Option<String>,
+    /// Layers whose MLP neurons are pruned, START:END (end exclusive) [default: all].
+    #[arg(long, value_name = "START:END")]
+    pub mlp_layers: Option<String>,
+    #[arg(long, value_enum, default_value = "param-first")]
+    pub criterion: CriterionArg,
+    /// How member scores combine [default: mean for l1/l2, sum otherwise, as the reference].
+    #[arg(long, value_enum)]
+    pub reduction: Option<ReductionArg>,
+    #[arg(long, value_enum, default_value = "local")]
+    pub scope: ScopeArg,
+    /// With --scope global: divide each group's scores by their mean before ranking.
+    #[arg(long)]
+    pub normalize: bool,
+    /// Calibration text files (paragraphs are rows), sampled the BookCorpus way.
+    #[arg(long, conflicts_with = "calibration_ids")]
+    pub calibration: Vec<PathBuf>,
+    /// Calibration windows as a JSON array of token-id arrays.
+    #[arg(long)]
+    pub calibration_ids: Option<PathBuf>,
+    #[arg(long, default_value_t = 10)]
+    pub samples: usize,
+    #[arg(long, default_value_t = 64)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Output directory (must not exist).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Args)]

@@ -33,5 +33,6 @@ fn run(cli: cli::Cli) -> Result<()> {
         cli::Command::Ppl(args) => commands::ppl::run(&settings, &run_id, args),
         cli::Command::Bench(args) => commands::bench::run(&settings, args),
         cli::Command::Config(args) => commands::config::run(&settings, args),
+        cli::Command::Prune(args) => commands::prune::run(&settings, &run_id, args),
     }
 }

@@ -151,3 +151,48 @@ fn fetch_uses_a_verified_cache_without_downloading() {
     let out = llmprune(&["--cache-dir", tmp.path().to_str().unwrap(), "fetch", "smollm2"], &env);
     fails_with(&out, &["/nonexistent/python"]);
 }
+
+#[test]
+fn prune_writes_a_loadable_model_with_plan_and_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir("tiny_gqa", tmp.path());
+    let ids = tmp.path().join("calib.json");
+    std::fs::write(&ids, "[[1, 5, 9, 13, 40, 41, 42, 7], [90, 2, 3, 60, 61, 62, 8, 9]]").unwrap();
+    let out = tmp.path().join("pruned");
+    let (m, i, o) = (model.to_str().unwrap(), ids.to_str().unwrap(), out.to_str().unwrap());
+    let common = ["prune", "--model", m, "--calibration-ids", i];
+    let run = |extra: &[&str]| llmprune(&[&common[..], extra].concat(), &[]);
+
+    let res = run(&["--ratio", "0.5", "--attn-layers", "0:2", "--mlp-layers", "1:3", "--criterion", "param-second", "--out", o]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let read = |f: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(out.join(f)).unwrap()).unwrap() };
+    let config = read("config.json");
+    assert_eq!(config["num_attention_heads_per_layer"], serde_json::json!([3, 2, 2]));
+    assert_eq!(config["intermediate_size_per_layer"], serde_json::json!([64, 20, 12]));
+    let report = read("prune_report.json");
+    assert!(report["params_after"].as_u64().unwrap() < report["params_before"].as_u64().unwrap());
+    let plan = read("plan.json");
+    assert_eq!(plan["groups"].as_array().unwrap().len(), 4, "2 head groups + 2 MLP groups");
+    // The pruned directory is a model the CLI loads.
+    let words: String = (0..60).map(|i| format!("w{} ", i % 90)).collect();
+    let text = tmp.path().join("t.txt");
+    std::fs::write(&text, words).unwrap();
+    let ppl = llmprune(&["ppl", "--model", o, "--data", &format!("ptb={}", text.display()), "--seq-len", "8"], &[]);
+    assert!(ppl.status.success(), "{}", String::from_utf8_lossy(&ppl.stderr));
+
+    // Bad input: each names the flag or file, exits non-zero, writes nothing.
+    let other = tmp.path().join("other");
+    let ot = other.to_str().unwrap();
+    fails_with(&run(&["--ratio", "1.5", "--out", ot]), &["--ratio 1.5", "(0, 1)"]);
+    fails_with(&run(&["--ratio", "0.2", "--attn-layers", "2:9", "--out", ot]), &["--attn-layers 2:9", "<= 3"]);
+    fails_with(&run(&["--ratio", "0.2", "--mlp-layers", "x", "--out", ot]), &["--mlp-layers x", "START:END"]);
+    fails_with(&run(&["--ratio", "0.2", "--out", o]), &["--out", "already exists"]);
+    fails_with(&run(&["--ratio", "0.99", "--out", ot]), &["would remove all"]);
+    let no_calib = llmprune(&["prune", "--model", m, "--ratio", "0.2", "--out", ot], &[]);
+    fails_with(&no_calib, &["--calibration FILE", "--calibration-ids FILE"]);
+    std::fs::write(&ids, "[[1, 2], [3, 500]]").unwrap();
+    fails_with(&run(&["--ratio", "0.2", "--out", ot]), &["calib.json", "token id 500 is outside the vocabulary of 96"]);
+    assert!(!other.exists(), "a failed prune leaves no output");
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
+    assert!(leftovers.is_empty(), "no partial directories: {leftovers:?}");
+}

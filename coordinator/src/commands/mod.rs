@@ -2,6 +2,7 @@ pub mod bench;
 pub mod config;
 pub mod fetch;
 pub mod ppl;
+pub mod prune;
 
 use anyhow::{Context, Result};
 use std::io::Write;
