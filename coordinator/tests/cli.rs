@@ -170,6 +170,7 @@ fn prune_writes_a_loadable_model_with_plan_and_report() {
     assert_eq!(config["num_attention_heads_per_layer"], serde_json::json!([3, 2, 2]));
     assert_eq!(config["intermediate_size_per_layer"], serde_json::json!([64, 20, 12]));
     let report = read("prune_report.json");
+    assert_eq!(report["criterion"], "param-second");
     assert!(report["params_after"].as_u64().unwrap() < report["params_before"].as_u64().unwrap());
     let plan = read("plan.json");
     assert_eq!(plan["groups"].as_array().unwrap().len(), 4, "2 head groups + 2 MLP groups");

@@ -6,6 +6,7 @@ use crate::fetch::resolve_model;
 use crate::settings::Settings;
 use anyhow::{anyhow, Context, Result};
 use candle_core::Device;
+use clap::ValueEnum;
 use llmprune_worker::calibration::{read_rows, read_token_ids, sample_windows};
 use llmprune_worker::export::export_model;
 use llmprune_worker::prune::importance::{Criterion, Reduction};
@@ -100,23 +101,31 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs) -> Result<()> {
     let outcome = prune(&mut loaded.model, &windows, &req)?;
     let params_after = outcome.spec.n_params();
     let [gradients_s, scoring_s, slicing_s] = outcome.seconds;
+    let name = |v: Option<clap::builder::PossibleValue>| v.map(|v| v.get_name().to_string());
+    let criterion = name(args.criterion.to_possible_value());
+    let reduction = match req.importance {
+        Importance::Scored(_, r) => Some(format!("{r:?}").to_lowercase()),
+        Importance::Random => None,
+    };
     let settings_json = json!({
         "model": model_path.display().to_string(),
         "strategy": format!("{:?}", args.strategy).to_lowercase(),
         "ratio": args.ratio,
         "attn_layers": [attn_layers.start, attn_layers.end],
         "mlp_layers": [mlp_layers.start, mlp_layers.end],
-        "criterion": format!("{:?}", req.importance),
-        "scope": format!("{:?}", req.scope),
+        "criterion": criterion,
+        "reduction": reduction,
+        "scope": name(args.scope.to_possible_value()),
+        "normalize": args.normalize,
         "calibration": calibration,
     });
     let plan = json!({"settings": settings_json, "groups": outcome.groups});
     let report = json!({
         "params_before": params_before,
         "params_after": params_after,
-        "criterion": format!("{:?}", req.importance),
+        "criterion": criterion,
         "ratio": args.ratio,
-        "seconds": {"load": t0.elapsed().as_secs_f64() - gradients_s - scoring_s - slicing_s,
+        "seconds": {"load_and_calibration": t0.elapsed().as_secs_f64() - gradients_s - scoring_s - slicing_s,
                     "gradients": gradients_s, "scoring": scoring_s, "slicing": slicing_s},
     });
     export_model(&args.out, &outcome.spec, &outcome.weights, &loaded.tokenizer, &[("plan.json", &plan), ("prune_report.json", &report)])?;
