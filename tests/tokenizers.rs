@@ -85,6 +85,10 @@ fn sentencepiece_gguf_without_scores_is_refused() {
     meta.insert("tokenizer.ggml.scores".into(), Value::Array(vec![Value::F32(0.0)]));
     let err = TextTokenizer::from_gguf(Path::new("spm.gguf"), &meta).err().expect("must fail").to_string();
     assert_contains(&err, &["spm.gguf", "1 entries", "tokens"]);
+    let mut meta = spm_metadata(&f);
+    meta.insert("tokenizer.ggml.token_type".into(), Value::Array(vec![Value::I32(1); 3]));
+    let err = TextTokenizer::from_gguf(Path::new("spm.gguf"), &meta).err().expect("must fail").to_string();
+    assert_contains(&err, &["spm.gguf", "`tokenizer.ggml.token_type` has 3 entries for 991 tokens"]);
 }
 
 #[test]

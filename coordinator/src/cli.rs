@@ -91,10 +91,10 @@ pub struct PruneArgs {
     /// Share of each group's channels to remove, in (0, 1); heads are removed whole (floored).
     #[arg(long)]
     pub ratio: f64,
-    /// Layers whose attention heads are pruned, START:END (end exclusive) [default: all].
+    /// Layers whose attention heads are pruned, START:END (end exclusive; N:N for none) [default: all].
     #[arg(long, value_name = "START:END")]
     pub attn_layers: Option<String>,
-    /// Layers whose MLP neurons are pruned, START:END (end exclusive) [default: all].
+    /// Layers whose MLP neurons are pruned, START:END (end exclusive; N:N for none) [default: all].
     #[arg(long, value_name = "START:END")]
     pub mlp_layers: Option<String>,
     #[arg(long, value_enum, default_value = "param-first")]

@@ -186,6 +186,14 @@ fn prune_writes_a_loadable_model_with_plan_and_report() {
     let ot = other.to_str().unwrap();
     fails_with(&run(&["--ratio", "1.5", "--out", ot]), &["--ratio 1.5", "(0, 1)"]);
     fails_with(&run(&["--ratio", "0.2", "--attn-layers", "2:9", "--out", ot]), &["--attn-layers 2:9", "<= 3"]);
+    fails_with(&run(&["--ratio", "0.2", "--attn-layers", "2:1", "--out", ot]), &["--attn-layers 2:1", "START <= END"]);
+    // N:N turns a part off: MLP neurons only.
+    let mlp_only = tmp.path().join("mlp-only");
+    let res = run(&["--ratio", "0.5", "--attn-layers", "1:1", "--mlp-layers", "0:1", "--out", mlp_only.to_str().unwrap()]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let plan: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(mlp_only.join("plan.json")).unwrap()).unwrap();
+    assert_eq!(plan["groups"].as_array().unwrap().len(), 1);
+    std::fs::remove_dir_all(&mlp_only).unwrap();
     fails_with(&run(&["--ratio", "0.2", "--mlp-layers", "x", "--out", ot]), &["--mlp-layers x", "START:END"]);
     fails_with(&run(&["--ratio", "0.2", "--out", o]), &["--out", "already exists"]);
     fails_with(&run(&["--ratio", "0.99", "--out", ot]), &["would remove all"]);

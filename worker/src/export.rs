@@ -43,7 +43,8 @@ pub fn export_model(
     for (file, value) in reports {
         write_json(file, value)?;
     }
-    let done = tmp.keep();
-    std::fs::rename(&done, dir).map_err(|e| Error::io(dir, e))?;
+    // On failure the temporary directory is still owned, and deleted on drop.
+    std::fs::rename(tmp.path(), dir).map_err(|e| Error::io(dir, e))?;
+    let _moved = tmp.keep();
     Ok(())
 }

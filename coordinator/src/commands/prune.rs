@@ -16,13 +16,13 @@ use serde_json::json;
 use std::ops::Range;
 use std::time::Instant;
 
-/// `START:END` (end exclusive) within `n` layers; `None` is all of them.
+/// `START:END` (end exclusive) within `n` layers; `None` is all of them, `N:N` none.
 fn layer_range(flag: &str, value: Option<&str>, n: usize) -> Result<Range<usize>> {
     let Some(v) = value else { return Ok(0..n) };
     let parsed = v.split_once(':').and_then(|(a, b)| Some((a.trim().parse::<usize>().ok()?, b.trim().parse::<usize>().ok()?)));
     let (start, end) = parsed.ok_or_else(|| anyhow!("{flag} {v}: expected START:END, e.g. 3:27"))?;
-    if start >= end || end > n {
-        return Err(anyhow!("{flag} {v}: must satisfy START < END <= {n} (the model's layers)"));
+    if start > end || end > n {
+        return Err(anyhow!("{flag} {v}: must satisfy START <= END <= {n} (the model's layers)"));
     }
     Ok(start..end)
 }

@@ -49,6 +49,12 @@ pub fn llama_graph(spec: &ModelSpec, fusion: Fusion) -> Graph {
                 g.attach(&w, Axis::Rows, k, nh * d);
                 g.attach(&w, Axis::Rows, v, (nh + nkv) * d);
                 g.attach(&w, Axis::Cols, attn_in, 0);
+                if spec.attention_bias {
+                    let b = format!("{p}.self_attn.qkv_proj.bias");
+                    g.attach(&b, Axis::Elements, q, 0);
+                    g.attach(&b, Axis::Elements, k, nh * d);
+                    g.attach(&b, Axis::Elements, v, (nh + nkv) * d);
+                }
             }
         }
         // Attention: KV head j's keys and values serve query heads j·n_rep.. (repeat_kv);

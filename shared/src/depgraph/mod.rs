@@ -234,7 +234,9 @@ impl Graph {
                 let first = a.offset + u * space.unit_width;
                 channels[l].extend(first..first + space.unit_width);
             }
-            // A parameter attached twice (a tied embedding and head) is one member.
+            // A parameter attached twice (a tied embedding and head) is one member, sliced
+            // once. (The reference scores a tied embedding twice, as embedding and as head,
+            // which weighs it double in `sum`; a difference for channel-wise pruning only.)
             match members.iter_mut().find(|m| m.param == a.param && m.axis == a.axis) {
                 Some(m) if m.channels == channels => {}
                 Some(m) => m.channels.iter_mut().zip(channels).for_each(|(c, extra)| c.extend(extra)),
@@ -242,6 +244,8 @@ impl Graph {
             }
         }
         // The root's own parameters first, so that a "first member" reduction means the root.
+        // (For hidden channels that is the embedding; the reference roots them at the first
+        // RMSNorm.)
         members.sort_by_key(|m| {
             !self.attachments.iter().any(|a| a.space == root && a.param == m.param && a.axis == m.axis)
         });

@@ -119,6 +119,11 @@ fn fused_projections_are_cut_at_their_offsets() {
     let hidden = find(&groups, "embed_tokens.out");
     assert_eq!(member(hidden, "model.layers.1.self_attn.qkv_proj.weight", Axis::Cols).channels, blocks(8, 1));
     assert_eq!(member(hidden, "model.layers.1.mlp.gate_up_proj.weight", Axis::Cols).channels, blocks(8, 1));
+    // A fused bias is cut at the same offsets as the fused rows.
+    let s = spec(json!({"model_type": "qwen2", "num_key_value_heads": 2}));
+    let groups = llama_graph(&s, Fusion::Fused).groups().unwrap();
+    let bias = member(find(&groups, "layers.0.k"), "model.layers.0.self_attn.qkv_proj.bias", Axis::Elements);
+    assert_eq!(bias.channels, qkv.channels);
 }
 
 #[test]

@@ -27,6 +27,9 @@ const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 /// SentencePiece's word-boundary mark, which stands for a space.
 const SPACE_MARK: char = '\u{2581}';
 
+/// `tokenizer.ggml.pre` values of Llama 3's vocabulary.
+const LLAMA3_PRE: [&str; 2] = ["llama-bpe", "llama3"];
+
 /// Llama 3's pre-tokenizer split (llama.cpp `llama-bpe`).
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
@@ -39,11 +42,22 @@ pub(super) fn build(meta: &HashMap<String, Value>) -> Result<(Tokenizer, Option<
     };
     let tokens = strings(meta, "tokenizer.ggml.tokens")?;
     let types: Vec<i32> = match meta.get("tokenizer.ggml.token_type") {
-        Some(Value::Array(a)) => a.iter().map(|v| v.to_i32().unwrap_or(1)).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| v.to_i32().map_err(|_| "`tokenizer.ggml.token_type` holds a non-integer".to_string()))
+            .collect::<Result<_, _>>()?,
         _ => vec![1; tokens.len()],
     };
+    if types.len() != tokens.len() {
+        return Err(format!("`tokenizer.ggml.token_type` has {} entries for {} tokens", types.len(), tokens.len()));
+    }
+    let pre = match meta.get("tokenizer.ggml.pre") {
+        Some(Value::String(s)) => s.as_str(),
+        _ => "default",
+    };
     let (mut tokenizer, bos_by_default) = match kind {
-        "gpt2" => (byte_level_bpe(meta, &tokens)?, false),
+        // Llama 3 adds a BOS unless told otherwise (llama.cpp's default for this vocabulary).
+        "gpt2" => (byte_level_bpe(meta, &tokens, pre)?, LLAMA3_PRE.contains(&pre)),
         // SentencePiece models get a BOS unless the file says otherwise, as in llama.cpp.
         "llama" => (sentencepiece_bpe(meta, &tokens)?, true),
         other => {
@@ -88,16 +102,17 @@ fn vocab(tokens: &[String]) -> Vocab {
 }
 
 /// GPT-2-style byte-level BPE with the file's merges and the pre-tokenizer it names.
-fn byte_level_bpe(meta: &HashMap<String, Value>, tokens: &[String]) -> Result<Tokenizer, String> {
+fn byte_level_bpe(meta: &HashMap<String, Value>, tokens: &[String], pre: &str) -> Result<Tokenizer, String> {
     let merges = strings(meta, "tokenizer.ggml.merges")?
         .into_iter()
         .map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| format!("merge `{m}` is not two tokens")))
         .collect::<Result<Vec<_>, String>>()?;
-    let bpe = BPE::builder().vocab_and_merges(vocab(tokens), merges).build().map_err(|e| format!("BPE: {e}"))?;
-    let pre = match meta.get("tokenizer.ggml.pre") {
-        Some(Value::String(s)) => s.as_str(),
-        _ => "default",
-    };
+    // Llama 3's tokenizer takes a word that is itself a token whole, before any merge.
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab(tokens), merges)
+        .ignore_merges(LLAMA3_PRE.contains(&pre))
+        .build()
+        .map_err(|e| format!("BPE: {e}"))?;
     let byte_level = ByteLevel::new(false, true, true);
     let pre_tokenizer: PreTokenizerWrapper = match pre {
         "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
