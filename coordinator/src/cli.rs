@@ -122,6 +122,14 @@ pub struct PruneArgs {
     /// Output directory (must not exist).
     #[arg(long)]
     pub out: PathBuf,
+    /// Perplexity of the pruned model, NAME=FILE[,NAME=FILE] with NAME in {wikitext2, ptb}.
+    #[arg(long, value_name = "NAME=FILE,...")]
+    pub eval_ppl: Option<String>,
+    /// Evaluate only the first K chunks of each --eval-ppl dataset.
+    #[arg(long)]
+    pub eval_max_chunks: Option<usize>,
+    #[arg(long, default_value_t = 128)]
+    pub eval_seq_len: usize,
 }
 
 #[derive(Args)]

@@ -163,7 +163,14 @@ fn prune_writes_a_loadable_model_with_plan_and_report() {
     let common = ["prune", "--model", m, "--calibration-ids", i];
     let run = |extra: &[&str]| llmprune(&[&common[..], extra].concat(), &[]);
 
-    let res = run(&["--ratio", "0.5", "--attn-layers", "0:2", "--mlp-layers", "1:3", "--criterion", "param-second", "--out", o]);
+    let words: String = (0..300).map(|i| format!("w{} ", (i * 7) % 90)).collect();
+    let text = tmp.path().join("t.txt");
+    std::fs::write(&text, words).unwrap();
+    let eval = format!("ptb={}", text.display());
+    let res = run(&[
+        "--ratio", "0.5", "--attn-layers", "0:2", "--mlp-layers", "1:3", "--criterion", "param-second", "--out", o,
+        "--eval-ppl", &eval, "--eval-seq-len", "16",
+    ]);
     assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
     let read = |f: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(out.join(f)).unwrap()).unwrap() };
     let config = read("config.json");
@@ -171,20 +178,23 @@ fn prune_writes_a_loadable_model_with_plan_and_report() {
     assert_eq!(config["intermediate_size_per_layer"], serde_json::json!([64, 20, 12]));
     let report = read("prune_report.json");
     assert_eq!(report["criterion"], "param-second");
+    let pruned_ppl = report["ppl"]["ptb"]["ppl"].as_f64().expect("the pruned model's perplexity");
     assert!(report["params_after"].as_u64().unwrap() < report["params_before"].as_u64().unwrap());
     let plan = read("plan.json");
     assert_eq!(plan["groups"].as_array().unwrap().len(), 4, "2 head groups + 2 MLP groups");
-    // The pruned directory is a model the CLI loads.
-    let words: String = (0..60).map(|i| format!("w{} ", i % 90)).collect();
-    let text = tmp.path().join("t.txt");
-    std::fs::write(&text, words).unwrap();
-    let ppl = llmprune(&["ppl", "--model", o, "--data", &format!("ptb={}", text.display()), "--seq-len", "8"], &[]);
+    // The pruned directory is a model the CLI loads, with the perplexity the report gave.
+    let json = tmp.path().join("ppl.json");
+    let ppl = llmprune(&["ppl", "--model", o, "--data", &eval, "--seq-len", "16", "--json", json.to_str().unwrap()], &[]);
     assert!(ppl.status.success(), "{}", String::from_utf8_lossy(&ppl.stderr));
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(doc["results"]["ptb"]["ppl"].as_f64().unwrap(), pruned_ppl);
+    std::fs::remove_file(&json).unwrap();
 
     // Bad input: each names the flag or file, exits non-zero, writes nothing.
     let other = tmp.path().join("other");
     let ot = other.to_str().unwrap();
     fails_with(&run(&["--ratio", "1.5", "--out", ot]), &["--ratio 1.5", "(0, 1)"]);
+    fails_with(&run(&["--ratio", "0.5", "--eval-ppl", "c4=x", "--out", ot]), &["--eval-ppl", "unknown perplexity dataset `c4`"]);
     fails_with(&run(&["--ratio", "0.2", "--attn-layers", "2:9", "--out", ot]), &["--attn-layers 2:9", "<= 3"]);
     fails_with(&run(&["--ratio", "0.2", "--attn-layers", "2:1", "--out", ot]), &["--attn-layers 2:1", "START <= END"]);
     // N:N turns a part off: MLP neurons only.

@@ -11,7 +11,8 @@ use llmprune_worker::calibration::{read_rows, read_token_ids, sample_windows};
 use llmprune_worker::export::export_model;
 use llmprune_worker::prune::importance::{Criterion, Reduction};
 use llmprune_worker::prune::pipeline::{prune, Importance, PruneRequest, Scope, Strategy};
-use llmprune_worker::{load_model, LoadOptions};
+use llmprune_worker::loader::InMemoryWeights;
+use llmprune_worker::{load_model, LlamaModel, LoadOptions};
 use serde_json::json;
 use std::ops::Range;
 use std::time::Instant;
@@ -59,6 +60,16 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs) -> Result<()> {
     }
     if args.out.exists() {
         return Err(anyhow!("--out {}: already exists; remove it or choose another directory", args.out.display()));
+    }
+    let eval_data = match &args.eval_ppl {
+        Some(list) => {
+            let pairs: Vec<String> = list.split(',').map(str::to_string).collect();
+            crate::commands::ppl::parse_data(&pairs).map_err(|e| anyhow!("--eval-ppl: {e:#}"))?
+        }
+        None => Vec::new(),
+    };
+    if args.eval_seq_len < 2 {
+        return Err(anyhow!("--eval-seq-len must be at least 2, got {}", args.eval_seq_len));
     }
     if args.calibration.is_empty() && args.calibration_ids.is_none() {
         return Err(anyhow!("give calibration data: --calibration FILE (text) or --calibration-ids FILE"));
@@ -120,7 +131,15 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs) -> Result<()> {
         "calibration": calibration,
     });
     let plan = json!({"settings": settings_json, "groups": outcome.groups});
+    let ppl = if eval_data.is_empty() {
+        serde_json::Map::new()
+    } else {
+        let source = InMemoryWeights { label: "pruned model".into(), tensors: outcome.weights.clone() };
+        let pruned = LlamaModel::load(outcome.spec.clone(), &source, &LoadOptions::full(&outcome.spec), &Device::Cpu)?;
+        crate::commands::ppl::perplexities(&pruned, &loaded.tokenizer, &eval_data, args.eval_seq_len, 4, args.eval_max_chunks)?
+    };
     let report = json!({
+        "ppl": ppl,
         "params_before": params_before,
         "params_after": params_after,
         "criterion": criterion,
