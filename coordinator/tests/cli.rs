@@ -179,6 +179,9 @@ fn prune_writes_a_loadable_model_with_plan_and_report() {
     let report = read("prune_report.json");
     assert_eq!(report["criterion"], "param-second");
     let pruned_ppl = report["ppl"]["ptb"]["ppl"].as_f64().expect("the pruned model's perplexity");
+    let stats = &report["statistics"];
+    assert_eq!(stats["after"]["params"], report["params_after"]);
+    assert!(stats["after"]["macs_64_tokens"].as_f64().unwrap() < stats["before"]["macs_64_tokens"].as_f64().unwrap());
     assert!(report["params_after"].as_u64().unwrap() < report["params_before"].as_u64().unwrap());
     let plan = read("plan.json");
     assert_eq!(plan["groups"].as_array().unwrap().len(), 4, "2 head groups + 2 MLP groups");

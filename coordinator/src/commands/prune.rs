@@ -138,8 +138,15 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs) -> Result<()> {
         let pruned = LlamaModel::load(outcome.spec.clone(), &source, &LoadOptions::full(&outcome.spec), &Device::Cpu)?;
         crate::commands::ppl::perplexities(&pruned, &loaded.tokenizer, &eval_data, args.eval_seq_len, 4, args.eval_max_chunks)?
     };
+    // The paper's Table 3 columns that need no timing: parameters, MACs of one 64-token
+    // sequence, f32 weight memory.
+    let table3 = |spec: &llmprune_shared::ModelSpec| {
+        json!({"params": spec.n_params(), "macs_64_tokens": spec.forward_flops(1, 64) / 2.0,
+               "weight_mib_f32": spec.n_params() as f64 * 4.0 / (1 << 20) as f64})
+    };
     let report = json!({
         "ppl": ppl,
+        "statistics": {"before": table3(&loaded.model.spec), "after": table3(&outcome.spec)},
         "params_before": params_before,
         "params_after": params_after,
         "criterion": criterion,
