@@ -3,12 +3,10 @@
 //! the batch gradient and the per-window Fisher diagonal, then every group's scores for six
 //! criteria, on the groups that discovery finds.
 
-use candle_core::Tensor;
 use llmprune_shared::depgraph::{llama_graph, Fusion};
 use llmprune_tests::{fixture, load_tensors, rel_err, tiny_model};
 use llmprune_worker::prune::importance::{group_scores, Criterion, Reduction};
 use llmprune_worker::prune::statistics::gradient_stats;
-use std::collections::HashMap;
 
 #[test]
 fn tiny_gqa_statistics_and_group_scores_match_the_reference_formulas() {
@@ -30,7 +28,7 @@ fn tiny_gqa_statistics_and_group_scores_match_the_reference_formulas() {
         assert!(e <= 1e-3, "Fisher diagonal of {name}: relative error {e}");
     }
 
-    let weights: HashMap<String, Tensor> = model.named_weights().into_iter().map(|(n, t)| (n, t.clone())).collect();
+    let weights = model.weights_by_name();
     let groups = llama_graph(&model.spec, Fusion::Separate).groups().unwrap();
     let reference: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("importance.json")).unwrap()).unwrap();

@@ -9,14 +9,9 @@ use llmprune_tests::{max_abs_diff, tiny_model};
 use llmprune_worker::loader::InMemoryWeights;
 use llmprune_worker::prune::slice::{slice_weights, sliced_spec};
 use llmprune_worker::{Exec, LlamaModel, LoadOptions};
-use std::collections::HashMap;
 
 fn ids() -> Tensor {
     Tensor::new(&[[5u32, 17, 3, 88, 41, 9, 60, 2], [1, 2, 3, 4, 5, 6, 7, 8]], &Device::Cpu).unwrap()
-}
-
-fn weights_of(model: &LlamaModel) -> HashMap<String, Tensor> {
-    model.named_weights().into_iter().map(|(n, t)| (n, t.clone())).collect()
 }
 
 fn zero_columns(w: &Tensor, columns: &[usize]) -> Tensor {
@@ -33,7 +28,7 @@ fn zero_columns(w: &Tensor, columns: &[usize]) -> Tensor {
 fn removing_heads_and_neurons_equals_silencing_them() {
     let model = tiny_model("tiny_gqa"); // heads [6, 4, 2], KV heads [2, 2, 1], MLP [64, 40, 24], head_dim 8
     let groups: Vec<Group> = llama_graph(&model.spec, Fusion::Separate).groups().unwrap();
-    let weights = weights_of(&model);
+    let weights = model.weights_by_name();
     // Keep all units except: layer 0 KV head 0 (query heads 0-2), layer 1 KV head 1 (query
     // heads 2-3), layer 0 MLP neurons 3, 10 and 63, layer 2 MLP neurons 0..12.
     let mut kept: Vec<Vec<usize>> = groups.iter().map(|g| (0..g.units).collect()).collect();
@@ -76,7 +71,7 @@ fn removing_heads_and_neurons_equals_silencing_them() {
 fn hidden_channels_are_cut_everywhere_and_bad_selections_refused() {
     let model = tiny_model("tiny_gqa");
     let groups = llama_graph(&model.spec, Fusion::Separate).groups().unwrap();
-    let weights = weights_of(&model);
+    let weights = model.weights_by_name();
     let mut kept: Vec<Vec<usize>> = groups.iter().map(|g| (0..g.units).collect()).collect();
     let hidden = groups.iter().position(|g| g.root == "embed_tokens.out").unwrap();
     kept[hidden] = (0..48).filter(|c| c % 4 != 0).collect();
@@ -105,7 +100,7 @@ fn export_then_reload_gives_identical_logits() {
     let mut kept: Vec<Vec<usize>> = groups.iter().map(|g| (0..g.units).collect()).collect();
     kept[groups.iter().position(|g| g.root == "layers.0.k").unwrap()] = vec![0];
     kept[groups.iter().position(|g| g.root == "layers.2.gate").unwrap()] = (0..24).step_by(2).collect();
-    let sliced = slice_weights(&weights_of(&loaded.model), &groups, &kept).unwrap();
+    let sliced = slice_weights(&loaded.model.weights_by_name(), &groups, &kept).unwrap();
     let spec = sliced_spec(&loaded.model.spec, &sliced).unwrap();
     let source = InMemoryWeights { label: "pruned".into(), tensors: sliced.clone() };
     let pruned = LlamaModel::load(spec.clone(), &source, &LoadOptions::full(&spec), &Device::Cpu).unwrap();

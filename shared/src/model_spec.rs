@@ -442,20 +442,23 @@ impl ModelSpec {
         cfg
     }
 
+    /// Weights of a layer's seven projections (q, k, v, o, gate, up, down).
+    fn projection_weights(&self, l: &LayerShape) -> usize {
+        let (h, q, kv) = (self.hidden_size, l.n_heads * self.head_dim, l.n_kv_heads * self.head_dim);
+        h * (q + 2 * kv) + q * h + 3 * h * l.intermediate_size
+    }
+
     /// Parameters of the full model (embedding counted once when tied).
     pub fn n_params(&self) -> usize {
         let h = self.hidden_size;
-        let d = self.head_dim;
         let mut n = self.vocab_size * h + h; // embedding + final norm
         if !self.tie_word_embeddings {
             n += self.vocab_size * h;
         }
         for l in &self.layers {
-            let q = l.n_heads * d;
-            let kv = l.n_kv_heads * d;
-            n += h * (q + 2 * kv) + q * h + 3 * h * l.intermediate_size + 2 * h;
+            n += self.projection_weights(l) + 2 * h;
             if self.attention_bias {
-                n += q + 2 * kv;
+                n += (l.n_heads + 2 * l.n_kv_heads) * self.head_dim;
             }
         }
         n
@@ -466,14 +469,12 @@ impl ModelSpec {
     /// products `QKᵀ` and `PV` over the full square (as dense kernels compute them, causal
     /// mask or not). A backward pass costs twice this.
     pub fn forward_flops(&self, batch: usize, seq: usize) -> f64 {
-        let (h, d) = (self.hidden_size as f64, self.head_dim as f64);
         let tokens = (batch * seq) as f64;
-        let mut macs_per_token = self.vocab_size as f64 * h;
+        let mut macs_per_token = (self.vocab_size * self.hidden_size) as f64;
         let mut attention_macs = 0.0;
         for l in &self.layers {
-            let (q, kv) = (l.n_heads as f64 * d, l.n_kv_heads as f64 * d);
-            macs_per_token += h * (q + 2.0 * kv) + q * h + 3.0 * h * l.intermediate_size as f64;
-            attention_macs += 2.0 * batch as f64 * l.n_heads as f64 * (seq * seq) as f64 * d;
+            macs_per_token += self.projection_weights(l) as f64;
+            attention_macs += 2.0 * (batch * l.n_heads * seq * seq * self.head_dim) as f64;
         }
         2.0 * (tokens * macs_per_token + attention_macs)
     }

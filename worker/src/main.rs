@@ -30,12 +30,7 @@ enum Command {
 fn main() -> Result<()> {
     llmprune_worker::memory::configure_allocator();
     tracing_subscriber::fmt().with_writer(std::io::stderr).init();
-    let cli = Cli::parse();
-    inspect(cli)
-}
-
-fn inspect(cli: Cli) -> Result<()> {
-    match cli.command {
+    match Cli::parse().command {
         Command::Inspect { model } => {
             let opened = open_model(&model).with_context(|| format!("opening {}", model.display()))?;
             println!("{}", serde_json::to_string_pretty(&opened.spec)?);

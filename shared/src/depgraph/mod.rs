@@ -56,6 +56,16 @@ enum Coupling {
     Expand { kv: SpaceId, q: SpaceId, rep: usize },
 }
 
+impl Coupling {
+    /// The two spaces it ties.
+    fn ends(self) -> (SpaceId, SpaceId) {
+        match self {
+            Coupling::Same(a, b) => (a, b),
+            Coupling::Expand { kv, q, .. } => (kv, q),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum GraphError {
     #[error("`{a}` ({a_units} units) and `{b}` ({b_units} units) are coupled element-wise but differ in size")]
@@ -131,31 +141,25 @@ impl Graph {
         let n = self.spaces.len();
         let mut neighbours: Vec<Vec<Coupling>> = vec![Vec::new(); n];
         for &c in &self.couplings {
-            let (a, b) = match c {
-                Coupling::Same(a, b) => (a, b),
-                Coupling::Expand { kv, q, .. } => (kv, q),
-            };
+            let (a, b) = c.ends();
             neighbours[a].push(c);
             neighbours[b].push(c);
         }
-        let mut component = vec![usize::MAX; n];
+        let mut visited = vec![false; n];
         let mut groups = Vec::new();
         for start in 0..n {
-            if component[start] != usize::MAX {
+            if visited[start] {
                 continue;
             }
             let mut members = vec![start];
-            component[start] = start;
+            visited[start] = true;
             let mut i = 0;
             while i < members.len() {
                 for c in &neighbours[members[i]] {
-                    let (a, b) = match *c {
-                        Coupling::Same(a, b) => (a, b),
-                        Coupling::Expand { kv, q, .. } => (kv, q),
-                    };
+                    let (a, b) = c.ends();
                     for s in [a, b] {
-                        if component[s] == usize::MAX {
-                            component[s] = start;
+                        if !visited[s] {
+                            visited[s] = true;
                             members.push(s);
                         }
                     }

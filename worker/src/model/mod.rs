@@ -17,6 +17,7 @@ use crate::loader::WeightSource;
 use crate::ops::{self, IGNORE_TARGET};
 use candle_core::{DType, Device, Tensor, Var};
 use llmprune_shared::ModelSpec;
+use std::collections::HashMap;
 use std::ops::Range;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +114,12 @@ impl LlamaModel {
             out.push(("lm_head.weight".to_string(), hd));
         }
         out
+    }
+
+    /// Every weight by Hugging Face name, detached from any gradient graph (tensors share
+    /// their storage with the model's).
+    pub fn weights_by_name(&self) -> HashMap<String, Tensor> {
+        self.named_weights().into_iter().map(|(n, w)| (n, w.detach())).collect()
     }
 
     fn named_weights_mut(&mut self) -> Vec<(String, &mut Tensor)> {

@@ -149,18 +149,17 @@ impl CustomOp2 for LmHeadNll {
             });
         };
         let device = self.head.device();
-        if let Some(mut all) = logits {
-            to_grad(&mut all, 0);
-            let n = self.targets.len();
-            let d_logits = Tensor::from_vec(all, (n, v), device)?.to_dtype(self.head.dtype())?;
-            let d_hidden = d_logits.matmul(&self.head)?;
-            let d_head = if want_head { Some(d_logits.t()?.matmul(&self.hidden)?) } else { None };
-            return Ok((Some(d_hidden), d_head));
-        }
+        // Kept logits are one chunk of every row; otherwise each chunk is recomputed.
+        let chunks: Vec<(usize, usize)> =
+            if logits.is_some() { vec![(0, self.targets.len())] } else { self.chunks().collect() };
+        let mut kept = logits;
         let mut d_hidden = Vec::new();
         let mut d_head: Option<Tensor> = None;
-        for (start, rows) in self.chunks() {
-            let mut d = self.logits(start, rows)?;
+        for (start, rows) in chunks {
+            let mut d = match kept.take() {
+                Some(all) => all,
+                None => self.logits(start, rows)?,
+            };
             to_grad(&mut d, start);
             let d_logits = Tensor::from_vec(d, (rows, v), device)?.to_dtype(self.head.dtype())?;
             d_hidden.push(d_logits.matmul(&self.head)?);

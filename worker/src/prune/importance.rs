@@ -10,21 +10,6 @@ use candle_core::{DType, Tensor};
 use llmprune_shared::depgraph::{Axis, Group};
 use std::collections::HashMap;
 
-/// Where a member's channels sit in its weight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MemberKind {
-    /// Rows of a `[out, in]` linear weight (q/k/v/gate/up outputs; o/down outputs in
-    /// channel-wise pruning).
-    LinearOut,
-    /// Columns of a `[out, in]` linear weight (o/down inputs; every input on the residual
-    /// stream in channel-wise pruning).
-    LinearIn,
-    /// The elements of an RMSNorm weight `[H]`.
-    Norm,
-    /// Columns (hidden channels) of an embedding `[V, H]`.
-    Embedding,
-}
-
 /// The importance criteria of LLM-Pruner (`--pruner_type`, `--taylor`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Criterion {
@@ -53,11 +38,13 @@ impl Criterion {
     }
 }
 
-/// One channel score per channel of a member. `grad` is the gradient of the batch-mean
-/// loss and `fisher` the diagonal Fisher, both shaped like `weight`, given when the
-/// criterion needs them.
+/// One channel score per channel of a member whose channels lie along `axis` of its weight:
+/// rows of a linear weight (its outputs), columns of a linear or embedding weight (inputs,
+/// hidden channels), or the elements of an RMSNorm weight. `grad` is the gradient of the
+/// batch-mean loss and `fisher` the diagonal Fisher, both shaped like `weight`, given when
+/// the criterion needs them.
 pub fn member_importance(
-    kind: MemberKind,
+    axis: Axis,
     criterion: Criterion,
     weight: &Tensor,
     grad: Option<&Tensor>,
@@ -83,14 +70,14 @@ pub fn member_importance(
         }
     };
     let per_channel = |t: &Tensor| -> Result<Tensor> {
-        Ok(match kind {
-            MemberKind::Norm => t.clone(),
-            MemberKind::LinearOut => t.sum(1)?,
-            MemberKind::LinearIn | MemberKind::Embedding => t.sum(0)?,
+        Ok(match axis {
+            Axis::Elements => t.clone(),
+            Axis::Rows => t.sum(1)?,
+            Axis::Cols => t.sum(0)?,
         })
     };
-    let scores = match (kind, criterion) {
-        (MemberKind::Norm, _) => salience.abs()?,
+    let scores = match (axis, criterion) {
+        (Axis::Elements, _) => salience.abs()?,
         (_, Criterion::Vectorize) => per_channel(&salience)?.abs()?,
         _ => per_channel(&salience.abs()?)?,
     };
@@ -99,9 +86,8 @@ pub fn member_importance(
 
 /// One score per root unit of `group` (a head, a neuron, a hidden channel): each member's
 /// per-channel importance is gathered per root unit and folded onto the root's unit width
-/// (the query heads of a KV head summed channel by channel, as
-/// [`fold_queries_onto_kv_heads`] does), reduced across members channel by channel, and
-/// summed over the unit's channels. Biases are not scored, as in the reference (its linear
+/// ([`fold_onto_unit`]: the query heads of a KV head summed channel by channel), reduced
+/// across members channel by channel, and summed over the unit's channels. Biases are not scored, as in the reference (its linear
 /// handler reads only the weight). `weights` and `stats` are looked up by parameter name.
 pub fn group_scores(
     group: &Group,
@@ -114,25 +100,9 @@ pub fn group_scores(
     let mut folded: Vec<Vec<Vec<f32>>> = Vec::new(); // [member][unit][channel of the unit]
     for m in group.members.iter().filter(|m| !m.param.ends_with(".bias")) {
         let w = weights.get(&m.param).ok_or_else(|| Error::Invalid(format!("no weight `{}`", m.param)))?;
-        let kind = match m.axis {
-            Axis::Rows => MemberKind::LinearOut,
-            Axis::Cols => MemberKind::LinearIn,
-            Axis::Elements => MemberKind::Norm,
-        };
         let fisher = stats.fisher.as_ref().and_then(|f| f.get(&m.param));
-        let scores = member_importance(kind, criterion, w, stats.grad.get(&m.param), fisher)?;
-        let per_unit = m
-            .channels
-            .iter()
-            .map(|channels| {
-                let mut unit = vec![0f32; width];
-                for (i, &c) in channels.iter().enumerate() {
-                    unit[i % width] += scores[c];
-                }
-                unit
-            })
-            .collect();
-        folded.push(per_unit);
+        let scores = member_importance(m.axis, criterion, w, stats.grad.get(&m.param), fisher)?;
+        folded.push(m.channels.iter().map(|channels| fold_onto_unit(&scores, channels, width)).collect());
     }
     (0..group.units)
         .map(|u| {
@@ -174,34 +144,18 @@ pub fn reduce(members: &[Vec<f32>], how: Reduction) -> Result<Vec<f32>> {
     })
 }
 
-/// Folds the scores of the query side of a GQA group (q rows or o columns, `n_kv · n_rep`
-/// heads of `head_dim`) onto the KV side (`n_kv` heads): channel `c` of KV head `j` receives
-/// channel `c` of query heads `j·n_rep .. (j+1)·n_rep`, the heads that `repeat_kv` feeds
-/// from it. (The reference folds with `view(n_rep, n_kv·head_dim)`, crediting query head
-/// `h` to KV head `h mod n_kv`; see reference §2.5.)
-pub fn fold_queries_onto_kv_heads(scores: &[f32], n_kv: usize, n_rep: usize, head_dim: usize) -> Result<Vec<f32>> {
-    if scores.len() != n_kv * n_rep * head_dim {
-        return Err(Error::Invalid(format!(
-            "{} query channels are not {n_kv} KV heads × {n_rep} query heads × {head_dim}",
-            scores.len()
-        )));
+/// The scores of one root unit's `channels` of a member, summed onto the unit's `width`
+/// channels: channel `i` of the list lands on `i mod width`. A KV head's member lists its
+/// query heads one after another, so channel `c` of the KV head receives channel `c` of
+/// query heads `j·n_rep .. (j+1)·n_rep`, the heads `repeat_kv` feeds from it. (The reference
+/// folds with `view(n_rep, n_kv·head_dim)`, crediting query head `h` to KV head `h mod n_kv`;
+/// see reference §2.5.)
+fn fold_onto_unit(scores: &[f32], channels: &[usize], width: usize) -> Vec<f32> {
+    let mut unit = vec![0f32; width];
+    for (i, &c) in channels.iter().enumerate() {
+        unit[i % width] += scores[c];
     }
-    let mut out = vec![0f32; n_kv * head_dim];
-    for (h, head) in scores.chunks(head_dim).enumerate() {
-        let kv = h / n_rep;
-        for (o, s) in out[kv * head_dim..(kv + 1) * head_dim].iter_mut().zip(head) {
-            *o += s;
-        }
-    }
-    Ok(out)
-}
-
-/// One score per head: the sum of its `head_dim` channel scores.
-pub fn head_scores(channel_scores: &[f32], head_dim: usize) -> Result<Vec<f32>> {
-    if head_dim == 0 || channel_scores.len() % head_dim != 0 {
-        return Err(Error::Invalid(format!("{} channels are not whole heads of {head_dim}", channel_scores.len())));
-    }
-    Ok(channel_scores.chunks(head_dim).map(|h| h.iter().sum()).collect())
+    unit
 }
 
 #[cfg(test)]
@@ -223,27 +177,28 @@ mod tests {
     #[test]
     fn taylor_scores_by_hand() {
         let (w, g, f) = wgf();
-        let score = |kind, c| member_importance(kind, c, &w, Some(&g), Some(&f)).unwrap();
+        let score = |axis, c| member_importance(axis, c, &w, Some(&g), Some(&f)).unwrap();
+        use Axis::*;
         use Criterion::*;
-        use MemberKind::*;
         // Rows: vectorize |0.5 − 1| = 0.5, |−3 + 8| = 5; element-wise Σ|·|: 1.5, 11.
-        assert_eq!(score(LinearOut, Vectorize), [0.5, 5.0]);
-        assert_eq!(score(LinearOut, ParamFirst), [1.5, 11.0]);
-        assert_eq!(score(LinearOut, ParamSecond), [6.0, 17.0]);
-        assert_eq!(score(LinearOut, ParamMix), [3.5, 11.5]);
-        // Columns: vectorize |0.5 − 3| = 2.5, |−1 + 8| = 7; element-wise 3.5, 9.
-        assert_eq!(score(LinearIn, Vectorize), [2.5, 7.0]);
-        assert_eq!(score(LinearIn, ParamFirst), [3.5, 9.0]);
-        assert_eq!(score(Embedding, ParamMix), [8.0, 7.0]);
-        assert_eq!(score(LinearOut, L1), [3.0, 7.0]);
-        assert_eq!(score(LinearIn, L2), [10.0, 20.0]);
+        assert_eq!(score(Rows, Vectorize), [0.5, 5.0]);
+        assert_eq!(score(Rows, ParamFirst), [1.5, 11.0]);
+        assert_eq!(score(Rows, ParamSecond), [6.0, 17.0]);
+        assert_eq!(score(Rows, ParamMix), [3.5, 11.5]);
+        // Columns (linear inputs, embedding channels): vectorize |0.5 − 3| = 2.5, |−1 + 8| = 7;
+        // element-wise 3.5, 9.
+        assert_eq!(score(Cols, Vectorize), [2.5, 7.0]);
+        assert_eq!(score(Cols, ParamFirst), [3.5, 9.0]);
+        assert_eq!(score(Cols, ParamMix), [8.0, 7.0]);
+        assert_eq!(score(Rows, L1), [3.0, 7.0]);
+        assert_eq!(score(Cols, L2), [10.0, 20.0]);
     }
 
     #[test]
     fn norm_scores_are_elementwise() {
         let w = Tensor::new(&[2f32, -1.0, 0.5], &Device::Cpu).unwrap();
         let g = Tensor::new(&[0.25f32, 3.0, -4.0], &Device::Cpu).unwrap();
-        let s = member_importance(MemberKind::Norm, Criterion::Vectorize, &w, Some(&g), None).unwrap();
+        let s = member_importance(Axis::Elements, Criterion::Vectorize, &w, Some(&g), None).unwrap();
         assert_eq!(s, [0.5, 3.0, 2.0]);
     }
 
@@ -253,21 +208,21 @@ mod tests {
         // fp16 Fisher is zero here, ours is not.
         let w = Tensor::new(&[[1f32, 2.0]], &Device::Cpu).unwrap().to_dtype(DType::F16).unwrap();
         let fisher = Tensor::new(&[[1e-10f32, 1e-10]], &Device::Cpu).unwrap();
-        let s = member_importance(MemberKind::LinearOut, Criterion::ParamSecond, &w, None, Some(&fisher)).unwrap();
+        let s = member_importance(Axis::Rows, Criterion::ParamSecond, &w, None, Some(&fisher)).unwrap();
         assert!((s[0] - 5e-10).abs() < 1e-15, "{s:?}");
     }
 
     #[test]
     fn missing_or_mismatched_statistics_are_refused() {
         let (w, g, _) = wgf();
-        let err = member_importance(MemberKind::LinearOut, Criterion::ParamFirst, &w, None, None).unwrap_err();
+        let err = member_importance(Axis::Rows, Criterion::ParamFirst, &w, None, None).unwrap_err();
         assert!(err.to_string().contains("ParamFirst importance needs the gradient"), "{err}");
-        let err = member_importance(MemberKind::LinearOut, Criterion::ParamMix, &w, Some(&g), None).unwrap_err();
+        let err = member_importance(Axis::Rows, Criterion::ParamMix, &w, Some(&g), None).unwrap_err();
         assert!(err.to_string().contains("needs the Fisher diagonal"), "{err}");
         let short = t(&[&[1., 2.]]);
-        let err = member_importance(MemberKind::LinearOut, Criterion::Vectorize, &w, Some(&short), None).unwrap_err();
+        let err = member_importance(Axis::Rows, Criterion::Vectorize, &w, Some(&short), None).unwrap_err();
         assert!(err.to_string().contains("does not match the weight"), "{err}");
-        assert!(member_importance(MemberKind::LinearOut, Criterion::L1, &w, None, None).is_ok());
+        assert!(member_importance(Axis::Rows, Criterion::L1, &w, None, None).is_ok());
     }
 
     #[test]
@@ -288,10 +243,9 @@ mod tests {
         // 2 KV heads × 2 query heads each, head_dim 2: query heads 0, 1 read KV head 0 and
         // query heads 2, 3 read KV head 1 (HF repeat_kv). The reference's view(2, 4).sum(0)
         // would pair heads {0, 2} and {1, 3} instead.
+        // Discovery lists KV head j's query channels as query heads 2j, 2j+1 in order.
         let q = [1.0, 2.0, 10.0, 20.0, 100.0, 200.0, 1000.0, 2000.0];
-        assert_eq!(fold_queries_onto_kv_heads(&q, 2, 2, 2).unwrap(), [11.0, 22.0, 1100.0, 2200.0]);
-        assert!(fold_queries_onto_kv_heads(&q, 2, 3, 2).is_err());
-        assert_eq!(head_scores(&[11.0, 22.0, 1100.0, 2200.0], 2).unwrap(), [33.0, 3300.0]);
-        assert!(head_scores(&[1.0, 2.0, 3.0], 2).is_err());
+        assert_eq!(fold_onto_unit(&q, &[0, 1, 2, 3], 2), [11.0, 22.0]);
+        assert_eq!(fold_onto_unit(&q, &[4, 5, 6, 7], 2), [1100.0, 2200.0]);
     }
 }

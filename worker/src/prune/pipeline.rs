@@ -103,7 +103,7 @@ pub fn prune(model: &mut LlamaModel, windows: &[Vec<u32>], req: &PruneRequest) -
     let gradients_s = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let weights: HashMap<String, Tensor> = model.named_weights().into_iter().map(|(n, w)| (n, w.detach())).collect();
+    let weights = model.weights_by_name();
     let no_stats = GradientStats { grad: HashMap::new(), fisher: None };
     let mut rng = PyRandom::new(req.seed);
     let scores: Vec<Vec<f32>> = candidates
