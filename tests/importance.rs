@@ -62,13 +62,12 @@ fn tiny_gqa_statistics_and_group_scores_match_the_reference_formulas() {
 
 #[test]
 fn block_pruning_keeps_the_units_the_reference_scores_rank_highest() {
-    use llmprune_worker::prune::pipeline::{prune, Importance, PruneRequest, Scope, Strategy};
+    use llmprune_worker::prune::pipeline::{prune, GqaMode, Importance, PruneRequest, Scope, Strategy};
     let dir = fixture("tiny_gqa");
     let golden = load_tensors(&dir.join("golden.safetensors"));
     let reference: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("importance.json")).unwrap()).unwrap();
     let windows: Vec<Vec<u32>> = golden["input_ids"].to_dtype(candle_core::DType::U32).unwrap().to_vec2::<u32>().unwrap();
-    let mut model = tiny_model("tiny_gqa");
     let req = PruneRequest {
         strategy: Strategy::Block,
         ratio: 0.5,
@@ -76,12 +75,18 @@ fn block_pruning_keeps_the_units_the_reference_scores_rank_highest() {
         mlp_layers: 1..3,
         importance: Importance::Scored(Criterion::ParamFirst, Reduction::Sum),
         scope: Scope::Local,
+        layers: 0..3,
+        gqa: GqaMode::KvGroups,
+        round_to: 1,
+        steps: 1,
         seed: 0,
     };
-    let out = prune(&mut model, &windows, &req).unwrap();
-    let roots: Vec<&str> = out.groups.iter().map(|g| g.root.as_str()).collect();
+    let mut calibration = |_| Ok(windows.clone());
+    let out = prune(tiny_model("tiny_gqa"), &mut calibration, &req).unwrap();
+    let groups = &out.steps[0].groups;
+    let roots: Vec<&str> = groups.iter().map(|g| g.root.as_str()).collect();
     assert_eq!(roots, ["layers.0.k", "layers.1.k", "layers.1.gate", "layers.2.k", "layers.2.gate"]);
-    for g in &out.groups {
+    for g in groups {
         // Expected from the numpy scores: drop the lowest C − int(C/2) channels' worth of units.
         let want_scores: Vec<f64> = serde_json::from_value(reference["scores"]["param_first"][&g.root].clone()).unwrap();
         let width = if g.root.ends_with(".k") { 8 } else { 1 };
@@ -96,11 +101,10 @@ fn block_pruning_keeps_the_units_the_reference_scores_rank_highest() {
     let shapes: Vec<(usize, usize, usize)> = out.spec.layers.iter().map(|l| (l.n_heads, l.n_kv_heads, l.intermediate_size)).collect();
     assert_eq!(shapes, [(3, 1, 64), (2, 1, 20), (2, 1, 12)]);
 
-    let mut model = tiny_model("tiny_gqa");
     let bad = PruneRequest { attn_layers: 2..4, ..req.clone() };
-    let err = prune(&mut model, &windows, &bad).err().expect("must fail").to_string();
+    let err = prune(tiny_model("tiny_gqa"), &mut calibration, &bad).err().expect("must fail").to_string();
     assert!(err.contains("attention layer range 2:4 is outside the model's 3 layers"), "{err}");
     let bad = PruneRequest { ratio: 1.5, ..req };
-    let err = prune(&mut model, &windows, &bad).err().expect("must fail").to_string();
+    let err = prune(tiny_model("tiny_gqa"), &mut calibration, &bad).err().expect("must fail").to_string();
     assert!(err.contains("pruning ratio 1.5 is outside (0, 1)"), "{err}");
 }

@@ -44,6 +44,8 @@ pub enum Command {
     Config(ConfigArgs),
     /// Prune a model (one process): calibration statistics, importance, selection, slicing, export.
     Prune(PruneArgs),
+    /// Replay a saved plan.json on the model it was made for (same plan, same model).
+    ApplyPlan(ApplyPlanArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -52,6 +54,39 @@ pub enum StrategyArg {
     Block,
     /// Hidden channels of the whole network.
     Channel,
+    /// Whole decoder layers of --layers.
+    Layer,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+pub enum GqaArg {
+    /// Remove a KV head together with its query heads (LLM-Pruner's llama3.py).
+    KvGroups,
+    /// Keep every KV head; remove the same number of query heads under each.
+    QueryHeads,
+}
+
+/// A byte size such as `5GB`, `500MB`, `2MiB` or `1000` (bytes).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1048576.0,
+        "gib" => 1073741824.0,
+        other => return Err(format!("unknown unit `{other}` (use B, KB, MB, GB, KiB, MiB or GiB)")),
+    };
+    let n: f64 = number.parse().map_err(|_| format!("`{text}` is not a size such as 5GB"))?;
+    let bytes = (n * scale) as u64;
+    if bytes == 0 {
+        return Err(format!("`{text}`: a shard must hold at least one byte"));
+    }
+    Ok(bytes)
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -97,6 +132,18 @@ pub struct PruneArgs {
     /// Layers whose MLP neurons are pruned, START:END (end exclusive; N:N for none) [default: all].
     #[arg(long, value_name = "START:END")]
     pub mlp_layers: Option<String>,
+    /// With --strategy layer: the layers that may be removed, START:END [default: all].
+    #[arg(long, value_name = "START:END")]
+    pub layers: Option<String>,
+    /// Under GQA: what a pruned head is.
+    #[arg(long, value_enum, default_value = "kv-groups")]
+    pub gqa: GqaArg,
+    /// Round kept MLP and hidden widths up to a multiple of N (e.g. 8 or 64) for fast kernels.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub round_to: usize,
+    /// Prune in K steps toward the ratio (step k: k/K of it), with fresh gradients each step.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub iterative_steps: usize,
     #[arg(long, value_enum, default_value = "param-first")]
     pub criterion: CriterionArg,
     /// How member scores combine [default: mean for l1/l2, sum otherwise, as the reference].
@@ -130,6 +177,34 @@ pub struct PruneArgs {
     pub eval_max_chunks: Option<usize>,
     #[arg(long, default_value_t = 128)]
     pub eval_seq_len: usize,
+    /// Table 3 latency: time the first N chunks of the first --eval-ppl dataset (batch 1),
+    /// before and after pruning; 0 turns it off.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub latency_chunks: usize,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Args)]
+pub struct OutputArgs {
+    /// Weights above this size are written as Hugging Face shards with an index.
+    #[arg(long, value_name = "SIZE", default_value = "5GB", value_parser = parse_size)]
+    pub max_shard_size: u64,
+}
+
+#[derive(Args)]
+pub struct ApplyPlanArgs {
+    /// The model the plan was made for (checked by its checksum).
+    #[arg(long)]
+    pub model: String,
+    /// A plan.json written by `llmprune prune`.
+    #[arg(long)]
+    pub plan: PathBuf,
+    /// Output directory (must not exist).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Args)]

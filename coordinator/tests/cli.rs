@@ -184,7 +184,12 @@ fn prune_writes_a_loadable_model_with_plan_and_report() {
     assert!(stats["after"]["macs_64_tokens"].as_f64().unwrap() < stats["before"]["macs_64_tokens"].as_f64().unwrap());
     assert!(report["params_after"].as_u64().unwrap() < report["params_before"].as_u64().unwrap());
     let plan = read("plan.json");
-    assert_eq!(plan["groups"].as_array().unwrap().len(), 4, "2 head groups + 2 MLP groups");
+    assert_eq!(plan["steps"][0]["groups"].as_array().unwrap().len(), 4, "2 head groups + 2 MLP groups");
+    assert_eq!(plan["format"], "llmprune-plan");
+    assert_eq!(plan["model"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(plan["settings"]["calibration"]["ids"], i);
+    let latency = &stats["after"]["latency_s_per_chunk"];
+    assert!(latency.as_f64().unwrap() > 0.0 && stats["before"]["latency_s_per_chunk"].as_f64().unwrap() > 0.0, "{stats}");
     // The pruned directory is a model the CLI loads, with the perplexity the report gave.
     let json = tmp.path().join("ppl.json");
     let ppl = llmprune(&["ppl", "--model", o, "--data", &eval, "--seq-len", "16", "--json", json.to_str().unwrap()], &[]);
@@ -205,7 +210,7 @@ fn prune_writes_a_loadable_model_with_plan_and_report() {
     let res = run(&["--ratio", "0.5", "--attn-layers", "1:1", "--mlp-layers", "0:1", "--out", mlp_only.to_str().unwrap()]);
     assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
     let plan: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(mlp_only.join("plan.json")).unwrap()).unwrap();
-    assert_eq!(plan["groups"].as_array().unwrap().len(), 1);
+    assert_eq!(plan["steps"][0]["groups"].as_array().unwrap().len(), 1);
     std::fs::remove_dir_all(&mlp_only).unwrap();
     fails_with(&run(&["--ratio", "0.2", "--mlp-layers", "x", "--out", ot]), &["--mlp-layers x", "START:END"]);
     fails_with(&run(&["--ratio", "0.2", "--out", o]), &["--out", "already exists"]);
@@ -217,4 +222,86 @@ fn prune_writes_a_loadable_model_with_plan_and_report() {
     assert!(!other.exists(), "a failed prune leaves no output");
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
     assert!(leftovers.is_empty(), "no partial directories: {leftovers:?}");
+}
+
+/// Every tensor of a model directory (single file or shards).
+fn model_tensors(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let opened = llmprune_worker::loader::open_model(dir).unwrap();
+    opened
+        .weights
+        .names()
+        .into_iter()
+        .map(|n| {
+            let t = opened.weights.load(&n, &candle_core::Device::Cpu).unwrap();
+            (n, t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn a_plan_replays_to_the_same_model_and_refuses_other_models() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir("tiny_gqa", tmp.path());
+    let ids = tmp.path().join("calib.json");
+    std::fs::write(&ids, "[[1, 5, 9, 13, 40, 41, 42, 7], [90, 2, 3, 60, 61, 62, 8, 9]]").unwrap();
+    let (m, i) = (model.to_str().unwrap(), ids.to_str().unwrap());
+    let path = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+    // Iterative, rounded, query heads only, sharded output.
+    let pruned = path("pruned");
+    let args = [
+        "prune", "--model", m, "--calibration-ids", i, "--ratio", "0.5", "--criterion", "param-mix", "--iterative-steps", "2",
+        "--round-to", "8", "--gqa", "query-heads", "--max-shard-size", "30KB", "--out", &pruned,
+    ];
+    let res = llmprune(&args, &[]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let dir = std::path::Path::new(&pruned);
+    assert!(dir.join("model.safetensors.index.json").exists(), "30 KB shards");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["num_key_value_heads_per_layer"], serde_json::json!([2, 2, 1]), "KV heads stay");
+    assert_eq!(config["num_attention_heads_per_layer"], serde_json::json!([4, 2, 1]));
+    let plan_path = dir.join("plan.json");
+    let plan: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&plan_path).unwrap()).unwrap();
+    assert_eq!(plan["steps"].as_array().unwrap().len(), 2);
+    assert_eq!(plan["settings"]["gqa"], "query-heads");
+
+    // The same plan applied twice gives the model prune wrote, tensor for tensor.
+    let want = model_tensors(dir);
+    for out in ["replay1", "replay2"] {
+        let res = llmprune(&["apply-plan", "--model", m, "--plan", plan_path.to_str().unwrap(), "--out", &path(out)], &[]);
+        assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+        assert!(want == model_tensors(std::path::Path::new(&path(out))), "{out} differs from the pruned model");
+    }
+
+    // Layer-wise: 3 - int(3·0.7) = 1 layer goes.
+    let layered = path("layered");
+    let res = llmprune(&["prune", "--model", m, "--calibration-ids", i, "--ratio", "0.3", "--strategy", "layer", "--criterion", "vectorize", "--out", &layered], &[]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("layered/config.json")).unwrap()).unwrap();
+    assert_eq!(config["num_hidden_layers"], 2);
+
+    // A plan for another model, a plan that does not fit, a file that is no plan.
+    let other = path("other");
+    let mut doc = plan.clone();
+    doc["model"]["sha256"] = "00".repeat(32).into();
+    let edited = tmp.path().join("edited.json");
+    std::fs::write(&edited, doc.to_string()).unwrap();
+    let apply = |p: &std::path::Path| llmprune(&["apply-plan", "--model", m, "--plan", p.to_str().unwrap(), "--out", &other], &[]);
+    fails_with(&apply(&edited), &["edited.json", "was made for the model with sha256 0000", "--model"]);
+    let mut doc = plan.clone();
+    doc["steps"][0]["groups"][0]["units"] = 7.into();
+    std::fs::write(&edited, doc.to_string()).unwrap();
+    fails_with(&apply(&edited), &["edited.json", "step 1", "the plan does not fit the model", "units in the model, 7 in the plan"]);
+    std::fs::write(&edited, "{\"groups\": []}").unwrap();
+    fails_with(&apply(&edited), &["edited.json", "not a plan"]);
+    fails_with(&apply(&tmp.path().join("missing.json")), &["--plan", "missing.json", "cannot read"]);
+
+    // Flag errors.
+    let run = |extra: &[&str]| llmprune(&[&["prune", "--model", m, "--calibration-ids", i, "--out", &other][..], extra].concat(), &[]);
+    fails_with(&run(&["--ratio", "0.5", "--gqa", "query-heads", "--scope", "global"]), &["needs local scope"]);
+    fails_with(&run(&["--ratio", "0.5", "--strategy", "layer", "--scope", "global"]), &["global scope does not apply"]);
+    fails_with(&run(&["--ratio", "0.5", "--strategy", "layer", "--layers", "1:4"]), &["--layers 1:4"]);
+    fails_with(&run(&["--ratio", "0.5", "--iterative-steps", "0"]), &["--iterative-steps"]);
+    fails_with(&run(&["--ratio", "0.5", "--round-to", "0"]), &["--round-to"]);
+    fails_with(&run(&["--ratio", "0.5", "--max-shard-size", "5XB"]), &["--max-shard-size", "unknown unit `xb`"]);
+    assert!(!std::path::Path::new(&other).exists(), "failed runs leave no output");
 }

@@ -3,6 +3,7 @@
 
 pub mod depgraph;
 pub mod model_spec;
+pub mod plan;
 pub mod py_random;
 pub mod selection;
 

@@ -13,12 +13,21 @@ pub enum SelectionError {
     Scores { group: String, scores: usize, units: usize },
 }
 
-/// One group to select in: its name (for errors), unit width in channels, and unit scores.
+/// One group to select in: its name (for errors), unit width in channels, unit scores, and
+/// the units it had before the first of iterative steps (the ratio is of those).
 #[derive(Debug, Clone)]
 pub struct Scored<'a> {
     pub name: &'a str,
     pub unit_width: usize,
     pub scores: &'a [f32],
+    pub initial_units: usize,
+}
+
+impl<'a> Scored<'a> {
+    /// A group in one-shot pruning: its initial units are its units.
+    pub fn new(name: &'a str, unit_width: usize, scores: &'a [f32]) -> Self {
+        Self { name, unit_width, scores, initial_units: scores.len() }
+    }
 }
 
 fn check_ratio(ratio: f64) -> Result<(), SelectionError> {
@@ -32,9 +41,14 @@ fn check_ratio(ratio: f64) -> Result<(), SelectionError> {
 /// Units to remove from a group of `units` units of `unit_width` channels: the reference
 /// removes `C − int(C·(1 − ratio))` of its `C` channels, in whole units (heads floored).
 pub fn units_to_prune(units: usize, unit_width: usize, ratio: f64) -> usize {
-    let channels = units * unit_width;
-    let kept = (channels as f64 * (1.0 - ratio)) as usize;
-    (channels - kept) / unit_width.max(1)
+    units_to_prune_toward(units, units, unit_width, ratio)
+}
+
+/// The same when the group had `initial_units` before earlier iterative steps and `ratio` is
+/// this step's target share of those (Torch-Pruning's `current − int(initial·(1 − target))`).
+pub fn units_to_prune_toward(initial_units: usize, units: usize, unit_width: usize, ratio: f64) -> usize {
+    let target = (initial_units as f64 * unit_width as f64 * (1.0 - ratio)) as usize;
+    (units * unit_width).saturating_sub(target) / unit_width.max(1)
 }
 
 /// The kept units (ascending) of each group when every group loses the same share, its
@@ -44,7 +58,7 @@ pub fn keep_local(groups: &[Scored], ratio: f64) -> Result<Vec<Vec<usize>>, Sele
     groups
         .iter()
         .map(|g| {
-            let n = units_to_prune(g.scores.len(), g.unit_width, ratio);
+            let n = units_to_prune_toward(g.initial_units, g.scores.len(), g.unit_width, ratio);
             if n >= g.scores.len() {
                 return Err(SelectionError::Emptied { group: g.name.to_string(), units: g.scores.len() });
             }
@@ -58,8 +72,9 @@ pub fn keep_local(groups: &[Scored], ratio: f64) -> Result<Vec<Vec<usize>>, Sele
 }
 
 /// The kept units of each group when all units compete in one ranking: the
-/// `total − int(total·(1 − ratio))` lowest-scoring units of all groups go (`total` counts
-/// units: heads for attention groups, neurons for MLP groups). With `normalize`, each group's
+/// `total − int(initial·(1 − ratio))` lowest-scoring units of all groups go (units count
+/// heads for attention groups, neurons for MLP groups; `initial` is the total before any
+/// iterative step). With `normalize`, each group's
 /// scores are first divided by their mean, since raw scores are not comparable across layers.
 pub fn keep_global(groups: &[Scored], ratio: f64, normalize: bool) -> Result<Vec<Vec<usize>>, SelectionError> {
     check_ratio(ratio)?;
@@ -77,8 +92,8 @@ pub fn keep_global(groups: &[Scored], ratio: f64, normalize: bool) -> Result<Vec
         };
         all.extend(g.scores.iter().enumerate().map(|(u, &s)| (s * scale, gi, u)));
     }
-    let total = all.len();
-    let n = total - (total as f64 * (1.0 - ratio)) as usize;
+    let initial: usize = groups.iter().map(|g| g.initial_units).sum();
+    let n = all.len().saturating_sub((initial as f64 * (1.0 - ratio)) as usize);
     all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
     let mut pruned: Vec<Vec<bool>> = groups.iter().map(|g| vec![false; g.scores.len()]).collect();
     for &(_, gi, u) in &all[..n] {
@@ -95,6 +110,25 @@ pub fn keep_global(groups: &[Scored], ratio: f64, normalize: bool) -> Result<Vec
             Ok(kept)
         })
         .collect()
+}
+
+/// Widens each group's `kept` units (ascending) until its kept channels are a multiple of
+/// `multiple`, adding back its best-scoring pruned units (or keeping all): kernels run
+/// fastest on aligned widths.
+pub fn round_kept(groups: &[Scored], kept: &mut [Vec<usize>], multiple: usize) {
+    if multiple <= 1 {
+        return;
+    }
+    for (g, kept) in groups.iter().zip(kept.iter_mut()) {
+        let mut pruned: Vec<usize> = (0..g.scores.len()).filter(|u| kept.binary_search(u).is_err()).collect();
+        // Best last, so `pop` takes the highest score (ties: the lower unit first).
+        pruned.sort_by(|&a, &b| g.scores[a].total_cmp(&g.scores[b]).then(b.cmp(&a)));
+        while (kept.len() * g.unit_width) % multiple != 0 {
+            let Some(u) = pruned.pop() else { break };
+            kept.push(u);
+        }
+        kept.sort_unstable();
+    }
 }
 
 #[cfg(test)]
@@ -117,16 +151,13 @@ mod tests {
     fn local_keeps_the_highest_scores_of_each_group() {
         let a = [0.5, 0.1, 0.9, 0.3];
         let b = [2.0, 1.0, 3.0, 1.0, 5.0, 0.0, 4.0, 6.0];
-        let groups = [
-            Scored { name: "heads", unit_width: 2, scores: &a },
-            Scored { name: "neurons", unit_width: 1, scores: &b },
-        ];
+        let groups = [Scored::new("heads", 2, &a), Scored::new("neurons", 1, &b)];
         // 0.5: heads 8 channels -> 4 go = 2 heads (1 and 3); neurons lose 4: 5, then the tie
         // 1.0/1.0 broken by order (1, 3), then 0 (2.0).
         assert_eq!(keep_local(&groups, 0.5).unwrap(), vec![vec![0, 2], vec![2, 4, 6, 7]]);
         assert_eq!(keep_local(&groups, 1.0).unwrap_err(), SelectionError::Ratio(1.0));
         let one = [1.0];
-        let err = keep_local(&[Scored { name: "layer 3 heads", unit_width: 4, scores: &one }], 0.99).unwrap_err();
+        let err = keep_local(&[Scored::new("layer 3 heads", 4, &one)], 0.99).unwrap_err();
         assert_eq!(err.to_string(), "group `layer 3 heads`: pruning would remove all 1 of its units");
     }
 
@@ -134,12 +165,54 @@ mod tests {
     fn global_ranks_all_units_together() {
         let a = [10.0, 20.0, 30.0];
         let b = [1.0, 2.0, 3.0];
-        let groups = [Scored { name: "a", unit_width: 1, scores: &a }, Scored { name: "b", unit_width: 1, scores: &b }];
+        let groups = [Scored::new("a", 1, &a), Scored::new("b", 1, &b)];
         // 6 units, ratio 0.5: 6 − int(3.0) = 3 go, all from b's small raw scores -> refused.
         assert!(matches!(keep_global(&groups, 0.5, false), Err(SelectionError::Emptied { .. })));
         // 6 − int(6·(2/3)) = 2 go: b's 1.0 and 2.0.
         assert_eq!(keep_global(&groups, 1.0 / 3.0, false).unwrap(), vec![vec![0, 1, 2], vec![2]]);
         // Normalised by their means (20 and 2) the groups are alike; ties go by group order.
         assert_eq!(keep_global(&groups, 0.5, true).unwrap(), vec![vec![2], vec![1, 2]]);
+    }
+
+    #[test]
+    fn iterative_steps_prune_toward_a_share_of_the_initial_width() {
+        // 11008 neurons in 2 steps to 0.25: 1376 go first (0.125), then 1376 more.
+        assert_eq!(units_to_prune_toward(11008, 11008, 1, 0.125), 1376);
+        assert_eq!(units_to_prune_toward(11008, 9632, 1, 0.25), 1376);
+        // 32 heads of 128, 0.1 then 0.2: int(4096·0.9)=3686 -> 410 ch -> 3 heads; then
+        // 29 heads (3712 ch) toward int(4096·0.8)=3276 -> 436 ch -> 3 heads.
+        assert_eq!(units_to_prune_toward(32, 32, 128, 0.1), 3);
+        assert_eq!(units_to_prune_toward(32, 29, 128, 0.2), 3);
+        // Already narrower than the target: nothing more.
+        assert_eq!(units_to_prune_toward(10, 5, 1, 0.25), 0);
+        // Local selection counts from the initial units.
+        let s = [0.4, 0.1, 0.3, 0.2, 0.5, 0.6];
+        let g = Scored { name: "mlp", unit_width: 1, scores: &s, initial_units: 8 };
+        // 8 -> int(8·0.5) = 4 kept: 2 of the 6 current go.
+        assert_eq!(keep_local(&[g.clone()], 0.5).unwrap(), vec![vec![0, 2, 4, 5]]);
+        // Global: initial 8 + 2 = 10 units, target int(10·0.5) = 5 kept of 8 current: 3 go.
+        let h = [0.05, 0.9];
+        let groups = [g, Scored::new("b", 1, &h)];
+        assert_eq!(keep_global(&groups, 0.5, false).unwrap(), vec![vec![0, 2, 4, 5], vec![1]]);
+    }
+
+    #[test]
+    fn rounding_adds_back_the_best_pruned_units() {
+        let s = [0.9, 0.1, 0.8, 0.7, 0.2, 0.6, 0.3, 0.5, 0.4, 0.05];
+        let groups = [Scored::new("mlp", 1, &s)];
+        // Kept 5 of 10 -> rounded up to 8 with the pruned units scoring 0.4, 0.3, 0.2.
+        let mut kept = vec![vec![0, 2, 3, 5, 7]];
+        round_kept(&groups, &mut kept, 4);
+        assert_eq!(kept, vec![vec![0, 2, 3, 4, 5, 6, 7, 8]]);
+        // Not enough units to reach a multiple: all are kept.
+        let mut kept = vec![vec![0, 2, 3, 5, 7, 8, 6, 4, 1].into_iter().collect::<Vec<_>>()];
+        kept[0].sort_unstable();
+        round_kept(&groups, &mut kept, 8);
+        assert_eq!(kept[0].len(), 10);
+        // Heads of 64 channels are aligned to 8 already.
+        let h = [1.0, 2.0, 3.0];
+        let mut kept = vec![vec![1, 2]];
+        round_kept(&[Scored::new("heads", 64, &h)], &mut kept, 8);
+        assert_eq!(kept, vec![vec![1, 2]]);
     }
 }

@@ -51,13 +51,18 @@ pub fn read_rows(files: &[PathBuf]) -> Result<Vec<String>> {
 /// window of `len` tokens in it; `n` times. Where the reference would loop forever (too few
 /// long rows), this fails and says how many rows qualify.
 pub fn sample_windows(rows: &[String], tokenizer: &TextTokenizer, n: usize, len: usize, seed: u64) -> Result<Vec<Window>> {
+    sample_windows_with(rows, tokenizer, n, len, &mut PyRandom::new(seed))
+}
+
+/// [`sample_windows`] drawing from `rng`: iterative pruning draws each step's windows from
+/// one stream, as the reference does (its `random` is seeded once).
+pub fn sample_windows_with(rows: &[String], tokenizer: &TextTokenizer, n: usize, len: usize, rng: &mut PyRandom) -> Result<Vec<Window>> {
     if n == 0 || len == 0 {
         return Err(Error::Invalid(format!("calibration: {n} windows of {len} tokens: both must be positive")));
     }
     if rows.is_empty() {
         return Err(Error::Invalid("calibration: the text has no rows".into()));
     }
-    let mut rng = PyRandom::new(seed);
     let mut tokens: HashMap<usize, Vec<u32>> = HashMap::new();
     let mut used: HashSet<usize> = HashSet::new();
     let mut windows = Vec::with_capacity(n);

@@ -22,6 +22,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error("the plan does not fit the model: {0}")]
+    Plan(String),
     #[error("tensor computation: {0}")]
     Compute(#[from] candle_core::Error),
 }

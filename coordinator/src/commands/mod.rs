@@ -1,3 +1,4 @@
+pub mod apply_plan;
 pub mod bench;
 pub mod config;
 pub mod fetch;

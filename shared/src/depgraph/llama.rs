@@ -1,7 +1,7 @@
 //! The channel graph of a LLaMA-family decoder (per-layer shapes, GQA, q/k/v biases, tied
 //! head), optionally with fused projections as Phi-3 stores them.
 
-use super::{Axis, Graph};
+use super::{Axis, Graph, Group, GroupMember};
 use crate::ModelSpec;
 
 /// How the projections are stored.
@@ -118,6 +118,38 @@ pub enum Structure {
     Neurons(usize),
     /// Hidden channels across the whole network.
     Hidden,
+    /// Query heads of a GQA layer whose KV heads are kept ([`query_head_group`]).
+    QueryHeads(usize),
+}
+
+/// Under GQA, keeping every KV head: the query heads of the head group `group` (rooted at the
+/// KV heads, `n_rep` query heads each) as units of their own. Its members are the parameters
+/// that the group ties to each KV head `n_rep` heads wide (q rows and bias, o_proj columns),
+/// split head by head; k and v stay whole. Removing the same number of query heads under
+/// every KV head keeps `repeat_kv`'s uniform shape. `None` when the layer is not GQA.
+pub fn query_head_group(group: &Group, n_rep: usize) -> Option<Group> {
+    let layer = match structure(&group.root)? {
+        Structure::Heads(i) if n_rep > 1 => i,
+        _ => return None,
+    };
+    let width = group.unit_width;
+    let members: Vec<GroupMember> = group
+        .members
+        .iter()
+        .filter(|m| m.channels.iter().all(|c| c.len() == n_rep * width))
+        .map(|m| GroupMember {
+            param: m.param.clone(),
+            axis: m.axis,
+            channels: m.channels.iter().flat_map(|c| c.chunks(width).map(<[usize]>::to_vec)).collect(),
+        })
+        .collect();
+    Some(Group {
+        root: format!("layers.{layer}.q_heads"),
+        units: group.units * n_rep,
+        unit_width: width,
+        spaces: vec![format!("layers.{layer}.q"), format!("layers.{layer}.attn.out")],
+        members,
+    })
 }
 
 /// The structure a group of [`llama_graph`] prunes, from its root's name; `None` for a
@@ -131,6 +163,7 @@ pub fn structure(root: &str) -> Option<Structure> {
     let layer: usize = layer.parse().ok()?;
     match space {
         "q" | "k" => Some(Structure::Heads(layer)),
+        "q_heads" => Some(Structure::QueryHeads(layer)),
         "gate" => Some(Structure::Neurons(layer)),
         _ => None,
     }

@@ -13,7 +13,7 @@
 
 mod llama;
 
-pub use llama::{llama_graph, structure, Fusion, Structure};
+pub use llama::{llama_graph, query_head_group, structure, Fusion, Structure};
 
 use serde::Serialize;
 

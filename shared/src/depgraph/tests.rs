@@ -103,6 +103,31 @@ fn gqa_with_per_layer_shapes_groups_each_kv_head_with_its_query_heads() {
 }
 
 #[test]
+fn query_heads_of_a_gqa_group_become_units_and_kv_heads_stay() {
+    let s = spec(json!({"num_key_value_heads": 2, "attention_bias": true, "model_type": "qwen2"}));
+    let groups = llama_graph(&s, Fusion::Separate).groups().unwrap();
+    let q = query_head_group(find(&groups, "layers.1.k"), 2).unwrap();
+    assert_eq!((q.root.as_str(), q.units, q.unit_width), ("layers.1.q_heads", 4, 2));
+    assert_eq!(structure(&q.root), Some(Structure::QueryHeads(1)));
+    let mut params: Vec<(&str, Axis)> = q.members.iter().map(|m| (m.param.as_str(), m.axis)).collect();
+    params.sort_by_key(|p| format!("{p:?}"));
+    assert_eq!(
+        params,
+        vec![
+            ("model.layers.1.self_attn.o_proj.weight", Axis::Cols),
+            ("model.layers.1.self_attn.q_proj.bias", Axis::Elements),
+            ("model.layers.1.self_attn.q_proj.weight", Axis::Rows),
+        ]
+    );
+    // Query head t is channels 2t, 2t+1 of q_proj's rows and o_proj's columns.
+    assert!(q.members.iter().all(|m| m.channels == blocks(4, 2)));
+    // MHA layers and non-head groups have no query-head group.
+    let mha = llama_graph(&spec(json!({})), Fusion::Separate).groups().unwrap();
+    assert!(query_head_group(find(&mha, "layers.0.q"), 1).is_none());
+    assert!(query_head_group(find(&groups, "layers.0.gate"), 2).is_none());
+}
+
+#[test]
 fn fused_projections_are_cut_at_their_offsets() {
     let s = spec(json!({"num_key_value_heads": 2}));
     let groups = llama_graph(&s, Fusion::Fused).groups().unwrap();

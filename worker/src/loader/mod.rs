@@ -1,10 +1,12 @@
 //! Reading models: Hugging Face directories (safetensors, memory-mapped) and GGUF files
 //! (dequantised to f32), both yielding weights under Hugging Face tensor names.
 
+mod checksum;
 mod gguf;
 mod hf;
 mod tokenizer;
 
+pub use checksum::{model_checksum, sha256_file};
 pub use gguf::{GgufModel, GgufWeights};
 pub use hf::HfWeights;
 pub use tokenizer::TextTokenizer;

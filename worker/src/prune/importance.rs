@@ -50,25 +50,7 @@ pub fn member_importance(
     grad: Option<&Tensor>,
     fisher: Option<&Tensor>,
 ) -> Result<Vec<f32>> {
-    let f32_like = |name: &str, t: Option<&Tensor>| -> Result<Tensor> {
-        let t = t.ok_or_else(|| Error::Invalid(format!("{criterion:?} importance needs the {name}")))?;
-        if t.dims() != weight.dims() {
-            return Err(Error::Invalid(format!("{name} {:?} does not match the weight {:?}", t.dims(), weight.dims())));
-        }
-        Ok(t.to_dtype(DType::F32)?)
-    };
-    let w = weight.to_dtype(DType::F32)?;
-    // Salience per element; `Vectorize` sums it signed before taking |·|.
-    let salience = match criterion {
-        Criterion::L1 => w.abs()?,
-        Criterion::L2 => w.sqr()?,
-        Criterion::Vectorize | Criterion::ParamFirst => (&w * f32_like("gradient", grad)?)?,
-        Criterion::ParamSecond => (&w * f32_like("Fisher diagonal", fisher)?)?.mul(&w)?,
-        Criterion::ParamMix => {
-            let second = (&w * f32_like("Fisher diagonal", fisher)?)?.mul(&w)?;
-            ((&w * f32_like("gradient", grad)?)? - (second * 0.5)?)?
-        }
-    };
+    let salience = salience(criterion, weight, grad, fisher)?;
     let per_channel = |t: &Tensor| -> Result<Tensor> {
         Ok(match axis {
             Axis::Elements => t.clone(),
@@ -82,6 +64,45 @@ pub fn member_importance(
         _ => per_channel(&salience.abs()?)?,
     };
     Ok(scores.to_vec1::<f32>()?)
+}
+
+/// The salience of each element of `weight` (reference §2.3): `|w|`, `w²`, `w·g`, `w·F·w` or
+/// `w·g − ½·w·F·w`, in f32.
+fn salience(criterion: Criterion, weight: &Tensor, grad: Option<&Tensor>, fisher: Option<&Tensor>) -> Result<Tensor> {
+    let f32_like = |name: &str, t: Option<&Tensor>| -> Result<Tensor> {
+        let t = t.ok_or_else(|| Error::Invalid(format!("{criterion:?} importance needs the {name}")))?;
+        if t.dims() != weight.dims() {
+            return Err(Error::Invalid(format!("{name} {:?} does not match the weight {:?}", t.dims(), weight.dims())));
+        }
+        Ok(t.to_dtype(DType::F32)?)
+    };
+    let w = weight.to_dtype(DType::F32)?;
+    Ok(match criterion {
+        Criterion::L1 => w.abs()?,
+        Criterion::L2 => w.sqr()?,
+        Criterion::Vectorize | Criterion::ParamFirst => (&w * f32_like("gradient", grad)?)?,
+        Criterion::ParamSecond => (&w * f32_like("Fisher diagonal", fisher)?)?.mul(&w)?,
+        Criterion::ParamMix => {
+            let second = (&w * f32_like("Fisher diagonal", fisher)?)?.mul(&w)?;
+            ((&w * f32_like("gradient", grad)?)? - (second * 0.5)?)?
+        }
+    })
+}
+
+/// The score of removing a whole layer whose weights are `params` (name, weight): the
+/// criterion's salience over every element of the layer, the group being the whole layer.
+/// `Vectorize` is the first-order Taylor estimate of the loss change `|Σ w·g|` over all of the
+/// layer's weights (paper Eq. 3 with the layer as the structure); the element-wise criteria
+/// sum `|salience|`; magnitudes sum `|w|` or `w²`.
+pub fn layer_score(params: &[(&str, &Tensor)], criterion: Criterion, stats: &GradientStats) -> Result<f32> {
+    let mut total = 0f64;
+    for (name, w) in params {
+        let fisher = stats.fisher.as_ref().and_then(|f| f.get(*name));
+        let s = salience(criterion, w, stats.grad.get(*name), fisher)?;
+        let s = if criterion == Criterion::Vectorize { s } else { s.abs()? };
+        total += s.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    }
+    Ok(if criterion == Criterion::Vectorize { total.abs() as f32 } else { total as f32 })
 }
 
 /// One score per root unit of `group` (a head, a neuron, a hidden channel): each member's

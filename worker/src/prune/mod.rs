@@ -1,9 +1,10 @@
 //! LLM-Pruner's pruning core, in one process (the cluster distributes exactly this).
 //!
-//! Today: the importance of each channel of a group member, and the group reductions
-//! (`reference-implementation.md` §2.3–§2.5). Coupled-structure discovery, plans and
-//! slicing build on these.
+//! Gradient statistics (`statistics`), importance per member, group and layer
+//! (`importance`, reference §2.3–§2.5), slicing (`slice`), applying a plan step (`apply`),
+//! and the pruning loop that decides the steps (`pipeline`).
 
+pub mod apply;
 pub mod importance;
 pub mod pipeline;
 pub mod slice;

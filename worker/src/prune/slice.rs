@@ -58,3 +58,48 @@ pub fn sliced_spec(spec: &ModelSpec, weights: &HashMap<String, Tensor>) -> Resul
     out.validate().map_err(|(field, reason)| Error::Invalid(format!("pruned model: {field}: {reason}")))?;
     Ok(out)
 }
+
+/// The model without the decoder layers `removed` (indices into `spec.layers`): their weights
+/// dropped and the later layers renumbered. The residual stream simply skips them.
+pub fn remove_layers(spec: &ModelSpec, weights: &HashMap<String, Tensor>, removed: &[usize]) -> Result<(ModelSpec, HashMap<String, Tensor>)> {
+    let n = spec.n_layers();
+    let mut gone = vec![false; n];
+    for &i in removed {
+        if i >= n || gone[i] {
+            return Err(Error::Invalid(format!("cannot remove layer {i} of a model with {n} layers (or twice)")));
+        }
+        gone[i] = true;
+    }
+    if removed.len() == n {
+        return Err(Error::Invalid(format!("removing all {n} layers leaves no model")));
+    }
+    let new_index: Vec<Option<usize>> = gone
+        .iter()
+        .scan(0usize, |next, &g| {
+            Some(if g {
+                None
+            } else {
+                *next += 1;
+                Some(*next - 1)
+            })
+        })
+        .collect();
+    let mut out = HashMap::with_capacity(weights.len());
+    for (name, w) in weights {
+        let renamed = match name.strip_prefix("model.layers.").and_then(|rest| rest.split_once('.')) {
+            Some((i, tail)) => {
+                let i: usize = i.parse().map_err(|_| Error::Invalid(format!("weight `{name}`: bad layer index")))?;
+                match new_index.get(i).copied().flatten() {
+                    Some(j) => format!("model.layers.{j}.{tail}"),
+                    None if i < n => continue,
+                    None => return Err(Error::Invalid(format!("weight `{name}` is beyond the model's {n} layers"))),
+                }
+            }
+            None => name.clone(),
+        };
+        out.insert(renamed, w.clone());
+    }
+    let mut spec = spec.clone();
+    spec.layers = spec.layers.iter().zip(&gone).filter(|(_, &g)| !g).map(|(l, _)| *l).collect();
+    Ok((spec, out))
+}
