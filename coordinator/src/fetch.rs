@@ -4,9 +4,8 @@
 //! model file, unpacked into the cache under a temporary name, verified, then renamed.
 
 use anyhow::{anyhow, bail, Context, Result};
-use sha2::{Digest, Sha256};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -40,17 +39,7 @@ impl KnownModel {
 }
 
 fn sha256_of(path: &Path) -> Result<String> {
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    Ok(llmprune_worker::loader::sha256_file(path)?)
 }
 
 /// Returns the cached file, fetching it first if it is missing or fails its checksum.
