@@ -1,0 +1,56 @@
+//! Collective communication between the workers of a run, behind one trait: a single rank
+//! (no-op), a TCP ring on CPUs (the ring algorithm NCCL and Gloo use for all-reduce), and NCCL
+//! on GPUs (feature `nccl`). A worker's runtime owns its communicator; calls block.
+
+mod ring;
+mod single;
+
+pub use ring::{RingOptions, TcpRing};
+pub use single::SingleRank;
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommError {
+    #[error("rank {rank}: {what} with rank {peer} failed: {source}")]
+    Io {
+        rank: usize,
+        peer: usize,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("rank {rank}: no connection from rank {peer} within {waited:?}")]
+    Timeout { rank: usize, peer: usize, waited: Duration },
+    #[error("rank {rank}: {reason}")]
+    Protocol { rank: usize, reason: String },
+    #[error("rank {rank}: {reason}")]
+    Usage { rank: usize, reason: String },
+}
+
+pub type CommResult<T> = std::result::Result<T, CommError>;
+
+/// What every collective backend offers. Every rank of the group makes the same calls in the
+/// same order; results are bit-identical on every rank.
+pub trait Communicator: Send {
+    fn rank(&self) -> usize;
+    fn world_size(&self) -> usize;
+    /// Element-wise sum over all ranks, in place.
+    fn all_reduce_sum(&mut self, data: &mut [f32]) -> CommResult<()>;
+    /// `root`'s `data` on every rank (`data` must have the same length everywhere).
+    fn broadcast(&mut self, data: &mut [f32], root: usize) -> CommResult<()>;
+    /// Every rank's `data` (lengths may differ), by rank.
+    fn all_gather(&mut self, data: &[f32]) -> CommResult<Vec<Vec<f32>>>;
+    /// Sends to a neighbouring rank (rank ± 1 in the ring).
+    fn send(&mut self, data: &[f32], to: usize) -> CommResult<()>;
+    /// Receives what a neighbouring rank sent.
+    fn recv(&mut self, from: usize) -> CommResult<Vec<f32>>;
+    fn barrier(&mut self) -> CommResult<()>;
+}
+
+/// The `i`-th of `n` nearly equal contiguous parts of `0..len` (sizes differ by at most one).
+pub(crate) fn part(len: usize, n: usize, i: usize) -> std::ops::Range<usize> {
+    let (base, extra) = (len / n, len % n);
+    let start = i * base + i.min(extra);
+    start..start + base + usize::from(i < extra)
+}

@@ -1,0 +1,140 @@
+//! The TCP ring against a naive reduction, for several world sizes and uneven lengths, and
+//! its failure modes: strangers are turned away, a lost peer is named.
+
+use llmprune_worker::collective::{CommError, Communicator, RingOptions, TcpRing};
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+/// Runs `body` on every rank of a loopback ring of `world` ranks; results by rank.
+fn with_ring<T: Send + 'static>(world: usize, cookie: u64, body: impl Fn(TcpRing) -> T + Send + Sync + Copy + 'static) -> Vec<T> {
+    let listeners: Vec<TcpListener> = (0..world).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let opts = RingOptions { connect_timeout: Duration::from_secs(20), io_timeout: Some(Duration::from_secs(20)), cookie };
+    let handles: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(rank, listener)| {
+            let (addrs, opts) = (addrs.clone(), opts.clone());
+            std::thread::spawn(move || body(TcpRing::connect(rank, &addrs, listener, &opts).unwrap()))
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+/// Deterministic values that make float sums order-sensitive.
+fn values(rank: usize, len: usize) -> Vec<f32> {
+    (0..len).map(|i| (((i * 7919 + rank * 104729) % 1000) as f32 - 500.0) * 1.37e-3 * (1.0 + rank as f32)).collect()
+}
+
+const LENGTHS: [usize; 7] = [0, 1, 2, 3, 5, 1000, 40_961];
+
+#[test]
+fn all_reduce_matches_a_naive_sum_and_is_identical_on_every_rank() {
+    for world in 1..=4 {
+        let results = with_ring(world, 7, |mut ring| {
+            LENGTHS
+                .iter()
+                .map(|&len| {
+                    let mut v = values(ring.rank(), len);
+                    ring.all_reduce_sum(&mut v).unwrap();
+                    v
+                })
+                .collect::<Vec<_>>()
+        });
+        for (k, &len) in LENGTHS.iter().enumerate() {
+            for i in 0..len {
+                let terms: Vec<f64> = (0..world).map(|r| values(r, len)[i] as f64).collect();
+                let want: f64 = terms.iter().sum();
+                // f32 rounding of each partial sum: a few ulps of the terms' magnitude.
+                let tol = 4.0 * f32::EPSILON as f64 * terms.iter().map(|t| t.abs()).sum::<f64>();
+                let got = results[0][k][i] as f64;
+                assert!((got - want).abs() <= tol, "world {world} len {len} [{i}]: {got} vs {want}");
+            }
+            for r in 1..world {
+                let same = results[r][k].iter().zip(&results[0][k]).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "world {world} len {len}: rank {r} differs from rank 0");
+            }
+        }
+    }
+}
+
+#[test]
+fn broadcast_gather_point_to_point_and_barrier() {
+    for world in 1..=4 {
+        let results = with_ring(world, 11, move |mut ring| {
+            let (r, n) = (ring.rank(), ring.world_size());
+            let mut from_roots = Vec::new();
+            for root in 0..n {
+                let mut v = if r == root { values(root, 33) } else { vec![0.0; 33] };
+                ring.broadcast(&mut v, root).unwrap();
+                from_roots.push(v);
+            }
+            // Uneven lengths: rank r contributes r + 1 values.
+            let gathered = ring.all_gather(&values(r, r + 1)).unwrap();
+            // A pipeline's two directions: activations forward, gradients back.
+            let mut received = Vec::new();
+            if r + 1 < n {
+                ring.send(&values(r, 9), r + 1).unwrap();
+            }
+            if r > 0 {
+                received.push(ring.recv(r - 1).unwrap());
+                ring.send(&values(r, 4), r - 1).unwrap();
+            }
+            if r + 1 < n {
+                received.push(ring.recv(r + 1).unwrap());
+            }
+            ring.barrier().unwrap();
+            (from_roots, gathered, received)
+        });
+        for (r, (from_roots, gathered, received)) in results.iter().enumerate() {
+            for (root, v) in from_roots.iter().enumerate() {
+                assert_eq!(v, &values(root, 33), "world {world} rank {r} root {root}");
+            }
+            let want: Vec<Vec<f32>> = (0..world).map(|q| values(q, q + 1)).collect();
+            assert_eq!(gathered, &want);
+            let mut expect = Vec::new();
+            if r > 0 {
+                expect.push(values(r - 1, 9));
+            }
+            if r + 1 < world {
+                expect.push(values(r + 1, 4));
+            }
+            assert_eq!(received, &expect, "world {world} rank {r}");
+        }
+    }
+}
+
+#[test]
+fn strangers_are_dropped_and_a_lost_peer_is_named() {
+    // A connection without the run's cookie reaches rank 1's listener first; the ring still forms.
+    let listeners: Vec<TcpListener> = (0..2).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let mut stranger = std::net::TcpStream::connect(addrs[1]).unwrap();
+    std::io::Write::write_all(&mut stranger, b"LPRG\0\0\0\0\0\0\0\0\0\0\0\0").unwrap();
+    let opts = RingOptions { connect_timeout: Duration::from_secs(20), io_timeout: Some(Duration::from_secs(20)), cookie: 99 };
+    let mut it = listeners.into_iter();
+    let (l0, l1) = (it.next().unwrap(), it.next().unwrap());
+    let (a0, o0) = (addrs.clone(), opts.clone());
+    let rank0 = std::thread::spawn(move || {
+        let mut ring = TcpRing::connect(0, &a0, l0, &o0).unwrap();
+        ring.barrier().unwrap();
+        // Rank 1 is gone now: the next collective fails and names it.
+        let mut v = vec![1.0; 10];
+        ring.all_reduce_sum(&mut v).unwrap_err()
+    });
+    let mut ring1 = TcpRing::connect(1, &addrs, l1, &opts).unwrap();
+    ring1.barrier().unwrap();
+    drop(ring1);
+    let err = rank0.join().unwrap();
+    assert!(matches!(err, CommError::Io { rank: 0, peer: 1, .. }), "{err:?}");
+    assert!(err.to_string().contains("rank 1"), "{err}");
+
+    // Nobody listening: a timeout naming the missing neighbour, not a hang.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addrs = vec![l.local_addr().unwrap(), dead.local_addr().unwrap()];
+    drop(dead);
+    let quick = RingOptions { connect_timeout: Duration::from_millis(300), ..opts };
+    let err = TcpRing::connect(0, &addrs, l, &quick).err().unwrap();
+    assert!(matches!(err, CommError::Timeout { rank: 0, peer: 1, .. }), "{err:?}");
+}
