@@ -4,5 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --locked
+# The GPU collectives (NCCL through cudarc, libraries loaded at run time) must keep compiling.
+cargo check -p llmprune-worker --features nccl --locked
 ./target/release/llmprune fetch smollm2
 cargo test --release --workspace --locked --no-fail-fast

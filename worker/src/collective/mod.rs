@@ -2,9 +2,13 @@
 //! (no-op), a TCP ring on CPUs (the ring algorithm NCCL and Gloo use for all-reduce), and NCCL
 //! on GPUs (feature `nccl`). A worker's runtime owns its communicator; calls block.
 
+#[cfg(feature = "nccl")]
+mod nccl;
 mod ring;
 mod single;
 
+#[cfg(feature = "nccl")]
+pub use nccl::{nccl_available, nccl_unique_id, NcclComm};
 pub use ring::{RingOptions, TcpRing};
 pub use single::SingleRank;
 
@@ -31,8 +35,9 @@ pub enum CommError {
 pub type CommResult<T> = std::result::Result<T, CommError>;
 
 /// What every collective backend offers. Every rank of the group makes the same calls in the
-/// same order; results are bit-identical on every rank.
-pub trait Communicator: Send {
+/// same order; results are bit-identical on every rank. Not `Send`: NCCL communicators belong
+/// to the thread that made them, so a worker's runtime creates its own on its thread.
+pub trait Communicator {
     fn rank(&self) -> usize;
     fn world_size(&self) -> usize;
     /// Element-wise sum over all ranks, in place.
