@@ -4,6 +4,7 @@
 pub mod depgraph;
 pub mod model_spec;
 pub mod plan;
+pub mod proto;
 pub mod py_random;
 pub mod selection;
 

@@ -2,6 +2,7 @@
 //! loaders for Hugging Face directories and GGUF files, and evaluation.
 
 pub mod calibration;
+pub mod cluster;
 pub mod collective;
 pub mod error;
 pub mod eval;

@@ -227,7 +227,19 @@ impl LlamaModel {
 
     /// Hugging Face's causal-LM loss: mean NLL over all predicted tokens.
     pub fn loss(&self, ids: &Tensor, exec: Exec) -> Result<Tensor> {
-        Ok(self.next_token_nll(ids, exec)?.mean_all()?)
+        let x = self.forward_layers(self.embed_tokens(ids)?, exec)?;
+        self.loss_from_hidden(&x, ids, exec)
+    }
+
+    /// [`LlamaModel::loss`] from the last layer's hidden states `x` of `ids`: what the last
+    /// stage of a pipeline computes, by the same operations.
+    pub fn loss_from_hidden(&self, x: &Tensor, ids: &Tensor, exec: Exec) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        if t < 2 {
+            return Err(Error::Invalid(format!("need at least 2 tokens per row for a loss, got {t}")));
+        }
+        let nll = self.hidden_to_nll(x, &shifted_targets(ids)?, exec)?.reshape((b, t))?.narrow(1, 0, t - 1)?;
+        Ok(nll.mean_all()?)
     }
 }
 

@@ -30,13 +30,24 @@ fn misfit(reason: String) -> Error {
 }
 
 /// `spec` and `weights` after `step`: its groups cut to their kept units, then its layers
-/// removed. Refuses a step that does not fit the model (unknown group, other unit counts,
-/// kept units out of range or unordered, a group cut twice).
+/// removed. Refuses a step that does not fit the model ([`check_step`]).
 pub fn apply_step(spec: &ModelSpec, weights: &HashMap<String, Tensor>, step: &PlanStep) -> Result<(ModelSpec, HashMap<String, Tensor>)> {
+    let (chosen, kept): (Vec<Group>, Vec<Vec<usize>>) = check_step(spec, step)?.into_iter().unzip();
+    let sliced = slice_weights(weights, &chosen, &kept)?;
+    let spec = sliced_spec(spec, &sliced)?;
+    if step.removed_layers.is_empty() {
+        return Ok((spec, sliced));
+    }
+    remove_layers(&spec, &sliced, &step.removed_layers).map_err(|e| misfit(e.to_string()))
+}
+
+/// The groups `step` cuts in `spec`, with their kept units, after checking that the step fits
+/// the model: known groups, the same unit counts, kept units ascending and in range, query
+/// heads kept evenly per KV head, no structure cut twice.
+pub fn check_step(spec: &ModelSpec, step: &PlanStep) -> Result<Vec<(Group, Vec<usize>)>> {
     let universe = plan_groups(spec)?;
     let by_root: HashMap<&str, &Group> = universe.iter().map(|g| (g.root.as_str(), g)).collect();
-    let mut chosen: Vec<Group> = Vec::with_capacity(step.groups.len());
-    let mut kept: Vec<Vec<usize>> = Vec::with_capacity(step.groups.len());
+    let mut chosen: Vec<(Group, Vec<usize>)> = Vec::with_capacity(step.groups.len());
     let mut touched_layers: HashSet<(usize, &str)> = HashSet::new();
     for pg in &step.groups {
         let g = by_root.get(pg.root.as_str()).ok_or_else(|| misfit(format!("the model has no group `{}`", pg.root)))?;
@@ -64,13 +75,7 @@ pub fn apply_step(spec: &ModelSpec, weights: &HashMap<String, Tensor>, step: &Pl
         if !touched_layers.insert(key) {
             return Err(misfit(format!("group `{}`: its structure is cut twice in one step", pg.root)));
         }
-        chosen.push((*g).clone());
-        kept.push(pg.kept.clone());
+        chosen.push(((*g).clone(), pg.kept.clone()));
     }
-    let sliced = slice_weights(weights, &chosen, &kept)?;
-    let spec = sliced_spec(spec, &sliced)?;
-    if step.removed_layers.is_empty() {
-        return Ok((spec, sliced));
-    }
-    remove_layers(&spec, &sliced, &step.removed_layers).map_err(|e| misfit(e.to_string()))
+    Ok(chosen)
 }

@@ -161,6 +161,28 @@ fn statistics(model: &mut LlamaModel, windows: &[Vec<u32>], importance: Importan
     }
 }
 
+/// The groups a block- or channel-wise step scores, in plan order.
+pub fn candidate_groups(spec: &ModelSpec, req: &PruneRequest) -> Result<Vec<Group>> {
+    let query_heads = |i: usize| req.gqa == GqaMode::QueryHeads && spec.layers[i].n_rep() > 1;
+    let candidate = |g: &Group| match (req.strategy, structure(&g.root)) {
+        (Strategy::Block, Some(Structure::Heads(i))) => req.attn_layers.contains(&i) && !query_heads(i),
+        (Strategy::Block, Some(Structure::QueryHeads(i))) => req.attn_layers.contains(&i) && query_heads(i),
+        (Strategy::Block, Some(Structure::Neurons(i))) => req.mlp_layers.contains(&i),
+        (Strategy::Channel, Some(Structure::Hidden)) => true,
+        _ => false,
+    };
+    let groups: Vec<Group> = plan_groups(spec)?.into_iter().filter(candidate).collect();
+    if groups.is_empty() {
+        return Err(Error::Invalid("no group to prune: the layer ranges are empty".into()));
+    }
+    Ok(groups)
+}
+
+/// Seeded uniform scores for `groups`, drawn in group order.
+pub fn random_scores(groups: &[Group], rng: &mut PyRandom) -> Vec<Vec<f32>> {
+    groups.iter().map(|g| (0..g.units).map(|_| rng.random() as f32).collect()).collect()
+}
+
 /// One block- or channel-wise step: the candidate groups' scores and kept units.
 fn decide_groups(
     model: &mut LlamaModel,
@@ -170,35 +192,39 @@ fn decide_groups(
     initial_units: &mut HashMap<String, usize>,
     rng: &mut PyRandom,
 ) -> Result<(PlanStep, [f64; 2])> {
-    let spec = model.spec.clone();
-    let query_heads = |i: usize| req.gqa == GqaMode::QueryHeads && spec.layers[i].n_rep() > 1;
-    let candidate = |g: &Group| match (req.strategy, structure(&g.root)) {
-        (Strategy::Block, Some(Structure::Heads(i))) => req.attn_layers.contains(&i) && !query_heads(i),
-        (Strategy::Block, Some(Structure::QueryHeads(i))) => req.attn_layers.contains(&i) && query_heads(i),
-        (Strategy::Block, Some(Structure::Neurons(i))) => req.mlp_layers.contains(&i),
-        (Strategy::Channel, Some(Structure::Hidden)) => true,
-        _ => false,
-    };
-    let groups: Vec<Group> = plan_groups(&spec)?.into_iter().filter(candidate).collect();
-    if groups.is_empty() {
-        return Err(Error::Invalid("no group to prune: the layer ranges are empty".into()));
-    }
-
+    let groups = candidate_groups(&model.spec, req)?;
     let t = Instant::now();
     let wanted: HashSet<&str> = groups.iter().flat_map(|g| g.members.iter().map(|m| m.param.as_str())).collect();
     let stats = statistics(model, windows, req.importance, |name| wanted.contains(name))?;
     let gradients_s = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let weights = model.weights_by_name();
-    let no_stats = GradientStats { grad: HashMap::new(), fisher: None };
-    let scores: Vec<Vec<f32>> = groups
-        .iter()
-        .map(|g| match req.importance {
-            Importance::Random => Ok((0..g.units).map(|_| rng.random() as f32).collect()),
-            Importance::Scored(c, r) => group_scores(g, c, r, &weights, stats.as_ref().unwrap_or(&no_stats)),
-        })
-        .collect::<Result<_>>()?;
+    let scores = match req.importance {
+        Importance::Random => random_scores(&groups, rng),
+        Importance::Scored(c, r) => {
+            let weights = model.weights_by_name();
+            let no_stats = GradientStats { grad: HashMap::new(), fisher: None };
+            groups.iter().map(|g| group_scores(g, c, r, &weights, stats.as_ref().unwrap_or(&no_stats))).collect::<Result<_>>()?
+        }
+    };
+    let step = select(&model.spec, &groups, scores, req, target, initial_units)?;
+    Ok((step, [gradients_s, t.elapsed().as_secs_f64()]))
+}
+
+/// The step that keeps, of each candidate group, the units its scores rank highest (local or
+/// global, query heads evenly, widths rounded): the decision a coordinator makes from the
+/// scores its workers report. `initial_units` remembers each group's units at the first step.
+pub fn select(
+    spec: &ModelSpec,
+    groups: &[Group],
+    scores: Vec<Vec<f32>>,
+    req: &PruneRequest,
+    target: f64,
+    initial_units: &mut HashMap<String, usize>,
+) -> Result<PlanStep> {
+    if scores.len() != groups.len() || groups.iter().zip(&scores).any(|(g, s)| s.len() != g.units) {
+        return Err(Error::Invalid("scores do not match the candidate groups".into()));
+    }
     let scored: Vec<Scored> = groups
         .iter()
         .zip(&scores)
@@ -223,14 +249,13 @@ fn decide_groups(
     for (s, k) in scored.iter().zip(kept.iter_mut()).filter(|(s, _)| s.unit_width == 1) {
         round_kept(std::slice::from_ref(s), std::slice::from_mut(k), req.round_to);
     }
-    let scoring_s = t.elapsed().as_secs_f64();
     let groups = groups
-        .into_iter()
+        .iter()
         .zip(kept)
         .zip(scores)
-        .map(|((g, kept), scores)| PlanGroup { root: g.root, units: g.units, kept, scores })
+        .map(|((g, kept), scores)| PlanGroup { root: g.root.clone(), units: g.units, kept, scores })
         .collect();
-    Ok((PlanStep { ratio: target, groups, removed_layers: Vec::new(), layer_scores: Vec::new() }, [gradients_s, scoring_s]))
+    Ok(PlanStep { ratio: target, groups, removed_layers: Vec::new(), layer_scores: Vec::new() })
 }
 
 /// The kept query heads of a GQA layer, each of its `n_kv` KV heads losing the same number.

@@ -5,6 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::{Exec, LlamaModel};
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use std::collections::HashMap;
 
@@ -17,17 +18,28 @@ pub struct GradientStats {
 /// Statistics of `vars` (from [`LlamaModel::make_trainable`]) over calibration `windows`
 /// (equal lengths, at least 2 tokens).
 pub fn gradient_stats(model: &LlamaModel, vars: &[(String, Var)], windows: &[Vec<u32>], with_fisher: bool) -> Result<GradientStats> {
+    gradient_stats_with(model.device(), vars, windows, with_fisher, &mut |ids| Ok(model.loss(ids, Exec::Differentiable)?.backward()?))
+}
+
+/// [`gradient_stats`] with `backward` running the loss's backward pass over a batch of
+/// windows: the whole model in one process, or this rank's stage of a pipeline.
+pub fn gradient_stats_with(
+    device: &candle_core::Device,
+    vars: &[(String, Var)],
+    windows: &[Vec<u32>],
+    with_fisher: bool,
+    backward: &mut dyn FnMut(&Tensor) -> Result<GradStore>,
+) -> Result<GradientStats> {
     let len = windows.first().map(Vec::len).ok_or_else(|| Error::Invalid("no calibration windows".into()))?;
     if windows.iter().any(|w| w.len() != len) {
         return Err(Error::Invalid("calibration windows differ in length".into()));
     }
-    let device = model.device();
     let batch = Tensor::from_vec(windows.concat(), (windows.len(), len), device)?;
-    let grad = gradients(model, vars, &batch)?;
+    let grad = gradients(vars, backward(&batch)?)?;
     let fisher = if with_fisher {
         let mut sum: HashMap<String, Tensor> = HashMap::new();
         for j in 0..windows.len() {
-            for (name, g) in gradients(model, vars, &batch.narrow(0, j, 1)?)? {
+            for (name, g) in gradients(vars, backward(&batch.narrow(0, j, 1)?)?)? {
                 let sq = g.sqr()?;
                 let acc = match sum.remove(&name) {
                     Some(acc) => (acc + sq)?,
@@ -44,9 +56,8 @@ pub fn gradient_stats(model: &LlamaModel, vars: &[(String, Var)], windows: &[Vec
     Ok(GradientStats { grad, fisher })
 }
 
-/// f32 gradients of the mean next-token loss over `ids` for every variable.
-fn gradients(model: &LlamaModel, vars: &[(String, Var)], ids: &Tensor) -> Result<HashMap<String, Tensor>> {
-    let store = model.loss(ids, Exec::Differentiable)?.backward()?;
+/// Every variable's gradient from `store`, in f32.
+fn gradients(vars: &[(String, Var)], store: GradStore) -> Result<HashMap<String, Tensor>> {
     vars.iter()
         .map(|(name, var)| {
             let g = store

@@ -1,0 +1,176 @@
+//! A contiguous range of layers (plus the embedding on the first rank and the final norm and
+//! head on the last) as one stage of a pipeline: hidden states flow forward rank to rank, their
+//! gradients flow back, and each rank differentiates and scores its own layers. Every rank runs
+//! the operations the single-process model runs, so statistics and scores are bit-identical.
+
+use crate::collective::Communicator;
+use crate::error::{Error, Result};
+use crate::loader::{load_model, InMemoryWeights};
+use crate::model::{Exec, LlamaModel, LoadOptions};
+use crate::prune::importance::{group_scores, Criterion, Reduction};
+use crate::prune::slice::slice_weights;
+use crate::prune::statistics::{gradient_stats_with, GradientStats};
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Tensor, Var};
+use llmprune_shared::depgraph::Group;
+use llmprune_shared::{LayerShape, ModelSpec};
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::path::Path;
+
+/// Which part of the model a rank holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardLayout {
+    pub rank: usize,
+    pub world: usize,
+    pub layers: Range<usize>,
+    /// The token embedding (the first rank).
+    pub embeddings: bool,
+    /// The final norm and head (the last rank).
+    pub head: bool,
+}
+
+pub struct ShardModel {
+    pub layout: ShardLayout,
+    pub model: LlamaModel,
+}
+
+impl ShardModel {
+    /// Loads only this shard's weights from a model file or directory, in f32.
+    pub fn load(path: &Path, layout: ShardLayout, device: &Device) -> Result<Self> {
+        let l = layout.clone();
+        let loaded = load_model(path, |_| LoadOptions { layers: l.layers, embeddings: l.embeddings, head: l.head, dtype: candle_core::DType::F32 }, device)?;
+        Ok(Self { layout, model: loaded.model })
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.model.spec
+    }
+
+    /// Whether a parameter is this shard's to score, slice and save (a tied embedding lives
+    /// on the first rank, although the last one also uses it as its head).
+    pub fn owns(&self, param: &str) -> bool {
+        match param.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok()) {
+            Some(i) => self.layout.layers.contains(&i),
+            None if param == "model.embed_tokens.weight" => self.layout.embeddings,
+            None => self.layout.head,
+        }
+    }
+
+    /// The shard's own tensors by name.
+    pub fn owned_weights(&self) -> HashMap<String, Tensor> {
+        self.model.weights_by_name().into_iter().filter(|(n, _)| self.owns(n)).collect()
+    }
+
+    /// Scores of `groups` (each wholly inside this shard) under a criterion, with the
+    /// gradient statistics taken through the pipeline when it needs them. Every rank calls
+    /// this with the same windows and criterion, whether or not it has groups to score.
+    pub fn score(
+        &mut self,
+        comm: &mut dyn Communicator,
+        groups: &[Group],
+        criterion: Criterion,
+        reduction: Reduction,
+        windows: &[Vec<u32>],
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<Vec<f32>>> {
+        for g in groups {
+            if let Some(m) = g.members.iter().find(|m| !self.owns(&m.param)) {
+                return Err(Error::Invalid(format!("group `{}` reaches `{}`, which rank {} does not hold", g.root, m.param, self.layout.rank)));
+            }
+        }
+        let stats = if criterion.needs_gradient() {
+            let wanted: HashSet<&str> = groups.iter().flat_map(|g| g.members.iter().map(|m| m.param.as_str())).collect();
+            let vars = self.model.make_trainable(|name| wanted.contains(name))?;
+            let passes = 1 + if criterion.needs_fisher() { windows.len() } else { 0 };
+            let mut done = 0;
+            let (model, layout) = (&self.model, &self.layout);
+            let mut backward = |ids: &Tensor| -> Result<GradStore> {
+                let store = stage_backward(model, layout, comm, ids)?;
+                done += 1;
+                progress(done, passes);
+                Ok(store)
+            };
+            gradient_stats_with(model.device(), &vars, windows, criterion.needs_fisher(), &mut backward)?
+        } else {
+            GradientStats { grad: HashMap::new(), fisher: None }
+        };
+        let weights = self.model.weights_by_name();
+        groups.iter().map(|g| group_scores(g, criterion, reduction, &weights, &stats)).collect()
+    }
+
+    /// Cuts this shard's groups to their kept units and reloads the shard with the new
+    /// widths. Returns the shapes of its layers.
+    pub fn apply(&mut self, chosen: &[(Group, Vec<usize>)]) -> Result<Vec<LayerShape>> {
+        let (groups, kept): (Vec<Group>, Vec<Vec<usize>>) = chosen.iter().cloned().unzip();
+        for g in &groups {
+            if let Some(m) = g.members.iter().find(|m| !self.owns(&m.param)) {
+                return Err(Error::Plan(format!("group `{}` reaches `{}`, which rank {} does not hold", g.root, m.param, self.layout.rank)));
+            }
+        }
+        let sliced = slice_weights(&self.model.weights_by_name(), &groups, &kept)?;
+        let mut spec = self.model.spec.clone();
+        let dim = |name: String, d: usize| -> Result<usize> {
+            Ok(sliced.get(&name).ok_or_else(|| Error::Invalid(format!("no parameter `{name}`")))?.dim(d)?)
+        };
+        for i in self.layout.layers.clone() {
+            let p = format!("model.layers.{i}");
+            spec.layers[i] = LayerShape {
+                n_heads: dim(format!("{p}.self_attn.q_proj.weight"), 0)? / spec.head_dim,
+                n_kv_heads: dim(format!("{p}.self_attn.k_proj.weight"), 0)? / spec.head_dim,
+                intermediate_size: dim(format!("{p}.mlp.gate_proj.weight"), 0)?,
+            };
+        }
+        spec.validate().map_err(|(field, reason)| Error::Invalid(format!("pruned shard: {field}: {reason}")))?;
+        let l = &self.layout;
+        let opts = LoadOptions { layers: l.layers.clone(), embeddings: l.embeddings, head: l.head, dtype: candle_core::DType::F32 };
+        let device = self.model.device().clone();
+        let source = InMemoryWeights { label: format!("rank {} after slicing", l.rank).into(), tensors: sliced };
+        self.model = LlamaModel::load(spec, &source, &opts, &device)?;
+        Ok(self.layout.layers.clone().map(|i| self.model.spec.layers[i]).collect())
+    }
+}
+
+/// One backward pass of this stage over `ids` `[B, T]`: receive the hidden states from the
+/// previous rank (or embed the tokens), run the layers, send them on; then receive their
+/// gradient from the next rank (or take the loss), differentiate, and send the gradient of
+/// the input hidden states back.
+pub fn stage_backward(model: &LlamaModel, layout: &ShardLayout, comm: &mut dyn Communicator, ids: &Tensor) -> Result<GradStore> {
+    let (b, t) = ids.dims2()?;
+    let h = model.spec.hidden_size;
+    let device = model.device();
+    let comm_err = |e: crate::collective::CommError| Error::Invalid(format!("pipeline: {e}"));
+    let input: Option<Var> = if layout.embeddings {
+        None
+    } else {
+        let x = comm.recv(layout.rank - 1).map_err(comm_err)?;
+        if x.len() != b * t * h {
+            return Err(Error::Invalid(format!("pipeline: rank {} sent {} values for hidden states {b}×{t}×{h}", layout.rank - 1, x.len())));
+        }
+        Some(Var::from_tensor(&Tensor::from_vec(x, (b, t, h), device)?)?)
+    };
+    let x = match &input {
+        Some(v) => v.as_tensor().clone(),
+        None => model.embed_tokens(ids)?,
+    };
+    let out = model.forward_layers(x, Exec::Differentiable)?;
+    let store = if layout.head {
+        model.loss_from_hidden(&out, ids, Exec::Differentiable)?.backward()?
+    } else {
+        comm.send(&out.flatten_all()?.to_vec1::<f32>()?, layout.rank + 1).map_err(comm_err)?;
+        let g = comm.recv(layout.rank + 1).map_err(comm_err)?;
+        if g.len() != b * t * h {
+            return Err(Error::Invalid(format!("pipeline: rank {} sent a gradient of {} values", layout.rank + 1, g.len())));
+        }
+        // d(Σ out·g)/d(out) = g exactly: the gradient the full model's graph would carry here.
+        (out * Tensor::from_vec(g, (b, t, h), device)?)?.sum_all()?.backward()?
+    };
+    if let Some(v) = &input {
+        let gx = match store.get(v.as_tensor()) {
+            Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
+            None => vec![0.0; b * t * h],
+        };
+        comm.send(&gx, layout.rank - 1).map_err(comm_err)?;
+    }
+    Ok(store)
+}
