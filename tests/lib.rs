@@ -181,3 +181,17 @@ pub fn assert_contains(msg: &str, parts: &[&str]) {
         assert!(msg.contains(p), "message {msg:?} should contain {p:?}");
     }
 }
+
+/// Every tensor of a model directory (one file or shards), as f32 values by name.
+pub fn model_tensors(dir: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let opened = llmprune_worker::loader::open_model(dir).unwrap();
+    opened
+        .weights
+        .names()
+        .into_iter()
+        .map(|n| {
+            let t = opened.weights.load(&n, &candle_core::Device::Cpu).unwrap();
+            (n, t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        })
+        .collect()
+}

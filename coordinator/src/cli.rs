@@ -24,11 +24,23 @@ pub struct GlobalArgs {
     /// Log format on stderr (RUST_LOG filters).
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Cluster token workers must present [config: cluster.token].
+    #[arg(long, global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Address the coordinator listens on for workers, HOST:PORT [config: cluster.listen; default 127.0.0.1:0].
+    #[arg(long, global = true)]
+    pub listen: Option<String>,
 }
 
 impl GlobalArgs {
     pub fn overrides(&self) -> CliOverrides {
-        CliOverrides { config_file: self.config.clone(), cache_dir: self.cache_dir.clone(), log_format: self.log_format }
+        CliOverrides {
+            config_file: self.config.clone(),
+            cache_dir: self.cache_dir.clone(),
+            log_format: self.log_format,
+            token: self.token.clone(),
+            listen: self.listen.clone(),
+        }
     }
 }
 
@@ -183,6 +195,24 @@ pub struct PruneArgs {
     pub latency_chunks: usize,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+pub struct ClusterArgs {
+    /// Start N `llmprune-worker` processes on this machine and shard the model across them.
+    #[arg(long, value_name = "N", conflicts_with = "workers")]
+    pub local_workers: Option<usize>,
+    /// Wait for N remote workers to register (`llmprune-worker --coordinator http://HOST:PORT --token ...`).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Reuse the scores a failed run with the same model and settings gathered.
+    #[arg(long)]
+    pub resume: bool,
+    /// Testing only: RANK:FAULT passed to that local worker.
+    #[arg(long, hide = true, value_name = "RANK:FAULT")]
+    pub inject_fault: Option<String>,
 }
 
 #[derive(Args)]

@@ -1,6 +1,7 @@
 //! `llmprune`: the coordinator CLI.
 
 mod cli;
+mod cluster;
 mod commands;
 mod fetch;
 mod progress;

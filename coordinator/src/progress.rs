@@ -28,6 +28,13 @@ impl Progress {
         Self { bar, what: what.to_string(), unit, start: now, last_log: now }
     }
 
+    /// Moves a terminal bar only (the caller logs).
+    pub fn set(&mut self, done: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        }
+    }
+
     /// `done` of `total` units; `tokens` processed so far, for the rate.
     pub fn update(&mut self, done: u64, total: u64, tokens: u64) {
         if let Some(bar) = &self.bar {

@@ -21,6 +21,24 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// The Python interpreter whose pip downloads registry packages.
     pub python: String,
+    pub cluster: ClusterSettings,
+}
+
+/// How the coordinator runs a cluster (`[cluster]` in TOML, `LLMPRUNE_CLUSTER__*`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClusterSettings {
+    /// Where the coordinator's gRPC service listens (port 0: any free port, for local workers).
+    pub listen: String,
+    /// The token workers must present; local workers get a fresh random one when unset.
+    pub token: Option<String>,
+    /// How often workers heartbeat.
+    pub heartbeat_ms: u64,
+    /// A worker silent for this long has failed.
+    pub heartbeat_timeout_ms: u64,
+    /// How long to wait for `--workers N` to register.
+    pub register_timeout_s: u64,
+    /// The worker executable for `--local-workers` [default: `llmprune-worker` beside `llmprune`].
+    pub worker_binary: Option<PathBuf>,
 }
 
 /// Values given on the command line; `None` leaves the lower layers in force.
@@ -29,6 +47,8 @@ pub struct CliOverrides {
     pub config_file: Option<PathBuf>,
     pub cache_dir: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
+    pub token: Option<String>,
+    pub listen: Option<String>,
 }
 
 fn default_cache_dir() -> String {
@@ -45,7 +65,11 @@ impl Settings {
         let mut b = Config::builder()
             .set_default("cache_dir", default_cache_dir())?
             .set_default("log_format", "text")?
-            .set_default("python", "python3")?;
+            .set_default("python", "python3")?
+            .set_default("cluster.listen", "127.0.0.1:0")?
+            .set_default("cluster.heartbeat_ms", 500)?
+            .set_default("cluster.heartbeat_timeout_ms", 10_000)?
+            .set_default("cluster.register_timeout_s", 600)?;
         if let Some(path) = &cli.config_file {
             if !path.exists() {
                 bail!("--config {}: file not found", path.display());
@@ -62,6 +86,8 @@ impl Settings {
                 LogFormat::Json => "json",
             }),
         )?;
+        b = b.set_override_option("cluster.token", cli.token.clone())?;
+        b = b.set_override_option("cluster.listen", cli.listen.clone())?;
         let settings: Settings = b
             .build()
             .context("reading configuration")?
@@ -77,6 +103,16 @@ impl Settings {
         }
         if self.python.trim().is_empty() {
             bail!("python: must not be empty");
+        }
+        let c = &self.cluster;
+        if c.listen.parse::<std::net::SocketAddr>().is_err() {
+            bail!("cluster.listen (--listen) `{}`: expected HOST:PORT with an IP address, e.g. 0.0.0.0:7070", c.listen);
+        }
+        if c.token.as_deref().is_some_and(|t| t.is_empty() || !t.chars().all(|ch| ch.is_ascii_graphic())) {
+            bail!("cluster.token (--token): must be non-empty printable ASCII without spaces");
+        }
+        if c.heartbeat_ms == 0 || c.heartbeat_timeout_ms < 2 * c.heartbeat_ms {
+            bail!("cluster.heartbeat_timeout_ms must be at least twice cluster.heartbeat_ms (> 0)");
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! The `llmprune` binary end to end: exit codes, messages, outputs, configuration merge.
 
-use llmprune_tests::{assert_contains, data_dir, repo_root, smollm2_gguf, tiny_model_dir};
+use llmprune_tests::{assert_contains, data_dir, model_tensors, repo_root, smollm2_gguf, tiny_model_dir};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -222,20 +222,6 @@ fn prune_writes_a_loadable_model_with_plan_and_report() {
     assert!(!other.exists(), "a failed prune leaves no output");
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
     assert!(leftovers.is_empty(), "no partial directories: {leftovers:?}");
-}
-
-/// Every tensor of a model directory (single file or shards).
-fn model_tensors(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<f32>> {
-    let opened = llmprune_worker::loader::open_model(dir).unwrap();
-    opened
-        .weights
-        .names()
-        .into_iter()
-        .map(|n| {
-            let t = opened.weights.load(&n, &candle_core::Device::Cpu).unwrap();
-            (n, t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-        })
-        .collect()
 }
 
 #[test]

@@ -5,6 +5,10 @@ tonic::include_proto!("pruner.v1");
 /// Sent in Register and Heartbeat; the other side refuses a different one.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Largest gRPC message either side accepts: scores, shapes and token ids are kilobytes to a
+/// few MiB even for 70B models; tensors never travel through gRPC.
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
 /// The metadata key that carries the cluster token (`Bearer <token>`).
 pub const AUTHORIZATION: &str = "authorization";
 
@@ -24,12 +28,18 @@ pub fn require_token(token: String) -> impl FnMut(tonic::Request<()>) -> Result<
 }
 
 /// A client interceptor that attaches the cluster token to every call.
-pub fn attach_token(token: &str) -> Result<impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone, tonic::Status> {
-    let value = bearer(token)?;
-    Ok(move |mut req: tonic::Request<()>| {
-        req.metadata_mut().insert(AUTHORIZATION, value.clone());
+#[derive(Clone)]
+pub struct TokenInterceptor(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for TokenInterceptor {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert(AUTHORIZATION, self.0.clone());
         Ok(req)
-    })
+    }
+}
+
+pub fn attach_token(token: &str) -> Result<TokenInterceptor, tonic::Status> {
+    Ok(TokenInterceptor(bearer(token)?))
 }
 
 /// Comparison whose time does not depend on where the inputs differ.
@@ -45,5 +55,24 @@ pub fn check_version(theirs: u32, who: &str) -> Result<(), tonic::Status> {
         Err(tonic::Status::failed_precondition(format!(
             "{who} speaks protocol version {theirs}, this coordinator speaks {PROTOCOL_VERSION}: run the same llmprune release on every machine"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::service::Interceptor;
+
+    #[test]
+    fn the_token_is_required_and_checked() {
+        let mut check = require_token("s3cret".into());
+        assert!(check(tonic::Request::new(())).unwrap_err().message().contains("no cluster token"));
+        let mut wrong = attach_token("guess").unwrap();
+        let e = check(wrong.call(tonic::Request::new(())).unwrap()).unwrap_err();
+        assert_eq!((e.code(), e.message()), (tonic::Code::Unauthenticated, "wrong cluster token"));
+        let mut right = attach_token("s3cret").unwrap();
+        assert!(check(right.call(tonic::Request::new(())).unwrap()).is_ok());
+        assert!(check_version(PROTOCOL_VERSION, "x").is_ok());
+        assert_eq!(check_version(PROTOCOL_VERSION + 1, "x").unwrap_err().code(), tonic::Code::FailedPrecondition);
     }
 }

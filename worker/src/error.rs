@@ -37,3 +37,14 @@ impl Error {
         Error::Io { path: path.into(), source }
     }
 }
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        let msg = e.to_string();
+        match e {
+            Error::Invalid(_) | Error::Plan(_) | Error::Spec(_) => tonic::Status::invalid_argument(msg),
+            Error::File { .. } | Error::Io { .. } | Error::Tensor { .. } | Error::Tokenizer { .. } => tonic::Status::failed_precondition(msg),
+            Error::Compute(_) => tonic::Status::internal(msg),
+        }
+    }
+}

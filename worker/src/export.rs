@@ -1,22 +1,109 @@
 //! Writing a model directory the loader reads back (and transformers too, when the layers
 //! are uniform): `model.safetensors` (or shards with Hugging Face's
-//! `model.safetensors.index.json` above a size), `config.json` (per-layer arrays when shapes differ),
-//! `tokenizer.json`, and any JSON reports. It is written under a temporary name beside the
-//! target and renamed into place, so a failed export leaves nothing that looks complete.
+//! `model.safetensors.index.json` above a size), `config.json` (per-layer arrays when shapes
+//! differ), `tokenizer.json`, and any JSON reports. Everything is written into a temporary
+//! directory beside the target and renamed into place at the end, so a failed export (or a
+//! failed cluster run whose workers were writing their shards into it) leaves nothing that
+//! looks complete.
 
 use crate::error::{Error, Result};
 use crate::loader::TextTokenizer;
 use candle_core::Tensor;
 use llmprune_shared::ModelSpec;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Hugging Face's default shard size (`save_pretrained(max_shard_size="5GB")`).
 pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
 
-/// Writes `dir`, which must not exist yet, with weights in shards of at most
-/// `max_shard_bytes` (a tensor larger than that gets a shard of its own). `reports` are extra
-/// JSON files by name.
+/// A model directory being written; dropped before [`ModelDir::commit`], it is deleted.
+pub struct ModelDir {
+    tmp: tempfile::TempDir,
+    target: PathBuf,
+}
+
+impl ModelDir {
+    /// Starts writing `target`, which must not exist yet.
+    pub fn create(target: &Path) -> Result<Self> {
+        if target.exists() {
+            return Err(Error::file(target, "already exists; remove it or choose another output directory"));
+        }
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}.partial-"))
+            .tempdir_in(parent)
+            .map_err(|e| Error::io(parent, e))?;
+        Ok(Self { tmp, target: target.to_path_buf() })
+    }
+
+    /// The temporary directory (workers write their shards here).
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn write_json(&self, file: &str, value: &serde_json::Value) -> Result<()> {
+        let path = self.tmp.path().join(file);
+        let text = serde_json::to_string_pretty(value).map_err(|e| Error::file(&path, e))?;
+        std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))
+    }
+
+    /// The weights, in shards of at most `max_shard_bytes` (a tensor larger than that gets a
+    /// shard of its own).
+    pub fn write_weights(&self, weights: &HashMap<String, Tensor>, max_shard_bytes: u64) -> Result<()> {
+        let shards = shard(weights, max_shard_bytes);
+        if shards.len() == 1 {
+            let path = self.tmp.path().join("model.safetensors");
+            return candle_core::safetensors::save(weights, &path).map_err(|e| Error::file(&path, e));
+        }
+        let mut files = Vec::with_capacity(shards.len());
+        for (i, names) in shards.iter().enumerate() {
+            let file = format!("model-{:05}-of-{:05}.safetensors", i + 1, shards.len());
+            let part: HashMap<&str, Tensor> = names.iter().map(|n| (n.as_str(), weights[n].clone())).collect();
+            let path = self.tmp.path().join(&file);
+            candle_core::safetensors::save(&part, &path).map_err(|e| Error::file(&path, e))?;
+            files.push((file, names.clone()));
+        }
+        let total: u64 = weights.values().map(tensor_bytes).sum();
+        self.write_index(&files, total)
+    }
+
+    /// Hugging Face's `model.safetensors.index.json` for shard files already written.
+    pub fn write_index(&self, shards: &[(String, Vec<String>)], total_bytes: u64) -> Result<()> {
+        let mut weight_map = serde_json::Map::new();
+        for (file, names) in shards {
+            for n in names {
+                if weight_map.insert(n.clone(), file.clone().into()).is_some() {
+                    return Err(Error::Invalid(format!("tensor `{n}` is in two shards")));
+                }
+            }
+        }
+        self.write_json("model.safetensors.index.json", &serde_json::json!({"metadata": {"total_size": total_bytes}, "weight_map": weight_map}))
+    }
+
+    /// `config.json` and `tokenizer.json`.
+    pub fn write_model_files(&self, spec: &ModelSpec, tokenizer: &TextTokenizer) -> Result<()> {
+        self.write_json("config.json", &spec.to_hf_config())?;
+        tokenizer.save(&self.tmp.path().join("tokenizer.json"))
+    }
+
+    /// Renames the directory into place.
+    pub fn commit(self) -> Result<()> {
+        if self.target.exists() {
+            return Err(Error::file(&self.target, "appeared while the model was being written; not overwritten"));
+        }
+        // On failure the temporary directory is still owned, and deleted on drop.
+        std::fs::rename(self.tmp.path(), &self.target).map_err(|e| Error::io(&self.target, e))?;
+        let _moved = self.tmp.keep();
+        Ok(())
+    }
+}
+
+/// Writes `dir` (which must not exist yet) in one go. `reports` are extra JSON files by name.
 pub fn export_model(
     dir: &Path,
     spec: &ModelSpec,
@@ -25,52 +112,13 @@ pub fn export_model(
     reports: &[(&str, &serde_json::Value)],
     max_shard_bytes: u64,
 ) -> Result<()> {
-    if dir.exists() {
-        return Err(Error::file(dir, "already exists; remove it or choose another output directory"));
-    }
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}.partial-"))
-        .tempdir_in(parent)
-        .map_err(|e| Error::io(parent, e))?;
-    let write_json = |file: &str, value: &serde_json::Value| -> Result<()> {
-        let path = tmp.path().join(file);
-        let text = serde_json::to_string_pretty(value).map_err(|e| Error::file(&path, e))?;
-        std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))
-    };
-    let shards = shard(weights, max_shard_bytes);
-    if shards.len() == 1 {
-        let tensors = tmp.path().join("model.safetensors");
-        candle_core::safetensors::save(weights, &tensors).map_err(|e| Error::file(&tensors, e))?;
-    } else {
-        let mut weight_map = serde_json::Map::new();
-        for (i, names) in shards.iter().enumerate() {
-            let file = format!("model-{:05}-of-{:05}.safetensors", i + 1, shards.len());
-            let part: HashMap<&str, Tensor> = names.iter().map(|n| (n.as_str(), weights[n].clone())).collect();
-            let path = tmp.path().join(&file);
-            candle_core::safetensors::save(&part, &path).map_err(|e| Error::file(&path, e))?;
-            for n in names {
-                weight_map.insert(n.clone(), file.clone().into());
-            }
-        }
-        let total: u64 = weights.values().map(tensor_bytes).sum();
-        let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-        write_json("model.safetensors.index.json", &index)?;
-    }
-    write_json("config.json", &spec.to_hf_config())?;
-    tokenizer.save(&tmp.path().join("tokenizer.json"))?;
+    let out = ModelDir::create(dir)?;
+    out.write_weights(weights, max_shard_bytes)?;
+    out.write_model_files(spec, tokenizer)?;
     for (file, value) in reports {
-        write_json(file, value)?;
+        out.write_json(file, value)?;
     }
-    // On failure the temporary directory is still owned, and deleted on drop.
-    std::fs::rename(tmp.path(), dir).map_err(|e| Error::io(dir, e))?;
-    let _moved = tmp.keep();
-    Ok(())
+    out.commit()
 }
 
 fn tensor_bytes(t: &Tensor) -> u64 {

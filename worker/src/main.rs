@@ -1,12 +1,22 @@
-//! `llmprune-worker`: the process that owns a device and a model shard.
-//!
-//! The cluster protocol (register, load a shard, run phases) arrives with the cluster
-//! runtime; today the binary can inspect a model the way a worker will load it.
+//! `llmprune-worker`: the process that owns a device and a model shard. It serves the
+//! `pruner.v1.Worker` service, registers with the coordinator, heartbeats, streams progress,
+//! and exits when the coordinator says so or stops answering.
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use anyhow::{anyhow, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use llmprune_shared::proto::coordinator_client::CoordinatorClient;
+use llmprune_shared::proto::worker_server::WorkerServer;
+use llmprune_shared::proto::{attach_token, require_token, Capabilities, HeartbeatRequest, RegisterRequest, PROTOCOL_VERSION};
+use llmprune_worker::cluster::runtime::{spawn_runtime, Fault, RuntimeOptions};
+use llmprune_worker::cluster::service::WorkerService;
+use llmprune_worker::collective::RingOptions;
 use llmprune_worker::loader::open_model;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+
+const MAX_MESSAGE_BYTES: usize = llmprune_shared::proto::MAX_MESSAGE_BYTES;
 
 #[global_allocator]
 static ALLOCATOR: llmprune_worker::memory::MiMalloc = llmprune_worker::memory::MiMalloc;
@@ -15,7 +25,9 @@ static ALLOCATOR: llmprune_worker::memory::MiMalloc = llmprune_worker::memory::M
 #[command(name = "llmprune-worker", version, about = "llmprune worker process")]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(Subcommand)]
@@ -27,16 +39,163 @@ enum Command {
     },
 }
 
+#[derive(Args)]
+struct ServeArgs {
+    /// The coordinator's address, e.g. http://10.0.0.1:7070.
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// The cluster token the coordinator expects.
+    #[arg(long, env = "LLMPRUNE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Where this worker's gRPC service listens (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// The host other machines reach this worker at [default: the --listen address].
+    #[arg(long)]
+    advertise_host: Option<String>,
+    /// Seconds a collective waits for a silent peer before failing.
+    #[arg(long, default_value_t = 600)]
+    peer_timeout_s: u64,
+    /// Heartbeats the coordinator may miss before this worker gives up and exits.
+    #[arg(long, default_value_t = 5)]
+    missed_heartbeats: u32,
+    /// This worker's name in the coordinator's logs and errors.
+    #[arg(long, default_value = "")]
+    name: String,
+    /// Testing only: inject a fault.
+    #[arg(long, value_enum, hide = true)]
+    fault: Option<FaultArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FaultArg {
+    ExitDuringScore,
+}
+
 fn main() -> Result<()> {
     llmprune_worker::memory::configure_allocator();
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
-    match Cli::parse().command {
-        Command::Inspect { model } => {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Inspect { model }) => {
             let opened = open_model(&model).with_context(|| format!("opening {}", model.display()))?;
             println!("{}", serde_json::to_string_pretty(&opened.spec)?);
             println!("parameters: {}", opened.spec.n_params());
             println!("tensors: {}", opened.weights.names().len());
+            Ok(())
+        }
+        None => {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            rt.block_on(serve(cli.serve))
         }
     }
-    Ok(())
+}
+
+fn capabilities() -> Capabilities {
+    let free_ram = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find(|l| l.starts_with("MemAvailable:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .map_or(0, |kb| kb * 1024);
+    Capabilities {
+        device_kind: "cpu".into(),
+        device_memory_bytes: free_ram,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        free_ram_bytes: free_ram,
+        hostname: std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default(),
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let coordinator = args.coordinator.ok_or_else(|| anyhow!("--coordinator URL is required (or use `inspect`)"))?;
+    let token = args.token.ok_or_else(|| anyhow!("--token (or LLMPRUNE_TOKEN) is required"))?;
+    let grpc = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("--listen {}", args.listen))?;
+    let grpc_addr = grpc.local_addr()?;
+    let ring = std::net::TcpListener::bind(SocketAddr::new(args.listen.ip(), 0)).context("binding the ring socket")?;
+    let host = args.advertise_host.unwrap_or_else(|| grpc_addr.ip().to_string());
+    let ring_address = format!("{host}:{}", ring.local_addr()?.port());
+    let worker_address = format!("http://{host}:{}", grpc_addr.port());
+
+    let (progress_tx, progress_rx) = tokio::sync::mpsc::unbounded_channel();
+    let runtime = spawn_runtime(RuntimeOptions {
+        ring_listener: ring,
+        ring: RingOptions { io_timeout: Some(Duration::from_secs(args.peer_timeout_s)), ..RingOptions::default() },
+        progress: progress_tx,
+        fault: args.fault.map(|FaultArg::ExitDuringScore| Fault::ExitDuringScore),
+    })?;
+    let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
+    // Messages carry scores, shapes and token ids (kilobytes to a few MiB for 70B models);
+    // tensors go between workers over the collective, never through gRPC.
+    let server = WorkerServer::new(WorkerService { runtime, shutdown: shutdown_tx.clone() })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let service = tonic::service::interceptor::InterceptedService::new(server, require_token(token.clone()));
+    let mut server_stop = shutdown_rx.clone();
+    let serving = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            }),
+    );
+
+    let channel = tonic::transport::Endpoint::from_shared(coordinator.clone())
+        .with_context(|| format!("--coordinator {coordinator}"))?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the coordinator at {coordinator}"))?;
+    let mut client = CoordinatorClient::with_interceptor(channel, attach_token(&token)?);
+    let reply = client
+        .register(RegisterRequest {
+            protocol_version: PROTOCOL_VERSION,
+            worker_address,
+            ring_address,
+            capabilities: Some(capabilities()),
+            name: args.name.clone(),
+        })
+        .await
+        .map_err(|s| anyhow!("the coordinator refused registration: {}", s.message()))?
+        .into_inner();
+    let span = tracing::info_span!("worker", run_id = %reply.run_id, worker = %reply.worker_id);
+    let _enter = span.enter();
+    tracing::info!(grpc = %grpc_addr, "registered");
+    let worker_id = reply.worker_id.clone();
+    let mut events = client.clone();
+    let stream_id = worker_id.clone();
+    tokio::spawn(async move {
+        let stream = UnboundedReceiverStream::new(progress_rx);
+        let tagged = tokio_stream::StreamExt::map(stream, move |mut e: llmprune_shared::proto::ProgressEvent| {
+            e.worker_id = stream_id.clone();
+            e
+        });
+        let _ = events.report_progress(tagged).await;
+    });
+
+    let interval = Duration::from_millis(u64::from(reply.heartbeat_interval_ms.max(100)));
+    let mut missed = 0;
+    let outcome = loop {
+        tokio::select! {
+            _ = shutdown_rx.wait_for(|s| *s) => break Ok(()),
+            _ = tokio::time::sleep(interval) => {
+                let beat = HeartbeatRequest { protocol_version: PROTOCOL_VERSION, worker_id: worker_id.clone(), phase: String::new() };
+                match client.heartbeat(beat).await {
+                    Ok(r) if r.get_ref().stop => break Ok(()),
+                    Ok(_) => missed = 0,
+                    Err(s) => {
+                        missed += 1;
+                        tracing::warn!(missed, error = %s.message(), "heartbeat failed");
+                        if missed >= args.missed_heartbeats {
+                            break Err(anyhow!("lost the coordinator at {coordinator}: {} heartbeats failed ({})", missed, s.message()));
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let _ = shutdown_tx.send(true);
+    let _ = serving.await;
+    outcome
 }

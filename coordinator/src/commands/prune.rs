@@ -10,8 +10,10 @@ use clap::ValueEnum;
 use llmprune_shared::plan::{Plan, PlanModel};
 use llmprune_shared::{ModelSpec, PyRandom};
 use llmprune_worker::calibration::{read_rows, read_token_ids, sample_windows_with};
-use llmprune_worker::export::export_model;
-use llmprune_worker::loader::{model_checksum, InMemoryWeights};
+use crate::cluster::driver::{Cluster, ClusterConfig, Phase};
+use crate::cluster::prune::{checkpoint_dir, prune_on_cluster, DistributedOutcome, DistributedPrune};
+use llmprune_worker::export::ModelDir;
+use llmprune_worker::loader::{model_checksum, open_model, InMemoryWeights};
 use llmprune_worker::prune::importance::{Criterion, Reduction};
 use llmprune_worker::prune::pipeline::{prune, Calibration, GqaMode, Importance, PruneRequest, Scope, Strategy};
 use llmprune_worker::{load_model, LlamaModel, LoadOptions};
@@ -83,6 +85,9 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs) -> Result<()> {
     if args.round_to == 0 {
         return Err(anyhow!("--round-to must be at least 1"));
     }
+    if args.cluster.local_workers == Some(0) || args.cluster.workers == Some(0) {
+        return Err(anyhow!("--local-workers / --workers must be at least 1"));
+    }
     if args.out.exists() {
         return Err(anyhow!("--out {}: already exists; remove it or choose another directory", args.out.display()));
     }
@@ -102,14 +107,15 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs) -> Result<()> {
     }
     let model_path = resolve_model(&args.model, &settings.cache_dir, &settings.python)?;
     let t0 = Instant::now();
-    let loaded = load_model(&model_path, LoadOptions::full, &Device::Cpu).with_context(|| format!("loading {}", model_path.display()))?;
+    let opened = open_model(&model_path).with_context(|| format!("opening {}", model_path.display()))?;
     let checksum = model_checksum(&model_path)?;
-    let n = loaded.model.spec.n_layers();
+    let spec_before = opened.spec.clone();
+    let tokenizer = opened.tokenizer;
+    drop(opened.weights);
+    let n = spec_before.n_layers();
     let attn_layers = layer_range("--attn-layers", args.attn_layers.as_deref(), n)?;
     let mlp_layers = layer_range("--mlp-layers", args.mlp_layers.as_deref(), n)?;
     let layers = layer_range("--layers", args.layers.as_deref(), n)?;
-    let tokenizer = loaded.tokenizer;
-    let spec_before = loaded.model.spec.clone();
     let (mut calibration, calibration_json): (Box<Calibration>, _) = match &args.calibration_ids {
         Some(path) => {
             let w = read_token_ids(path, spec_before.vocab_size)?;
@@ -151,18 +157,10 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs) -> Result<()> {
         steps: args.iterative_steps,
         seed: args.seed,
     };
-    let latency_data = eval_data.first().filter(|_| args.latency_chunks > 0);
-    let latency_before = match latency_data {
-        Some((kind, path)) => Some(crate::commands::ppl::latency(&loaded.model, &tokenizer, *kind, path, args.eval_seq_len, args.latency_chunks)?),
-        None => None,
-    };
-    let load_s = t0.elapsed().as_secs_f64();
-    let outcome = prune(loaded.model, &mut *calibration, &req)?;
-    let [gradients_s, scoring_s, slicing_s] = outcome.seconds;
     let name = |v: Option<clap::builder::PossibleValue>| v.map(|v| v.get_name().to_string());
     let criterion = name(args.criterion.to_possible_value());
     let reduction = match req.importance {
-        Importance::Scored(_, r) => Some(format!("{r:?}").to_lowercase()),
+        Importance::Scored(_, r) => Some(r.name().to_string()),
         Importance::Random => None,
     };
     let settings_json = json!({
@@ -181,43 +179,143 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs) -> Result<()> {
         "seed": args.seed,
         "calibration": calibration_json,
     });
-    let model = PlanModel { path: model_path.display().to_string(), sha256: checksum, params: spec_before.n_params() };
-    let plan = Plan::new(model, settings_json, outcome.steps);
-    let (ppl, latency_after) = if eval_data.is_empty() {
-        (serde_json::Map::new(), None)
+    let out = ModelDir::create(&args.out)?;
+    let distributed = args.cluster.local_workers.is_some() || args.cluster.workers.is_some();
+    let latency_data = eval_data.first().filter(|_| args.latency_chunks > 0 && !distributed);
+    let mut report = serde_json::Map::new();
+    let (spec_after, steps, pruned) = if distributed {
+        let checkpoint = checkpoint_dir(&args.out);
+        let fingerprint = format!("{checksum} {settings_json}");
+        let outcome = run_on_cluster(settings, run_id, &args, &model_path, &checksum, &spec_before, &req, &mut *calibration, &out, checkpoint.clone(), fingerprint)?;
+        let [load_s, scoring_s, planning_s, slicing_s] = outcome.seconds;
+        report.insert("seconds".into(), json!({"load": load_s, "scoring": scoring_s, "planning": planning_s, "slicing": slicing_s,
+                                                "total": t0.elapsed().as_secs_f64()}));
+        report.insert("cluster".into(), json!({"workers": outcome.ranks.len(), "ranks": outcome.ranks}));
+        let files: Vec<(String, Vec<String>)> = outcome.shards.iter().map(|(f, names, _)| (f.clone(), names.clone())).collect();
+        if files.len() > 1 {
+            out.write_index(&files, outcome.shards.iter().map(|s| s.2).sum())?;
+        }
+        out.write_model_files(&outcome.spec, &tokenizer)?;
+        let pruned = if eval_data.is_empty() {
+            None
+        } else {
+            Some(load_model(out.path(), LoadOptions::full, &Device::Cpu).context("loading the assembled model for --eval-ppl")?.model)
+        };
+        let _ = std::fs::remove_dir_all(&checkpoint);
+        (outcome.spec, outcome.steps, pruned)
     } else {
-        let source = InMemoryWeights { label: "pruned model".into(), tensors: outcome.weights.clone() };
-        let pruned = LlamaModel::load(outcome.spec.clone(), &source, &LoadOptions::full(&outcome.spec), &Device::Cpu)?;
-        let latency = match latency_data {
-            Some((kind, path)) => Some(crate::commands::ppl::latency(&pruned, &tokenizer, *kind, path, args.eval_seq_len, args.latency_chunks)?),
+        let model = load_model(&model_path, LoadOptions::full, &Device::Cpu).with_context(|| format!("loading {}", model_path.display()))?.model;
+        let latency_before = match latency_data {
+            Some((kind, path)) => Some(crate::commands::ppl::latency(&model, &tokenizer, *kind, path, args.eval_seq_len, args.latency_chunks)?),
             None => None,
         };
-        let ppl = crate::commands::ppl::perplexities(&pruned, &tokenizer, &eval_data, args.eval_seq_len, 4, args.eval_max_chunks)?;
-        (ppl, latency)
+        let load_s = t0.elapsed().as_secs_f64();
+        let outcome = prune(model, &mut *calibration, &req)?;
+        let [gradients_s, scoring_s, slicing_s] = outcome.seconds;
+        report.insert("seconds".into(), json!({"load_and_calibration": load_s, "gradients": gradients_s, "scoring": scoring_s, "slicing": slicing_s}));
+        if let Some(b) = latency_before {
+            report.insert("latency_before".into(), json!(b));
+        }
+        out.write_weights(&outcome.weights, args.output.max_shard_size)?;
+        out.write_model_files(&outcome.spec, &tokenizer)?;
+        let pruned = if eval_data.is_empty() {
+            None
+        } else {
+            let source = InMemoryWeights { label: "pruned model".into(), tensors: outcome.weights };
+            Some(LlamaModel::load(outcome.spec.clone(), &source, &LoadOptions::full(&outcome.spec), &Device::Cpu)?)
+        };
+        (outcome.spec, outcome.steps, pruned)
     };
+    let model = PlanModel { path: model_path.display().to_string(), sha256: checksum, params: spec_before.n_params() };
+    let plan = Plan::new(model, settings_json, steps);
     let mut before = table3(&spec_before);
-    let mut after = table3(&outcome.spec);
-    if let (Some(b), Some(a), Some((kind, _))) = (latency_before, latency_after, latency_data) {
-        let what = json!({"dataset": kind.name(), "chunks": args.latency_chunks, "seq_len": args.eval_seq_len, "batch": 1});
-        before["latency_s_per_chunk"] = json!(b);
-        after["latency_s_per_chunk"] = json!(a);
-        before["latency_measured_on"] = what.clone();
-        after["latency_measured_on"] = what;
+    let mut after = table3(&spec_after);
+    let mut ppl = serde_json::Map::new();
+    if let Some(pruned) = &pruned {
+        if let (Some((kind, path)), Some(b)) = (latency_data, report.remove("latency_before")) {
+            let a = crate::commands::ppl::latency(pruned, &tokenizer, *kind, path, args.eval_seq_len, args.latency_chunks)?;
+            let what = json!({"dataset": kind.name(), "chunks": args.latency_chunks, "seq_len": args.eval_seq_len, "batch": 1});
+            before["latency_s_per_chunk"] = b;
+            after["latency_s_per_chunk"] = json!(a);
+            before["latency_measured_on"] = what.clone();
+            after["latency_measured_on"] = what;
+        }
+        ppl = crate::commands::ppl::perplexities(pruned, &tokenizer, &eval_data, args.eval_seq_len, 4, args.eval_max_chunks)?;
     }
-    let report = json!({
-        "ppl": ppl,
-        "statistics": {"before": before, "after": after},
-        "params_before": spec_before.n_params(),
-        "params_after": outcome.spec.n_params(),
-        "criterion": criterion,
-        "ratio": args.ratio,
-        "seconds": {"load_and_calibration": load_s, "gradients": gradients_s, "scoring": scoring_s, "slicing": slicing_s},
-    });
-    let plan_json = serde_json::to_value(&plan)?;
-    let reports = [("plan.json", &plan_json), ("prune_report.json", &report)];
-    export_model(&args.out, &outcome.spec, &outcome.weights, &tokenizer, &reports, args.output.max_shard_size)?;
-    tracing::info!(params_before = spec_before.n_params(), params_after = outcome.spec.n_params(), gradients_s, scoring_s, slicing_s, out = %args.out.display(), "pruned");
-    print_shapes(&spec_before, &outcome.spec);
+    report.insert("ppl".into(), json!(ppl));
+    report.insert("statistics".into(), json!({"before": before, "after": after}));
+    report.insert("params_before".into(), json!(spec_before.n_params()));
+    report.insert("params_after".into(), json!(spec_after.n_params()));
+    report.insert("criterion".into(), json!(criterion));
+    report.insert("ratio".into(), json!(args.ratio));
+    out.write_json("plan.json", &serde_json::to_value(&plan)?)?;
+    out.write_json("prune_report.json", &serde_json::Value::Object(report))?;
+    out.commit()?;
+    tracing::info!(params_before = spec_before.n_params(), params_after = spec_after.n_params(), out = %args.out.display(), "pruned");
+    print_shapes(&spec_before, &spec_after);
     println!("model: {}", args.out.display());
     Ok(())
+}
+
+/// The distributed path: a cluster of local or remote workers prunes into `out`.
+#[allow(clippy::too_many_arguments)]
+fn run_on_cluster(
+    settings: &Settings,
+    run_id: &str,
+    args: &PruneArgs,
+    model_path: &std::path::Path,
+    checksum: &str,
+    spec: &ModelSpec,
+    req: &PruneRequest,
+    calibration: &mut Calibration,
+    out: &ModelDir,
+    checkpoint: std::path::PathBuf,
+    fingerprint: String,
+) -> Result<DistributedOutcome> {
+    let worker_binary = match &settings.cluster.worker_binary {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("locating llmprune")?.with_file_name("llmprune-worker"),
+    };
+    let faults = match &args.cluster.inject_fault {
+        Some(f) => {
+            let (i, fault) = f.split_once(':').ok_or_else(|| anyhow!("--inject-fault {f}: expected WORKER:FAULT"))?;
+            vec![(i.parse::<usize>().map_err(|_| anyhow!("--inject-fault {f}: bad worker index"))?, fault.to_string())]
+        }
+        None => Vec::new(),
+    };
+    let config = ClusterConfig {
+        settings: settings.cluster.clone(),
+        local_workers: args.cluster.local_workers,
+        remote_workers: args.cluster.workers,
+        worker_binary,
+        faults,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let mut cluster = Cluster::start(config, run_id).await?;
+        let job = DistributedPrune {
+            model_path,
+            model_sha256: checksum,
+            spec: spec.clone(),
+            request: req,
+            calibration,
+            out_dir: out.path(),
+            checkpoint,
+            resume: args.cluster.resume,
+            fingerprint,
+        };
+        match prune_on_cluster(&mut cluster, job).await {
+            Ok(outcome) => {
+                cluster.finish().await;
+                Ok(outcome)
+            }
+            Err(e) => {
+                if cluster.phase() != Phase::Failed {
+                    // A coordinator-side error: the workers still have to be stopped.
+                    let _ = cluster.fail(&format!("{e:#}")).await;
+                }
+                Err(e)
+            }
+        }
+    })
 }

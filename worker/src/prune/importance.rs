@@ -28,6 +28,24 @@ pub enum Criterion {
 }
 
 impl Criterion {
+    /// Names as the CLI and the protocol spell them.
+    pub const NAMES: [(&'static str, Criterion); 6] = [
+        ("l1", Criterion::L1),
+        ("l2", Criterion::L2),
+        ("vectorize", Criterion::Vectorize),
+        ("param-first", Criterion::ParamFirst),
+        ("param-second", Criterion::ParamSecond),
+        ("param-mix", Criterion::ParamMix),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES.iter().find(|(_, c)| *c == self).map_or("?", |(n, _)| n)
+    }
+
+    pub fn from_name(name: &str) -> Result<Self> {
+        Self::NAMES.iter().find(|(n, _)| *n == name).map(|(_, c)| *c).ok_or_else(|| Error::Invalid(format!("unknown criterion `{name}`")))
+    }
+
     pub fn needs_gradient(self) -> bool {
         !matches!(self, Criterion::L1 | Criterion::L2)
     }
@@ -144,6 +162,25 @@ pub enum Reduction {
     First,
     /// The last member only (the paper's "last-only" ablation).
     Last,
+}
+
+impl Reduction {
+    pub const NAMES: [(&'static str, Reduction); 6] = [
+        ("sum", Reduction::Sum),
+        ("mean", Reduction::Mean),
+        ("max", Reduction::Max),
+        ("prod", Reduction::Prod),
+        ("first", Reduction::First),
+        ("last", Reduction::Last),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES.iter().find(|(_, r)| *r == self).map_or("?", |(n, _)| n)
+    }
+
+    pub fn from_name(name: &str) -> Result<Self> {
+        Self::NAMES.iter().find(|(n, _)| *n == name).map(|(_, r)| *r).ok_or_else(|| Error::Invalid(format!("unknown reduction `{name}`")))
+    }
 }
 
 /// Reduces aligned member scores (all of one length) to one score per channel.

@@ -87,8 +87,9 @@ pub struct PruneOutcome {
 /// Calibration windows for a step (0-based): the same windows each step, or fresh ones.
 pub type Calibration<'a> = dyn FnMut(usize) -> Result<Vec<Vec<u32>>> + 'a;
 
-fn check(model: &LlamaModel, req: &PruneRequest) -> Result<()> {
-    let n = model.spec.n_layers();
+/// Refuses requests that cannot run on a model of `spec`'s shape.
+pub fn check_request(spec: &ModelSpec, req: &PruneRequest) -> Result<()> {
+    let n = spec.n_layers();
     for (what, r) in [("attention", &req.attn_layers), ("MLP", &req.mlp_layers), ("removable", &req.layers)] {
         if r.start > r.end || r.end > n {
             return Err(Error::Invalid(format!("{what} layer range {}:{} is outside the model's {n} layers", r.start, r.end)));
@@ -115,7 +116,7 @@ fn check(model: &LlamaModel, req: &PruneRequest) -> Result<()> {
 /// Prunes `model` in `req.steps` steps, asking `calibration` for each step's windows when the
 /// criterion needs gradients.
 pub fn prune(mut model: LlamaModel, calibration: &mut Calibration, req: &PruneRequest) -> Result<PruneOutcome> {
-    check(&model, req)?;
+    check_request(&model.spec, req)?;
     let mut rng = PyRandom::new(req.seed);
     let mut initial_units: HashMap<String, usize> = HashMap::new();
     // Original index of each current layer (layer-wise steps renumber them).

@@ -1,0 +1,318 @@
+//! The coordinator's phase state machine over a set of workers: registering → loading →
+//! scoring → planning → slicing → saving → done | failed. A phase sends one command to every
+//! worker at once and waits for all replies, or for the first failure: an RPC error, a local
+//! worker process that exits, or a worker that stops heartbeating. A failure names the worker,
+//! its rank and layers and the cause; the workers are then told to stop.
+
+use super::launcher::LocalWorkers;
+use super::registry::{CoordinatorService, Registry};
+use crate::progress::Progress;
+use crate::settings::ClusterSettings;
+use anyhow::{anyhow, bail, Context, Result};
+use llmprune_shared::proto::coordinator_server::CoordinatorServer;
+use llmprune_shared::proto::worker_client::WorkerClient;
+use llmprune_shared::proto::{attach_token, require_token, ShutdownRequest, TokenInterceptor, MAX_MESSAGE_BYTES};
+use std::collections::HashMap;
+use std::future::Future;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub type WorkerRpc = WorkerClient<InterceptedService<Channel, TokenInterceptor>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Registering,
+    Loading,
+    Scoring,
+    Planning,
+    Slicing,
+    Saving,
+    Done,
+    Failed,
+}
+
+/// One worker of the run, in rank order.
+#[derive(Clone)]
+pub struct Member {
+    pub id: String,
+    pub rank: usize,
+    pub ring_address: String,
+    pub memory_bytes: u64,
+    /// Its layers, once shards are assigned.
+    pub layers: Range<usize>,
+    pub rpc: WorkerRpc,
+}
+
+impl Member {
+    fn describe(&self) -> String {
+        if self.layers.is_empty() {
+            format!("worker {} (rank {})", self.id, self.rank)
+        } else {
+            format!("worker {} (rank {}, layers {}..{})", self.id, self.rank, self.layers.start, self.layers.end)
+        }
+    }
+}
+
+pub struct ClusterConfig {
+    pub settings: ClusterSettings,
+    /// Workers to start on this machine; `None` waits for `remote_workers`.
+    pub local_workers: Option<usize>,
+    pub remote_workers: Option<usize>,
+    pub worker_binary: PathBuf,
+    /// Testing only: (local worker index, fault name).
+    pub faults: Vec<(usize, String)>,
+}
+
+pub struct Cluster {
+    pub registry: Arc<Registry>,
+    pub members: Vec<Member>,
+    phase: Phase,
+    /// Exits of local workers and silent workers, as messages.
+    failures: mpsc::UnboundedReceiver<String>,
+    local: Option<LocalWorkers>,
+    server_stop: watch::Sender<bool>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// 128 random bits as hex, for tokens and cookies.
+pub fn random_hex() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?, &mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl Cluster {
+    /// Serves the coordinator, starts or awaits the workers, and connects to each.
+    pub async fn start(config: ClusterConfig, run_id: &str) -> Result<Self> {
+        let s = &config.settings;
+        let expected = match (config.local_workers, config.remote_workers) {
+            (Some(n), None) | (None, Some(n)) if n > 0 => n,
+            _ => bail!("give --local-workers N or --workers N (N > 0)"),
+        };
+        let token = match (&s.token, config.local_workers) {
+            (Some(t), _) => t.clone(),
+            (None, Some(_)) => random_hex()?,
+            (None, None) => bail!("remote workers need a cluster token: --token or cluster.token"),
+        };
+        let listener = tokio::net::TcpListener::bind(&s.listen).await.with_context(|| format!("--listen {}", s.listen))?;
+        let addr = listener.local_addr()?;
+        let (progress_tx, progress_rx) = mpsc::unbounded_channel();
+        let registry = Arc::new(Registry::new(run_id.to_string(), expected, Duration::from_millis(s.heartbeat_ms), progress_tx));
+        let (server_stop, mut stop_rx) = watch::channel(false);
+        let service = CoordinatorServer::new(CoordinatorService(registry.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let service = InterceptedService::new(service, require_token(token.clone()));
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let mut background = vec![tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the coordinator's gRPC server stopped");
+            }
+        })];
+        background.push(tokio::spawn(render_progress(progress_rx)));
+
+        let (fail_tx, failures) = mpsc::unbounded_channel();
+        let local = match config.local_workers {
+            Some(n) => {
+                let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+                let url = format!("http://{host}:{}", addr.port());
+                let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(String, String)>();
+                let workers = LocalWorkers::start(n, &config.worker_binary, &url, &token, &config.faults, exit_tx)?;
+                tracing::info!(workers = n, pids = ?workers.pids(), coordinator = %url, "local workers started");
+                let tx = fail_tx.clone();
+                background.push(tokio::spawn(async move {
+                    while let Some((name, status)) = exit_rx.recv().await {
+                        let _ = tx.send(format!("worker {name} exited ({status})"));
+                    }
+                }));
+                Some(workers)
+            }
+            None => {
+                tracing::info!(workers = expected, address = %addr, "waiting for workers: llmprune-worker --coordinator http://HOST:{} --token ...", addr.port());
+                eprintln!("coordinator listening on {addr}; waiting for {expected} workers");
+                None
+            }
+        };
+        // Silent workers fail the run.
+        let (reg, tx) = (registry.clone(), fail_tx);
+        let (period, timeout) = (Duration::from_millis(s.heartbeat_ms), Duration::from_millis(s.heartbeat_timeout_ms));
+        background.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                for (id, silent) in reg.silent(timeout) {
+                    let _ = tx.send(format!("worker {id} sent no heartbeat for {:.1} s", silent.as_secs_f64()));
+                }
+            }
+        }));
+        let mut cluster = Self { registry, members: Vec::new(), phase: Phase::Registering, failures, local, server_stop, background };
+        let wait = Duration::from_secs(s.register_timeout_s);
+        if let Err(e) = cluster.await_registrations(expected, wait).await {
+            cluster.fail(&e.to_string()).await;
+            return Err(e);
+        }
+        let mut registered = cluster.registry.workers();
+        if cluster.local.is_some() {
+            // Local ranks follow the launch order, so runs are reproducible.
+            registered.sort_by_key(|w| w.id.strip_prefix("local-").and_then(|i| i.parse::<usize>().ok()).unwrap_or(usize::MAX));
+        }
+        for (rank, w) in registered.into_iter().enumerate() {
+            let channel = tonic::transport::Endpoint::from_shared(w.worker_address.clone())
+                .with_context(|| format!("worker {} address `{}`", w.id, w.worker_address))?
+                .connect_timeout(Duration::from_secs(10))
+                .connect()
+                .await
+                .with_context(|| format!("connecting to worker {} at {}", w.id, w.worker_address))?;
+            let rpc = WorkerClient::with_interceptor(channel, attach_token(&token)?)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            let memory_bytes = w.capabilities.device_memory_bytes;
+            cluster.members.push(Member { id: w.id, rank, ring_address: w.ring_address, memory_bytes, layers: 0..0, rpc });
+        }
+        Ok(cluster)
+    }
+
+    async fn await_registrations(&mut self, expected: usize, wait: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let joined = self.registry.joined.notified();
+            let have = self.registry.workers().len();
+            if have >= expected {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = joined => {}
+                Some(msg) = self.failures.recv() => bail!("while waiting for workers: {msg}"),
+                _ = tokio::time::sleep_until(deadline) => bail!("only {have} of {expected} workers registered within {} s", wait.as_secs()),
+            }
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn enter(&mut self, phase: Phase) {
+        tracing::info!(from = ?self.phase, to = ?phase, "phase");
+        self.phase = phase;
+    }
+
+    /// Runs `call` against every member concurrently; replies in rank order. The first
+    /// error or failure ends the phase (and the run) with a message naming the worker.
+    pub async fn each<T, F, Fut>(&mut self, what: &str, call: F) -> Result<Vec<T>>
+    where
+        T: Send + 'static,
+        F: Fn(Member) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>> + Send + 'static,
+    {
+        let mut set = JoinSet::new();
+        for m in &self.members {
+            let fut = call(m.clone());
+            let rank = m.rank;
+            set.spawn(async move { (rank, fut.await) });
+        }
+        let mut replies: HashMap<usize, T> = HashMap::new();
+        while replies.len() < self.members.len() {
+            tokio::select! {
+                joined = set.join_next() => match joined {
+                    Some(Ok((rank, Ok(reply)))) => { replies.insert(rank, reply); }
+                    Some(Ok((rank, Err(status)))) => {
+                        let msg = format!("{what}: {} failed: {}", self.members[rank].describe(), status.message());
+                        return Err(self.fail(&msg).await);
+                    }
+                    Some(Err(e)) => return Err(self.fail(&format!("{what}: a request task failed: {e}")).await),
+                    None => break,
+                },
+                Some(msg) = self.failures.recv() => {
+                    let named = self.name_failure(&msg);
+                    return Err(self.fail(&format!("{what}: {named}")).await);
+                }
+            }
+        }
+        Ok((0..self.members.len()).filter_map(|r| replies.remove(&r)).collect())
+    }
+
+    /// Adds rank and layers to a failure that names a worker id.
+    fn name_failure(&self, msg: &str) -> String {
+        match self.members.iter().find(|m| msg.contains(&format!("worker {} ", m.id))) {
+            Some(m) => msg.replacen(&format!("worker {}", m.id), &m.describe(), 1),
+            None => msg.to_string(),
+        }
+    }
+
+    /// Marks the run failed, tells the workers to stop, and returns the error to report.
+    pub async fn fail(&mut self, msg: &str) -> anyhow::Error {
+        self.phase = Phase::Failed;
+        tracing::error!(error = %msg, "run failed");
+        self.stop("the run failed").await;
+        anyhow!("{msg}")
+    }
+
+    /// Stops the workers (Shutdown, and the heartbeat's stop flag for those that miss it).
+    async fn stop(&mut self, reason: &str) {
+        self.registry.stop();
+        let mut set = JoinSet::new();
+        for m in &self.members {
+            let mut rpc = m.rpc.clone();
+            let reason = reason.to_string();
+            set.spawn(async move { tokio::time::timeout(Duration::from_secs(5), rpc.shutdown(ShutdownRequest { reason })).await });
+        }
+        while set.join_next().await.is_some() {}
+        // Local workers exit by themselves on Shutdown; give them a moment, then kill.
+        if let Some(local) = self.local.take() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            drop(local);
+        }
+        let _ = self.server_stop.send(true);
+    }
+
+    /// Ends a successful run.
+    pub async fn finish(mut self) {
+        self.enter(Phase::Done);
+        self.stop("the run is done").await;
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for t in &self.background {
+            t.abort();
+        }
+    }
+}
+
+/// Workers' progress events, logged per worker at debug level and, aggregated over the ranks
+/// (the slowest rank's progress, the lowest rate, the longest ETA), every few seconds: a bar on
+/// a terminal, log lines otherwise.
+async fn render_progress(mut rx: mpsc::UnboundedReceiver<llmprune_shared::proto::ProgressEvent>) {
+    let mut latest: HashMap<(String, u32), llmprune_shared::proto::ProgressEvent> = HashMap::new();
+    let mut bars: HashMap<String, Progress> = HashMap::new();
+    let mut last_log = std::time::Instant::now() - Duration::from_secs(60);
+    while let Some(e) = rx.recv().await {
+        tracing::debug!(worker = %e.worker_id, rank = e.rank, phase = %e.phase, done = e.done, total = e.total, tokens_per_s = e.tokens_per_s, eta_s = e.eta_s, "worker progress");
+        let phase = e.phase.clone();
+        latest.insert((phase.clone(), e.rank), e);
+        let ranks: Vec<_> = latest.iter().filter(|((p, _), _)| *p == phase).map(|(_, e)| e).collect();
+        let done = ranks.iter().map(|e| e.done).min().unwrap_or(0);
+        let total = ranks.iter().map(|e| e.total).max().unwrap_or(0);
+        let rate = ranks.iter().map(|e| e.tokens_per_s).fold(f64::INFINITY, f64::min);
+        let eta = ranks.iter().map(|e| e.eta_s).fold(0.0, f64::max);
+        let bar = bars.entry(phase.clone()).or_insert_with(|| Progress::new(&phase, total, "passes"));
+        bar.set(done);
+        if last_log.elapsed() >= Duration::from_secs(5) || done == total {
+            last_log = std::time::Instant::now();
+            tracing::info!(phase = %phase, ranks = ranks.len(), done, total, tokens_per_s = format!("{rate:.0}"), eta_s = format!("{eta:.0}"), "cluster progress");
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The cluster on loopback with tiny models: 1, 2 and 3 local workers give the plan and the
+//! weights single-process `prune` gives; a worker killed during scoring fails the run cleanly
+//! and `--resume` completes it; a worker with the wrong token is refused.
+
+use llmprune_tests::{assert_contains, model_tensors, tiny_model_dir};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn llmprune(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_llmprune")).args(args).env_remove("LLMPRUNE_TOKEN").output().expect("running llmprune")
+}
+
+fn ok(out: &Output) {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn plan_groups(dir: &Path) -> serde_json::Value {
+    let plan: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("plan.json")).unwrap()).unwrap();
+    plan["steps"].clone()
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Setup {
+    fn new(fixture: &str) -> (Self, PathBuf, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let model = tiny_model_dir(fixture, &root);
+        let ids = root.join("calib.json");
+        std::fs::write(&ids, "[[1, 5, 9, 13, 40, 41, 42, 7], [70, 2, 3, 60, 61, 62, 8, 9], [4, 4, 8, 15, 16, 23, 42, 0]]").unwrap();
+        (Self { _tmp: tmp, root }, model, ids)
+    }
+}
+
+#[test]
+fn one_two_and_three_workers_equal_one_process() {
+    for (fixture, extra) in [
+        ("tiny_gqa", vec!["--criterion", "param-mix"]),
+        ("tiny_gqa", vec!["--criterion", "param-first", "--scope", "global", "--iterative-steps", "2"]),
+        ("tiny_gqa", vec!["--criterion", "vectorize", "--gqa", "query-heads"]),
+        ("tiny_tied_mha", vec!["--criterion", "param-second", "--round-to", "4"]),
+        ("tiny_tied_mha", vec!["--criterion", "random"]),
+    ] {
+        let (setup, model, ids) = Setup::new(fixture);
+        let (m, i) = (model.to_str().unwrap(), ids.to_str().unwrap());
+        let base = [&["prune", "--model", m, "--calibration-ids", i, "--ratio", "0.5"][..], &extra[..]].concat();
+        let single = setup.root.join("single");
+        ok(&llmprune(&[&base[..], &["--out", single.to_str().unwrap()]].concat()));
+        let want = model_tensors(&single);
+        // tiny_tied_mha has 2 layers: at most 2 workers.
+        let counts: &[&str] = if fixture == "tiny_gqa" { &["1", "2", "3"] } else { &["1", "2"] };
+        for &workers in counts {
+            let out = setup.root.join(format!("cluster{workers}"));
+            let res = llmprune(&[&base[..], &["--local-workers", workers, "--out", out.to_str().unwrap()]].concat());
+            ok(&res);
+            assert_eq!(plan_groups(&out), plan_groups(&single), "{fixture} {extra:?}: the plan of {workers} workers");
+            let got = model_tensors(&out);
+            assert!(got == want, "{fixture} {extra:?}: the weights of {workers} workers differ from one process");
+            let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("prune_report.json")).unwrap()).unwrap();
+            assert_eq!(report["cluster"]["workers"].as_u64().unwrap().to_string(), workers);
+        }
+    }
+}
+
+#[test]
+fn a_worker_lost_during_scoring_fails_cleanly_and_resume_completes() {
+    let (setup, model, ids) = Setup::new("tiny_gqa");
+    let (m, i) = (model.to_str().unwrap(), ids.to_str().unwrap());
+    let out = setup.root.join("pruned");
+    let o = out.to_str().unwrap();
+    let args = ["prune", "--model", m, "--calibration-ids", i, "--ratio", "0.5", "--criterion", "param-first", "--local-workers", "2", "--out", o];
+    let res = llmprune(&[&args[..], &["--inject-fault", "1:exit-during-score"]].concat());
+    assert!(!res.status.success(), "the run must fail");
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_contains(&err, &["scoring", "worker local-1 (rank 1, layers"]);
+    assert!(!out.exists(), "no output after a failure");
+    let leftovers: Vec<String> = std::fs::read_dir(&setup.root)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    ok(&llmprune(&[&args[..], &["--resume"]].concat()));
+    let single = setup.root.join("single");
+    let res = llmprune(&["prune", "--model", m, "--calibration-ids", i, "--ratio", "0.5", "--criterion", "param-first", "--out", single.to_str().unwrap()]);
+    ok(&res);
+    assert!(model_tensors(&out) == model_tensors(&single));
+}
+
+#[test]
+fn workers_with_the_wrong_token_are_refused() {
+    let (setup, model, ids) = Setup::new("tiny_gqa");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let out = setup.root.join("pruned");
+    let mut coordinator = Command::new(env!("CARGO_BIN_EXE_llmprune"))
+        .args(["--token", "right-token", "--listen", &listen, "prune", "--model", model.to_str().unwrap()])
+        .args(["--calibration-ids", ids.to_str().unwrap(), "--ratio", "0.5", "--workers", "1", "--out", out.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let worker = Path::new(env!("CARGO_BIN_EXE_llmprune")).with_file_name("llmprune-worker");
+    let url = format!("http://{listen}");
+    let mut refused = None;
+    for _ in 0..100 {
+        let res = Command::new(&worker).args(["--coordinator", &url, "--token", "wrong-token"]).output().unwrap();
+        let err = String::from_utf8_lossy(&res.stderr).into_owned();
+        if err.contains("refused registration") {
+            refused = Some((res.status.success(), err));
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100)); // the coordinator is still starting
+    }
+    let _ = coordinator.kill();
+    let _ = coordinator.wait();
+    let (success, err) = refused.expect("the coordinator never answered");
+    assert!(!success);
+    assert_contains(&err, &["wrong cluster token"]);
+    assert!(!out.exists());
+}
