@@ -8,3 +8,5 @@ cargo build --release --workspace --locked
 cargo check -p llmprune-worker --features nccl --locked
 ./target/release/llmprune fetch smollm2
 cargo test --release --workspace --locked --no-fail-fast
+# The deployment example: a coordinator and two workers as separate processes on loopback.
+OUT=$(mktemp -d)/deploy-local PORT=${DEPLOY_PORT:-17070} bash deploy/local/run.sh

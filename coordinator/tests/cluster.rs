@@ -123,3 +123,28 @@ fn workers_with_the_wrong_token_are_refused() {
     assert_contains(&err, &["wrong cluster token"]);
     assert!(!out.exists());
 }
+
+#[test]
+fn smollm2_on_three_workers_equals_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = llmprune_tests::smollm2_gguf();
+    let ids = llmprune_tests::data_dir().join("calib/smollm2_calib_ids.json");
+    let base = [
+        "prune", "--model", model.to_str().unwrap(), "--calibration-ids", ids.to_str().unwrap(), "--ratio", "0.25",
+        "--attn-layers", "3:27", "--mlp-layers", "3:27", "--criterion", "param-first",
+    ];
+    let single = tmp.path().join("single");
+    let three = tmp.path().join("three");
+    ok(&llmprune(&[&base[..], &["--out", single.to_str().unwrap()]].concat()));
+    ok(&llmprune(&[&base[..], &["--local-workers", "3", "--out", three.to_str().unwrap()]].concat()));
+    assert_eq!(plan_groups(&three), plan_groups(&single), "the plan");
+    assert!(model_tensors(&three) == model_tensors(&single), "the weights");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(three.join("prune_report.json")).unwrap()).unwrap();
+    let ranks = report["cluster"]["ranks"].as_array().unwrap();
+    let layers: Vec<u64> = ranks.iter().flat_map(|r| r["layers"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap())).collect();
+    assert_eq!((layers[0], layers[5]), (0, 30), "the shards cover the model: {layers:?}");
+    // Each worker loads only its shard: none holds more than half of the model's parameters.
+    for r in ranks {
+        assert!(r["params_loaded"].as_u64().unwrap() < 134_515_008 / 2, "{r}");
+    }
+}

@@ -56,6 +56,9 @@ struct ServeArgs {
     /// Seconds a collective waits for a silent peer before failing.
     #[arg(long, default_value_t = 600)]
     peer_timeout_s: u64,
+    /// Seconds to keep trying to reach the coordinator at start.
+    #[arg(long, default_value_t = 300)]
+    connect_timeout_s: u64,
     /// Heartbeats the coordinator may miss before this worker gives up and exits.
     #[arg(long, default_value_t = 5)]
     missed_heartbeats: u32,
@@ -141,12 +144,21 @@ async fn serve(args: ServeArgs) -> Result<()> {
             }),
     );
 
-    let channel = tonic::transport::Endpoint::from_shared(coordinator.clone())
+    let endpoint = tonic::transport::Endpoint::from_shared(coordinator.clone())
         .with_context(|| format!("--coordinator {coordinator}"))?
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .with_context(|| format!("connecting to the coordinator at {coordinator}"))?;
+        .connect_timeout(Duration::from_secs(10));
+    // Workers often start before the coordinator listens (a scheduler starts them together).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.connect_timeout_s);
+    let channel = loop {
+        match endpoint.connect().await {
+            Ok(c) => break c,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "the coordinator is not up yet");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(anyhow!("connecting to the coordinator at {coordinator} for {} s: {e}", args.connect_timeout_s)),
+        }
+    };
     let mut client = CoordinatorClient::with_interceptor(channel, attach_token(&token)?);
     let reply = client
         .register(RegisterRequest {
