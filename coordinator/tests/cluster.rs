@@ -129,9 +129,10 @@ fn smollm2_on_three_workers_equals_one_process() {
     let tmp = tempfile::tempdir().unwrap();
     let model = llmprune_tests::smollm2_gguf();
     let ids = llmprune_tests::data_dir().join("calib/smollm2_calib_ids.json");
+    let ptb = format!("ptb={}", llmprune_tests::data_dir().join("ptb/ptb.valid.txt").display());
     let base = [
         "prune", "--model", model.to_str().unwrap(), "--calibration-ids", ids.to_str().unwrap(), "--ratio", "0.25",
-        "--attn-layers", "3:27", "--mlp-layers", "3:27", "--criterion", "param-first",
+        "--attn-layers", "3:27", "--mlp-layers", "3:27", "--criterion", "param-first", "--eval-ppl", &ptb, "--eval-max-chunks", "4",
     ];
     let single = tmp.path().join("single");
     let three = tmp.path().join("three");
@@ -140,6 +141,8 @@ fn smollm2_on_three_workers_equals_one_process() {
     assert_eq!(plan_groups(&three), plan_groups(&single), "the plan");
     assert!(model_tensors(&three) == model_tensors(&single), "the weights");
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(three.join("prune_report.json")).unwrap()).unwrap();
+    let single_report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(single.join("prune_report.json")).unwrap()).unwrap();
+    assert_eq!(report["ppl"]["ptb"]["ppl"], single_report["ppl"]["ptb"]["ppl"], "the pruned model's perplexity");
     let ranks = report["cluster"]["ranks"].as_array().unwrap();
     let layers: Vec<u64> = ranks.iter().flat_map(|r| r["layers"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap())).collect();
     assert_eq!((layers[0], layers[5]), (0, 30), "the shards cover the model: {layers:?}");

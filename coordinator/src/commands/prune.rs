@@ -248,6 +248,8 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs) -> Result<()> {
     report.insert("params_after".into(), json!(spec_after.n_params()));
     report.insert("criterion".into(), json!(criterion));
     report.insert("ratio".into(), json!(args.ratio));
+    // This process's peak: the whole job in one process, the coordinator's share on a cluster.
+    report.insert("peak_rss_mib".into(), json!(llmprune_worker::memory::peak_rss_mb()));
     out.write_json("plan.json", &serde_json::to_value(&plan)?)?;
     out.write_json("prune_report.json", &serde_json::Value::Object(report))?;
     out.commit()?;
