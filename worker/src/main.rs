@@ -62,6 +62,9 @@ struct ServeArgs {
     /// Heartbeats the coordinator may miss before this worker gives up and exits.
     #[arg(long, default_value_t = 5)]
     missed_heartbeats: u32,
+    /// Log format on stderr (RUST_LOG filters).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// This worker's name in the coordinator's logs and errors.
     #[arg(long, default_value = "")]
     name: String,
@@ -71,17 +74,26 @@ struct ServeArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum FaultArg {
     ExitDuringScore,
 }
 
 fn main() -> Result<()> {
     llmprune_worker::memory::configure_allocator();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
     let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()));
+    match cli.serve.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     match cli.command {
         Some(Command::Inspect { model }) => {
             let opened = open_model(&model).with_context(|| format!("opening {}", model.display()))?;

@@ -67,6 +67,8 @@ pub struct ClusterConfig {
     pub worker_binary: PathBuf,
     /// Testing only: (local worker index, fault name).
     pub faults: Vec<(usize, String)>,
+    /// `text` or `json`, handed to local workers.
+    pub log_format: &'static str,
 }
 
 pub struct Cluster {
@@ -129,7 +131,7 @@ impl Cluster {
                 let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
                 let url = format!("http://{host}:{}", addr.port());
                 let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(String, String)>();
-                let workers = LocalWorkers::start(n, &config.worker_binary, &url, &token, &config.faults, exit_tx)?;
+                let workers = LocalWorkers::start(n, &config.worker_binary, &url, &token, &config.faults, config.log_format, exit_tx)?;
                 tracing::info!(workers = n, pids = ?workers.pids(), coordinator = %url, "local workers started");
                 let tx = fail_tx.clone();
                 background.push(tokio::spawn(async move {

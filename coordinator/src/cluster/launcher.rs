@@ -14,14 +14,16 @@ pub struct LocalWorkers {
 }
 
 impl LocalWorkers {
-    /// Starts `n` workers named `local-0` … `local-{n-1}`; `faults[i]` is passed to worker i
-    /// (testing only). An exit is reported on `exited` as (name, status).
+    /// Starts `n` workers named `local-0` … `local-{n-1}`, logging in `log_format` like the
+    /// coordinator; `faults[i]` is passed to worker i (testing only). An exit is reported on
+    /// `exited` as (name, status).
     pub fn start(
         n: usize,
         binary: &Path,
         coordinator: &str,
         token: &str,
         faults: &[(usize, String)],
+        log_format: &str,
         exited: mpsc::UnboundedSender<(String, String)>,
     ) -> Result<Self> {
         let mut pids = Vec::new();
@@ -29,7 +31,7 @@ impl LocalWorkers {
         for i in 0..n {
             let name = format!("local-{i}");
             let mut cmd = Command::new(binary);
-            cmd.args(["--coordinator", coordinator, "--name", &name])
+            cmd.args(["--coordinator", coordinator, "--name", &name, "--log-format", log_format])
                 .env("LLMPRUNE_TOKEN", token)
                 .kill_on_drop(true)
                 .stdin(std::process::Stdio::null());

@@ -291,6 +291,10 @@ fn run_on_cluster(
         remote_workers: args.cluster.workers,
         worker_binary,
         faults,
+        log_format: match settings.log_format {
+            crate::settings::LogFormat::Text => "text",
+            crate::settings::LogFormat::Json => "json",
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {

@@ -39,11 +39,11 @@ impl Criterion {
     ];
 
     pub fn name(self) -> &'static str {
-        Self::NAMES.iter().find(|(_, c)| *c == self).map_or("?", |(n, _)| n)
+        name_of(&Self::NAMES, self)
     }
 
     pub fn from_name(name: &str) -> Result<Self> {
-        Self::NAMES.iter().find(|(n, _)| *n == name).map(|(_, c)| *c).ok_or_else(|| Error::Invalid(format!("unknown criterion `{name}`")))
+        by_name(&Self::NAMES, "criterion", name)
     }
 
     pub fn needs_gradient(self) -> bool {
@@ -175,12 +175,20 @@ impl Reduction {
     ];
 
     pub fn name(self) -> &'static str {
-        Self::NAMES.iter().find(|(_, r)| *r == self).map_or("?", |(n, _)| n)
+        name_of(&Self::NAMES, self)
     }
 
     pub fn from_name(name: &str) -> Result<Self> {
-        Self::NAMES.iter().find(|(n, _)| *n == name).map(|(_, r)| *r).ok_or_else(|| Error::Invalid(format!("unknown reduction `{name}`")))
+        by_name(&Self::NAMES, "reduction", name)
     }
+}
+
+fn name_of<T: Copy + PartialEq>(table: &[(&'static str, T)], value: T) -> &'static str {
+    table.iter().find(|(_, v)| *v == value).map_or("?", |(n, _)| n)
+}
+
+fn by_name<T: Copy>(table: &[(&'static str, T)], what: &str, name: &str) -> Result<T> {
+    table.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).ok_or_else(|| Error::Invalid(format!("unknown {what} `{name}`")))
 }
 
 /// Reduces aligned member scores (all of one length) to one score per channel.
