@@ -92,6 +92,22 @@ fn a_worker_lost_during_scoring_fails_cleanly_and_resume_completes() {
 }
 
 #[test]
+fn a_hung_worker_fails_the_run_with_its_name() {
+    let (setup, model, ids) = Setup::new("tiny_gqa");
+    let out = setup.root.join("pruned");
+    let res = Command::new(env!("CARGO_BIN_EXE_llmprune"))
+        .args(["prune", "--model", model.to_str().unwrap(), "--calibration-ids", ids.to_str().unwrap(), "--ratio", "0.5"])
+        .args(["--local-workers", "2", "--inject-fault", "0:hang", "--out", out.to_str().unwrap()])
+        .env("LLMPRUNE_CLUSTER__HEARTBEAT_MS", "100")
+        .env("LLMPRUNE_CLUSTER__HEARTBEAT_TIMEOUT_MS", "300")
+        .output()
+        .unwrap();
+    assert!(!res.status.success());
+    assert_contains(&String::from_utf8_lossy(&res.stderr), &["worker local-0", "sent no heartbeat"]);
+    assert!(!out.exists());
+}
+
+#[test]
 fn workers_with_the_wrong_token_are_refused() {
     let (setup, model, ids) = Setup::new("tiny_gqa");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

@@ -79,9 +79,11 @@ enum LogFormat {
     Json,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum FaultArg {
     ExitDuringScore,
+    /// Hang: stop heartbeating and never answer a command (a hung machine).
+    Hang,
 }
 
 fn main() -> Result<()> {
@@ -138,7 +140,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         ring_listener: ring,
         ring: RingOptions { io_timeout: Some(Duration::from_secs(args.peer_timeout_s)), ..RingOptions::default() },
         progress: progress_tx,
-        fault: args.fault.map(|FaultArg::ExitDuringScore| Fault::ExitDuringScore),
+        fault: args.fault.map(|f| match f {
+            FaultArg::ExitDuringScore => Fault::ExitDuringScore,
+            FaultArg::Hang => Fault::Hang,
+        }),
     })?;
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
     // Messages carry scores, shapes and token ids (kilobytes to a few MiB for 70B models);
@@ -204,6 +209,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tokio::select! {
             _ = shutdown_rx.wait_for(|s| *s) => break Ok(()),
             _ = tokio::time::sleep(interval) => {
+                if args.fault == Some(FaultArg::Hang) {
+                    continue;
+                }
                 let beat = HeartbeatRequest { protocol_version: PROTOCOL_VERSION, worker_id: worker_id.clone(), phase: String::new() };
                 match client.heartbeat(beat).await {
                     Ok(r) if r.get_ref().stop => break Ok(()),

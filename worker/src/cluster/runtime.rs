@@ -34,6 +34,8 @@ enum Command {
 pub enum Fault {
     /// The process exits after the first backward pass of scoring.
     ExitDuringScore,
+    /// The runtime never answers (with the heartbeats stopped too: a hung machine).
+    Hang,
 }
 
 pub struct RuntimeOptions {
@@ -84,6 +86,12 @@ pub fn spawn_runtime(opts: RuntimeOptions) -> Result<RuntimeHandle> {
         .spawn(move || {
             let mut rt = Runtime { opts, ring_listener_used: false, shard: None, comm: None };
             for cmd in rx {
+                if rt.opts.fault == Some(Fault::Hang) {
+                    tracing::error!("fault injection: hanging");
+                    loop {
+                        std::thread::park();
+                    }
+                }
                 match cmd {
                     Command::Load(req, reply) => drop(reply.send(rt.load(req))),
                     Command::Score(req, reply) => drop(reply.send(rt.score(req))),
