@@ -1,5 +1,6 @@
-//! `llmprune prune`: one-process pruning of a model into a new model directory with its
-//! `plan.json` and `prune_report.json`.
+//! `llmprune prune`: pruning a model, in this process or on a cluster of workers
+//! (`--local-workers`, `--workers`), into a new model directory with its `plan.json` and
+//! `prune_report.json`.
 
 use crate::cli::{CriterionArg, GqaArg, PruneArgs, ReductionArg, ScopeArg, StrategyArg};
 use crate::fetch::resolve_model;
@@ -201,7 +202,6 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs) -> Result<()> {
         } else {
             Some(load_model(out.path(), LoadOptions::full, &Device::Cpu).context("loading the assembled model for --eval-ppl")?.model)
         };
-        let _ = std::fs::remove_dir_all(&checkpoint);
         (outcome.spec, outcome.steps, pruned)
     } else {
         let model = load_model(&model_path, LoadOptions::full, &Device::Cpu).with_context(|| format!("loading {}", model_path.display()))?.model;
@@ -253,6 +253,10 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs) -> Result<()> {
     out.write_json("plan.json", &serde_json::to_value(&plan)?)?;
     out.write_json("prune_report.json", &serde_json::Value::Object(report))?;
     out.commit()?;
+    if distributed {
+        // The run is complete: its score checkpoints are no longer needed for --resume.
+        let _ = std::fs::remove_dir_all(checkpoint_dir(&args.out));
+    }
     tracing::info!(params_before = spec_before.n_params(), params_after = spec_after.n_params(), out = %args.out.display(), "pruned");
     print_shapes(&spec_before, &spec_after);
     println!("model: {}", args.out.display());
