@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::loader::{load_model, InMemoryWeights};
 use crate::model::{Exec, LlamaModel, LoadOptions};
 use crate::prune::importance::{group_scores, Criterion, Reduction};
-use crate::prune::slice::slice_weights;
+use crate::prune::slice::{layer_shape, slice_weights};
 use crate::prune::statistics::{gradient_stats_with, GradientStats};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
@@ -110,16 +110,8 @@ impl ShardModel {
         }
         let sliced = slice_weights(&self.model.weights_by_name(), &groups, &kept)?;
         let mut spec = self.model.spec.clone();
-        let dim = |name: String, d: usize| -> Result<usize> {
-            Ok(sliced.get(&name).ok_or_else(|| Error::Invalid(format!("no parameter `{name}`")))?.dim(d)?)
-        };
         for i in self.layout.layers.clone() {
-            let p = format!("model.layers.{i}");
-            spec.layers[i] = LayerShape {
-                n_heads: dim(format!("{p}.self_attn.q_proj.weight"), 0)? / spec.head_dim,
-                n_kv_heads: dim(format!("{p}.self_attn.k_proj.weight"), 0)? / spec.head_dim,
-                intermediate_size: dim(format!("{p}.mlp.gate_proj.weight"), 0)?,
-            };
+            spec.layers[i] = layer_shape(&sliced, spec.head_dim, i)?;
         }
         spec.validate().map_err(|(field, reason)| Error::Invalid(format!("pruned shard: {field}: {reason}")))?;
         let l = &self.layout;

@@ -46,17 +46,25 @@ pub fn sliced_spec(spec: &ModelSpec, weights: &HashMap<String, Tensor>) -> Resul
     };
     let mut out = spec.clone();
     out.hidden_size = dim("model.embed_tokens.weight", 1)?;
-    let hd = spec.head_dim;
     for (i, layer) in out.layers.iter_mut().enumerate() {
-        let p = format!("model.layers.{i}");
-        *layer = LayerShape {
-            n_heads: dim(&format!("{p}.self_attn.q_proj.weight"), 0)? / hd,
-            n_kv_heads: dim(&format!("{p}.self_attn.k_proj.weight"), 0)? / hd,
-            intermediate_size: dim(&format!("{p}.mlp.gate_proj.weight"), 0)?,
-        };
+        *layer = layer_shape(weights, spec.head_dim, i)?;
     }
     out.validate().map_err(|(field, reason)| Error::Invalid(format!("pruned model: {field}: {reason}")))?;
     Ok(out)
+}
+
+/// Layer `i`'s query heads, KV heads and MLP width, read from its q_proj, k_proj and
+/// gate_proj in `weights`.
+pub fn layer_shape(weights: &HashMap<String, Tensor>, head_dim: usize, i: usize) -> Result<LayerShape> {
+    let dim = |name: String, d: usize| -> Result<usize> {
+        Ok(weights.get(&name).ok_or_else(|| Error::Invalid(format!("no parameter `{name}`")))?.dim(d)?)
+    };
+    let p = format!("model.layers.{i}");
+    Ok(LayerShape {
+        n_heads: dim(format!("{p}.self_attn.q_proj.weight"), 0)? / head_dim,
+        n_kv_heads: dim(format!("{p}.self_attn.k_proj.weight"), 0)? / head_dim,
+        intermediate_size: dim(format!("{p}.mlp.gate_proj.weight"), 0)?,
+    })
 }
 
 /// The model without the decoder layers `removed` (indices into `spec.layers`): their weights
