@@ -207,6 +207,11 @@ pub struct ClusterArgs {
     /// Wait for N remote workers to register (`llmprune-worker --coordinator http://HOST:PORT --token ...`).
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+    /// Data-parallel copies of each pipeline stage: the workers form N/R stages × R replicas,
+    /// each replica takes 1/R of the calibration samples, and the replicas of a stage
+    /// all-reduce their gradient statistics.
+    #[arg(long, value_name = "R", default_value_t = 1)]
+    pub replicas: usize,
     /// Reuse the scores a failed run with the same model and settings gathered.
     #[arg(long)]
     pub resume: bool,

@@ -65,6 +65,50 @@ fn one_two_and_three_workers_equal_one_process() {
     }
 }
 
+/// Each step's groups with their kept units, without the scores (replicas sum the windows'
+/// statistics in another order, so scores may differ in their last bits).
+fn kept_units(dir: &Path) -> Vec<Vec<(String, serde_json::Value)>> {
+    let steps = plan_groups(dir);
+    let steps = steps.as_array().unwrap();
+    steps.iter().map(|s| s["groups"].as_array().unwrap().iter().map(|g| (g["root"].as_str().unwrap().to_string(), g["kept"].clone())).collect()).collect()
+}
+
+#[test]
+fn replicas_of_two_stages_equal_one_process() {
+    let (setup, model, ids) = Setup::new("tiny_gqa");
+    let (m, i) = (model.to_str().unwrap(), ids.to_str().unwrap());
+    let base = ["prune", "--model", m, "--calibration-ids", i, "--ratio", "0.5", "--criterion", "param-mix"];
+    let single = setup.root.join("single");
+    ok(&llmprune(&[&base[..], &["--out", single.to_str().unwrap()]].concat()));
+    // 4 workers as 2 stages × 2 replicas; 3 windows split 2 + 1.
+    let out = setup.root.join("replicated");
+    ok(&llmprune(&[&base[..], &["--local-workers", "4", "--replicas", "2", "--out", out.to_str().unwrap()]].concat()));
+    assert_eq!(kept_units(&out), kept_units(&single));
+    assert!(model_tensors(&out) == model_tensors(&single), "the weights of 2×2 workers differ from one process");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("prune_report.json")).unwrap()).unwrap();
+    let layout: Vec<(u64, u64)> = report["cluster"]["ranks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["stage"].as_u64().unwrap(), r["replica"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(layout, [(0, 0), (1, 0), (0, 1), (1, 1)]);
+    // Only the first copy of each stage writes its shard.
+    let files: Vec<_> = std::fs::read_dir(&out).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".safetensors")).collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+
+    let bad = |extra: &[&str], want: &[&str]| {
+        let out = setup.root.join("bad");
+        let res = llmprune(&[&base[..], extra, &["--out", out.to_str().unwrap()]].concat());
+        assert!(!res.status.success());
+        assert_contains(&String::from_utf8_lossy(&res.stderr), want);
+        assert!(!out.exists());
+    };
+    bad(&["--local-workers", "4", "--replicas", "3"], &["--replicas 3", "divide the 4 workers"]);
+    bad(&["--replicas", "2"], &["--replicas 2", "--local-workers"]);
+    bad(&["--local-workers", "4", "--replicas", "4"], &["--replicas 4", "at least 4 calibration samples"]);
+}
+
 #[test]
 fn a_worker_lost_during_scoring_fails_cleanly_and_resume_completes() {
     let (setup, model, ids) = Setup::new("tiny_gqa");
@@ -166,4 +210,41 @@ fn smollm2_on_three_workers_equals_one_process() {
     for r in ranks {
         assert!(r["params_loaded"].as_u64().unwrap() < 134_515_008 / 2, "{r}");
     }
+}
+
+#[test]
+fn gpu_workers_without_nccl_fail_the_run_with_a_clear_message() {
+    let (setup, model, ids) = Setup::new("tiny_gqa");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let out = setup.root.join("pruned");
+    let coordinator = Command::new(env!("CARGO_BIN_EXE_llmprune"))
+        .args(["--token", "t0ken", "--listen", &listen, "prune", "--model", model.to_str().unwrap()])
+        .args(["--calibration-ids", ids.to_str().unwrap(), "--ratio", "0.5", "--workers", "2", "--out", out.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let worker = Path::new(env!("CARGO_BIN_EXE_llmprune")).with_file_name("llmprune-worker");
+    let url = format!("http://{listen}");
+    let mut workers: Vec<_> = (0..2)
+        .map(|i| {
+            Command::new(&worker)
+                .args(["--coordinator", &url, "--token", "t0ken", "--device", "cuda:0", "--name", &format!("gpu-{i}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let res = coordinator.wait_with_output().unwrap();
+    for w in &mut workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    assert!(!res.status.success());
+    let err = String::from_utf8_lossy(&res.stderr);
+    // Remote workers take ranks in registration order: either may lead the group.
+    assert_contains(&err, &["loading", "worker gpu-", "rank 0", "built without NCCL"]);
+    assert!(!out.exists());
 }

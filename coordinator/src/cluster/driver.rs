@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -41,9 +42,16 @@ pub enum Phase {
 #[derive(Clone)]
 pub struct Member {
     pub id: String,
+    /// Its place among all the workers (registration or launch order).
     pub rank: usize,
+    /// Its pipeline stage and which copy of that stage it is, once the layout is set.
+    pub stage: usize,
+    pub replica: usize,
     pub ring_address: String,
+    pub replica_ring_address: String,
     pub memory_bytes: u64,
+    /// `cpu` or `cuda:N`, as the worker reported it.
+    pub device_kind: String,
     /// Its layers, once shards are assigned.
     pub layers: Range<usize>,
     pub rpc: WorkerRpc,
@@ -51,10 +59,11 @@ pub struct Member {
 
 impl Member {
     fn describe(&self) -> String {
+        let copy = if self.replica > 0 { format!(", replica {}", self.replica) } else { String::new() };
         if self.layers.is_empty() {
             format!("worker {} (rank {})", self.id, self.rank)
         } else {
-            format!("worker {} (rank {}, layers {}..{})", self.id, self.rank, self.layers.start, self.layers.end)
+            format!("worker {} (rank {}{copy}, layers {}..{})", self.id, self.rank, self.layers.start, self.layers.end)
         }
     }
 }
@@ -112,18 +121,23 @@ impl Cluster {
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let service = InterceptedService::new(service, require_token(token.clone()));
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let mut background = vec![tokio::spawn(async move {
-            let served = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop_rx.wait_for(|s| *s).await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "the coordinator's gRPC server stopped");
+        // Background tasks log inside the run's span (run id), as the driver does.
+        let span = tracing::Span::current();
+        let mut background = vec![tokio::spawn(
+            async move {
+                let served = tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = stop_rx.wait_for(|s| *s).await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the coordinator's gRPC server stopped");
+                }
             }
-        })];
-        background.push(tokio::spawn(render_progress(progress_rx)));
+            .instrument(span.clone()),
+        )];
+        background.push(tokio::spawn(render_progress(progress_rx).instrument(span.clone())));
 
         let (fail_tx, failures) = mpsc::unbounded_channel();
         let local = match config.local_workers {
@@ -180,7 +194,18 @@ impl Cluster {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
             let memory_bytes = w.capabilities.device_memory_bytes;
-            cluster.members.push(Member { id: w.id, rank, ring_address: w.ring_address, memory_bytes, layers: 0..0, rpc });
+            cluster.members.push(Member {
+                id: w.id,
+                rank,
+                stage: rank,
+                replica: 0,
+                ring_address: w.ring_address,
+                replica_ring_address: w.replica_ring_address,
+                memory_bytes,
+                device_kind: w.capabilities.device_kind.clone(),
+                layers: 0..0,
+                rpc,
+            });
         }
         Ok(cluster)
     }
@@ -218,14 +243,25 @@ impl Cluster {
         F: Fn(Member) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>> + Send + 'static,
     {
+        self.each_where(what, |_| true, call).await
+    }
+
+    /// [`Cluster::each`] over the members `chosen` picks; replies in their rank order. The
+    /// others are still watched: a failure anywhere ends the phase.
+    pub async fn each_where<T, F, Fut>(&mut self, what: &str, chosen: impl Fn(&Member) -> bool, call: F) -> Result<Vec<T>>
+    where
+        T: Send + 'static,
+        F: Fn(Member) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>> + Send + 'static,
+    {
         let mut set = JoinSet::new();
-        for m in &self.members {
-            let fut = call(m.clone());
-            let rank = m.rank;
+        let ranks: Vec<usize> = self.members.iter().filter(|m| chosen(m)).map(|m| m.rank).collect();
+        for &rank in &ranks {
+            let fut = call(self.members[rank].clone());
             set.spawn(async move { (rank, fut.await) });
         }
         let mut replies: HashMap<usize, T> = HashMap::new();
-        while replies.len() < self.members.len() {
+        while replies.len() < ranks.len() {
             tokio::select! {
                 joined = set.join_next() => match joined {
                     Some(Ok((rank, Ok(reply)))) => { replies.insert(rank, reply); }
@@ -242,7 +278,7 @@ impl Cluster {
                 }
             }
         }
-        Ok((0..self.members.len()).filter_map(|r| replies.remove(&r)).collect())
+        Ok(ranks.iter().filter_map(|r| replies.remove(r)).collect())
     }
 
     /// Adds rank and layers to a failure that names a worker id.
@@ -294,17 +330,18 @@ impl Drop for Cluster {
     }
 }
 
-/// Workers' progress events, logged per worker at debug level and, aggregated over the ranks
-/// (the slowest rank's progress, the lowest rate, the longest ETA), every few seconds: a bar on
+/// Workers' progress events, logged per worker at debug level and, aggregated over the workers
+/// (the slowest worker's progress, the lowest rate, the longest ETA), every few seconds: a bar on
 /// a terminal, log lines otherwise.
 async fn render_progress(mut rx: mpsc::UnboundedReceiver<llmprune_shared::proto::ProgressEvent>) {
-    let mut latest: HashMap<(String, u32), llmprune_shared::proto::ProgressEvent> = HashMap::new();
+    let mut latest: HashMap<(String, String), llmprune_shared::proto::ProgressEvent> = HashMap::new();
     let mut bars: HashMap<String, Progress> = HashMap::new();
     let mut last_log = std::time::Instant::now() - Duration::from_secs(60);
     while let Some(e) = rx.recv().await {
         tracing::debug!(worker = %e.worker_id, rank = e.rank, phase = %e.phase, done = e.done, total = e.total, tokens_per_s = e.tokens_per_s, eta_s = e.eta_s, "worker progress");
         let phase = e.phase.clone();
-        latest.insert((phase.clone(), e.rank), e);
+        // By worker: the replicas of a stage report the same rank.
+        latest.insert((phase.clone(), e.worker_id.clone()), e);
         let ranks: Vec<_> = latest.iter().filter(|((p, _), _)| *p == phase).map(|(_, e)| e).collect();
         let done = ranks.iter().map(|e| e.done).min().unwrap_or(0);
         let total = ranks.iter().map(|e| e.total).max().unwrap_or(0);
@@ -314,7 +351,7 @@ async fn render_progress(mut rx: mpsc::UnboundedReceiver<llmprune_shared::proto:
         bar.set(done);
         if last_log.elapsed() >= Duration::from_secs(5) || done == total {
             last_log = std::time::Instant::now();
-            tracing::info!(phase = %phase, ranks = ranks.len(), done, total, tokens_per_s = format!("{rate:.0}"), eta_s = format!("{eta:.0}"), "cluster progress");
+            tracing::info!(phase = %phase, workers = ranks.len(), done, total, tokens_per_s = format!("{rate:.0}"), eta_s = format!("{eta:.0}"), "cluster progress");
         }
     }
 }

@@ -3,13 +3,13 @@
 //! carrying hidden states and their gradients between ranks) and the decision taken here by
 //! the same selection code, so the plan and the weights equal the single-process run's.
 
-use super::driver::{random_hex, Cluster, Phase};
+use super::driver::{random_hex, Cluster, Member, Phase};
 use super::shards::assign_shards;
 use anyhow::{bail, Context, Result};
 use llmprune_shared::depgraph::{structure, Group, Structure};
 use llmprune_shared::plan::PlanStep;
 use llmprune_shared::proto::{
-    ApplyPlanRequest, KeptUnits, LoadShardRequest, SaveShardRequest, ScoreRequest, ShardSpec, TokenWindow,
+    ApplyPlanRequest, KeptUnits, LoadShardRequest, NcclUniqueIdRequest, SaveShardRequest, ScoreReply, ScoreRequest, ShardSpec, TokenWindow,
 };
 use llmprune_shared::{ModelSpec, PyRandom};
 use llmprune_worker::prune::apply::check_step;
@@ -24,6 +24,8 @@ use std::time::Instant;
 pub struct RankReport {
     pub worker: String,
     pub rank: usize,
+    pub stage: usize,
+    pub replica: usize,
     pub layers: [usize; 2],
     pub params_loaded: u64,
     pub peak_rss_mib: f64,
@@ -73,6 +75,8 @@ pub struct DistributedPrune<'a> {
     pub resume: bool,
     /// What makes two runs the same (settings, model, calibration).
     pub fingerprint: String,
+    /// Copies of each pipeline stage, splitting the calibration windows between them.
+    pub replicas: usize,
 }
 
 pub async fn prune_on_cluster(cluster: &mut Cluster, job: DistributedPrune<'_>) -> Result<DistributedOutcome> {
@@ -81,14 +85,32 @@ pub async fn prune_on_cluster(cluster: &mut Cluster, job: DistributedPrune<'_>) 
     if req.strategy != Strategy::Block {
         bail!("--strategy {:?} runs in one process for now; drop --local-workers/--workers", req.strategy);
     }
-    let world = cluster.members.len();
-    let memories: Vec<u64> = cluster.members.iter().map(|m| m.memory_bytes).collect();
-    let shards = assign_shards(&job.spec, &memories)?;
-    for (m, range) in cluster.members.iter_mut().zip(&shards) {
-        m.layers = range.clone();
+    let workers = cluster.members.len();
+    let replicas = job.replicas;
+    if replicas == 0 || !workers.is_multiple_of(replicas) {
+        bail!("--replicas {replicas}: the {workers} workers must split into equal replicas (a divisor of {workers})");
     }
-    let ring_addresses: Vec<String> = cluster.members.iter().map(|m| m.ring_address.clone()).collect();
+    let world = workers / replicas;
+    // Worker r is stage r mod S of replica r div S: with one replica the ranks are the stages.
+    for m in cluster.members.iter_mut() {
+        (m.stage, m.replica) = (m.rank % world, m.rank / world);
+    }
+    // A stage must fit the smallest of its copies.
+    let memories: Vec<u64> =
+        (0..world).map(|s| cluster.members.iter().filter(|m| m.stage == s).map(|m| m.memory_bytes).min().unwrap_or(0)).collect();
+    let shards = assign_shards(&job.spec, &memories)?;
+    for m in cluster.members.iter_mut() {
+        m.layers = shards[m.stage].clone();
+    }
+    let ring_of = |replica: usize| -> Vec<String> {
+        cluster.members.iter().filter(|m| m.replica == replica).map(|m| m.ring_address.clone()).collect()
+    };
+    let ring_addresses: Vec<Vec<String>> = (0..replicas).map(ring_of).collect();
+    let replica_ring_addresses: Vec<Vec<String>> = (0..world)
+        .map(|s| cluster.members.iter().filter(|m| m.stage == s).map(|m| m.replica_ring_address.clone()).collect())
+        .collect();
     let cookie = u64::from_str_radix(&random_hex()?[..16], 16)?;
+    let (pipeline_ids, replica_ids) = nccl_ids(cluster, world, replicas).await?;
 
     cluster.enter(Phase::Loading);
     let t = Instant::now();
@@ -101,15 +123,21 @@ pub async fn prune_on_cluster(cluster: &mut Cluster, job: DistributedPrune<'_>) 
                 model_path: path.clone(),
                 model_sha256: sha.clone(),
                 shard: Some(ShardSpec {
-                    rank: m.rank as u32,
+                    rank: m.stage as u32,
                     world_size: world as u32,
                     layer_start: m.layers.start as u32,
                     layer_end: m.layers.end as u32,
-                    embeddings: m.rank == 0,
-                    head: m.rank + 1 == world,
+                    embeddings: m.stage == 0,
+                    head: m.stage + 1 == world,
+                    replica: m.replica as u32,
+                    replicas: replicas as u32,
                 }),
-                ring_addresses: ring_addresses.clone(),
+                ring_addresses: ring_addresses[m.replica].clone(),
                 ring_cookie: cookie,
+                replica_ring_addresses: replica_ring_addresses[m.stage].clone(),
+                worker_id: m.id.clone(),
+                pipeline_nccl_id: pipeline_ids[m.replica].clone(),
+                replica_nccl_id: replica_ids[m.stage].clone(),
             };
             async move { Ok(rpc.load_shard(req).await?.into_inner()) }
         })
@@ -122,6 +150,8 @@ pub async fn prune_on_cluster(cluster: &mut Cluster, job: DistributedPrune<'_>) 
         .map(|(m, l)| RankReport {
             worker: m.id.clone(),
             rank: m.rank,
+            stage: m.stage,
+            replica: m.replica,
             layers: [m.layers.start, m.layers.end],
             params_loaded: l.params,
             peak_rss_mib: l.peak_rss_bytes as f64 / 1048576.0,
@@ -158,6 +188,9 @@ pub async fn prune_on_cluster(cluster: &mut Cluster, job: DistributedPrune<'_>) 
                 } else {
                     Vec::new()
                 };
+                if windows.len() < replicas && criterion.needs_gradient() {
+                    bail!("--replicas {replicas} needs at least {replicas} calibration samples (--num-examples), got {}", windows.len());
+                }
                 let roots: Vec<Vec<String>> =
                     (0..world).map(|r| groups.iter().filter(|g| owner(g) == Some(r)).map(|g| g.root.clone()).collect()).collect();
                 let replies = cluster
@@ -166,7 +199,7 @@ pub async fn prune_on_cluster(cluster: &mut Cluster, job: DistributedPrune<'_>) 
                         let req = ScoreRequest {
                             criterion: criterion.name().into(),
                             reduction: reduction.name().into(),
-                            roots: roots[m.rank].clone(),
+                            roots: roots[m.stage].clone(),
                             windows: windows.clone(),
                         };
                         async move { Ok(rpc.score(req).await?.into_inner()) }
@@ -175,8 +208,10 @@ pub async fn prune_on_cluster(cluster: &mut Cluster, job: DistributedPrune<'_>) 
                 for (r, reply) in ranks.iter_mut().zip(&replies) {
                     r.peak_rss_mib = r.peak_rss_mib.max(reply.peak_rss_bytes as f64 / 1048576.0);
                 }
-                let mut by_root: HashMap<String, Vec<f32>> =
-                    replies.into_iter().flat_map(|r| r.groups).map(|g| (g.root, g.scores)).collect();
+                let mut by_root = match merge_replica_scores(&cluster.members, replies) {
+                    Ok(scores) => scores,
+                    Err(msg) => return Err(cluster.fail(&format!("scoring: {msg}")).await),
+                };
                 let scores = groups
                     .iter()
                     .map(|g| by_root.remove(&g.root).with_context(|| format!("no worker scored group `{}`", g.root)))
@@ -196,7 +231,7 @@ pub async fn prune_on_cluster(cluster: &mut Cluster, job: DistributedPrune<'_>) 
 
         cluster.enter(Phase::Slicing);
         let t = Instant::now();
-        let kept_by_rank: Vec<Vec<KeptUnits>> = (0..world)
+        let kept_by_stage: Vec<Vec<KeptUnits>> = (0..world)
             .map(|r| {
                 groups
                     .iter()
@@ -209,7 +244,7 @@ pub async fn prune_on_cluster(cluster: &mut Cluster, job: DistributedPrune<'_>) 
         let applied = cluster
             .each("slicing", |m| {
                 let mut rpc = m.rpc.clone();
-                let req = ApplyPlanRequest { groups: kept_by_rank[m.rank].clone() };
+                let req = ApplyPlanRequest { groups: kept_by_stage[m.stage].clone() };
                 async move { Ok(rpc.apply_plan(req).await?.into_inner()) }
             })
             .await?;
@@ -233,15 +268,79 @@ pub async fn prune_on_cluster(cluster: &mut Cluster, job: DistributedPrune<'_>) 
     cluster.enter(Phase::Saving);
     let dir = job.out_dir.display().to_string();
     let file = |r: usize| if world == 1 { "model.safetensors".to_string() } else { format!("model-{:05}-of-{world:05}.safetensors", r + 1) };
+    // Replicas hold the same weights: the first copy of each stage writes them.
     let saved = cluster
-        .each("saving", |m| {
+        .each_where("saving", |m| m.replica == 0, |m| {
             let mut rpc = m.rpc.clone();
-            let req = SaveShardRequest { directory: dir.clone(), file_name: file(m.rank) };
+            let req = SaveShardRequest { directory: dir.clone(), file_name: file(m.stage) };
             async move { Ok(rpc.save_shard(req).await?.into_inner()) }
         })
         .await?;
     let shards_written = saved.into_iter().enumerate().map(|(r, s)| (file(r), s.tensor_names, s.bytes)).collect();
     Ok(DistributedOutcome { spec, steps, seconds: [load_s, score_s, plan_s, slice_s], shards: shards_written, ranks })
+}
+
+/// NCCL unique ids for the pipeline group of each replica and the replica group of each
+/// stage when the workers are GPUs (asked of each group's first member), none on CPUs.
+async fn nccl_ids(cluster: &mut Cluster, world: usize, replicas: usize) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
+    let on_gpu = |m: &Member| m.device_kind.starts_with("cuda");
+    let gpus = cluster.members.iter().filter(|m| on_gpu(m)).count();
+    if gpus == 0 {
+        return Ok((vec![Vec::new(); replicas], vec![Vec::new(); world]));
+    }
+    if gpus < cluster.members.len() {
+        let kinds: Vec<String> = cluster.members.iter().map(|m| format!("{}: {}", m.id, m.device_kind)).collect();
+        bail!("the workers mix CPUs and GPUs ({}); run them all on one kind", kinds.join(", "));
+    }
+    // A group of one needs no id; a group's first member is stage 0 (pipeline) or replica 0.
+    let first_of_pipeline = |m: &Member| world > 1 && m.stage == 0;
+    let first_of_replicas = |m: &Member| replicas > 1 && m.replica == 0;
+    let ids = cluster
+        .each_where("loading", |m| first_of_pipeline(m) || first_of_replicas(m), |m| {
+            let mut rpc = m.rpc.clone();
+            let (stage, replica) = (m.stage, m.replica);
+            async move {
+                let id = rpc.nccl_unique_id(NcclUniqueIdRequest {}).await?.into_inner().id;
+                let second = if stage == 0 && replica == 0 && world > 1 && replicas > 1 {
+                    rpc.nccl_unique_id(NcclUniqueIdRequest {}).await?.into_inner().id
+                } else {
+                    Vec::new()
+                };
+                Ok((stage, replica, id, second))
+            }
+        })
+        .await?;
+    let (mut pipeline, mut copies) = (vec![Vec::new(); replicas], vec![Vec::new(); world]);
+    for (stage, replica, id, second) in ids {
+        match (stage, replica) {
+            // Worker (0, 0) leads both of its groups: one id each.
+            (0, 0) if world > 1 && replicas > 1 => (pipeline[0], copies[0]) = (id, second),
+            (0, r) if world > 1 => pipeline[r] = id,
+            (s, _) => copies[s] = id,
+        }
+    }
+    Ok((pipeline, copies))
+}
+
+/// The groups' scores by root from every worker's reply (in rank order). Replicas of a stage
+/// all-reduced the same statistics, so their scores must agree to the bit; a mismatch means a
+/// broken replica and fails the run.
+fn merge_replica_scores(members: &[Member], replies: Vec<ScoreReply>) -> Result<HashMap<String, Vec<f32>>, String> {
+    let mut by_root: HashMap<String, Vec<f32>> = HashMap::new();
+    for (m, reply) in members.iter().zip(replies) {
+        for g in reply.groups {
+            match by_root.get(&g.root) {
+                Some(first) if first.iter().map(|x| x.to_bits()).ne(g.scores.iter().map(|x| x.to_bits())) => {
+                    return Err(format!("replica {} of stage {} (worker {}) disagrees with replica 0 on group `{}`", m.replica, m.stage, m.id, g.root));
+                }
+                Some(_) => {}
+                None => {
+                    by_root.insert(g.root, g.scores);
+                }
+            }
+        }
+    }
+    Ok(by_root)
 }
 
 fn read_checkpoint(path: &Path, fingerprint: &str, step: usize, groups: &[Group]) -> Option<Vec<Vec<f32>>> {

@@ -17,6 +17,7 @@ pub struct Registered {
     pub id: String,
     pub worker_address: String,
     pub ring_address: String,
+    pub replica_ring_address: String,
     pub capabilities: Capabilities,
     pub last_seen: Instant,
 }
@@ -79,6 +80,7 @@ impl Coordinator for CoordinatorService {
                 id: id.clone(),
                 worker_address: r.worker_address,
                 ring_address: r.ring_address,
+                replica_ring_address: r.replica_ring_address,
                 capabilities: r.capabilities.unwrap_or_default(),
                 last_seen: Instant::now(),
             });

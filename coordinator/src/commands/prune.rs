@@ -89,6 +89,13 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs) -> Result<()> {
     if args.cluster.local_workers == Some(0) || args.cluster.workers == Some(0) {
         return Err(anyhow!("--local-workers / --workers must be at least 1"));
     }
+    let workers = args.cluster.local_workers.or(args.cluster.workers);
+    match (args.cluster.replicas, workers) {
+        (0, _) => return Err(anyhow!("--replicas must be at least 1")),
+        (r, None) if r > 1 => return Err(anyhow!("--replicas {r} needs a cluster: add --local-workers N or --workers N")),
+        (r, Some(n)) if !n.is_multiple_of(r) => return Err(anyhow!("--replicas {r} must divide the {n} workers (N/R pipeline stages × R replicas)")),
+        _ => {}
+    }
     if args.out.exists() {
         return Err(anyhow!("--out {}: already exists; remove it or choose another directory", args.out.display()));
     }
@@ -191,7 +198,7 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs) -> Result<()> {
         let [load_s, scoring_s, planning_s, slicing_s] = outcome.seconds;
         report.insert("seconds".into(), json!({"load": load_s, "scoring": scoring_s, "planning": planning_s, "slicing": slicing_s,
                                                 "total": t0.elapsed().as_secs_f64()}));
-        report.insert("cluster".into(), json!({"workers": outcome.ranks.len(), "ranks": outcome.ranks}));
+        report.insert("cluster".into(), json!({"workers": outcome.ranks.len(), "replicas": args.cluster.replicas, "ranks": outcome.ranks}));
         let files: Vec<(String, Vec<String>)> = outcome.shards.iter().map(|(f, names, _)| (f.clone(), names.clone())).collect();
         if files.len() > 1 {
             out.write_index(&files, outcome.shards.iter().map(|s| s.2).sum())?;
@@ -313,6 +320,7 @@ fn run_on_cluster(
             checkpoint,
             resume: args.cluster.resume,
             fingerprint,
+            replicas: args.cluster.replicas,
         };
         match prune_on_cluster(&mut cluster, job).await {
             Ok(outcome) => {

@@ -2,8 +2,8 @@
 //! commands in order and answers each on its own channel. RPC handlers never touch the model;
 //! they send the runtime a command and await the reply.
 
-use super::shard::{ShardLayout, ShardModel};
-use crate::collective::{Communicator, RingOptions, TcpRing};
+use super::shard::{Collectives, ShardLayout, ShardModel};
+use crate::collective::{group_id, nccl_group, Communicator, RingOptions, TcpRing, WorkerDevice};
 use crate::error::{Error, Result};
 use crate::loader::model_checksum;
 use crate::prune::apply::{check_step, plan_groups};
@@ -23,10 +23,23 @@ use tokio::sync::{mpsc, oneshot};
 type Reply<T> = oneshot::Sender<Result<T>>;
 
 enum Command {
+    NcclId(Reply<Vec<u8>>),
     Load(LoadShardRequest, Reply<LoadShardReply>),
     Score(ScoreRequest, Reply<ScoreReply>),
     Apply(ApplyPlanRequest, Reply<ApplyPlanReply>),
     Save(SaveShardRequest, Reply<SaveShardReply>),
+}
+
+impl Command {
+    /// The coordinator's phase this command belongs to.
+    fn phase(&self) -> &'static str {
+        match self {
+            Command::NcclId(..) | Command::Load(..) => "loading",
+            Command::Score(..) => "scoring",
+            Command::Apply(..) => "slicing",
+            Command::Save(..) => "saving",
+        }
+    }
 }
 
 /// A fault to inject, for the cluster's fault tests.
@@ -39,12 +52,16 @@ pub enum Fault {
 }
 
 pub struct RuntimeOptions {
-    /// This worker's ring socket, bound before registering (its address was announced).
+    /// This worker's ring sockets, bound before registering (their addresses were announced):
+    /// the pipeline ring between stages and the ring between the replicas of its stage.
     pub ring_listener: TcpListener,
+    pub replica_ring_listener: TcpListener,
     pub ring: RingOptions,
     /// Progress events for the coordinator.
     pub progress: mpsc::UnboundedSender<ProgressEvent>,
     pub fault: Option<Fault>,
+    /// Where the collectives run (NCCL on a GPU, the TCP rings on a CPU).
+    pub device: WorkerDevice,
 }
 
 /// Sends commands to the runtime thread.
@@ -64,6 +81,9 @@ impl RuntimeHandle {
         rx.await.map_err(|_| gone())?
     }
 
+    pub async fn nccl_id(&self) -> Result<Vec<u8>> {
+        self.call(Command::NcclId).await
+    }
     pub async fn load(&self, req: LoadShardRequest) -> Result<LoadShardReply> {
         self.call(|r| Command::Load(req, r)).await
     }
@@ -84,8 +104,13 @@ pub fn spawn_runtime(opts: RuntimeOptions) -> Result<RuntimeHandle> {
     std::thread::Builder::new()
         .name("llmprune-runtime".into())
         .spawn(move || {
-            let mut rt = Runtime { opts, ring_listener_used: false, shard: None, comm: None };
+            let mut rt = Runtime { opts, ring_listener_used: false, shard: None, comms: None, span: tracing::Span::none() };
             for cmd in rx {
+                if let Command::Load(req, _) = &cmd {
+                    let (run_id, worker) = (&req.run_id, &req.worker_id);
+                    rt.span = tracing::info_span!("worker", %run_id, %worker, rank = tracing::field::Empty, replica = tracing::field::Empty);
+                }
+                let _phase = tracing::info_span!(parent: &rt.span, "phase", phase = cmd.phase()).entered();
                 if rt.opts.fault == Some(Fault::Hang) {
                     tracing::error!("fault injection: hanging");
                     loop {
@@ -93,6 +118,7 @@ pub fn spawn_runtime(opts: RuntimeOptions) -> Result<RuntimeHandle> {
                     }
                 }
                 match cmd {
+                    Command::NcclId(reply) => drop(reply.send(rt.nccl_id())),
                     Command::Load(req, reply) => drop(reply.send(rt.load(req))),
                     Command::Score(req, reply) => drop(reply.send(rt.score(req))),
                     Command::Apply(req, reply) => drop(reply.send(rt.apply(req))),
@@ -108,15 +134,24 @@ struct Runtime {
     opts: RuntimeOptions,
     ring_listener_used: bool,
     shard: Option<ShardModel>,
-    comm: Option<Box<dyn Communicator>>,
+    comms: Option<Collectives>,
+    /// Run id, worker, rank and replica, the parent of every command's span.
+    span: tracing::Span,
 }
 
 impl Runtime {
-    fn parts(&mut self) -> Result<(&mut ShardModel, &mut dyn Communicator)> {
-        match (self.shard.as_mut(), self.comm.as_mut()) {
-            (Some(s), Some(c)) => Ok((s, c.as_mut())),
+    fn parts(&mut self) -> Result<(&mut ShardModel, &mut Collectives)> {
+        match (self.shard.as_mut(), self.comms.as_mut()) {
+            (Some(s), Some(c)) => Ok((s, c)),
             _ => Err(Error::Invalid("no shard loaded yet (LoadShard first)".into())),
         }
+    }
+
+    fn nccl_id(&mut self) -> Result<Vec<u8>> {
+        if self.opts.device == WorkerDevice::Cpu {
+            return Err(Error::Invalid("NCCL ids come from GPU workers; this one runs on the CPU".into()));
+        }
+        group_id().map_err(|e| Error::Invalid(format!("creating an NCCL id: {e}")))
     }
 
     fn load(&mut self, req: LoadShardRequest) -> Result<LoadShardReply> {
@@ -130,25 +165,36 @@ impl Runtime {
         if self.ring_listener_used {
             return Err(Error::Invalid("this worker already joined a run; start a new worker".into()));
         }
-        let addrs: Vec<SocketAddr> = req
-            .ring_addresses
-            .iter()
-            .map(|a| a.parse().map_err(|_| Error::Invalid(format!("bad ring address `{a}`"))))
-            .collect::<Result<_>>()?;
         let (rank, world) = (spec.rank as usize, spec.world_size as usize);
-        if addrs.len() != world {
-            return Err(Error::Invalid(format!("{} ring addresses for a world of {world}", addrs.len())));
-        }
-        let listener = self.opts.ring_listener.try_clone().map_err(|e| Error::io("ring socket", e))?;
+        let (replica, replicas) = (spec.replica as usize, (spec.replicas as usize).max(1));
+        let replica_addresses = if replicas == 1 && req.replica_ring_addresses.is_empty() { vec![String::new()] } else { req.replica_ring_addresses };
         self.ring_listener_used = true;
         let ring = RingOptions { cookie: req.ring_cookie, ..self.opts.ring.clone() };
-        let comm = TcpRing::connect(rank, &addrs, listener, &ring).map_err(|e| Error::Invalid(format!("joining the ring: {e}")))?;
-        let layout = ShardLayout { rank, world, layers: spec.layer_start as usize..spec.layer_end as usize, embeddings: spec.embeddings, head: spec.head };
+        // Every worker joins its pipeline group first, then its replica group: no group waits
+        // on a worker still busy joining the other.
+        let pipeline = match (self.opts.device, req.pipeline_nccl_id.is_empty()) {
+            (WorkerDevice::Cuda(ordinal), false) => join_nccl("pipeline", ordinal, rank, world, &req.pipeline_nccl_id)?,
+            _ => Box::new(join_ring("pipeline", rank, world, &req.ring_addresses, &self.opts.ring_listener, &ring)?),
+        };
+        let copies = match (self.opts.device, req.replica_nccl_id.is_empty()) {
+            (WorkerDevice::Cuda(ordinal), false) => join_nccl("replica", ordinal, replica, replicas, &req.replica_nccl_id)?,
+            _ => Box::new(join_ring("replica", replica, replicas, &replica_addresses, &self.opts.replica_ring_listener, &ring)?),
+        };
+        let layout = ShardLayout {
+            rank,
+            world,
+            layers: spec.layer_start as usize..spec.layer_end as usize,
+            embeddings: spec.embeddings,
+            head: spec.head,
+            replica,
+            replicas,
+        };
         let shard = ShardModel::load(path, layout, &Device::Cpu)?;
         let params = shard.owned_weights().values().map(|t| t.elem_count() as u64).sum();
-        tracing::info!(rank, world, layers = ?shard.layout.layers, params, "shard loaded");
+        self.span.record("rank", rank).record("replica", replica);
+        tracing::info!(world, replicas, layers = ?shard.layout.layers, params, "shard loaded");
         self.shard = Some(shard);
-        self.comm = Some(Box::new(comm));
+        self.comms = Some(Collectives { pipeline, replicas: copies });
         Ok(LoadShardReply { params, peak_rss_bytes: peak_rss_bytes(), seconds: t.elapsed().as_secs_f64() })
     }
 
@@ -159,7 +205,7 @@ impl Runtime {
         let progress_tx = self.opts.progress.clone();
         let windows: Vec<Vec<u32>> = req.windows.into_iter().map(|w| w.ids).collect();
         let tokens_per_pass: usize = windows.iter().map(Vec::len).sum();
-        let (shard, comm) = self.parts()?;
+        let (shard, comms) = self.parts()?;
         let rank = shard.layout.rank as u32;
         let universe = plan_groups(shard.spec())?;
         let by_root: HashMap<&str, _> = universe.iter().map(|g| (g.root.as_str(), g)).collect();
@@ -186,7 +232,7 @@ impl Runtime {
                 ..Default::default()
             });
         };
-        let scores = shard.score(comm, &groups, criterion, reduction, &windows, &mut progress)?;
+        let scores = shard.score(comms, &groups, criterion, reduction, &windows, &mut progress)?;
         let seconds = t.elapsed().as_secs_f64();
         let groups = groups
             .iter()
@@ -235,6 +281,28 @@ impl Runtime {
         let bytes = weights.values().map(|t| (t.elem_count() * t.dtype().size_in_bytes()) as u64).sum();
         Ok(SaveShardReply { tensor_names, bytes })
     }
+}
+
+fn join_nccl(what: &str, ordinal: usize, rank: usize, world: usize, id: &[u8]) -> Result<Box<dyn Communicator>> {
+    nccl_group(ordinal, rank, world, id).map_err(|e| Error::Invalid(format!("joining the {what} NCCL group on cuda:{ordinal}: {e}")))
+}
+
+/// Joins one ring as `rank` of `world`, given every member's address by rank.
+fn join_ring(what: &str, rank: usize, world: usize, addresses: &[String], listener: &TcpListener, opts: &RingOptions) -> Result<TcpRing> {
+    if addresses.len() != world {
+        return Err(Error::Invalid(format!("{} {what} ring addresses for {world} members", addresses.len())));
+    }
+    let addrs: Vec<SocketAddr> = if world == 1 {
+        // A ring of one never dials; its address is not needed.
+        vec![SocketAddr::from(([127, 0, 0, 1], 0))]
+    } else {
+        addresses
+            .iter()
+            .map(|a| a.parse().map_err(|_| Error::Invalid(format!("bad {what} ring address `{a}`"))))
+            .collect::<Result<_>>()?
+    };
+    let listener = listener.try_clone().map_err(|e| Error::io(format!("{what} ring socket"), e))?;
+    TcpRing::connect(rank, &addrs, listener, opts).map_err(|e| Error::Invalid(format!("joining the {what} ring: {e}")))
 }
 
 fn peak_rss_bytes() -> u64 {

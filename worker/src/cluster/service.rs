@@ -3,7 +3,7 @@
 use super::runtime::RuntimeHandle;
 use llmprune_shared::proto::worker_server::Worker;
 use llmprune_shared::proto::{
-    ApplyPlanReply, ApplyPlanRequest, LoadShardReply, LoadShardRequest, SaveShardReply, SaveShardRequest, ScoreReply, ScoreRequest,
+    ApplyPlanReply, ApplyPlanRequest, LoadShardReply, LoadShardRequest, NcclUniqueIdReply, NcclUniqueIdRequest, SaveShardReply, SaveShardRequest, ScoreReply, ScoreRequest,
     ShutdownReply, ShutdownRequest,
 };
 use tokio::sync::watch;
@@ -17,6 +17,10 @@ pub struct WorkerService {
 
 #[tonic::async_trait]
 impl Worker for WorkerService {
+    async fn nccl_unique_id(&self, _: Request<NcclUniqueIdRequest>) -> Result<Response<NcclUniqueIdReply>, Status> {
+        Ok(Response::new(NcclUniqueIdReply { id: self.runtime.nccl_id().await? }))
+    }
+
     async fn load_shard(&self, req: Request<LoadShardRequest>) -> Result<Response<LoadShardReply>, Status> {
         Ok(Response::new(self.runtime.load(req.into_inner()).await?))
     }

@@ -9,7 +9,7 @@ use crate::loader::{load_model, InMemoryWeights};
 use crate::model::{Exec, LlamaModel, LoadOptions};
 use crate::prune::importance::{group_scores, Criterion, Reduction};
 use crate::prune::slice::{layer_shape, slice_weights};
-use crate::prune::statistics::{gradient_stats_with, GradientStats};
+use crate::prune::statistics::{all_reduce_stats, gradient_stats_with, GradientStats};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use llmprune_shared::depgraph::Group;
@@ -28,6 +28,16 @@ pub struct ShardLayout {
     pub embeddings: bool,
     /// The final norm and head (the last rank).
     pub head: bool,
+    /// Which copy of this stage it is, of how many (data parallelism over the samples).
+    pub replica: usize,
+    pub replicas: usize,
+}
+
+/// A worker's two collective groups: the pipeline (its replica's stages, by stage) and the
+/// copies of its stage (by replica).
+pub struct Collectives {
+    pub pipeline: Box<dyn Communicator>,
+    pub replicas: Box<dyn Communicator>,
 }
 
 pub struct ShardModel {
@@ -64,10 +74,12 @@ impl ShardModel {
 
     /// Scores of `groups` (each wholly inside this shard) under a criterion, with the
     /// gradient statistics taken through the pipeline when it needs them. Every rank calls
-    /// this with the same windows and criterion, whether or not it has groups to score.
+    /// this with the same windows and criterion, whether or not it has groups to score; with
+    /// replicas each pipeline takes its contiguous share of the windows and `replicas` (the
+    /// ring of this stage's copies) all-reduces the statistics.
     pub fn score(
         &mut self,
-        comm: &mut dyn Communicator,
+        comms: &mut Collectives,
         groups: &[Group],
         criterion: Criterion,
         reduction: Reduction,
@@ -80,18 +92,25 @@ impl ShardModel {
             }
         }
         let stats = if criterion.needs_gradient() {
+            let (replica, copies) = (comms.replicas.rank(), comms.replicas.world_size());
+            if windows.len() < copies {
+                return Err(Error::Invalid(format!("{} calibration windows for {copies} replicas: each needs at least one", windows.len())));
+            }
+            let all = windows;
+            let windows = &all[crate::collective::part(all.len(), copies, replica)];
             let wanted: HashSet<&str> = groups.iter().flat_map(|g| g.members.iter().map(|m| m.param.as_str())).collect();
             let vars = self.model.make_trainable(|name| wanted.contains(name))?;
             let passes = 1 + if criterion.needs_fisher() { windows.len() } else { 0 };
             let mut done = 0;
-            let (model, layout) = (&self.model, &self.layout);
+            let (model, layout, pipeline) = (&self.model, &self.layout, comms.pipeline.as_mut());
             let mut backward = |ids: &Tensor| -> Result<GradStore> {
-                let store = stage_backward(model, layout, comm, ids)?;
+                let store = stage_backward(model, layout, pipeline, ids)?;
                 done += 1;
                 progress(done, passes);
                 Ok(store)
             };
-            gradient_stats_with(model.device(), &vars, windows, criterion.needs_fisher(), &mut backward)?
+            let local = gradient_stats_with(model.device(), &vars, windows, criterion.needs_fisher(), &mut backward)?;
+            all_reduce_stats(local, windows.len(), all.len(), comms.replicas.as_mut())?
         } else {
             GradientStats { grad: HashMap::new(), fisher: None }
         };

@@ -53,6 +53,59 @@ pub trait Communicator {
     fn barrier(&mut self) -> CommResult<()>;
 }
 
+/// Where a worker runs: its collectives take NCCL on a GPU and the TCP ring on a CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerDevice {
+    Cpu,
+    Cuda(usize),
+}
+
+impl WorkerDevice {
+    /// `cpu` or `cuda:N`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("`{s}`: expected cpu or cuda:N")),
+        }
+    }
+
+    /// As workers report it to the coordinator.
+    pub fn kind(&self) -> String {
+        match self {
+            Self::Cpu => "cpu".into(),
+            Self::Cuda(n) => format!("cuda:{n}"),
+        }
+    }
+}
+
+#[cfg(not(feature = "nccl"))]
+fn without_nccl(rank: usize) -> CommError {
+    CommError::Usage { rank, reason: "this worker was built without NCCL (cargo build --features nccl)".into() }
+}
+
+/// A fresh NCCL unique id for a group whose rank 0 this worker is.
+pub fn group_id() -> CommResult<Vec<u8>> {
+    #[cfg(feature = "nccl")]
+    return nccl_unique_id();
+    #[cfg(not(feature = "nccl"))]
+    Err(without_nccl(0))
+}
+
+/// This worker's NCCL communicator in a group of `world`, on GPU `ordinal`.
+pub fn nccl_group(ordinal: usize, rank: usize, world: usize, id: &[u8]) -> CommResult<Box<dyn Communicator>> {
+    #[cfg(feature = "nccl")]
+    return Ok(Box::new(NcclComm::new(ordinal, rank, world, id)?));
+    #[cfg(not(feature = "nccl"))]
+    {
+        let _ = (ordinal, world, id);
+        Err(without_nccl(rank))
+    }
+}
+
 /// The `i`-th of `n` nearly equal contiguous parts of `0..len` (sizes differ by at most one).
 pub(crate) fn part(len: usize, n: usize, i: usize) -> std::ops::Range<usize> {
     let (base, extra) = (len / n, len % n);

@@ -3,6 +3,7 @@
 //! second-order criteria, the diagonal empirical Fisher `Σ_j g_j² / N` from one backward pass
 //! per window. Both are kept in f32 whatever the weights' dtype.
 
+use crate::collective::Communicator;
 use crate::error::{Error, Result};
 use crate::model::{Exec, LlamaModel};
 use candle_core::backprop::GradStore;
@@ -66,4 +67,38 @@ fn gradients(vars: &[(String, Var)], store: GradStore) -> Result<HashMap<String,
             Ok((name.clone(), g.to_dtype(DType::F32)?))
         })
         .collect()
+}
+
+/// Combines the statistics that data-parallel replicas took over disjoint blocks of one
+/// calibration set: `stats` covers `local` of the `total` windows. The gradient of the mean
+/// loss and the Fisher sum are linear in the windows, so the replicas all-reduce them
+/// (weighted by their share) and never the absolute values the scores take afterwards. Every
+/// replica ends with the same bits (the ring all-reduce is bit-identical across ranks); they
+/// equal the single-process statistics up to the order of the float sums over windows.
+pub fn all_reduce_stats(stats: GradientStats, local: usize, total: usize, comm: &mut dyn Communicator) -> Result<GradientStats> {
+    if comm.world_size() == 1 {
+        return Ok(stats);
+    }
+    // Every replica must reduce the same tensors in the same order.
+    let reduce = |map: HashMap<String, Tensor>, scale: f64, comm: &mut dyn Communicator| -> Result<HashMap<String, Tensor>> {
+        let mut names: Vec<String> = map.keys().cloned().collect();
+        names.sort();
+        let mut map = map;
+        names
+            .into_iter()
+            .map(|name| {
+                let t = map.remove(&name).ok_or_else(|| Error::Invalid(format!("{name} vanished")))?;
+                let mut data = (t.flatten_all()? * scale)?.to_vec1::<f32>()?;
+                comm.all_reduce_sum(&mut data).map_err(|e| Error::Invalid(format!("all-reducing the statistics of {name}: {e}")))?;
+                Ok((name, Tensor::from_vec(data, t.shape(), t.device())?))
+            })
+            .collect()
+    };
+    let share = local as f64 / total as f64;
+    let grad = reduce(stats.grad, share, comm)?;
+    let fisher = match stats.fisher {
+        Some(f) => Some(reduce(f, share, comm)?),
+        None => None,
+    };
+    Ok(GradientStats { grad, fisher })
 }
