@@ -8,10 +8,12 @@ pub mod error;
 pub mod eval;
 pub mod export;
 pub mod loader;
+pub mod lora;
 pub mod memory;
 pub mod model;
 pub mod ops;
 pub mod prune;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use loader::{load_model, LoadedModel};

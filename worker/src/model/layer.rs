@@ -3,6 +3,7 @@
 use super::{load_checked as load_weight, Exec};
 use crate::error::Result;
 use crate::loader::WeightSource;
+use crate::lora::{LayerAdapters, Projection};
 use crate::ops;
 use candle_core::{DType, Device, Tensor};
 use llmprune_shared::{LayerShape, ModelSpec};
@@ -30,6 +31,8 @@ pub struct DecoderLayer {
     pub attn: Attention,
     pub post_norm: Tensor,
     pub mlp: Mlp,
+    /// LoRA adapters on its projections, while recovering.
+    pub lora: Option<LayerAdapters>,
 }
 
 pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, exec: Exec) -> Result<Tensor> {
@@ -99,7 +102,48 @@ impl DecoderLayer {
                 up: w("mlp.up_proj.weight", &[shape.intermediate_size, h])?,
                 down: w("mlp.down_proj.weight", &[h, shape.intermediate_size])?,
             },
+            lora: None,
         })
+    }
+
+    /// A projection's weight `[out, in]`.
+    pub fn projection_weight(&self, p: Projection) -> &Tensor {
+        match p {
+            Projection::Q => &self.attn.q,
+            Projection::K => &self.attn.k,
+            Projection::V => &self.attn.v,
+            Projection::O => &self.attn.o,
+            Projection::Gate => &self.mlp.gate,
+            Projection::Up => &self.mlp.up,
+            Projection::Down => &self.mlp.down,
+        }
+    }
+
+    pub fn projection_weight_mut(&mut self, p: Projection) -> &mut Tensor {
+        match p {
+            Projection::Q => &mut self.attn.q,
+            Projection::K => &mut self.attn.k,
+            Projection::V => &mut self.attn.v,
+            Projection::O => &mut self.attn.o,
+            Projection::Gate => &mut self.mlp.gate,
+            Projection::Up => &mut self.mlp.up,
+            Projection::Down => &mut self.mlp.down,
+        }
+    }
+
+    /// `x Wᵀ (+ b)` of projection `p` for `x` `[N, in]`, plus its adapter's term if it has one.
+    fn project(&self, x: &Tensor, p: Projection) -> Result<Tensor> {
+        let bias = match (p, &self.attn.qkv_bias) {
+            (Projection::Q, Some(b)) => Some(&b[0]),
+            (Projection::K, Some(b)) => Some(&b[1]),
+            (Projection::V, Some(b)) => Some(&b[2]),
+            _ => None,
+        };
+        let y = linear(x, self.projection_weight(p), bias)?;
+        match self.lora.as_ref().map(|l| l.delta(self.index, p, x)).transpose()?.flatten() {
+            Some(delta) => Ok((y + delta)?),
+            None => Ok(y),
+        }
     }
 
     fn names(&self) -> [String; 12] {
@@ -171,13 +215,12 @@ impl DecoderLayer {
         let (d, nh, nkv) = (self.head_dim, self.shape.n_heads, self.shape.n_kv_heads);
         let rep = self.shape.n_rep();
         let x2 = x.reshape((b * t, hidden))?;
-        let bias = |i: usize| self.attn.qkv_bias.as_ref().map(|bs| &bs[i]);
-        let heads = |w: &Tensor, i: usize, n: usize| -> Result<Tensor> {
-            Ok(linear(&x2, w, bias(i))?.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
+        let heads = |p: Projection, n: usize| -> Result<Tensor> {
+            Ok(self.project(&x2, p)?.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = heads(&self.attn.q, 0, nh)?;
-        let k = heads(&self.attn.k, 1, nkv)?;
-        let v = heads(&self.attn.v, 2, nkv)?;
+        let q = heads(Projection::Q, nh)?;
+        let k = heads(Projection::K, nkv)?;
+        let v = heads(Projection::V, nkv)?;
         let (q, k) = match exec {
             Exec::Inference => (candle_nn::rotary_emb::rope(&q, cos, sin)?, candle_nn::rotary_emb::rope(&k, cos, sin)?),
             Exec::Differentiable => (ops::rope(&q, cos, sin)?, ops::rope(&k, cos, sin)?),
@@ -202,17 +245,17 @@ impl DecoderLayer {
             .reshape((b, nh, t, d))?
             .transpose(1, 2)?
             .reshape((b * t, nh * d))?;
-        Ok(linear(&out, &self.attn.o, None)?.reshape((b, t, hidden))?)
+        Ok(self.project(&out, Projection::O)?.reshape((b, t, hidden))?)
     }
 
     fn mlp(&self, x: &Tensor, exec: Exec) -> Result<Tensor> {
         let (b, t, hidden) = x.dims3()?;
         let x2 = x.reshape((b * t, hidden))?;
-        let (gate, up) = (linear(&x2, &self.mlp.gate, None)?, linear(&x2, &self.mlp.up, None)?);
+        let (gate, up) = (self.project(&x2, Projection::Gate)?, self.project(&x2, Projection::Up)?);
         let act = match exec {
             Exec::Inference => (gate.silu()? * up)?,
             Exec::Differentiable => ops::swiglu(&gate, &up)?,
         };
-        Ok(linear(&act, &self.mlp.down, None)?.reshape((b, t, hidden))?)
+        Ok(self.project(&act, Projection::Down)?.reshape((b, t, hidden))?)
     }
 }
