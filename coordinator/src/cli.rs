@@ -58,6 +58,82 @@ pub enum Command {
     Prune(PruneArgs),
     /// Replay a saved plan.json on the model it was made for (same plan, same model).
     ApplyPlan(ApplyPlanArgs),
+    /// Recover a pruned model's quality with LoRA on instruction data; writes the merged
+    /// model, the PEFT adapter and recover_report.json.
+    Recover(RecoverArgs),
+}
+
+#[derive(Args)]
+pub struct RecoverArgs {
+    /// A directory written by `llmprune prune` (config.json, weights, tokenizer, plan.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Instruction data: a JSON array or JSON Lines file.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Record fields: alpaca (instruction, input, output) or lamini (instruction, response).
+    #[arg(long, default_value = "alpaca")]
+    pub format: String,
+    #[arg(long, default_value_t = 2)]
+    pub epochs: usize,
+    /// Stop after this many optimizer steps.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 100)]
+    pub warmup_steps: u64,
+    /// Records per optimizer step (over all workers).
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 4)]
+    pub micro_batch_size: usize,
+    /// Tokens per record at most (longer ones lose their end).
+    #[arg(long, default_value_t = 256)]
+    pub cutoff_len: usize,
+    #[arg(long, default_value_t = 8)]
+    pub lora_r: usize,
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f64,
+    #[arg(long, default_value_t = 0.05)]
+    pub lora_dropout: f32,
+    /// Projections given adapters, comma-separated.
+    #[arg(long, default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")]
+    pub lora_targets: String,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Gradient-norm clipping (0: none).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Records held out for the validation loss.
+    #[arg(long, default_value_t = 2000)]
+    pub val_size: usize,
+    /// Validation loss every N steps.
+    #[arg(long, default_value_t = 100)]
+    pub eval_steps: u64,
+    /// Train on the prompt's tokens too (default: only the response's).
+    #[arg(long)]
+    pub train_on_inputs: bool,
+    /// Do not append EOS to each record.
+    #[arg(long)]
+    pub no_eos: bool,
+    /// Skip malformed records (counted in the report) instead of failing.
+    #[arg(long)]
+    pub skip_bad_records: bool,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Perplexity of the merged model on these texts (NAME=FILE, comma-separated).
+    #[arg(long, value_name = "NAME=FILE,...")]
+    pub eval_ppl: Option<String>,
+    /// Perplexity chunks per dataset at most (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub eval_max_chunks: usize,
+    /// Output directory (must not exist).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]

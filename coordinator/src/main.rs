@@ -36,5 +36,6 @@ fn run(cli: cli::Cli) -> Result<()> {
         cli::Command::Config(args) => commands::config::run(&settings, args),
         cli::Command::Prune(args) => commands::prune::run(&settings, &run_id, args),
         cli::Command::ApplyPlan(args) => commands::apply_plan::run(&settings, &run_id, args),
+        cli::Command::Recover(args) => commands::recover::run(&settings, &run_id, args),
     }
 }

@@ -146,3 +146,12 @@ fn lm_head_nll_rejects_targets_outside_vocabulary() {
     let e = ops::lm_head_nll(&randn(&[2, 4], 1), &randn(&[5, 4], 2), &[1, 5]).unwrap_err();
     assert!(e.to_string().contains("target id 5 is outside the vocabulary of 5"), "{e}");
 }
+
+#[test]
+fn frozen_linear_equals_matmul_in_value_and_input_gradient() {
+    let w = randn(&[24, 40], 11);
+    let (y, gx) = grads(|t| ops::frozen_linear(&t[0], &w).unwrap(), &[randn(&[7, 40], 12)], 13);
+    let (y_ref, gx_ref) = grads(|t| t[0].matmul(&w.t().unwrap()).unwrap(), &[randn(&[7, 40], 12)], 13);
+    assert!(max_abs_diff(&y, &y_ref) < 1e-6);
+    assert!(max_abs_diff(&gx[0], &gx_ref[0]) < 1e-6);
+}

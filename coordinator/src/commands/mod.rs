@@ -4,6 +4,7 @@ pub mod config;
 pub mod fetch;
 pub mod ppl;
 pub mod prune;
+pub mod recover;
 
 use anyhow::{Context, Result};
 use std::io::Write;

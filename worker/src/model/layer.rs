@@ -50,9 +50,10 @@ pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, exec: Exec) -> Result<T
     })
 }
 
-/// `x W^T (+ b)` for `x` of shape `[N, in]`.
+/// `x W^T (+ b)` for `x` of shape `[N, in]`. A weight without a gradient (a LoRA base
+/// weight) under a differentiable input skips its gradient's matmul.
 fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let y = x.matmul(&w.t()?)?;
+    let y = if x.track_op() && !w.track_op() { ops::frozen_linear(x, w)? } else { x.matmul(&w.t()?)? };
     Ok(match b {
         Some(b) => y.broadcast_add(b)?,
         None => y,

@@ -4,6 +4,8 @@
 
 pub mod data;
 pub mod optim;
+pub mod records;
+pub mod recover;
 
 use crate::collective::Communicator;
 use crate::error::{Error, Result};
@@ -70,6 +72,10 @@ pub fn train_step(
     let mut losses = Vec::with_capacity(micro.len());
     let mut trained_tokens = 0;
     for &(index, mb) in micro {
+        if mb.trained_tokens == 0 {
+            // Every response cut off: nothing to learn from, and no loss to divide.
+            continue;
+        }
         set_dropout_key(model, Some(dropout_key(cfg.seed, step, index)));
         let loss = micro_batch_loss(model, mb)?;
         losses.push((index, loss.to_scalar::<f32>()? as f64));

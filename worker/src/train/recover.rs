@@ -1,0 +1,223 @@
+//! The recovery loop: epochs over a seeded shuffle of the training records, global batches cut
+//! into micro-batches (global micro-batch `j` of a step runs on rank `j mod world`), one AdamW
+//! step per global batch, and the validation loss every few steps. The same code runs on one
+//! rank and on many: only the micro-batches a rank runs and the all-reduce differ.
+
+use super::data::{micro_batch, tokenize, Example, MicroBatch, TokenizeOptions};
+use super::optim::{AdamW, AdamWConfig};
+use super::records::RecordFile;
+use super::{micro_batch_loss, train_step, StepConfig};
+use crate::collective::Communicator;
+use crate::error::{Error, Result};
+use crate::loader::TextTokenizer;
+use crate::model::LlamaModel;
+use candle_core::Var;
+use llmprune_shared::PyRandom;
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct RecoverOptions {
+    pub adamw: AdamWConfig,
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (before the epochs end).
+    pub max_steps: Option<u64>,
+    pub batch_size: usize,
+    pub micro_batch_size: usize,
+    pub lr: f64,
+    pub warmup_steps: u64,
+    pub max_grad_norm: Option<f64>,
+    pub seed: u64,
+    /// Validation records split off the data (seeded).
+    pub val_size: usize,
+    /// Validation loss every this many steps (and at the end).
+    pub eval_every: u64,
+    pub tokenize: TokenizeOptions,
+}
+
+impl RecoverOptions {
+    pub fn validate(&self) -> Result<()> {
+        if self.micro_batch_size == 0 || self.batch_size == 0 || self.batch_size % self.micro_batch_size != 0 {
+            return Err(Error::Invalid(format!(
+                "--batch-size {} must be a positive multiple of --micro-batch-size {}",
+                self.batch_size, self.micro_batch_size
+            )));
+        }
+        if self.epochs == 0 && self.max_steps.is_none() {
+            return Err(Error::Invalid("--epochs must be at least 1".into()));
+        }
+        if !(self.lr > 0.0) {
+            return Err(Error::Invalid(format!("--lr must be positive, got {}", self.lr)));
+        }
+        if self.tokenize.cutoff_len < 2 {
+            return Err(Error::Invalid("--cutoff-len must be at least 2".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Progress after a step, for logs and the coordinator.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub step: u64,
+    pub total_steps: u64,
+    pub epoch: usize,
+    /// Mean of this step's micro-batch losses (over all ranks).
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+    pub eta_s: f64,
+    pub val_loss: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecoverOutcome {
+    pub steps: Vec<StepReport>,
+    /// Validation loss before training and at each evaluation, by step.
+    pub val_losses: Vec<(u64, f64)>,
+    pub train_records: usize,
+    pub val_records: usize,
+    pub truncated_records: usize,
+    pub trained_tokens: u64,
+    pub seconds: f64,
+}
+
+/// Training and validation indices: a seeded shuffle, the first `val_size` for validation.
+pub fn split(n: usize, val_size: usize, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
+    if val_size >= n {
+        return Err(Error::Invalid(format!("--val-size {val_size} leaves nothing to train on ({n} records)")));
+    }
+    let order = shuffled(n, seed);
+    Ok((order[val_size..].to_vec(), order[..val_size].to_vec()))
+}
+
+/// `0..n` in Fisher–Yates order from a seeded generator.
+fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+    let mut rng = PyRandom::new(seed);
+    let mut v: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = rng.randint(0, i as u64) as usize;
+        v.swap(i, j);
+    }
+    v
+}
+
+fn tokenized(records: &RecordFile, tok: &TextTokenizer, idx: &[usize], opts: &TokenizeOptions) -> Result<Vec<Example>> {
+    let mut reader = records.reader()?;
+    idx.iter().map(|&i| tokenize(tok, &reader.get(i)?, opts)).collect()
+}
+
+/// Mean validation loss over micro-batches of `val` (each rank takes every world-th).
+fn validation_loss(model: &LlamaModel, val: &[MicroBatch], comm: &mut dyn Communicator) -> Result<f64> {
+    let (rank, world) = (comm.rank(), comm.world_size());
+    let mut acc = [0f32, 0f32];
+    for mb in val.iter().skip(rank).step_by(world) {
+        acc[0] += micro_batch_loss(model, mb)?.to_scalar::<f32>()?;
+        acc[1] += 1.0;
+    }
+    if world > 1 {
+        comm.all_reduce_sum(&mut acc).map_err(|e| Error::Invalid(format!("all-reducing the validation loss: {e}")))?;
+    }
+    Ok(acc[0] as f64 / acc[1].max(1.0) as f64)
+}
+
+/// Trains `vars` (the model's adapters) on `records`; `report` sees every step.
+pub fn recover(
+    model: &LlamaModel,
+    vars: &[Var],
+    records: &RecordFile,
+    tok: &TextTokenizer,
+    opts: &RecoverOptions,
+    comm: &mut dyn Communicator,
+    report: &mut dyn FnMut(&StepReport),
+) -> Result<RecoverOutcome> {
+    opts.validate()?;
+    let t0 = Instant::now();
+    let (rank, world) = (comm.rank(), comm.world_size());
+    let (train, val_idx) = split(records.len(), opts.val_size, opts.seed)?;
+    let val_examples = tokenized(records, tok, &val_idx, &opts.tokenize)?;
+    let val: Vec<MicroBatch> = val_examples
+        .chunks(opts.micro_batch_size)
+        .map(|c| micro_batch(&c.iter().collect::<Vec<_>>(), 8))
+        .filter(|mb| mb.as_ref().map_or(true, |m| m.trained_tokens > 0))
+        .collect::<Result<_>>()?;
+    let steps_per_epoch = train.len().div_ceil(opts.batch_size) as u64;
+    let total_steps = match opts.max_steps {
+        Some(m) => m.min(steps_per_epoch * opts.epochs.max(1) as u64).max(1),
+        None => steps_per_epoch * opts.epochs as u64,
+    };
+    let cfg = StepConfig {
+        peak_lr: opts.lr,
+        warmup_steps: opts.warmup_steps,
+        total_steps,
+        accumulation: opts.batch_size / opts.micro_batch_size,
+        max_grad_norm: opts.max_grad_norm,
+        seed: opts.seed,
+    };
+    let mut opt = AdamW::new(vars.to_vec(), opts.adamw)?;
+    let mut val_losses = Vec::new();
+    if !val.is_empty() {
+        val_losses.push((0, validation_loss(model, &val, comm)?));
+    }
+    let (mut steps, mut trained_tokens, mut truncated) = (Vec::new(), 0u64, 0usize);
+    let mut reader = records.reader()?;
+    let t_train = Instant::now();
+    let mut step = 0u64;
+    'epochs: for epoch in 0..opts.epochs.max(1) {
+        let order: Vec<usize> = shuffled(train.len(), opts.seed.wrapping_add(1 + epoch as u64)).into_iter().map(|i| train[i]).collect();
+        for batch in order.chunks(opts.batch_size) {
+            if step >= total_steps {
+                break 'epochs;
+            }
+            let micro_idx: Vec<&[usize]> = batch.chunks(opts.micro_batch_size).collect();
+            // This rank's micro-batches, tokenized when the step needs them.
+            let mut mine = Vec::new();
+            for (j, idx) in micro_idx.iter().enumerate().filter(|(j, _)| j % world == rank) {
+                let ex = idx.iter().map(|&i| tokenize(tok, &reader.get(i)?, &opts.tokenize)).collect::<Result<Vec<_>>>()?;
+                truncated += ex.iter().filter(|e| e.truncated).count();
+                mine.push((j, micro_batch(&ex.iter().collect::<Vec<_>>(), 8)?));
+            }
+            let micro: Vec<(usize, &MicroBatch)> = mine.iter().map(|(j, mb)| (*j, mb)).collect();
+            let step_cfg = StepConfig { accumulation: micro_idx.len(), ..cfg };
+            let stats = train_step(model, vars, &mut opt, &micro, step, &step_cfg, comm)?;
+            // Loss and tokens over all ranks.
+            let mut sums = [stats.losses.iter().map(|(_, l)| *l as f32).sum::<f32>(), stats.trained_tokens as f32];
+            if world > 1 {
+                comm.all_reduce_sum(&mut sums).map_err(|e| Error::Invalid(format!("all-reducing the step's loss: {e}")))?;
+            }
+            trained_tokens += sums[1] as u64;
+            step += 1;
+            let val_loss = if !val.is_empty() && (step % opts.eval_every.max(1) == 0 || step == total_steps) {
+                let l = validation_loss(model, &val, comm)?;
+                val_losses.push((step, l));
+                Some(l)
+            } else {
+                None
+            };
+            let elapsed = t_train.elapsed().as_secs_f64();
+            let r = StepReport {
+                step,
+                total_steps,
+                epoch,
+                loss: sums[0] as f64 / micro_idx.len() as f64,
+                lr: stats.lr,
+                grad_norm: stats.grad_norm,
+                tokens_per_s: trained_tokens as f64 / elapsed.max(1e-9),
+                eta_s: elapsed / step as f64 * (total_steps - step) as f64,
+                val_loss,
+            };
+            report(&r);
+            steps.push(r);
+        }
+    }
+    Ok(RecoverOutcome {
+        steps,
+        val_losses,
+        train_records: train.len(),
+        val_records: val_idx.len(),
+        truncated_records: truncated,
+        trained_tokens,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
