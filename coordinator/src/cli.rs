@@ -121,6 +121,9 @@ pub struct RecoverArgs {
     /// Skip malformed records (counted in the report) instead of failing.
     #[arg(long)]
     pub skip_bad_records: bool,
+    /// Continue an interrupted run from its newest checkpoint (`.OUT.llmprune-checkpoint/`).
+    #[arg(long)]
+    pub resume: bool,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Perplexity of the merged model on these texts (NAME=FILE, comma-separated).

@@ -12,7 +12,9 @@ use llmprune_worker::lora::{self, peft, LoraConfig, Projection};
 use llmprune_worker::train::data::TokenizeOptions;
 use llmprune_worker::train::optim::AdamWConfig;
 use llmprune_worker::train::records::{Format, RecordFile};
+use llmprune_worker::loader::{model_checksum, sha256_file};
 use llmprune_worker::train::recover::{recover, RecoverOptions};
+use crate::cluster::prune::checkpoint_dir;
 use llmprune_worker::{load_model, LoadOptions};
 use serde_json::json;
 use std::time::Instant;
@@ -38,6 +40,9 @@ fn options(args: &RecoverArgs, eos: Option<u32>) -> Result<(LoraConfig, RecoverO
         val_size: args.val_size,
         eval_every: args.eval_steps.max(1),
         tokenize: TokenizeOptions { cutoff_len: args.cutoff_len, train_on_inputs: args.train_on_inputs, add_eos: !args.no_eos, eos },
+        checkpoint_dir: Some(checkpoint_dir(&args.out)),
+        resume: args.resume,
+        fingerprint: String::new(),
     };
     opts.validate()?;
     Ok((lora, opts))
@@ -65,11 +70,17 @@ pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs) -> Result<()> {
     };
     let records = RecordFile::open(&args.data, format, args.skip_bad_records).map_err(|e| anyhow!("--data: {e}"))?;
     let mut loaded = load_model(&args.model, LoadOptions::full, &Device::Cpu).with_context(|| format!("loading {}", args.model.display()))?;
-    let (lora_cfg, opts) = options(&args, loaded.model.spec.eos_token_id)?;
+    let (lora_cfg, mut opts) = options(&args, loaded.model.spec.eos_token_id)?;
+    // Same model, data and settings, or a checkpoint is not this run's.
+    let settings_only = RecoverOptions { checkpoint_dir: None, resume: false, ..opts.clone() };
+    opts.fingerprint = format!(
+        "{} {} {settings_only:?} {lora_cfg:?}",
+        model_checksum(&args.model)?,
+        sha256_file(&args.data).map_err(|e| anyhow!("--data: {e}"))?
+    );
     tracing::info!(records = records.len(), skipped = records.skipped, "data opened");
     let vars = lora::attach(&mut loaded.model, &lora_cfg, args.seed)?;
     let trainable: usize = vars.iter().map(|(_, v)| v.as_tensor().elem_count()).sum();
-    let var_list: Vec<_> = vars.iter().map(|(_, v)| v.clone()).collect();
     tracing::info!(trainable, adapters = vars.len() / 2, "adapters attached");
 
     let mut bar: Option<Progress> = None;
@@ -83,7 +94,7 @@ pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs) -> Result<()> {
                            tokens_per_s = format!("{:.0}", r.tokens_per_s), eta_s = format!("{:.0}", r.eta_s), val_loss = ?r.val_loss, "step");
         }
     };
-    let outcome = recover(&loaded.model, &var_list, &records, &loaded.tokenizer, &opts, &mut SingleRank, &mut on_step)?;
+    let outcome = recover(&loaded.model, &vars, &records, &loaded.tokenizer, &opts, &mut SingleRank, &mut on_step)?;
     drop(bar);
 
     let out = ModelDir::create(&args.out)?;
@@ -111,6 +122,8 @@ pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs) -> Result<()> {
                       "cutoff_len": opts.tokenize.cutoff_len, "train_on_inputs": opts.tokenize.train_on_inputs, "seed": opts.seed},
         "loss_curve": outcome.steps.iter().map(|s| json!([s.step, s.loss, s.lr, s.grad_norm])).collect::<Vec<_>>(),
         "val_losses": outcome.val_losses,
+        "kept_step": outcome.kept_step,
+        "resumed_from": outcome.resumed_from,
         "trained_tokens": outcome.trained_tokens,
         "tokens_per_s": outcome.trained_tokens as f64 / outcome.seconds.max(1e-9),
         "ppl": ppl,
@@ -119,6 +132,10 @@ pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs) -> Result<()> {
     });
     out.write_json("recover_report.json", &report)?;
     out.commit()?;
+    // The output is in place: the checkpoints have served.
+    if let Some(dir) = &opts.checkpoint_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     if let (Some((_, first)), Some((_, last))) = (outcome.val_losses.first(), outcome.val_losses.last()) {
         println!("validation loss {first:.4} -> {last:.4}");
     }

@@ -2,6 +2,7 @@
 //! accumulation over micro-batches and, across data-parallel ranks, an all-reduce of the
 //! adapter gradients so that every rank takes the same step.
 
+pub mod checkpoint;
 pub mod data;
 pub mod optim;
 pub mod records;

@@ -3,6 +3,7 @@
 //! step per global batch, and the validation loss every few steps. The same code runs on one
 //! rank and on many: only the micro-batches a rank runs and the all-reduce differ.
 
+use super::checkpoint::{adapter_checksum, best_step, restore, Checkpoints, TrainState};
 use super::data::{micro_batch, tokenize, Example, MicroBatch, TokenizeOptions};
 use super::optim::{AdamW, AdamWConfig};
 use super::records::RecordFile;
@@ -11,9 +12,10 @@ use crate::collective::Communicator;
 use crate::error::{Error, Result};
 use crate::loader::TextTokenizer;
 use crate::model::LlamaModel;
-use candle_core::Var;
+use candle_core::{Tensor, Var};
 use llmprune_shared::PyRandom;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Debug, Clone)]
@@ -33,6 +35,12 @@ pub struct RecoverOptions {
     /// Validation loss every this many steps (and at the end).
     pub eval_every: u64,
     pub tokenize: TokenizeOptions,
+    /// Where checkpoints go (at every evaluation and at the end); `None`: none.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Continue from the newest checkpoint there.
+    pub resume: bool,
+    /// What makes two runs the same; a checkpoint with another is refused.
+    pub fingerprint: String,
 }
 
 impl RecoverOptions {
@@ -57,7 +65,7 @@ impl RecoverOptions {
 }
 
 /// Progress after a step, for logs and the coordinator.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepReport {
     pub step: u64,
     pub total_steps: u64,
@@ -81,6 +89,11 @@ pub struct RecoverOutcome {
     pub truncated_records: usize,
     pub trained_tokens: u64,
     pub seconds: f64,
+    /// The step whose adapters the model ends with: the best by validation loss (the
+    /// reference's `load_best_model_at_end`), or the last step without validation.
+    pub kept_step: u64,
+    /// The step a resumed run started from.
+    pub resumed_from: Option<u64>,
 }
 
 /// Training and validation indices: a seeded shuffle, the first `val_size` for validation.
@@ -122,10 +135,26 @@ fn validation_loss(model: &LlamaModel, val: &[MicroBatch], comm: &mut dyn Commun
     Ok(acc[0] as f64 / acc[1].max(1.0) as f64)
 }
 
-/// Trains `vars` (the model's adapters) on `records`; `report` sees every step.
+/// Checks that every rank holds the same adapters (their checksums all-gathered) and returns
+/// the checksum.
+fn same_adapters_everywhere(vars: &[(String, Var)], comm: &mut dyn Communicator) -> Result<String> {
+    let sum = adapter_checksum(vars)?;
+    if comm.world_size() > 1 {
+        // The digest as 16-bit pieces: exact in f32.
+        let mine: Vec<f32> = sum.as_bytes().chunks(4).map(|c| u16::from_str_radix(std::str::from_utf8(c).unwrap_or("0"), 16).unwrap_or(0) as f32).collect();
+        let all = comm.all_gather(&mine).map_err(|e| Error::Invalid(format!("comparing adapters across ranks: {e}")))?;
+        if let Some(r) = all.iter().position(|theirs| *theirs != mine) {
+            return Err(Error::Invalid(format!("the adapters of rank {r} differ from rank {}'s: the replicas diverged", comm.rank())));
+        }
+    }
+    Ok(sum)
+}
+
+/// Trains `vars` (the model's adapters, by PEFT name) on `records`; `report` sees every step.
+/// On return the adapters hold the kept step's values.
 pub fn recover(
     model: &LlamaModel,
-    vars: &[Var],
+    vars: &[(String, Var)],
     records: &RecordFile,
     tok: &TextTokenizer,
     opts: &RecoverOptions,
@@ -155,69 +184,134 @@ pub fn recover(
         max_grad_norm: opts.max_grad_norm,
         seed: opts.seed,
     };
-    let mut opt = AdamW::new(vars.to_vec(), opts.adamw)?;
-    let mut val_losses = Vec::new();
-    if !val.is_empty() {
-        val_losses.push((0, validation_loss(model, &val, comm)?));
+    let var_list: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
+    let mut opt = AdamW::new(var_list.clone(), opts.adamw)?;
+    let checkpoints = opts.checkpoint_dir.as_deref().map(Checkpoints::new);
+    let mut state = TrainState {
+        step: 0,
+        fingerprint: opts.fingerprint.clone(),
+        steps: Vec::new(),
+        val_losses: Vec::new(),
+        trained_tokens: 0,
+        truncated_records: 0,
+        adapter_sha256: String::new(),
+    };
+    let mut resumed_from = None;
+    if let (true, Some(c)) = (opts.resume, &checkpoints) {
+        if let Some((saved, tensors)) = c.latest()? {
+            if saved.fingerprint != opts.fingerprint {
+                return Err(Error::Invalid(format!(
+                    "the checkpoint in {} is of another run (other model, data or options); remove it or drop --resume",
+                    c.dir().display()
+                )));
+            }
+            restore(&tensors, vars, &mut opt)?;
+            if adapter_checksum(vars)? != saved.adapter_sha256 {
+                return Err(Error::Invalid(format!("the checkpoint in {} is damaged (adapter checksum)", c.dir().display())));
+            }
+            tracing::info!(step = saved.step, dir = %c.dir().display(), "resuming from a checkpoint");
+            resumed_from = Some(saved.step);
+            state = saved;
+        }
     }
-    let (mut steps, mut trained_tokens, mut truncated) = (Vec::new(), 0u64, 0usize);
+    // The best adapters so far by validation loss, kept in memory (they are small).
+    let mut best: Option<(u64, f64, Vec<Tensor>)> = None;
+    if let Some(step) = best_step(&state.val_losses) {
+        if let (Some(c), true) = (&checkpoints, step != state.step) {
+            let (_, tensors) = c.at(step)?;
+            let loss = state.val_losses.iter().find(|(s, _)| *s == step).map_or(f64::INFINITY, |(_, l)| *l);
+            best = Some((step, loss, vars.iter().map(|(n, _)| tensors.get(n).cloned().ok_or_else(|| Error::Invalid(format!("checkpoint of step {step} lacks `{n}`")))).collect::<Result<_>>()?));
+        }
+    }
+    if state.step == 0 && !val.is_empty() {
+        state.val_losses.push((0, validation_loss(model, &val, comm)?));
+    }
     let mut reader = records.reader()?;
     let t_train = Instant::now();
-    let mut step = 0u64;
+    let start_step = state.step;
+    let (mut batch_no, mut tokens_here) = (0u64, 0u64);
     'epochs: for epoch in 0..opts.epochs.max(1) {
         let order: Vec<usize> = shuffled(train.len(), opts.seed.wrapping_add(1 + epoch as u64)).into_iter().map(|i| train[i]).collect();
         for batch in order.chunks(opts.batch_size) {
-            if step >= total_steps {
+            if batch_no >= total_steps {
                 break 'epochs;
+            }
+            let step = batch_no;
+            batch_no += 1;
+            if step < start_step {
+                continue; // done before the interruption
             }
             let micro_idx: Vec<&[usize]> = batch.chunks(opts.micro_batch_size).collect();
             // This rank's micro-batches, tokenized when the step needs them.
             let mut mine = Vec::new();
             for (j, idx) in micro_idx.iter().enumerate().filter(|(j, _)| j % world == rank) {
                 let ex = idx.iter().map(|&i| tokenize(tok, &reader.get(i)?, &opts.tokenize)).collect::<Result<Vec<_>>>()?;
-                truncated += ex.iter().filter(|e| e.truncated).count();
+                state.truncated_records += ex.iter().filter(|e| e.truncated).count();
                 mine.push((j, micro_batch(&ex.iter().collect::<Vec<_>>(), 8)?));
             }
             let micro: Vec<(usize, &MicroBatch)> = mine.iter().map(|(j, mb)| (*j, mb)).collect();
             let step_cfg = StepConfig { accumulation: micro_idx.len(), ..cfg };
-            let stats = train_step(model, vars, &mut opt, &micro, step, &step_cfg, comm)?;
+            let stats = train_step(model, &var_list, &mut opt, &micro, step, &step_cfg, comm)?;
             // Loss and tokens over all ranks.
             let mut sums = [stats.losses.iter().map(|(_, l)| *l as f32).sum::<f32>(), stats.trained_tokens as f32];
             if world > 1 {
                 comm.all_reduce_sum(&mut sums).map_err(|e| Error::Invalid(format!("all-reducing the step's loss: {e}")))?;
             }
-            trained_tokens += sums[1] as u64;
-            step += 1;
-            let val_loss = if !val.is_empty() && (step % opts.eval_every.max(1) == 0 || step == total_steps) {
+            state.trained_tokens += sums[1] as u64;
+            tokens_here += sums[1] as u64;
+            state.step = step + 1;
+            let evaluate = !val.is_empty() && (state.step % opts.eval_every.max(1) == 0 || state.step == total_steps);
+            let val_loss = if evaluate {
                 let l = validation_loss(model, &val, comm)?;
-                val_losses.push((step, l));
+                state.val_losses.push((state.step, l));
+                if best.as_ref().is_none_or(|(_, b, _)| l < *b) {
+                    best = Some((state.step, l, var_list.iter().map(|v| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?));
+                }
                 Some(l)
             } else {
                 None
             };
             let elapsed = t_train.elapsed().as_secs_f64();
+            let done_here = (state.step - start_step) as f64;
             let r = StepReport {
-                step,
+                step: state.step,
                 total_steps,
                 epoch,
                 loss: sums[0] as f64 / micro_idx.len() as f64,
                 lr: stats.lr,
                 grad_norm: stats.grad_norm,
-                tokens_per_s: trained_tokens as f64 / elapsed.max(1e-9),
-                eta_s: elapsed / step as f64 * (total_steps - step) as f64,
+                tokens_per_s: tokens_here as f64 / elapsed.max(1e-9),
+                eta_s: elapsed / done_here * (total_steps - state.step) as f64,
                 val_loss,
             };
             report(&r);
-            steps.push(r);
+            state.steps.push(r);
+            if evaluate || state.step == total_steps {
+                state.adapter_sha256 = same_adapters_everywhere(vars, comm)?;
+                if let (Some(c), 0) = (&checkpoints, rank) {
+                    c.save(&state, vars, &opt)?;
+                }
+            }
         }
     }
+    let kept_step = match best {
+        Some((step, _, tensors)) if step != state.step => {
+            for (v, t) in var_list.iter().zip(&tensors) {
+                v.set(t)?;
+            }
+            step
+        }
+        _ => state.step,
+    };
     Ok(RecoverOutcome {
-        steps,
-        val_losses,
         train_records: train.len(),
         val_records: val_idx.len(),
-        truncated_records: truncated,
-        trained_tokens,
+        truncated_records: state.truncated_records,
+        trained_tokens: state.trained_tokens,
+        steps: state.steps,
+        val_losses: state.val_losses,
         seconds: t0.elapsed().as_secs_f64(),
+        kept_step,
+        resumed_from,
     })
 }
