@@ -17,6 +17,7 @@ use llmprune_worker::prune::pipeline::{candidate_groups, check_request, random_s
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
 use std::time::Instant;
 
 /// A rank's part in the run, for the report.
@@ -48,12 +49,6 @@ struct ScoresCheckpoint {
     fingerprint: String,
     step: usize,
     scores: Vec<Vec<f32>>,
-}
-
-/// Where scores of this run are checkpointed; removed after a successful run.
-pub fn checkpoint_dir(out: &Path) -> PathBuf {
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    out.with_file_name(format!(".{name}.llmprune-checkpoint"))
 }
 
 fn layer_of(g: &Group) -> Option<usize> {

@@ -8,7 +8,7 @@ pub mod recover;
 
 use anyhow::{Context, Result};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Writes JSON to a temporary file beside `path`, then renames it: a crash never leaves a
 /// half-written file that looks complete.
@@ -24,4 +24,11 @@ pub fn write_json_atomic(path: &Path, value: &serde_json::Value) -> Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// Where a run writing `out` keeps its checkpoints (beside it, hidden); removed once the
+/// output is in place.
+pub fn checkpoint_dir(out: &Path) -> PathBuf {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    out.with_file_name(format!(".{name}.llmprune-checkpoint"))
 }

@@ -14,7 +14,7 @@ use llmprune_worker::train::optim::AdamWConfig;
 use llmprune_worker::train::records::{Format, RecordFile};
 use llmprune_worker::loader::{model_checksum, sha256_file};
 use llmprune_worker::train::recover::{recover, RecoverOptions};
-use crate::cluster::prune::checkpoint_dir;
+use crate::commands::checkpoint_dir;
 use llmprune_worker::{load_model, LoadOptions};
 use serde_json::json;
 use std::time::Instant;

@@ -1,0 +1,115 @@
+//! `llmprune recover` end to end on a tiny pruned model: the merged model, the PEFT adapter and
+//! the report; bad input refused with the file, line or flag named and nothing written.
+
+use llmprune_tests::{assert_contains, model_tensors, tiny_model_dir};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn llmprune(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_llmprune")).args(args).env_remove("RUST_LOG").output().expect("running llmprune")
+}
+
+fn ok(out: &Output) {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A tiny model pruned by `llmprune prune` and a small instruction file.
+fn setup(root: &Path) -> (PathBuf, PathBuf) {
+    let model = tiny_model_dir("tiny_gqa", root);
+    let ids = root.join("calib.json");
+    std::fs::write(&ids, "[[1, 5, 9, 13, 40, 41, 42, 7], [70, 2, 3, 60, 61, 62, 8, 9]]").unwrap();
+    let pruned = root.join("pruned");
+    ok(&llmprune(&["prune", "--model", model.to_str().unwrap(), "--calibration-ids", ids.to_str().unwrap(), "--ratio", "0.25",
+                   "--criterion", "param-first", "--out", pruned.to_str().unwrap()]));
+    let data = root.join("data.jsonl");
+    let lines: Vec<String> = (0..30)
+        .map(|i| serde_json::json!({"instruction": format!("w{} w{}", i % 90 + 1, i % 7 + 3), "input": "", "output": format!("w{} w{} w{}", i % 50 + 2, i % 11 + 9, i % 13 + 20)}).to_string())
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    (pruned, data)
+}
+
+fn recover_args<'a>(pruned: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec!["recover", "--model", pruned, "--data", data, "--out", out, "--batch-size", "4", "--micro-batch-size", "2",
+         "--val-size", "6", "--eval-steps", "3", "--warmup-steps", "1", "--lr", "1e-2", "--epochs", "1"]
+}
+
+/// `args` with `flag` set to `value` (replaced if present).
+fn with<'a>(mut args: Vec<&'a str>, flag: &'a str, value: &'a str) -> Vec<&'a str> {
+    match args.iter().position(|a| *a == flag) {
+        Some(i) => args[i + 1] = value,
+        None => args.extend([flag, value]),
+    }
+    args
+}
+
+#[test]
+fn recover_writes_the_merged_model_the_peft_adapter_and_a_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pruned, data) = setup(tmp.path());
+    let out = tmp.path().join("recovered");
+    let (p, d, o) = (pruned.to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap());
+    ok(&llmprune(&recover_args(p, d, o)));
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "plan.json", "recover_report.json", "adapter/adapter_config.json", "adapter/adapter_model.safetensors"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("recover_report.json")).unwrap()).unwrap();
+    assert_eq!(report["records"]["train"], 24);
+    assert_eq!(report["records"]["validation"], 6);
+    assert_eq!(report["loss_curve"].as_array().unwrap().len(), 6, "24 records / 4 per step");
+    let vals: Vec<f64> = report["val_losses"].as_array().unwrap().iter().map(|v| v[1].as_f64().unwrap()).collect();
+    assert!(vals.iter().skip(1).any(|&v| v < vals[0]), "validation loss never fell: {vals:?}");
+    // The merged weights differ from the pruned ones where adapters were, with the same shapes.
+    let (before, after) = (model_tensors(&pruned), model_tensors(&out));
+    assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>());
+    assert_ne!(before["model.layers.0.self_attn.q_proj.weight"], after["model.layers.0.self_attn.q_proj.weight"]);
+    assert_eq!(before["model.layers.0.input_layernorm.weight"], after["model.layers.0.input_layernorm.weight"]);
+    assert!(!tmp.path().join(".recovered.llmprune-checkpoint").exists(), "checkpoints removed after success");
+    // The recovered model is a model: perplexity runs on it.
+    let text = tmp.path().join("words.txt");
+    std::fs::write(&text, (0..100).map(|i| format!("w{}", i % 90)).collect::<Vec<_>>().join(" ")).unwrap();
+    ok(&llmprune(&["ppl", "--model", o, "--data", &format!("ptb={}", text.display()), "--seq-len", "16"]));
+}
+
+#[test]
+fn recover_refuses_bad_input_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pruned, data) = setup(tmp.path());
+    let out = tmp.path().join("recovered");
+    let (p, d, o) = (pruned.to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap());
+    let fails = |args: Vec<&str>, parts: &[&str]| {
+        let res = llmprune(&args);
+        assert!(!res.status.success(), "{args:?} should fail");
+        assert_contains(&String::from_utf8_lossy(&res.stderr), parts);
+        assert!(!out.exists(), "{args:?} left an output");
+    };
+    // A line that is not JSON, and one without a field: named by line number.
+    let bad = tmp.path().join("bad.jsonl");
+    let mut text = std::fs::read_to_string(&data).unwrap();
+    text.push_str("\n{\"instruction\": \"w1\", \"output\": \n{\"instruction\": \"w1\"}\n");
+    std::fs::write(&bad, &text).unwrap();
+    let b = bad.to_str().unwrap();
+    fails(recover_args(p, b, o), &["bad.jsonl", "line 31", "--skip-bad-records"]);
+    let mut args = recover_args(p, b, o);
+    args.push("--skip-bad-records");
+    let res = llmprune(&args);
+    ok(&res);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("recover_report.json")).unwrap()).unwrap();
+    assert_eq!(report["records"]["skipped_malformed"], 2);
+    std::fs::remove_dir_all(&out).unwrap();
+
+    let empty = tmp.path().join("empty.json");
+    std::fs::write(&empty, "  \n").unwrap();
+    fails(recover_args(p, empty.to_str().unwrap(), o), &["empty.json", "empty"]);
+    let lamini_fields = tmp.path().join("l.jsonl");
+    std::fs::write(&lamini_fields, "{\"instruction\": \"w1\", \"response\": \"w2\"}\n").unwrap();
+    fails(recover_args(p, lamini_fields.to_str().unwrap(), o), &["l.jsonl", "line 1", "missing field `output`"]);
+    fails(with(recover_args(p, d, o), "--batch-size", "5"), &["--batch-size 5", "--micro-batch-size 2"]);
+    fails(with(recover_args(p, d, o), "--val-size", "30"), &["--val-size 30", "nothing to train"]);
+    fails(with(recover_args(p, d, o), "--lora-targets", "q_proj,qkv"), &["--lora-targets", "qkv"]);
+    fails(with(recover_args(p, d, o), "--format", "sharegpt"), &["--format sharegpt"]);
+    // Not a pruned model directory.
+    let plain = tiny_model_dir("tiny_tied_mha", &tmp.path().join("plain"));
+    fails(recover_args(plain.to_str().unwrap(), d, o), &["no plan.json", "llmprune prune"]);
+    fails(recover_args("/no/such/dir", d, o), &["/no/such/dir", "no config.json"]);
+}
