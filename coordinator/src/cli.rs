@@ -121,9 +121,6 @@ pub struct RecoverArgs {
     /// Skip malformed records (counted in the report) instead of failing.
     #[arg(long)]
     pub skip_bad_records: bool,
-    /// Continue an interrupted run from its newest checkpoint (`.OUT.llmprune-checkpoint/`).
-    #[arg(long)]
-    pub resume: bool,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Perplexity of the merged model on these texts (NAME=FILE, comma-separated).
@@ -137,6 +134,8 @@ pub struct RecoverArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -291,7 +290,8 @@ pub struct ClusterArgs {
     /// all-reduce their gradient statistics.
     #[arg(long, value_name = "R", default_value_t = 1)]
     pub replicas: usize,
-    /// Reuse the scores a failed run with the same model and settings gathered.
+    /// Continue a failed run with the same model and settings from its checkpoints beside
+    /// --out (prune: the gathered scores; recover: adapters and optimizer state).
     #[arg(long)]
     pub resume: bool,
     /// Testing only: RANK:FAULT passed to that local worker.

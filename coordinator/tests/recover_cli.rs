@@ -113,3 +113,52 @@ fn recover_refuses_bad_input_and_writes_nothing() {
     fails(recover_args(plain.to_str().unwrap(), d, o), &["no plan.json", "llmprune prune"]);
     fails(recover_args("/no/such/dir", d, o), &["/no/such/dir", "no config.json"]);
 }
+
+fn report(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("recover_report.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn two_local_workers_equal_one_process_and_a_lost_worker_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pruned, data) = setup(tmp.path());
+    let (p, d) = (pruned.to_str().unwrap(), data.to_str().unwrap());
+    let single = tmp.path().join("single");
+    ok(&llmprune(&recover_args(p, d, single.to_str().unwrap())));
+    let two = tmp.path().join("two");
+    let mut args = recover_args(p, d, two.to_str().unwrap());
+    args.extend(["--local-workers", "2"]);
+    ok(&llmprune(&args));
+    let (r1, r2) = (report(&single), report(&two));
+    assert_eq!(r2["cluster"]["workers"], 2);
+    assert_eq!(r1["kept_step"], r2["kept_step"]);
+    // Same global batches and dropout masks; only the order of the gradient sums differs.
+    let (a, b) = (model_tensors(&single), model_tensors(&two));
+    for (name, x) in &a {
+        let d = x.iter().zip(&b[name]).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        assert!(d < 1e-5, "{name}: merged weights differ by {d}");
+    }
+
+    // A worker lost mid-way: the run fails naming it, leaves no output, and --resume continues
+    // from the last checkpoint to the adapters of an uninterrupted 2-worker run.
+    let out = tmp.path().join("resumed");
+    let mut args = with(recover_args(p, d, out.to_str().unwrap()), "--eval-steps", "1");
+    args.extend(["--local-workers", "2"]);
+    let mut faulty = args.clone();
+    faulty.extend(["--inject-fault", "1:exit-during-recovery"]);
+    let res = llmprune(&faulty);
+    assert!(!res.status.success());
+    assert_contains(&String::from_utf8_lossy(&res.stderr), &["recovering", "worker local-1", "exited"]);
+    assert!(!out.exists());
+    assert!(tmp.path().join(".resumed.llmprune-checkpoint/latest").exists());
+    args.push("--resume");
+    ok(&llmprune(&args));
+    let whole = tmp.path().join("whole");
+    let mut args = with(recover_args(p, d, whole.to_str().unwrap()), "--eval-steps", "1");
+    args.extend(["--local-workers", "2"]);
+    ok(&llmprune(&args));
+    let (resumed, uninterrupted) = (report(&out), report(&whole));
+    assert!(resumed["resumed_from"].as_u64().unwrap() >= 1, "{}", resumed["resumed_from"]);
+    assert_eq!(resumed["adapter_sha256"], uninterrupted["adapter_sha256"]);
+    assert!(model_tensors(&out) == model_tensors(&whole));
+}

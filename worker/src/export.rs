@@ -55,34 +55,12 @@ impl ModelDir {
     /// The weights, in shards of at most `max_shard_bytes` (a tensor larger than that gets a
     /// shard of its own).
     pub fn write_weights(&self, weights: &HashMap<String, Tensor>, max_shard_bytes: u64) -> Result<()> {
-        let shards = shard(weights, max_shard_bytes);
-        if shards.len() == 1 {
-            let path = self.tmp.path().join("model.safetensors");
-            return candle_core::safetensors::save(weights, &path).map_err(|e| Error::file(&path, e));
-        }
-        let mut files = Vec::with_capacity(shards.len());
-        for (i, names) in shards.iter().enumerate() {
-            let file = format!("model-{:05}-of-{:05}.safetensors", i + 1, shards.len());
-            let part: HashMap<&str, Tensor> = names.iter().map(|n| (n.as_str(), weights[n].clone())).collect();
-            let path = self.tmp.path().join(&file);
-            candle_core::safetensors::save(&part, &path).map_err(|e| Error::file(&path, e))?;
-            files.push((file, names.clone()));
-        }
-        let total: u64 = weights.values().map(tensor_bytes).sum();
-        self.write_index(&files, total)
+        write_weights_into(self.tmp.path(), weights, max_shard_bytes)
     }
 
     /// Hugging Face's `model.safetensors.index.json` for shard files already written.
     pub fn write_index(&self, shards: &[(String, Vec<String>)], total_bytes: u64) -> Result<()> {
-        let mut weight_map = serde_json::Map::new();
-        for (file, names) in shards {
-            for n in names {
-                if weight_map.insert(n.clone(), file.clone().into()).is_some() {
-                    return Err(Error::Invalid(format!("tensor `{n}` is in two shards")));
-                }
-            }
-        }
-        self.write_json("model.safetensors.index.json", &serde_json::json!({"metadata": {"total_size": total_bytes}, "weight_map": weight_map}))
+        write_index_into(self.tmp.path(), shards, total_bytes)
     }
 
     /// `config.json` and `tokenizer.json`.
@@ -101,6 +79,42 @@ impl ModelDir {
         let _moved = self.tmp.keep();
         Ok(())
     }
+}
+
+/// The weights as `model.safetensors`, or shards of at most `max_shard_bytes` with their
+/// index, into an existing directory (a [`ModelDir`]'s, or a cluster's temporary output).
+pub fn write_weights_into(dir: &Path, weights: &HashMap<String, Tensor>, max_shard_bytes: u64) -> Result<()> {
+    let shards = shard(weights, max_shard_bytes);
+    if shards.len() == 1 {
+        let path = dir.join("model.safetensors");
+        return candle_core::safetensors::save(weights, &path).map_err(|e| Error::file(&path, e));
+    }
+    let mut files = Vec::with_capacity(shards.len());
+    for (i, names) in shards.iter().enumerate() {
+        let file = format!("model-{:05}-of-{:05}.safetensors", i + 1, shards.len());
+        let part: HashMap<&str, Tensor> = names.iter().map(|n| (n.as_str(), weights[n].clone())).collect();
+        let path = dir.join(&file);
+        candle_core::safetensors::save(&part, &path).map_err(|e| Error::file(&path, e))?;
+        files.push((file, names.clone()));
+    }
+    let total: u64 = weights.values().map(tensor_bytes).sum();
+    write_index_into(dir, &files, total)
+}
+
+/// `model.safetensors.index.json` in `dir` for shard files already written there.
+pub fn write_index_into(dir: &Path, shards: &[(String, Vec<String>)], total_bytes: u64) -> Result<()> {
+    let mut weight_map = serde_json::Map::new();
+    for (file, names) in shards {
+        for n in names {
+            if weight_map.insert(n.clone(), file.clone().into()).is_some() {
+                return Err(Error::Invalid(format!("tensor `{n}` is in two shards")));
+            }
+        }
+    }
+    let path = dir.join("model.safetensors.index.json");
+    let doc = serde_json::json!({"metadata": {"total_size": total_bytes}, "weight_map": weight_map});
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| Error::file(&path, e))?;
+    std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))
 }
 
 /// Writes `dir` (which must not exist yet) in one go. `reports` are extra JSON files by name.

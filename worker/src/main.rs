@@ -87,6 +87,7 @@ enum LogFormat {
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum FaultArg {
     ExitDuringScore,
+    ExitDuringRecovery,
     /// Hang: stop heartbeating and never answer a command (a hung machine).
     Hang,
 }
@@ -150,6 +151,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         progress: progress_tx,
         fault: args.fault.map(|f| match f {
             FaultArg::ExitDuringScore => Fault::ExitDuringScore,
+            FaultArg::ExitDuringRecovery => Fault::ExitDuringRecovery,
             FaultArg::Hang => Fault::Hang,
         }),
         device: args.device,

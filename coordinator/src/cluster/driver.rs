@@ -1,5 +1,6 @@
 //! The coordinator's phase state machine over a set of workers: registering → loading →
-//! scoring → planning → slicing → saving → done | failed. A phase sends one command to every
+//! scoring → planning → slicing → saving → done | failed for pruning, registering → loading →
+//! recovering → saving → done | failed for recovery. A phase sends one command to every
 //! worker at once and waits for all replies, or for the first failure: an RPC error, a local
 //! worker process that exits, or a worker that stops heartbeating. A failure names the worker,
 //! its rank and layers and the cause; the workers are then told to stop.
@@ -34,6 +35,7 @@ pub enum Phase {
     Planning,
     Slicing,
     Saving,
+    Recovering,
     Done,
     Failed,
 }
@@ -266,7 +268,12 @@ impl Cluster {
                 joined = set.join_next() => match joined {
                     Some(Ok((rank, Ok(reply)))) => { replies.insert(rank, reply); }
                     Some(Ok((rank, Err(status)))) => {
-                        let msg = format!("{what}: {} failed: {}", self.members[rank].describe(), status.message());
+                        let mut msg = format!("{what}: {} failed: {}", self.members[rank].describe(), status.message());
+                        // A collective error often means that a peer died: give its exit a moment
+                        // to be noticed and name it as the cause.
+                        if let Ok(Some(cause)) = tokio::time::timeout(Duration::from_millis(500), self.failures.recv()).await {
+                            msg = format!("{what}: {}; then {} failed: {}", self.name_failure(&cause), self.members[rank].describe(), status.message());
+                        }
                         return Err(self.fail(&msg).await);
                     }
                     Some(Err(e)) => return Err(self.fail(&format!("{what}: a request task failed: {e}")).await),

@@ -3,13 +3,13 @@
 //! carrying hidden states and their gradients between ranks) and the decision taken here by
 //! the same selection code, so the plan and the weights equal the single-process run's.
 
-use super::driver::{random_hex, Cluster, Member, Phase};
-use super::shards::assign_shards;
+use super::driver::{Cluster, Member, Phase};
+use super::load::{load_layout, Layout, RankReport};
 use anyhow::{bail, Context, Result};
 use llmprune_shared::depgraph::{structure, Group, Structure};
 use llmprune_shared::plan::PlanStep;
 use llmprune_shared::proto::{
-    ApplyPlanRequest, KeptUnits, LoadShardRequest, NcclUniqueIdRequest, SaveShardRequest, ScoreReply, ScoreRequest, ShardSpec, TokenWindow,
+    ApplyPlanRequest, KeptUnits, SaveShardRequest, ScoreReply, ScoreRequest, TokenWindow,
 };
 use llmprune_shared::{ModelSpec, PyRandom};
 use llmprune_worker::prune::apply::check_step;
@@ -19,18 +19,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use std::time::Instant;
-
-/// A rank's part in the run, for the report.
-#[derive(Debug, Clone, Serialize)]
-pub struct RankReport {
-    pub worker: String,
-    pub rank: usize,
-    pub stage: usize,
-    pub replica: usize,
-    pub layers: [usize; 2],
-    pub params_loaded: u64,
-    pub peak_rss_mib: f64,
-}
 
 pub struct DistributedOutcome {
     pub spec: ModelSpec,
@@ -80,78 +68,8 @@ pub async fn prune_on_cluster(cluster: &mut Cluster, job: DistributedPrune<'_>) 
     if req.strategy != Strategy::Block {
         bail!("--strategy {:?} runs in one process for now; drop --local-workers/--workers", req.strategy);
     }
-    let workers = cluster.members.len();
+    let Layout { world, shards, mut ranks, load_s } = load_layout(cluster, &job.spec, job.model_path, job.model_sha256, job.replicas).await?;
     let replicas = job.replicas;
-    if replicas == 0 || !workers.is_multiple_of(replicas) {
-        bail!("--replicas {replicas}: the {workers} workers must split into equal replicas (a divisor of {workers})");
-    }
-    let world = workers / replicas;
-    // Worker r is stage r mod S of replica r div S: with one replica the ranks are the stages.
-    for m in cluster.members.iter_mut() {
-        (m.stage, m.replica) = (m.rank % world, m.rank / world);
-    }
-    // A stage must fit the smallest of its copies.
-    let memories: Vec<u64> =
-        (0..world).map(|s| cluster.members.iter().filter(|m| m.stage == s).map(|m| m.memory_bytes).min().unwrap_or(0)).collect();
-    let shards = assign_shards(&job.spec, &memories)?;
-    for m in cluster.members.iter_mut() {
-        m.layers = shards[m.stage].clone();
-    }
-    let ring_of = |replica: usize| -> Vec<String> {
-        cluster.members.iter().filter(|m| m.replica == replica).map(|m| m.ring_address.clone()).collect()
-    };
-    let ring_addresses: Vec<Vec<String>> = (0..replicas).map(ring_of).collect();
-    let replica_ring_addresses: Vec<Vec<String>> = (0..world)
-        .map(|s| cluster.members.iter().filter(|m| m.stage == s).map(|m| m.replica_ring_address.clone()).collect())
-        .collect();
-    let cookie = u64::from_str_radix(&random_hex()?[..16], 16)?;
-    let (pipeline_ids, replica_ids) = nccl_ids(cluster, world, replicas).await?;
-
-    cluster.enter(Phase::Loading);
-    let t = Instant::now();
-    let (path, sha, run_id) = (job.model_path.display().to_string(), job.model_sha256.to_string(), cluster.registry.run_id.clone());
-    let loaded = cluster
-        .each("loading", |m| {
-            let mut rpc = m.rpc.clone();
-            let req = LoadShardRequest {
-                run_id: run_id.clone(),
-                model_path: path.clone(),
-                model_sha256: sha.clone(),
-                shard: Some(ShardSpec {
-                    rank: m.stage as u32,
-                    world_size: world as u32,
-                    layer_start: m.layers.start as u32,
-                    layer_end: m.layers.end as u32,
-                    embeddings: m.stage == 0,
-                    head: m.stage + 1 == world,
-                    replica: m.replica as u32,
-                    replicas: replicas as u32,
-                }),
-                ring_addresses: ring_addresses[m.replica].clone(),
-                ring_cookie: cookie,
-                replica_ring_addresses: replica_ring_addresses[m.stage].clone(),
-                worker_id: m.id.clone(),
-                pipeline_nccl_id: pipeline_ids[m.replica].clone(),
-                replica_nccl_id: replica_ids[m.stage].clone(),
-            };
-            async move { Ok(rpc.load_shard(req).await?.into_inner()) }
-        })
-        .await?;
-    let load_s = t.elapsed().as_secs_f64();
-    let mut ranks: Vec<RankReport> = cluster
-        .members
-        .iter()
-        .zip(&loaded)
-        .map(|(m, l)| RankReport {
-            worker: m.id.clone(),
-            rank: m.rank,
-            stage: m.stage,
-            replica: m.replica,
-            layers: [m.layers.start, m.layers.end],
-            params_loaded: l.params,
-            peak_rss_mib: l.peak_rss_bytes as f64 / 1048576.0,
-        })
-        .collect();
 
     std::fs::create_dir_all(&job.checkpoint).with_context(|| format!("creating {}", job.checkpoint.display()))?;
     let mut spec = job.spec.clone();
@@ -273,48 +191,6 @@ pub async fn prune_on_cluster(cluster: &mut Cluster, job: DistributedPrune<'_>) 
         .await?;
     let shards_written = saved.into_iter().enumerate().map(|(r, s)| (file(r), s.tensor_names, s.bytes)).collect();
     Ok(DistributedOutcome { spec, steps, seconds: [load_s, score_s, plan_s, slice_s], shards: shards_written, ranks })
-}
-
-/// NCCL unique ids for the pipeline group of each replica and the replica group of each
-/// stage when the workers are GPUs (asked of each group's first member), none on CPUs.
-async fn nccl_ids(cluster: &mut Cluster, world: usize, replicas: usize) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
-    let on_gpu = |m: &Member| m.device_kind.starts_with("cuda");
-    let gpus = cluster.members.iter().filter(|m| on_gpu(m)).count();
-    if gpus == 0 {
-        return Ok((vec![Vec::new(); replicas], vec![Vec::new(); world]));
-    }
-    if gpus < cluster.members.len() {
-        let kinds: Vec<String> = cluster.members.iter().map(|m| format!("{}: {}", m.id, m.device_kind)).collect();
-        bail!("the workers mix CPUs and GPUs ({}); run them all on one kind", kinds.join(", "));
-    }
-    // A group of one needs no id; a group's first member is stage 0 (pipeline) or replica 0.
-    let first_of_pipeline = |m: &Member| world > 1 && m.stage == 0;
-    let first_of_replicas = |m: &Member| replicas > 1 && m.replica == 0;
-    let ids = cluster
-        .each_where("loading", |m| first_of_pipeline(m) || first_of_replicas(m), |m| {
-            let mut rpc = m.rpc.clone();
-            let (stage, replica) = (m.stage, m.replica);
-            async move {
-                let id = rpc.nccl_unique_id(NcclUniqueIdRequest {}).await?.into_inner().id;
-                let second = if stage == 0 && replica == 0 && world > 1 && replicas > 1 {
-                    rpc.nccl_unique_id(NcclUniqueIdRequest {}).await?.into_inner().id
-                } else {
-                    Vec::new()
-                };
-                Ok((stage, replica, id, second))
-            }
-        })
-        .await?;
-    let (mut pipeline, mut copies) = (vec![Vec::new(); replicas], vec![Vec::new(); world]);
-    for (stage, replica, id, second) in ids {
-        match (stage, replica) {
-            // Worker (0, 0) leads both of its groups: one id each.
-            (0, 0) if world > 1 && replicas > 1 => (pipeline[0], copies[0]) = (id, second),
-            (0, r) if world > 1 => pipeline[r] = id,
-            (s, _) => copies[s] = id,
-        }
-    }
-    Ok((pipeline, copies))
 }
 
 /// The groups' scores by root from every worker's reply (in rank order). Replicas of a stage

@@ -1,4 +1,5 @@
 pub mod apply_plan;
+pub mod cluster;
 pub mod bench;
 pub mod config;
 pub mod fetch;

@@ -11,7 +11,8 @@ use clap::ValueEnum;
 use llmprune_shared::plan::{Plan, PlanModel};
 use llmprune_shared::{ModelSpec, PyRandom};
 use llmprune_worker::calibration::{read_rows, read_token_ids, sample_windows_with};
-use crate::cluster::driver::{Cluster, ClusterConfig, Phase};
+use crate::cluster::driver::Cluster;
+use crate::commands::cluster::{cluster_config, with_cluster};
 use crate::commands::checkpoint_dir;
 use crate::cluster::prune::{prune_on_cluster, DistributedOutcome, DistributedPrune};
 use llmprune_worker::export::ModelDir;
@@ -286,31 +287,8 @@ fn run_on_cluster(
     checkpoint: std::path::PathBuf,
     fingerprint: String,
 ) -> Result<DistributedOutcome> {
-    let worker_binary = match &settings.cluster.worker_binary {
-        Some(p) => p.clone(),
-        None => std::env::current_exe().context("locating llmprune")?.with_file_name("llmprune-worker"),
-    };
-    let faults = match &args.cluster.inject_fault {
-        Some(f) => {
-            let (i, fault) = f.split_once(':').ok_or_else(|| anyhow!("--inject-fault {f}: expected WORKER:FAULT"))?;
-            vec![(i.parse::<usize>().map_err(|_| anyhow!("--inject-fault {f}: bad worker index"))?, fault.to_string())]
-        }
-        None => Vec::new(),
-    };
-    let config = ClusterConfig {
-        settings: settings.cluster.clone(),
-        local_workers: args.cluster.local_workers,
-        remote_workers: args.cluster.workers,
-        worker_binary,
-        faults,
-        log_format: match settings.log_format {
-            crate::settings::LogFormat::Text => "text",
-            crate::settings::LogFormat::Json => "json",
-        },
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(async {
-        let mut cluster = Cluster::start(config, run_id).await?;
+    let config = cluster_config(settings, &args.cluster)?;
+    with_cluster(config, run_id, async |cluster: &mut Cluster| {
         let job = DistributedPrune {
             model_path,
             model_sha256: checksum,
@@ -323,18 +301,6 @@ fn run_on_cluster(
             fingerprint,
             replicas: args.cluster.replicas,
         };
-        match prune_on_cluster(&mut cluster, job).await {
-            Ok(outcome) => {
-                cluster.finish().await;
-                Ok(outcome)
-            }
-            Err(e) => {
-                if cluster.phase() != Phase::Failed {
-                    // A coordinator-side error: the workers still have to be stopped.
-                    let _ = cluster.fail(&format!("{e:#}")).await;
-                }
-                Err(e)
-            }
-        }
+        prune_on_cluster(cluster, job).await
     })
 }

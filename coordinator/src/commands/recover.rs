@@ -1,147 +1,178 @@
 //! `llmprune recover`: LoRA recovery of a pruned model on instruction data (reference §4.2),
-//! then the merged model, the PEFT adapter and a report, written in one go.
+//! in this process or on a cluster of data-parallel workers (the same job either way), then the
+//! merged model, the PEFT adapter and a report, written in one go.
 
 use crate::cli::RecoverArgs;
+use crate::cluster::driver::Cluster;
+use crate::cluster::recover::recover_on_cluster;
+use crate::commands::checkpoint_dir;
+use crate::commands::cluster::{cluster_config, with_cluster};
 use crate::progress::Progress;
 use crate::settings::Settings;
 use anyhow::{anyhow, Context, Result};
 use candle_core::Device;
+use llmprune_shared::proto::{RecoverReply, RecoverRequest};
 use llmprune_worker::collective::SingleRank;
 use llmprune_worker::export::ModelDir;
-use llmprune_worker::lora::{self, peft, LoraConfig, Projection};
-use llmprune_worker::train::data::TokenizeOptions;
-use llmprune_worker::train::optim::AdamWConfig;
-use llmprune_worker::train::records::{Format, RecordFile};
-use llmprune_worker::loader::{model_checksum, sha256_file};
-use llmprune_worker::train::recover::{recover, RecoverOptions};
-use crate::commands::checkpoint_dir;
+use llmprune_worker::loader::{model_checksum, open_model, sha256_file};
+use llmprune_worker::lora::Projection;
+use llmprune_worker::train::job::{lora_config, recover_options, run_recovery};
+use llmprune_worker::train::records::Format;
+use llmprune_worker::train::recover::StepReport;
 use llmprune_worker::{load_model, LoadOptions};
 use serde_json::json;
+use std::path::Path;
 use std::time::Instant;
 
-fn options(args: &RecoverArgs, eos: Option<u32>) -> Result<(LoraConfig, RecoverOptions)> {
-    let targets = args
-        .lora_targets
-        .split(',')
-        .map(|t| Projection::from_name(t.trim()).map_err(|e| anyhow!("--lora-targets: {e}")))
-        .collect::<Result<Vec<_>>>()?;
-    let lora = LoraConfig { r: args.lora_r, alpha: args.lora_alpha, dropout: args.lora_dropout, targets };
-    lora.validate()?;
-    let opts = RecoverOptions {
-        adamw: AdamWConfig { weight_decay: args.weight_decay, ..Default::default() },
-        epochs: args.epochs,
-        max_steps: args.max_steps,
-        batch_size: args.batch_size,
-        micro_batch_size: args.micro_batch_size,
+/// The job every process runs, from the flags; checked here so that bad flags fail before any
+/// model is loaded or worker started.
+fn request(args: &RecoverArgs, out_dir: &Path) -> Result<RecoverRequest> {
+    let targets: Vec<String> = args.lora_targets.split(',').map(|t| t.trim().to_string()).collect();
+    for t in &targets {
+        Projection::from_name(t).map_err(|e| anyhow!("--lora-targets: {e}"))?;
+    }
+    Format::from_name(&args.format)?;
+    let mut req = RecoverRequest {
+        data_path: args.data.display().to_string(),
+        format: args.format.clone(),
+        skip_bad_records: args.skip_bad_records,
+        lora_r: args.lora_r as u32,
+        lora_alpha: args.lora_alpha,
+        lora_dropout: args.lora_dropout,
+        lora_targets: targets,
+        epochs: args.epochs as u32,
+        max_steps: args.max_steps.unwrap_or(0),
         lr: args.lr,
         warmup_steps: args.warmup_steps,
-        max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+        batch_size: args.batch_size as u32,
+        micro_batch_size: args.micro_batch_size as u32,
+        weight_decay: args.weight_decay,
+        max_grad_norm: args.max_grad_norm,
         seed: args.seed,
-        val_size: args.val_size,
+        val_size: args.val_size as u32,
         eval_every: args.eval_steps.max(1),
-        tokenize: TokenizeOptions { cutoff_len: args.cutoff_len, train_on_inputs: args.train_on_inputs, add_eos: !args.no_eos, eos },
-        checkpoint_dir: Some(checkpoint_dir(&args.out)),
-        resume: args.resume,
+        cutoff_len: args.cutoff_len as u32,
+        train_on_inputs: args.train_on_inputs,
+        add_eos: !args.no_eos,
+        checkpoint_dir: checkpoint_dir(&args.out).display().to_string(),
+        resume: args.cluster.resume,
         fingerprint: String::new(),
+        out_dir: out_dir.display().to_string(),
+        max_shard_bytes: args.output.max_shard_size,
+        base_model: args.model.display().to_string(),
     };
-    opts.validate()?;
-    Ok((lora, opts))
+    lora_config(&req)?;
+    recover_options(&req, None)?;
+    // The same model, data and settings (not where they are written), or a checkpoint is not
+    // this run's.
+    let same = RecoverRequest { checkpoint_dir: String::new(), resume: false, out_dir: String::new(), ..req.clone() };
+    req.fingerprint = format!("{} {} {same:?}", model_checksum(&args.model)?, sha256_file(&args.data).map_err(|e| anyhow!("--data: {e}"))?);
+    Ok(req)
 }
 
-pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs) -> Result<()> {
-    let _ = settings;
-    let span = tracing::info_span!("recover", run_id, phase = "recovering", rank = 0);
-    let _enter = span.enter();
-    let t0 = Instant::now();
+fn check_args(args: &RecoverArgs) -> Result<()> {
     if args.out.exists() {
         return Err(anyhow!("--out {}: already exists; remove it or choose another directory", args.out.display()));
     }
-    let plan_path = args.model.join("plan.json");
     if !args.model.join("config.json").is_file() {
         return Err(anyhow!("--model {}: no config.json (recover takes a directory written by `llmprune prune`)", args.model.display()));
     }
-    if !plan_path.is_file() {
+    if !args.model.join("plan.json").is_file() {
         return Err(anyhow!("--model {}: no plan.json (recover takes a directory written by `llmprune prune`)", args.model.display()));
     }
-    let format = Format::from_name(&args.format)?;
+    if args.cluster.replicas != 1 {
+        return Err(anyhow!("--replicas: recovery makes every worker a replica; give --local-workers N or --workers N only"));
+    }
+    if args.cluster.local_workers == Some(0) || args.cluster.workers == Some(0) {
+        return Err(anyhow!("--local-workers / --workers must be at least 1"));
+    }
+    Ok(())
+}
+
+pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs) -> Result<()> {
+    let span = tracing::info_span!("recover", run_id, phase = "recovering", rank = 0);
+    let _enter = span.enter();
+    let t0 = Instant::now();
+    check_args(&args)?;
     let eval_data = match &args.eval_ppl {
         Some(list) => crate::commands::ppl::parse_data(&list.split(',').map(str::to_string).collect::<Vec<_>>()).map_err(|e| anyhow!("--eval-ppl: {e:#}"))?,
         None => Vec::new(),
     };
-    let records = RecordFile::open(&args.data, format, args.skip_bad_records).map_err(|e| anyhow!("--data: {e}"))?;
-    let mut loaded = load_model(&args.model, LoadOptions::full, &Device::Cpu).with_context(|| format!("loading {}", args.model.display()))?;
-    let (lora_cfg, mut opts) = options(&args, loaded.model.spec.eos_token_id)?;
-    // Same model, data and settings, or a checkpoint is not this run's.
-    let settings_only = RecoverOptions { checkpoint_dir: None, resume: false, ..opts.clone() };
-    opts.fingerprint = format!(
-        "{} {} {settings_only:?} {lora_cfg:?}",
-        model_checksum(&args.model)?,
-        sha256_file(&args.data).map_err(|e| anyhow!("--data: {e}"))?
-    );
-    tracing::info!(records = records.len(), skipped = records.skipped, "data opened");
-    let vars = lora::attach(&mut loaded.model, &lora_cfg, args.seed)?;
-    let trainable: usize = vars.iter().map(|(_, v)| v.as_tensor().elem_count()).sum();
-    tracing::info!(trainable, adapters = vars.len() / 2, "adapters attached");
-
-    let mut bar: Option<Progress> = None;
-    let mut last_log = Instant::now();
-    let mut on_step = |r: &llmprune_worker::train::recover::StepReport| {
-        let b = bar.get_or_insert_with(|| Progress::new("recovering", r.total_steps, "steps"));
-        b.set(r.step);
-        if last_log.elapsed().as_secs() >= 10 || r.val_loss.is_some() || r.step == r.total_steps {
-            last_log = Instant::now();
-            tracing::info!(step = r.step, total = r.total_steps, epoch = r.epoch, loss = format!("{:.4}", r.loss), lr = r.lr,
-                           tokens_per_s = format!("{:.0}", r.tokens_per_s), eta_s = format!("{:.0}", r.eta_s), val_loss = ?r.val_loss, "step");
-        }
-    };
-    let outcome = recover(&loaded.model, &vars, &records, &loaded.tokenizer, &opts, &mut SingleRank, &mut on_step)?;
-    drop(bar);
-
     let out = ModelDir::create(&args.out)?;
-    let adapter_dir = out.path().join("adapter");
-    std::fs::create_dir_all(&adapter_dir).with_context(|| format!("creating {}", adapter_dir.display()))?;
-    peft::write(&adapter_dir, &lora_cfg, &args.model.display().to_string(), &vars)?;
-    lora::merge(&mut loaded.model)?;
+    let req = request(&args, out.path())?;
+    let opened = open_model(&args.model).with_context(|| format!("opening {}", args.model.display()))?;
+    let (spec, tokenizer) = (opened.spec, opened.tokenizer);
+    drop(opened.weights);
+    let distributed = args.cluster.local_workers.is_some() || args.cluster.workers.is_some();
+    let (reply, cluster_report, load_s) = if distributed {
+        let sha = model_checksum(&args.model)?;
+        let config = cluster_config(settings, &args.cluster)?;
+        let done = with_cluster(config, run_id, async |cluster: &mut Cluster| recover_on_cluster(cluster, &spec, &args.model, &sha, &req).await)?;
+        let report = json!({"workers": done.ranks.len(), "ranks": done.ranks});
+        (done.reply, Some(report), done.load_s)
+    } else {
+        let t = Instant::now();
+        let mut loaded = load_model(&args.model, LoadOptions::full, &Device::Cpu).with_context(|| format!("loading {}", args.model.display()))?;
+        let load_s = t.elapsed().as_secs_f64();
+        let mut bar: Option<Progress> = None;
+        let mut last_log = Instant::now();
+        let mut on_step = |r: &StepReport| {
+            bar.get_or_insert_with(|| Progress::new("recovering", r.total_steps, "steps")).set(r.step);
+            if last_log.elapsed().as_secs() >= 10 || r.val_loss.is_some() || r.step == r.total_steps {
+                last_log = Instant::now();
+                tracing::info!(step = r.step, total = r.total_steps, epoch = r.epoch, loss = format!("{:.4}", r.loss), lr = r.lr,
+                               tokens_per_s = format!("{:.0}", r.tokens_per_s), eta_s = format!("{:.0}", r.eta_s), val_loss = ?r.val_loss, "step");
+            }
+        };
+        let reply = run_recovery(&mut loaded.model, &loaded.tokenizer, &req, &mut SingleRank, &mut on_step)?;
+        (reply, None, load_s)
+    };
+
+    // The merged model as written (by this process or the first worker), for the perplexity.
     let mut ppl = serde_json::Map::new();
     if !eval_data.is_empty() {
-        ppl = crate::commands::ppl::perplexities(&loaded.model, &loaded.tokenizer, &eval_data, 128, 4, (args.eval_max_chunks > 0).then_some(args.eval_max_chunks))?;
+        let merged = load_model(out.path(), |s| LoadOptions::full(s), &Device::Cpu).context("loading the merged model")?;
+        ppl = crate::commands::ppl::perplexities(&merged.model, &tokenizer, &eval_data, 128, 4, (args.eval_max_chunks > 0).then_some(args.eval_max_chunks))?;
     }
-    out.write_weights(&loaded.model.weights_by_name(), args.output.max_shard_size)?;
-    out.write_model_files(&loaded.model.spec, &loaded.tokenizer)?;
+    out.write_model_files(&spec, &tokenizer)?;
+    let plan_path = args.model.join("plan.json");
     let plan: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&plan_path)?).with_context(|| format!("{}", plan_path.display()))?;
     out.write_json("plan.json", &plan)?;
-    let report = json!({
-        "model": args.model.display().to_string(),
-        "data": args.data.display().to_string(),
-        "records": {"train": outcome.train_records, "validation": outcome.val_records, "skipped_malformed": records.skipped,
-                    "truncated": outcome.truncated_records},
-        "lora": {"r": lora_cfg.r, "alpha": lora_cfg.alpha, "dropout": lora_cfg.dropout,
-                 "targets": lora_cfg.targets.iter().map(|p| p.name()).collect::<Vec<_>>(), "trainable_params": trainable},
-        "optimizer": {"lr": opts.lr, "warmup_steps": opts.warmup_steps, "batch_size": opts.batch_size, "micro_batch_size": opts.micro_batch_size,
-                      "weight_decay": opts.adamw.weight_decay, "max_grad_norm": opts.max_grad_norm, "epochs": opts.epochs, "max_steps": opts.max_steps,
-                      "cutoff_len": opts.tokenize.cutoff_len, "train_on_inputs": opts.tokenize.train_on_inputs, "seed": opts.seed},
-        "loss_curve": outcome.steps.iter().map(|s| json!([s.step, s.loss, s.lr, s.grad_norm])).collect::<Vec<_>>(),
-        "val_losses": outcome.val_losses,
-        "kept_step": outcome.kept_step,
-        "resumed_from": outcome.resumed_from,
-        "trained_tokens": outcome.trained_tokens,
-        "tokens_per_s": outcome.trained_tokens as f64 / outcome.seconds.max(1e-9),
-        "ppl": ppl,
-        "workers": 1,
-        "seconds": {"training": outcome.seconds, "total": t0.elapsed().as_secs_f64()},
-    });
+    let mut report = report_json(&args, &req, &reply, t0, load_s);
+    report["ppl"] = json!(ppl);
+    if let Some(c) = cluster_report {
+        report["cluster"] = c;
+    }
     out.write_json("recover_report.json", &report)?;
     out.commit()?;
     // The output is in place: the checkpoints have served.
-    if let Some(dir) = &opts.checkpoint_dir {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    if let (Some((_, first)), Some((_, last))) = (outcome.val_losses.first(), outcome.val_losses.last()) {
-        println!("validation loss {first:.4} -> {last:.4}");
+    let _ = std::fs::remove_dir_all(&req.checkpoint_dir);
+    if let (Some(first), Some(last)) = (reply.val_losses.first(), reply.val_losses.last()) {
+        println!("validation loss {first:.4} -> {last:.4} (adapters of step {})", reply.kept_step);
     }
     for (name, v) in &ppl {
         println!("{name} ppl {}", v["ppl"]);
     }
     println!("model: {}", args.out.display());
     Ok(())
+}
+
+fn report_json(args: &RecoverArgs, req: &RecoverRequest, r: &RecoverReply, t0: Instant, load_s: f64) -> serde_json::Value {
+    json!({
+        "model": args.model.display().to_string(),
+        "data": args.data.display().to_string(),
+        "records": {"train": r.train_records, "validation": r.val_records, "skipped_malformed": r.skipped_records, "truncated": r.truncated_records},
+        "lora": {"r": req.lora_r, "alpha": req.lora_alpha, "dropout": req.lora_dropout, "targets": req.lora_targets, "trainable_params": r.trainable_params},
+        "optimizer": {"lr": req.lr, "warmup_steps": req.warmup_steps, "batch_size": req.batch_size, "micro_batch_size": req.micro_batch_size,
+                      "weight_decay": req.weight_decay, "max_grad_norm": req.max_grad_norm, "epochs": req.epochs, "max_steps": req.max_steps,
+                      "cutoff_len": req.cutoff_len, "train_on_inputs": req.train_on_inputs, "seed": req.seed},
+        "loss_curve": r.steps.iter().map(|s| json!([s.step, s.loss, s.lr, s.grad_norm])).collect::<Vec<_>>(),
+        "val_losses": r.val_steps.iter().zip(&r.val_losses).map(|(s, l)| json!([s, l])).collect::<Vec<_>>(),
+        "kept_step": r.kept_step,
+        "resumed_from": (r.resumed_from > 0).then_some(r.resumed_from),
+        "adapter_sha256": r.adapter_sha256,
+        "trained_tokens": r.trained_tokens,
+        "tokens_per_s": r.trained_tokens as f64 / r.seconds.max(1e-9),
+        "seconds": {"load": load_s, "training": r.seconds, "total": t0.elapsed().as_secs_f64()},
+    })
 }

@@ -8,11 +8,13 @@ use crate::error::{Error, Result};
 use crate::loader::model_checksum;
 use crate::prune::apply::{check_step, plan_groups};
 use crate::prune::importance::{Criterion, Reduction};
+use crate::train::job::run_recovery;
+use crate::train::recover::StepReport;
 use candle_core::Device;
 use llmprune_shared::plan::{PlanGroup, PlanStep};
 use llmprune_shared::proto::{
-    ApplyPlanReply, ApplyPlanRequest, GroupScores, LayerShape, LoadShardReply, LoadShardRequest, ProgressEvent, SaveShardReply,
-    SaveShardRequest, ScoreReply, ScoreRequest,
+    ApplyPlanReply, ApplyPlanRequest, GroupScores, LayerShape, LoadShardReply, LoadShardRequest, ProgressEvent, RecoverReply,
+    RecoverRequest, SaveShardReply, SaveShardRequest, ScoreReply, ScoreRequest,
 };
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -28,6 +30,7 @@ enum Command {
     Score(ScoreRequest, Reply<ScoreReply>),
     Apply(ApplyPlanRequest, Reply<ApplyPlanReply>),
     Save(SaveShardRequest, Reply<SaveShardReply>),
+    Recover(Box<RecoverRequest>, Reply<RecoverReply>),
 }
 
 impl Command {
@@ -38,6 +41,7 @@ impl Command {
             Command::Score(..) => "scoring",
             Command::Apply(..) => "slicing",
             Command::Save(..) => "saving",
+            Command::Recover(..) => "recovering",
         }
     }
 }
@@ -47,6 +51,8 @@ impl Command {
 pub enum Fault {
     /// The process exits after the first backward pass of scoring.
     ExitDuringScore,
+    /// The process exits after the second step of recovery.
+    ExitDuringRecovery,
     /// The runtime never answers (with the heartbeats stopped too: a hung machine).
     Hang,
 }
@@ -96,6 +102,9 @@ impl RuntimeHandle {
     pub async fn save(&self, req: SaveShardRequest) -> Result<SaveShardReply> {
         self.call(|r| Command::Save(req, r)).await
     }
+    pub async fn recover(&self, req: RecoverRequest) -> Result<RecoverReply> {
+        self.call(|r| Command::Recover(Box::new(req), r)).await
+    }
 }
 
 /// Starts the runtime thread.
@@ -123,6 +132,7 @@ pub fn spawn_runtime(opts: RuntimeOptions) -> Result<RuntimeHandle> {
                     Command::Score(req, reply) => drop(reply.send(rt.score(req))),
                     Command::Apply(req, reply) => drop(reply.send(rt.apply(req))),
                     Command::Save(req, reply) => drop(reply.send(rt.save(req))),
+                    Command::Recover(req, reply) => drop(reply.send(rt.recover(*req))),
                 }
             }
         })
@@ -262,6 +272,35 @@ impl Runtime {
             .map(|l| LayerShape { heads: l.n_heads as u32, kv_heads: l.n_kv_heads as u32, intermediate_size: l.intermediate_size as u32 })
             .collect();
         Ok(ApplyPlanReply { layers, params })
+    }
+
+    fn recover(&mut self, req: RecoverRequest) -> Result<RecoverReply> {
+        let progress_tx = self.opts.progress.clone();
+        let fault = self.opts.fault;
+        let (shard, comms) = self.parts()?;
+        let l = &shard.layout;
+        if !(l.embeddings && l.head && l.layers == (0..shard.model.spec.n_layers())) {
+            return Err(Error::Invalid(format!("recovery needs the whole model on every worker; rank {} holds layers {:?}", l.rank, l.layers)));
+        }
+        let rank = l.replica as u32;
+        let mut report = |r: &StepReport| {
+            if fault == Some(Fault::ExitDuringRecovery) && r.step == 2 {
+                tracing::error!("fault injection: exiting during recovery");
+                std::process::exit(3);
+            }
+            let _ = progress_tx.send(ProgressEvent {
+                rank,
+                phase: "recovering".into(),
+                done: r.step,
+                total: r.total_steps,
+                unit: "steps".into(),
+                tokens_per_s: r.tokens_per_s,
+                eta_s: r.eta_s,
+                ..Default::default()
+            });
+            tracing::info!(step = r.step, total = r.total_steps, loss = format!("{:.4}", r.loss), lr = r.lr, tokens_per_s = format!("{:.0}", r.tokens_per_s), val_loss = ?r.val_loss, "step");
+        };
+        run_recovery(&mut shard.model, &shard.tokenizer, &req, comms.replicas.as_mut(), &mut report)
     }
 
     fn save(&mut self, req: SaveShardRequest) -> Result<SaveShardReply> {

@@ -5,7 +5,7 @@
 
 use crate::collective::Communicator;
 use crate::error::{Error, Result};
-use crate::loader::{load_model, InMemoryWeights};
+use crate::loader::{load_model, InMemoryWeights, TextTokenizer};
 use crate::model::{Exec, LlamaModel, LoadOptions};
 use crate::prune::importance::{group_scores, Criterion, Reduction};
 use crate::prune::slice::{layer_shape, slice_weights};
@@ -43,6 +43,7 @@ pub struct Collectives {
 pub struct ShardModel {
     pub layout: ShardLayout,
     pub model: LlamaModel,
+    pub tokenizer: TextTokenizer,
 }
 
 impl ShardModel {
@@ -50,7 +51,7 @@ impl ShardModel {
     pub fn load(path: &Path, layout: ShardLayout, device: &Device) -> Result<Self> {
         let l = layout.clone();
         let loaded = load_model(path, |_| LoadOptions { layers: l.layers, embeddings: l.embeddings, head: l.head, dtype: candle_core::DType::F32 }, device)?;
-        Ok(Self { layout, model: loaded.model })
+        Ok(Self { layout, model: loaded.model, tokenizer: loaded.tokenizer })
     }
 
     pub fn spec(&self) -> &ModelSpec {

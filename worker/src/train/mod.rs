@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod job;
 pub mod optim;
 pub mod records;
 pub mod recover;
