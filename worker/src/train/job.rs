@@ -86,6 +86,8 @@ pub fn run_recovery(
             grad_norm: s.grad_norm,
             tokens_per_s: s.tokens_per_s,
             val_loss: s.val_loss.unwrap_or(f64::NAN),
+            seconds: s.seconds,
+            trained_tokens: s.trained_tokens,
         })
         .collect();
     Ok(RecoverReply {

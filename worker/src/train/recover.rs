@@ -77,6 +77,10 @@ pub struct StepReport {
     pub tokens_per_s: f64,
     pub eta_s: f64,
     pub val_loss: Option<f64>,
+    /// Wall time of the step's training (its evaluation not included).
+    pub seconds: f64,
+    /// Labelled tokens trained on, over all ranks.
+    pub trained_tokens: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -241,6 +245,7 @@ pub fn recover(
             if step < start_step {
                 continue; // done before the interruption
             }
+            let t_step = Instant::now();
             let micro_idx: Vec<&[usize]> = batch.chunks(opts.micro_batch_size).collect();
             // This rank's micro-batches, tokenized when the step needs them.
             let mut mine = Vec::new();
@@ -257,6 +262,7 @@ pub fn recover(
             if world > 1 {
                 comm.all_reduce_sum(&mut sums).map_err(|e| Error::Invalid(format!("all-reducing the step's loss: {e}")))?;
             }
+            let step_seconds = t_step.elapsed().as_secs_f64();
             state.trained_tokens += sums[1] as u64;
             tokens_here += sums[1] as u64;
             state.step = step + 1;
@@ -283,6 +289,8 @@ pub fn recover(
                 tokens_per_s: tokens_here as f64 / elapsed.max(1e-9),
                 eta_s: elapsed / done_here * (total_steps - state.step) as f64,
                 val_loss,
+                seconds: step_seconds,
+                trained_tokens: sums[1] as u64,
             };
             report(&r);
             state.steps.push(r);
