@@ -154,6 +154,71 @@ fn same_adapters_everywhere(vars: &[(String, Var)], comm: &mut dyn Communicator)
     Ok(sum)
 }
 
+/// Steps prepared ahead of the training (tokenized, padded), so that reading and tokenizing
+/// overlap the previous step's compute.
+const PREPARED_AHEAD: usize = 2;
+
+/// One step's work for this rank.
+struct Prepared {
+    step: u64,
+    epoch: usize,
+    /// Micro-batches of the global batch (all ranks).
+    micro_batches: usize,
+    /// This rank's, with their global indices.
+    mine: Vec<(usize, MicroBatch)>,
+    truncated: usize,
+}
+
+/// The training order: epochs over seeded shuffles of `train`, global batches, and the
+/// micro-batches of each that `rank` runs.
+struct StepPlan<'a> {
+    records: &'a RecordFile,
+    tok: &'a TextTokenizer,
+    opts: &'a RecoverOptions,
+    train: &'a [usize],
+    start: u64,
+    total: u64,
+    rank: usize,
+    world: usize,
+}
+
+impl StepPlan<'_> {
+    /// Sends steps `start..total` in order until the receiver hangs up.
+    fn prepare(self, tx: std::sync::mpsc::SyncSender<Result<Prepared>>) {
+        let result = (|| -> Result<()> {
+            let mut reader = self.records.reader()?;
+            let mut step = 0u64;
+            for epoch in 0..self.opts.epochs.max(1) {
+                let shuffle = shuffled(self.train.len(), self.opts.seed.wrapping_add(1 + epoch as u64));
+                let order: Vec<usize> = shuffle.into_iter().map(|i| self.train[i]).collect();
+                for batch in order.chunks(self.opts.batch_size) {
+                    if step >= self.total {
+                        return Ok(());
+                    }
+                    if step >= self.start {
+                        let micro_idx: Vec<&[usize]> = batch.chunks(self.opts.micro_batch_size).collect();
+                        let (mut mine, mut truncated) = (Vec::new(), 0);
+                        for (j, idx) in micro_idx.iter().enumerate().filter(|(j, _)| j % self.world == self.rank) {
+                            let ex = idx.iter().map(|&i| tokenize(self.tok, &reader.get(i)?, &self.opts.tokenize)).collect::<Result<Vec<_>>>()?;
+                            truncated += ex.iter().filter(|e| e.truncated).count();
+                            mine.push((j, micro_batch(&ex.iter().collect::<Vec<_>>(), 8)?));
+                        }
+                        let prepared = Prepared { step, epoch, micro_batches: micro_idx.len(), mine, truncated };
+                        if tx.send(Ok(prepared)).is_err() {
+                            return Ok(()); // the training stopped
+                        }
+                    }
+                    step += 1;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = tx.send(Err(e));
+        }
+    }
+}
+
 /// Trains `vars` (the model's adapters, by PEFT name) on `records`; `report` sees every step.
 /// On return the adapters hold the kept step's values.
 pub fn recover(
@@ -230,33 +295,20 @@ pub fn recover(
     if state.step == 0 && !val.is_empty() {
         state.val_losses.push((0, validation_loss(model, &val, comm)?));
     }
-    let mut reader = records.reader()?;
     let t_train = Instant::now();
     let start_step = state.step;
-    let (mut batch_no, mut tokens_here) = (0u64, 0u64);
-    'epochs: for epoch in 0..opts.epochs.max(1) {
-        let order: Vec<usize> = shuffled(train.len(), opts.seed.wrapping_add(1 + epoch as u64)).into_iter().map(|i| train[i]).collect();
-        for batch in order.chunks(opts.batch_size) {
-            if batch_no >= total_steps {
-                break 'epochs;
-            }
-            let step = batch_no;
-            batch_no += 1;
-            if step < start_step {
-                continue; // done before the interruption
-            }
+    let mut tokens_here = 0u64;
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(PREPARED_AHEAD);
+        let plan = StepPlan { records, tok, opts, train: &train, start: start_step, total: total_steps, rank, world };
+        scope.spawn(move || plan.prepare(tx));
+        for prepared in rx {
+            let p = prepared?;
             let t_step = Instant::now();
-            let micro_idx: Vec<&[usize]> = batch.chunks(opts.micro_batch_size).collect();
-            // This rank's micro-batches, tokenized when the step needs them.
-            let mut mine = Vec::new();
-            for (j, idx) in micro_idx.iter().enumerate().filter(|(j, _)| j % world == rank) {
-                let ex = idx.iter().map(|&i| tokenize(tok, &reader.get(i)?, &opts.tokenize)).collect::<Result<Vec<_>>>()?;
-                state.truncated_records += ex.iter().filter(|e| e.truncated).count();
-                mine.push((j, micro_batch(&ex.iter().collect::<Vec<_>>(), 8)?));
-            }
-            let micro: Vec<(usize, &MicroBatch)> = mine.iter().map(|(j, mb)| (*j, mb)).collect();
-            let step_cfg = StepConfig { accumulation: micro_idx.len(), ..cfg };
-            let stats = train_step(model, &var_list, &mut opt, &micro, step, &step_cfg, comm)?;
+            state.truncated_records += p.truncated;
+            let micro: Vec<(usize, &MicroBatch)> = p.mine.iter().map(|(j, mb)| (*j, mb)).collect();
+            let step_cfg = StepConfig { accumulation: p.micro_batches, ..cfg };
+            let stats = train_step(model, &var_list, &mut opt, &micro, p.step, &step_cfg, comm)?;
             // Loss and tokens over all ranks.
             let mut sums = [stats.losses.iter().map(|(_, l)| *l as f32).sum::<f32>(), stats.trained_tokens as f32];
             if world > 1 {
@@ -265,7 +317,7 @@ pub fn recover(
             let step_seconds = t_step.elapsed().as_secs_f64();
             state.trained_tokens += sums[1] as u64;
             tokens_here += sums[1] as u64;
-            state.step = step + 1;
+            state.step = p.step + 1;
             let evaluate = !val.is_empty() && (state.step % opts.eval_every.max(1) == 0 || state.step == total_steps);
             let val_loss = if evaluate {
                 let l = validation_loss(model, &val, comm)?;
@@ -282,8 +334,8 @@ pub fn recover(
             let r = StepReport {
                 step: state.step,
                 total_steps,
-                epoch,
-                loss: sums[0] as f64 / micro_idx.len() as f64,
+                epoch: p.epoch,
+                loss: sums[0] as f64 / p.micro_batches as f64,
                 lr: stats.lr,
                 grad_norm: stats.grad_norm,
                 tokens_per_s: tokens_here as f64 / elapsed.max(1e-9),
@@ -301,7 +353,8 @@ pub fn recover(
                 }
             }
         }
-    }
+        Ok(())
+    })?;
     let kept_step = match best {
         Some((step, _, tensors)) if step != state.step => {
             for (v, t) in var_list.iter().zip(&tensors) {
