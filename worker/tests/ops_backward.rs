@@ -155,3 +155,24 @@ fn frozen_linear_equals_matmul_in_value_and_input_gradient() {
     assert!(max_abs_diff(&y, &y_ref) < 1e-6);
     assert!(max_abs_diff(&gx[0], &gx_ref[0]) < 1e-6);
 }
+
+#[test]
+fn lora_linear_equals_the_composed_adapter_with_and_without_dropout() {
+    use llmprune_worker::lora::{dropout_mask, Projection};
+    let w = randn(&[24, 40], 21);
+    for p in [0.0f32, 0.3] {
+        let dropout = ops::Dropout { key: 99, layer: 2, projection: Projection::Up, p };
+        let inputs = [randn(&[7, 40], 22), randn(&[4, 40], 23), randn(&[24, 4], 24)];
+        let (y, g) = grads(|t| ops::lora_linear(&t[0], &w, &t[1], &t[2], 2.5, Some(dropout)).unwrap(), &inputs, 25);
+        let mask = Tensor::from_vec(dropout_mask(99, 2, Projection::Up, 7 * 40, p), (7, 40), &Device::Cpu).unwrap();
+        let composed = |t: &[Tensor]| {
+            let low = (t[0].mul(&mask).unwrap().matmul(&t[1].t().unwrap()).unwrap() * 2.5).unwrap();
+            (t[0].matmul(&w.t().unwrap()).unwrap() + low.matmul(&t[2].t().unwrap()).unwrap()).unwrap()
+        };
+        let (y_ref, g_ref) = grads(composed, &inputs, 25);
+        assert!(max_abs_diff(&y, &y_ref) < 1e-5, "p={p}");
+        for (i, (a, b)) in g.iter().zip(&g_ref).enumerate() {
+            assert!(max_abs_diff(a, b) < 1e-5, "p={p}: gradient of input {i}");
+        }
+    }
+}

@@ -174,6 +174,8 @@ fn report_json(args: &RecoverArgs, req: &RecoverRequest, r: &RecoverReply, t0: I
         "adapter_sha256": r.adapter_sha256,
         "trained_tokens": r.trained_tokens,
         "tokens_per_s": r.trained_tokens as f64 / r.seconds.max(1e-9),
+        // The training process's (the first worker's on a cluster).
+        "peak_rss_mib": r.peak_rss_bytes as f64 / 1048576.0,
         "seconds": {"load": load_s, "training": r.seconds, "total": t0.elapsed().as_secs_f64()},
     })
 }

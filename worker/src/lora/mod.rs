@@ -9,6 +9,7 @@ pub mod peft;
 
 use crate::error::{Error, Result};
 use crate::model::LlamaModel;
+use crate::ops::{lora_linear, Dropout};
 use candle_core::{DType, Tensor, Var};
 use llmprune_shared::PyRandom;
 use std::cell::Cell;
@@ -118,19 +119,12 @@ impl LayerAdapters {
         self.by_projection[p.index()].as_ref()
     }
 
-    /// The adapter's addition to `x Wᵀ` for `x` `[N, in]` of layer `layer`, if `p` has one.
-    pub fn delta(&self, layer: usize, p: Projection, x: &Tensor) -> Result<Option<Tensor>> {
+    /// `x Wᵀ` plus the adapter's term for `x` `[N, in]` of projection `p` in `layer`, if it
+    /// has an adapter (`None`: the caller computes the plain projection).
+    pub fn project(&self, layer: usize, p: Projection, x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
         let Some(ad) = self.get(p) else { return Ok(None) };
-        let x = match self.dropout_key.get() {
-            Some(key) if self.dropout > 0.0 => {
-                let (n, d) = x.dims2()?;
-                let mask = dropout_mask(key, layer, p, n * d, self.dropout);
-                (x * Tensor::from_vec(mask, (n, d), x.device())?.to_dtype(x.dtype())?)?
-            }
-            _ => x.clone(),
-        };
-        let low = x.matmul(&ad.a.as_tensor().t()?)?;
-        Ok(Some((low.matmul(&ad.b.as_tensor().t()?)? * self.scale)?))
+        let dropout = self.dropout_key.get().map(|key| Dropout { key, layer, projection: p, p: self.dropout });
+        Ok(Some(lora_linear(x, w, ad.a.as_tensor(), ad.b.as_tensor(), self.scale, dropout)?))
     }
 }
 

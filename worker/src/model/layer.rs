@@ -140,10 +140,13 @@ impl DecoderLayer {
             (Projection::V, Some(b)) => Some(&b[2]),
             _ => None,
         };
-        let y = linear(x, self.projection_weight(p), bias)?;
-        match self.lora.as_ref().map(|l| l.delta(self.index, p, x)).transpose()?.flatten() {
-            Some(delta) => Ok((y + delta)?),
-            None => Ok(y),
+        let w = self.projection_weight(p);
+        match self.lora.as_ref().map(|l| l.project(self.index, p, x, w)).transpose()?.flatten() {
+            Some(y) => Ok(match bias {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            }),
+            None => linear(x, w, bias),
         }
     }
 

@@ -8,12 +8,14 @@
 mod causal_softmax;
 mod frozen_linear;
 mod lm_head_nll;
+mod lora_linear;
 mod rms_norm;
 mod rope;
 mod swiglu;
 
 pub use causal_softmax::causal_softmax;
 pub use frozen_linear::frozen_linear;
+pub use lora_linear::{lora_linear, Dropout};
 pub use lm_head_nll::{lm_head_nll, lm_head_nll_chunked, IGNORE_TARGET};
 pub use rms_norm::rms_norm;
 pub use rope::rope;
