@@ -126,9 +126,9 @@ pub struct RecoverArgs {
     /// Perplexity of the merged model on these texts (NAME=FILE, comma-separated).
     #[arg(long, value_name = "NAME=FILE,...")]
     pub eval_ppl: Option<String>,
-    /// Perplexity chunks per dataset at most (0: all).
-    #[arg(long, default_value_t = 0)]
-    pub eval_max_chunks: usize,
+    /// Perplexity chunks per dataset at most [default: all].
+    #[arg(long)]
+    pub eval_max_chunks: Option<usize>,
     /// Output directory (must not exist).
     #[arg(long)]
     pub out: PathBuf,

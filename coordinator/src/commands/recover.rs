@@ -132,7 +132,7 @@ pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs) -> Result<()> {
     let mut ppl = serde_json::Map::new();
     if !eval_data.is_empty() {
         let merged = load_model(out.path(), |s| LoadOptions::full(s), &Device::Cpu).context("loading the merged model")?;
-        ppl = crate::commands::ppl::perplexities(&merged.model, &tokenizer, &eval_data, 128, 4, (args.eval_max_chunks > 0).then_some(args.eval_max_chunks))?;
+        ppl = crate::commands::ppl::perplexities(&merged.model, &tokenizer, &eval_data, 128, 4, args.eval_max_chunks)?;
     }
     out.write_model_files(&spec, &tokenizer)?;
     let plan_path = args.model.join("plan.json");
