@@ -151,21 +151,31 @@ fn a_hung_worker_fails_the_run_with_its_name() {
     assert!(!out.exists());
 }
 
+/// A coordinator pruning `model` on a free loopback port, waiting for `workers` remote workers
+/// with `token`; returns it and its URL.
+fn remote_coordinator(token: &str, model: &Path, ids: &Path, out: &Path, workers: usize, stderr: Stdio) -> (std::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_llmprune"))
+        .args(["--token", token, "--listen", &listen, "prune", "--model", model.to_str().unwrap()])
+        .args(["--calibration-ids", ids.to_str().unwrap(), "--ratio", "0.5", "--workers", &workers.to_string(), "--out", out.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    (child, format!("http://{listen}"))
+}
+
+fn worker_binary() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_llmprune")).with_file_name("llmprune-worker")
+}
+
 #[test]
 fn workers_with_the_wrong_token_are_refused() {
     let (setup, model, ids) = Setup::new("tiny_gqa");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
     let out = setup.root.join("pruned");
-    let mut coordinator = Command::new(env!("CARGO_BIN_EXE_llmprune"))
-        .args(["--token", "right-token", "--listen", &listen, "prune", "--model", model.to_str().unwrap()])
-        .args(["--calibration-ids", ids.to_str().unwrap(), "--ratio", "0.5", "--workers", "1", "--out", out.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let worker = Path::new(env!("CARGO_BIN_EXE_llmprune")).with_file_name("llmprune-worker");
-    let url = format!("http://{listen}");
+    let (mut coordinator, url) = remote_coordinator("right-token", &model, &ids, &out, 1, Stdio::null());
+    let worker = worker_binary();
     let mut refused = None;
     for _ in 0..100 {
         let res = Command::new(&worker).args(["--coordinator", &url, "--token", "wrong-token"]).output().unwrap();
@@ -215,18 +225,9 @@ fn smollm2_on_three_workers_equals_one_process() {
 #[test]
 fn gpu_workers_without_nccl_fail_the_run_with_a_clear_message() {
     let (setup, model, ids) = Setup::new("tiny_gqa");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
     let out = setup.root.join("pruned");
-    let coordinator = Command::new(env!("CARGO_BIN_EXE_llmprune"))
-        .args(["--token", "t0ken", "--listen", &listen, "prune", "--model", model.to_str().unwrap()])
-        .args(["--calibration-ids", ids.to_str().unwrap(), "--ratio", "0.5", "--workers", "2", "--out", out.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let worker = Path::new(env!("CARGO_BIN_EXE_llmprune")).with_file_name("llmprune-worker");
-    let url = format!("http://{listen}");
+    let (coordinator, url) = remote_coordinator("t0ken", &model, &ids, &out, 2, Stdio::piped());
+    let worker = worker_binary();
     let mut workers: Vec<_> = (0..2)
         .map(|i| {
             Command::new(&worker)
