@@ -46,6 +46,8 @@ fn options(checkpoints: Option<PathBuf>, resume: bool) -> RecoverOptions {
         checkpoint_dir: checkpoints,
         resume,
         fingerprint: "test".into(),
+        extra_val: Vec::new(),
+        extra_val_chunks: None,
     }
 }
 

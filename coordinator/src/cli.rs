@@ -123,6 +123,13 @@ pub struct RecoverArgs {
     pub skip_bad_records: bool,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Perplexity at every evaluation step, adapters active (NAME=FILE, comma-separated; the
+    /// reference's --extra_val_dataset).
+    #[arg(long, value_name = "NAME=FILE,...")]
+    pub extra_val: Option<String>,
+    /// Chunks of each --extra-val text at most [default: all].
+    #[arg(long)]
+    pub extra_val_chunks: Option<usize>,
     /// Perplexity of the merged model on these texts (NAME=FILE, comma-separated).
     #[arg(long, value_name = "NAME=FILE,...")]
     pub eval_ppl: Option<String>,

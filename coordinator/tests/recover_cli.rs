@@ -49,7 +49,12 @@ fn recover_writes_the_merged_model_the_peft_adapter_and_a_report() {
     let (pruned, data) = setup(tmp.path());
     let out = tmp.path().join("recovered");
     let (p, d, o) = (pruned.to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap());
-    ok(&llmprune(&recover_args(p, d, o)));
+    let text = tmp.path().join("words.txt");
+    std::fs::write(&text, (0..300).map(|i| format!("w{}", i % 90)).collect::<Vec<_>>().join(" ")).unwrap();
+    let extra = format!("ptb={}", text.display());
+    let mut args = recover_args(p, d, o);
+    args.extend(["--extra-val", &extra, "--extra-val-chunks", "3"]);
+    ok(&llmprune(&args));
     for f in ["config.json", "model.safetensors", "tokenizer.json", "plan.json", "recover_report.json", "adapter/adapter_config.json", "adapter/adapter_model.safetensors"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
@@ -65,9 +70,22 @@ fn recover_writes_the_merged_model_the_peft_adapter_and_a_report() {
     assert_ne!(before["model.layers.0.self_attn.q_proj.weight"], after["model.layers.0.self_attn.q_proj.weight"]);
     assert_eq!(before["model.layers.0.input_layernorm.weight"], after["model.layers.0.input_layernorm.weight"]);
     assert!(!tmp.path().join(".recovered.llmprune-checkpoint").exists(), "checkpoints removed after success");
+    // Perplexity at every evaluation (steps 3 and 6) with the adapters active; at the end it is
+    // the merged model's (the kept step's adapters).
+    let extra: Vec<(u64, f64)> = report["extra_val"].as_array().unwrap().iter().map(|e| (e["step"].as_u64().unwrap(), e["ppl"].as_f64().unwrap())).collect();
+    assert_eq!(extra.iter().map(|e| e.0).collect::<Vec<_>>(), [3, 6]);
+    assert!(extra.iter().all(|e| e.1.is_finite() && e.1 > 1.0), "{extra:?}");
+    {
+        // The kept step's adapters (lowest validation loss) are the merged model's: `llmprune
+        // ppl` on it agrees with the perplexity measured at that step.
+        let kept = extra.iter().find(|e| report["kept_step"] == e.0).expect("an evaluation at the kept step").1;
+        let json = tmp.path().join("ppl.json");
+        ok(&llmprune(&["ppl", "--model", o, "--data", &format!("ptb={}", text.display()), "--seq-len", "64", "--max-chunks", "3", "--json", json.to_str().unwrap()]));
+        let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let merged = doc["results"]["ptb"]["ppl"].as_f64().unwrap();
+        assert!((merged - kept).abs() < 1e-4 * merged, "merged {merged} vs during training {kept}");
+    }
     // The recovered model is a model: perplexity runs on it.
-    let text = tmp.path().join("words.txt");
-    std::fs::write(&text, (0..100).map(|i| format!("w{}", i % 90)).collect::<Vec<_>>().join(" ")).unwrap();
     ok(&llmprune(&["ppl", "--model", o, "--data", &format!("ptb={}", text.display()), "--seq-len", "16"]));
 }
 

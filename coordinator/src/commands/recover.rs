@@ -60,6 +60,8 @@ fn request(args: &RecoverArgs, out_dir: &Path) -> Result<RecoverRequest> {
         out_dir: out_dir.display().to_string(),
         max_shard_bytes: args.output.max_shard_size,
         base_model: args.model.display().to_string(),
+        extra_val: args.extra_val.as_deref().map(|l| l.split(',').map(str::to_string).collect()).unwrap_or_default(),
+        extra_val_chunks: args.extra_val_chunks.unwrap_or(0) as u32,
     };
     lora_config(&req)?;
     recover_options(&req, None)?;
@@ -169,6 +171,7 @@ fn report_json(args: &RecoverArgs, req: &RecoverRequest, r: &RecoverReply, t0: I
         "loss_curve_fields": ["step", "loss", "lr", "grad_norm", "seconds", "trained_tokens"],
         "loss_curve": r.steps.iter().map(|s| json!([s.step, s.loss, s.lr, s.grad_norm, s.seconds, s.trained_tokens])).collect::<Vec<_>>(),
         "val_losses": r.val_steps.iter().zip(&r.val_losses).map(|(s, l)| json!([s, l])).collect::<Vec<_>>(),
+        "extra_val": r.extra_val.iter().map(|e| json!({"step": e.step, "name": e.name, "ppl": e.ppl})).collect::<Vec<_>>(),
         "kept_step": r.kept_step,
         "resumed_from": (r.resumed_from > 0).then_some(r.resumed_from),
         "adapter_sha256": r.adapter_sha256,

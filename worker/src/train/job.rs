@@ -12,7 +12,8 @@ use crate::export::write_weights_into;
 use crate::loader::TextTokenizer;
 use crate::lora::{self, peft, LoraConfig, Projection};
 use crate::model::LlamaModel;
-use llmprune_shared::proto::{RecoverReply, RecoverRequest, TrainStep};
+use crate::eval::perplexity::CorpusKind;
+use llmprune_shared::proto::{ExtraValPpl, RecoverReply, RecoverRequest, TrainStep};
 use std::path::{Path, PathBuf};
 
 pub fn lora_config(req: &RecoverRequest) -> Result<LoraConfig> {
@@ -39,6 +40,16 @@ pub fn recover_options(req: &RecoverRequest, eos: Option<u32>) -> Result<Recover
         checkpoint_dir: (!req.checkpoint_dir.is_empty()).then(|| PathBuf::from(&req.checkpoint_dir)),
         resume: req.resume,
         fingerprint: req.fingerprint.clone(),
+        extra_val: req
+            .extra_val
+            .iter()
+            .map(|spec| {
+                let (name, file) = spec.split_once('=').ok_or_else(|| Error::Invalid(format!("--extra-val {spec}: expected NAME=FILE")))?;
+                let kind: CorpusKind = name.parse().map_err(|e| Error::Invalid(format!("--extra-val {spec}: {e}")))?;
+                Ok((kind, PathBuf::from(file)))
+            })
+            .collect::<Result<_>>()?,
+        extra_val_chunks: (req.extra_val_chunks > 0).then_some(req.extra_val_chunks as usize),
     };
     opts.validate()?;
     Ok(opts)
@@ -105,5 +116,6 @@ pub fn run_recovery(
         trainable_params: trainable,
         adapter_sha256,
         peak_rss_bytes: crate::memory::peak_rss_mb().map_or(0, |mb| (mb * 1048576.0) as u64),
+        extra_val: outcome.extra_val.iter().map(|(step, name, ppl)| ExtraValPpl { step: *step, name: name.clone(), ppl: *ppl }).collect(),
     })
 }

@@ -11,8 +11,9 @@ use super::{micro_batch_loss, train_step, StepConfig};
 use crate::collective::Communicator;
 use crate::error::{Error, Result};
 use crate::loader::TextTokenizer;
-use crate::model::LlamaModel;
-use candle_core::{Tensor, Var};
+use crate::eval::perplexity::{CorpusKind, PplCorpus};
+use crate::model::{Exec, LlamaModel};
+use candle_core::{DType, Tensor, Var};
 use llmprune_shared::PyRandom;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -41,6 +42,10 @@ pub struct RecoverOptions {
     pub resume: bool,
     /// What makes two runs the same; a checkpoint with another is refused.
     pub fingerprint: String,
+    /// Perplexity at every evaluation on these texts (the reference's `--extra_val_dataset`).
+    pub extra_val: Vec<(CorpusKind, PathBuf)>,
+    /// Chunks per text at most (`None`: all).
+    pub extra_val_chunks: Option<usize>,
 }
 
 impl RecoverOptions {
@@ -81,6 +86,9 @@ pub struct StepReport {
     pub seconds: f64,
     /// Labelled tokens trained on, over all ranks.
     pub trained_tokens: u64,
+    /// Perplexities of this evaluation, by text.
+    #[serde(default)]
+    pub extra_val: Vec<(String, f64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -98,6 +106,8 @@ pub struct RecoverOutcome {
     pub kept_step: u64,
     /// The step a resumed run started from.
     pub resumed_from: Option<u64>,
+    /// Perplexities at the evaluations: (step, text, ppl).
+    pub extra_val: Vec<(u64, String, f64)>,
 }
 
 /// Training and validation indices: a seeded shuffle, the first `val_size` for validation.
@@ -137,6 +147,27 @@ fn validation_loss(model: &LlamaModel, val: &[MicroBatch], comm: &mut dyn Commun
         comm.all_reduce_sum(&mut acc).map_err(|e| Error::Invalid(format!("all-reducing the validation loss: {e}")))?;
     }
     Ok(acc[0] as f64 / acc[1].max(1.0) as f64)
+}
+
+/// Perplexity of `corpus` (its first `max` chunks) with the adapters active; rank r takes
+/// chunks r, r + world, … and the NLL sums are all-reduced.
+fn sharded_ppl(model: &LlamaModel, corpus: &PplCorpus, max: Option<usize>, comm: &mut dyn Communicator) -> Result<f64> {
+    let (rank, world) = (comm.rank(), comm.world_size());
+    let n = max.map_or(corpus.chunks.len(), |m| m.min(corpus.chunks.len()));
+    let mine: Vec<&Vec<u32>> = corpus.chunks[..n].iter().skip(rank).step_by(world).collect();
+    let (mut nll, mut count) = (0f64, 0f64);
+    for batch in mine.chunks(4) {
+        let flat: Vec<u32> = batch.iter().flat_map(|c| c.iter().copied()).collect();
+        let ids = Tensor::from_vec(flat, (batch.len(), corpus.seq_len), model.device())?;
+        let t = model.next_token_nll(&ids, Exec::Inference)?;
+        nll += t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+        count += t.elem_count() as f64;
+    }
+    let mut sums = [nll as f32, count as f32];
+    if world > 1 {
+        comm.all_reduce_sum(&mut sums).map_err(|e| Error::Invalid(format!("all-reducing a perplexity: {e}")))?;
+    }
+    Ok((sums[0] as f64 / sums[1].max(1.0) as f64).exp())
 }
 
 /// Checks that every rank holds the same adapters (their checksums all-gathered) and returns
@@ -240,6 +271,12 @@ pub fn recover(
         .map(|c| micro_batch(&c.iter().collect::<Vec<_>>(), 8))
         .filter(|mb| mb.as_ref().map_or(true, |m| m.trained_tokens > 0))
         .collect::<Result<_>>()?;
+    let extra_val = opts
+        .extra_val
+        .iter()
+        // The reference's 128-token chunks (shorter only for toy models that cannot take 128).
+        .map(|(kind, path)| PplCorpus::load(*kind, path, tok, 128.min(model.spec.max_position_embeddings)))
+        .collect::<Result<Vec<_>>>()?;
     let steps_per_epoch = train.len().div_ceil(opts.batch_size) as u64;
     let total_steps = match opts.max_steps {
         Some(m) => m.min(steps_per_epoch * opts.epochs.max(1) as u64).max(1),
@@ -318,8 +355,14 @@ pub fn recover(
             state.trained_tokens += sums[1] as u64;
             tokens_here += sums[1] as u64;
             state.step = p.step + 1;
-            let evaluate = !val.is_empty() && (state.step % opts.eval_every.max(1) == 0 || state.step == total_steps);
-            let val_loss = if evaluate {
+            let evaluate = (!val.is_empty() || !extra_val.is_empty()) && (state.step % opts.eval_every.max(1) == 0 || state.step == total_steps);
+            let mut ppl = Vec::new();
+            if evaluate {
+                for corpus in &extra_val {
+                    ppl.push((corpus.kind.name().to_string(), sharded_ppl(model, corpus, opts.extra_val_chunks, comm)?));
+                }
+            }
+            let val_loss = if evaluate && !val.is_empty() {
                 let l = validation_loss(model, &val, comm)?;
                 state.val_losses.push((state.step, l));
                 if best.as_ref().is_none_or(|(_, b, _)| l < *b) {
@@ -343,6 +386,7 @@ pub fn recover(
                 val_loss,
                 seconds: step_seconds,
                 trained_tokens: sums[1] as u64,
+                extra_val: ppl,
             };
             report(&r);
             state.steps.push(r);
@@ -364,6 +408,7 @@ pub fn recover(
         }
         _ => state.step,
     };
+    let extra_val = state.steps.iter().flat_map(|s| s.extra_val.iter().map(move |(n, p)| (s.step, n.clone(), *p))).collect();
     Ok(RecoverOutcome {
         train_records: train.len(),
         val_records: val_idx.len(),
@@ -374,5 +419,6 @@ pub fn recover(
         seconds: t0.elapsed().as_secs_f64(),
         kept_step,
         resumed_from,
+        extra_val,
     })
 }
