@@ -42,6 +42,7 @@ fn options(checkpoints: Option<PathBuf>, resume: bool) -> RecoverOptions {
         seed: 5,
         val_size: 8,
         eval_every: 2,
+        save_every: u64::MAX,
         tokenize: TokenizeOptions { cutoff_len: 64, train_on_inputs: false, add_eos: true, eos: Some(2) },
         checkpoint_dir: checkpoints,
         resume,
@@ -134,6 +135,16 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     assert_eq!(max_diff(&got, &want), 0.0, "resumed adapters differ");
     assert_eq!(resumed.val_losses, whole.val_losses);
     assert_eq!(resumed.steps.len(), whole.steps.len());
+
+    // Checkpoints every 3 steps without evaluations in between: the crash after step 5 resumes
+    // from step 3, to the same end.
+    let sparse = |dir: PathBuf, resume: bool| RecoverOptions { eval_every: 100, save_every: 3, ..options(Some(dir), resume) };
+    let (_, want_sparse) = run(&model, &data, &sparse(tmp.path().join("ck-sparse-whole"), false), &mut SingleRank, None);
+    let ck3 = tmp.path().join("ck-sparse");
+    assert!(std::panic::catch_unwind(|| run(&model, &data, &sparse(ck3.clone(), false), &mut SingleRank, Some(5))).is_err());
+    let (resumed, got) = run(&model, &data, &sparse(ck3, true), &mut SingleRank, None);
+    assert_eq!(resumed.resumed_from, Some(3));
+    assert_eq!(max_diff(&got, &want_sparse), 0.0);
 
     // Another run's checkpoint is refused.
     let mut other = options(Some(ck), true);

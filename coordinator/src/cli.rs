@@ -109,9 +109,12 @@ pub struct RecoverArgs {
     /// Records held out for the validation loss.
     #[arg(long, default_value_t = 2000)]
     pub val_size: usize,
-    /// Validation loss every N steps.
+    /// Validation loss (and a checkpoint) every N steps.
     #[arg(long, default_value_t = 100)]
     pub eval_steps: u64,
+    /// A checkpoint every N steps besides those at evaluations [default: at evaluations only].
+    #[arg(long)]
+    pub save_steps: Option<u64>,
     /// Train on the prompt's tokens too (default: only the response's).
     #[arg(long)]
     pub train_on_inputs: bool,

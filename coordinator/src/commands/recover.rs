@@ -51,6 +51,7 @@ fn request(args: &RecoverArgs, out_dir: &Path) -> Result<RecoverRequest> {
         seed: args.seed,
         val_size: args.val_size as u32,
         eval_every: args.eval_steps.max(1),
+        save_every: args.save_steps.unwrap_or(0),
         cutoff_len: args.cutoff_len as u32,
         train_on_inputs: args.train_on_inputs,
         add_eos: !args.no_eos,

@@ -36,6 +36,7 @@ pub fn recover_options(req: &RecoverRequest, eos: Option<u32>) -> Result<Recover
         seed: req.seed,
         val_size: req.val_size as usize,
         eval_every: req.eval_every.max(1),
+        save_every: if req.save_every == 0 { u64::MAX } else { req.save_every },
         tokenize: TokenizeOptions { cutoff_len: req.cutoff_len as usize, train_on_inputs: req.train_on_inputs, add_eos: req.add_eos, eos },
         checkpoint_dir: (!req.checkpoint_dir.is_empty()).then(|| PathBuf::from(&req.checkpoint_dir)),
         resume: req.resume,

@@ -35,6 +35,8 @@ pub struct RecoverOptions {
     pub val_size: usize,
     /// Validation loss every this many steps (and at the end).
     pub eval_every: u64,
+    /// A checkpoint every this many steps (and at every evaluation and the end).
+    pub save_every: u64,
     pub tokenize: TokenizeOptions,
     /// Where checkpoints go (at every evaluation and at the end); `None`: none.
     pub checkpoint_dir: Option<PathBuf>,
@@ -390,7 +392,7 @@ pub fn recover(
             };
             report(&r);
             state.steps.push(r);
-            if evaluate || state.step == total_steps {
+            if evaluate || state.step % opts.save_every.max(1) == 0 || state.step == total_steps {
                 state.adapter_sha256 = same_adapters_everywhere(vars, comm)?;
                 if let (Some(c), 0) = (&checkpoints, rank) {
                     c.save(&state, vars, &opt)?;
