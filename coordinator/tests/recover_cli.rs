@@ -53,7 +53,7 @@ fn recover_writes_the_merged_model_the_peft_adapter_and_a_report() {
     std::fs::write(&text, (0..300).map(|i| format!("w{}", i % 90)).collect::<Vec<_>>().join(" ")).unwrap();
     let extra = format!("ptb={}", text.display());
     let mut args = recover_args(p, d, o);
-    args.extend(["--extra-val", &extra, "--extra-val-chunks", "3"]);
+    args.extend(["--extra-val", &extra, "--extra-val-chunks", "3", "--eval-ppl", &extra, "--eval-max-chunks", "3"]);
     ok(&llmprune(&args));
     for f in ["config.json", "model.safetensors", "tokenizer.json", "plan.json", "recover_report.json", "adapter/adapter_config.json", "adapter/adapter_model.safetensors"] {
         assert!(out.join(f).is_file(), "{f} missing");
@@ -84,6 +84,9 @@ fn recover_writes_the_merged_model_the_peft_adapter_and_a_report() {
         let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         let merged = doc["results"]["ptb"]["ppl"].as_f64().unwrap();
         assert!((merged - kept).abs() < 1e-4 * merged, "merged {merged} vs during training {kept}");
+        // --eval-ppl measured the same merged model at the end.
+        let at_end = report["ppl"]["ptb"]["ppl"].as_f64().unwrap();
+        assert!((merged - at_end).abs() < 1e-9 * merged, "--eval-ppl {at_end} vs llmprune ppl {merged}");
     }
     // The recovered model is a model: perplexity runs on it.
     ok(&llmprune(&["ppl", "--model", o, "--data", &format!("ptb={}", text.display()), "--seq-len", "16"]));

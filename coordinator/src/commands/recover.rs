@@ -131,13 +131,15 @@ pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs) -> Result<()> {
         (reply, None, load_s)
     };
 
+    out.write_model_files(&spec, &tokenizer)?;
     // The merged model as written (by this process or the first worker), for the perplexity.
     let mut ppl = serde_json::Map::new();
     if !eval_data.is_empty() {
         let merged = load_model(out.path(), |s| LoadOptions::full(s), &Device::Cpu).context("loading the merged model")?;
-        ppl = crate::commands::ppl::perplexities(&merged.model, &tokenizer, &eval_data, 128, 4, args.eval_max_chunks)?;
+        // The reference's 128-token chunks (shorter only for toy models that cannot take 128).
+        let seq_len = 128.min(spec.max_position_embeddings);
+        ppl = crate::commands::ppl::perplexities(&merged.model, &tokenizer, &eval_data, seq_len, 4, args.eval_max_chunks)?;
     }
-    out.write_model_files(&spec, &tokenizer)?;
     let plan_path = args.model.join("plan.json");
     let plan: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&plan_path)?).with_context(|| format!("{}", plan_path.display()))?;
     out.write_json("plan.json", &plan)?;
