@@ -35,7 +35,8 @@ secs = [c[4] for c in curve]
 toks = [c[5] for c in curve]
 rest = secs[1:] or secs
 print(json.dumps({"impl": "llmprune", "steps": len(curve), "median_step_s": statistics.median(rest),
-                  "tokens_per_s": sum(toks[1:] or toks) / sum(rest), "trained_tokens": toks, "step_seconds": secs}))
+                  "tokens_per_s": sum(toks[1:] or toks) / sum(rest), "trained_tokens": toks, "step_seconds": secs,
+                  "peak_rss_mb": r["peak_rss_mib"]}))
 PY
   "$PYTHON" bench/torch_lora.py --model "$MODEL" --data "$DATA" --steps "$STEPS" | tail -n 1 | tee -a "$OUT"
 done
@@ -46,5 +47,5 @@ best = {impl: min((r for r in rows if r["impl"] == impl), key=lambda r: r["media
 a, b = best["llmprune"], best["peft"]
 assert a["trained_tokens"] == b["trained_tokens"], ("the two trained on different tokens", a["trained_tokens"], b["trained_tokens"])
 print(f"recovery step (batch 8): llmprune {a['median_step_s']:.2f} s, PEFT {b['median_step_s']:.2f} s -> llmprune is {b['median_step_s'] / a['median_step_s']:.2f}x PEFT's speed"
-      f" ({a['tokens_per_s']:.0f} vs {b['tokens_per_s']:.0f} trained tokens/s; PEFT peak RSS {b['peak_rss_mb']:.0f} MiB)")
+      f" ({a['tokens_per_s']:.0f} vs {b['tokens_per_s']:.0f} trained tokens/s; peak RSS {a['peak_rss_mb']:.0f} vs {b['peak_rss_mb']:.0f} MiB)")
 PY
