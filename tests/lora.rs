@@ -107,7 +107,7 @@ fn loss_and_gradients_equal_peft() {
         assert!(d < 1e-4, "{name}: {d}");
     }
     // The base weights got no gradient: they are not variables.
-    assert!(m.layers[0].attn.q.track_op() == false);
+    assert!(!m.layers[0].attn.q.track_op());
 }
 
 #[test]

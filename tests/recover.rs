@@ -149,6 +149,6 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     // Another run's checkpoint is refused.
     let mut other = options(Some(ck), true);
     other.fingerprint = "another".into();
-    let err = try_run(&model, &data, &other, &mut SingleRank, None).err().expect("another run's checkpoint must be refused");
+    let Err(err) = try_run(&model, &data, &other, &mut SingleRank, None) else { panic!("another run's checkpoint must be refused") };
     llmprune_tests::assert_contains(&err.to_string(), &["checkpoint", "another run", "--resume"]);
 }

@@ -135,7 +135,7 @@ pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs) -> Result<()> {
     // The merged model as written (by this process or the first worker), for the perplexity.
     let mut ppl = serde_json::Map::new();
     if !eval_data.is_empty() {
-        let merged = load_model(out.path(), |s| LoadOptions::full(s), &Device::Cpu).context("loading the merged model")?;
+        let merged = load_model(out.path(), LoadOptions::full, &Device::Cpu).context("loading the merged model")?;
         // The reference's 128-token chunks (shorter only for toy models that cannot take 128).
         let seq_len = 128.min(spec.max_position_embeddings);
         ppl = crate::commands::ppl::perplexities(&merged.model, &tokenizer, &eval_data, seq_len, 4, args.eval_max_chunks)?;

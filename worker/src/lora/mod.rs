@@ -83,7 +83,7 @@ impl LoraConfig {
         if self.r == 0 {
             return Err(Error::Invalid("--lora-r must be at least 1".into()));
         }
-        if !(self.alpha > 0.0) {
+        if self.alpha.is_nan() || self.alpha <= 0.0 {
             return Err(Error::Invalid(format!("--lora-alpha must be positive, got {}", self.alpha)));
         }
         if !(0.0..1.0).contains(&self.dropout) {

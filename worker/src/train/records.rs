@@ -86,7 +86,7 @@ impl RecordFile {
             Some(_) => Self::index_lines(path, format, skip_bad)?,
         };
         let out = Self { path: path.to_path_buf(), format, storage, skipped };
-        if out.len() == 0 {
+        if out.is_empty() {
             return Err(Error::file(path, format!("no usable records ({skipped} skipped as malformed)")));
         }
         Ok(out)

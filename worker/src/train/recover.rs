@@ -52,7 +52,7 @@ pub struct RecoverOptions {
 
 impl RecoverOptions {
     pub fn validate(&self) -> Result<()> {
-        if self.micro_batch_size == 0 || self.batch_size == 0 || self.batch_size % self.micro_batch_size != 0 {
+        if self.micro_batch_size == 0 || self.batch_size == 0 || !self.batch_size.is_multiple_of(self.micro_batch_size) {
             return Err(Error::Invalid(format!(
                 "--batch-size {} must be a positive multiple of --micro-batch-size {}",
                 self.batch_size, self.micro_batch_size
@@ -61,7 +61,7 @@ impl RecoverOptions {
         if self.epochs == 0 && self.max_steps.is_none() {
             return Err(Error::Invalid("--epochs must be at least 1".into()));
         }
-        if !(self.lr > 0.0) {
+        if self.lr.is_nan() || self.lr <= 0.0 {
             return Err(Error::Invalid(format!("--lr must be positive, got {}", self.lr)));
         }
         if self.tokenize.cutoff_len < 2 {
@@ -357,7 +357,7 @@ pub fn recover(
             state.trained_tokens += sums[1] as u64;
             tokens_here += sums[1] as u64;
             state.step = p.step + 1;
-            let evaluate = (!val.is_empty() || !extra_val.is_empty()) && (state.step % opts.eval_every.max(1) == 0 || state.step == total_steps);
+            let evaluate = (!val.is_empty() || !extra_val.is_empty()) && (state.step.is_multiple_of(opts.eval_every.max(1)) || state.step == total_steps);
             let mut ppl = Vec::new();
             if evaluate {
                 for corpus in &extra_val {
@@ -392,7 +392,7 @@ pub fn recover(
             };
             report(&r);
             state.steps.push(r);
-            if evaluate || state.step % opts.save_every.max(1) == 0 || state.step == total_steps {
+            if evaluate || state.step.is_multiple_of(opts.save_every.max(1)) || state.step == total_steps {
                 state.adapter_sha256 = same_adapters_everywhere(vars, comm)?;
                 if let (Some(c), 0) = (&checkpoints, rank) {
                     c.save(&state, vars, &opt)?;
