@@ -309,6 +309,21 @@ pub struct ClusterArgs {
     pub inject_fault: Option<String>,
 }
 
+impl ClusterArgs {
+    /// Whether the command runs on a cluster (local or remote workers).
+    pub fn distributed(&self) -> bool {
+        self.local_workers.is_some() || self.workers.is_some()
+    }
+
+    /// Checks the worker counts the commands share.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.local_workers == Some(0) || self.workers == Some(0) {
+            anyhow::bail!("--local-workers / --workers must be at least 1");
+        }
+        Ok(())
+    }
+}
+
 #[derive(Args)]
 pub struct OutputArgs {
     /// Weights above this size are written as Hugging Face shards with an index.

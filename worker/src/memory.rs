@@ -21,6 +21,11 @@ pub fn configure_allocator() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
 }
 
+/// Peak resident memory of this process in bytes; 0 where it cannot be read.
+pub fn peak_rss_bytes() -> u64 {
+    peak_rss_mb().map_or(0, |mb| (mb * 1048576.0) as u64)
+}
+
 /// Peak resident memory of this process (VmHWM), in MiB; `None` off Linux.
 pub fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -88,9 +88,7 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs) -> Result<()> {
     if args.round_to == 0 {
         return Err(anyhow!("--round-to must be at least 1"));
     }
-    if args.cluster.local_workers == Some(0) || args.cluster.workers == Some(0) {
-        return Err(anyhow!("--local-workers / --workers must be at least 1"));
-    }
+    args.cluster.check()?;
     let workers = args.cluster.local_workers.or(args.cluster.workers);
     match (args.cluster.replicas, workers) {
         (0, _) => return Err(anyhow!("--replicas must be at least 1")),
@@ -190,7 +188,7 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs) -> Result<()> {
         "calibration": calibration_json,
     });
     let out = ModelDir::create(&args.out)?;
-    let distributed = args.cluster.local_workers.is_some() || args.cluster.workers.is_some();
+    let distributed = args.cluster.distributed();
     let latency_data = eval_data.first().filter(|_| args.latency_chunks > 0 && !distributed);
     let mut report = serde_json::Map::new();
     let (spec_after, steps, pruned) = if distributed {

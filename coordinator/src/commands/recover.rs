@@ -19,14 +19,14 @@ use llmprune_worker::lora::Projection;
 use llmprune_worker::train::job::{lora_config, recover_options, run_recovery};
 use llmprune_worker::train::records::Format;
 use llmprune_worker::train::recover::StepReport;
-use llmprune_worker::{load_model, LoadOptions};
+use llmprune_worker::{load_model, LlamaModel, LoadOptions};
 use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
 
 /// The job every process runs, from the flags; checked here so that bad flags fail before any
 /// model is loaded or worker started.
-fn request(args: &RecoverArgs, out_dir: &Path) -> Result<RecoverRequest> {
+fn request(args: &RecoverArgs, out_dir: &Path, model_sha256: &str) -> Result<RecoverRequest> {
     let targets: Vec<String> = args.lora_targets.split(',').map(|t| t.trim().to_string()).collect();
     for t in &targets {
         Projection::from_name(t).map_err(|e| anyhow!("--lora-targets: {e}"))?;
@@ -69,7 +69,7 @@ fn request(args: &RecoverArgs, out_dir: &Path) -> Result<RecoverRequest> {
     // The same model, data and settings (not where they are written), or a checkpoint is not
     // this run's.
     let same = RecoverRequest { checkpoint_dir: String::new(), resume: false, out_dir: String::new(), ..req.clone() };
-    req.fingerprint = format!("{} {} {same:?}", model_checksum(&args.model)?, sha256_file(&args.data).map_err(|e| anyhow!("--data: {e}"))?);
+    req.fingerprint = format!("{model_sha256} {} {same:?}", sha256_file(&args.data).map_err(|e| anyhow!("--data: {e}"))?);
     Ok(req)
 }
 
@@ -86,10 +86,7 @@ fn check_args(args: &RecoverArgs) -> Result<()> {
     if args.cluster.replicas != 1 {
         return Err(anyhow!("--replicas: recovery makes every worker a replica; give --local-workers N or --workers N only"));
     }
-    if args.cluster.local_workers == Some(0) || args.cluster.workers == Some(0) {
-        return Err(anyhow!("--local-workers / --workers must be at least 1"));
-    }
-    Ok(())
+    args.cluster.check()
 }
 
 pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs) -> Result<()> {
@@ -102,20 +99,20 @@ pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs) -> Result<()> {
         None => Vec::new(),
     };
     let out = ModelDir::create(&args.out)?;
-    let req = request(&args, out.path())?;
+    let sha = model_checksum(&args.model)?;
+    let req = request(&args, out.path(), &sha)?;
     let opened = open_model(&args.model).with_context(|| format!("opening {}", args.model.display()))?;
-    let (spec, tokenizer) = (opened.spec, opened.tokenizer);
-    drop(opened.weights);
-    let distributed = args.cluster.local_workers.is_some() || args.cluster.workers.is_some();
-    let (reply, cluster_report, load_s) = if distributed {
-        let sha = model_checksum(&args.model)?;
+    let (spec, tokenizer, weights) = (opened.spec, opened.tokenizer, opened.weights);
+    let (reply, cluster_report, load_s) = if args.cluster.distributed() {
+        drop(weights); // the workers read their own copies
         let config = cluster_config(settings, &args.cluster)?;
         let done = with_cluster(config, run_id, async |cluster: &mut Cluster| recover_on_cluster(cluster, &spec, &args.model, &sha, &req).await)?;
         let report = json!({"workers": done.ranks.len(), "ranks": done.ranks});
         (done.reply, Some(report), done.load_s)
     } else {
         let t = Instant::now();
-        let mut loaded = load_model(&args.model, LoadOptions::full, &Device::Cpu).with_context(|| format!("loading {}", args.model.display()))?;
+        let mut model = LlamaModel::load(spec.clone(), weights.as_ref(), &LoadOptions::full(&spec), &Device::Cpu)
+            .with_context(|| format!("loading {}", args.model.display()))?;
         let load_s = t.elapsed().as_secs_f64();
         let mut bar: Option<Progress> = None;
         let mut last_log = Instant::now();
@@ -127,7 +124,7 @@ pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs) -> Result<()> {
                                tokens_per_s = format!("{:.0}", r.tokens_per_s), eta_s = format!("{:.0}", r.eta_s), val_loss = ?r.val_loss, "step");
             }
         };
-        let reply = run_recovery(&mut loaded.model, &loaded.tokenizer, &req, &mut SingleRank, &mut on_step)?;
+        let reply = run_recovery(&mut model, &tokenizer, &req, &mut SingleRank, &mut on_step)?;
         (reply, None, load_s)
     };
 

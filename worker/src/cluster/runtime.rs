@@ -6,6 +6,7 @@ use super::shard::{Collectives, ShardLayout, ShardModel};
 use crate::collective::{group_id, nccl_group, Communicator, RingOptions, TcpRing, WorkerDevice};
 use crate::error::{Error, Result};
 use crate::loader::model_checksum;
+use crate::memory::peak_rss_bytes;
 use crate::prune::apply::{check_step, plan_groups};
 use crate::prune::importance::{Criterion, Reduction};
 use crate::train::job::run_recovery;
@@ -342,8 +343,4 @@ fn join_ring(what: &str, rank: usize, world: usize, addresses: &[String], listen
     };
     let listener = listener.try_clone().map_err(|e| Error::io(format!("{what} ring socket"), e))?;
     TcpRing::connect(rank, &addrs, listener, opts).map_err(|e| Error::Invalid(format!("joining the {what} ring: {e}")))
-}
-
-fn peak_rss_bytes() -> u64 {
-    crate::memory::peak_rss_mb().map_or(0, |mb| (mb * 1048576.0) as u64)
 }

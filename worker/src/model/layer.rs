@@ -50,14 +50,10 @@ pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, exec: Exec) -> Result<T
     })
 }
 
-/// `x W^T (+ b)` for `x` of shape `[N, in]`. A weight without a gradient (a LoRA base
-/// weight) under a differentiable input skips its gradient's matmul.
-fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let y = if x.track_op() && !w.track_op() { ops::frozen_linear(x, w)? } else { x.matmul(&w.t()?)? };
-    Ok(match b {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
-    })
+/// `x W^T` for `x` of shape `[N, in]`. A weight without a gradient (a LoRA base weight)
+/// under a differentiable input skips its gradient's matmul.
+fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(if x.track_op() && !w.track_op() { ops::frozen_linear(x, w)? } else { x.matmul(&w.t()?)? })
 }
 
 /// Additive mask for GQA-folded score rows: row `r` is query position `r % q_len`.
@@ -141,13 +137,15 @@ impl DecoderLayer {
             _ => None,
         };
         let w = self.projection_weight(p);
-        match self.lora.as_ref().map(|l| l.project(self.index, p, x, w)).transpose()?.flatten() {
-            Some(y) => Ok(match bias {
-                Some(b) => y.broadcast_add(b)?,
-                None => y,
-            }),
-            None => linear(x, w, bias),
-        }
+        let adapted = self.lora.as_ref().map(|l| l.project(self.index, p, x, w)).transpose()?.flatten();
+        let y = match adapted {
+            Some(y) => y,
+            None => linear(x, w)?,
+        };
+        Ok(match bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
     }
 
     fn names(&self) -> [String; 12] {

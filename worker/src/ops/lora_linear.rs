@@ -39,13 +39,11 @@ fn mask(dropout: Option<Dropout>, x: &Tensor) -> Result<Option<Tensor>> {
     }
 }
 
-impl LoraLinear {
-    /// The adapter's input: `x`, masked when dropout is on.
-    fn adapter_input(&self) -> Result<Tensor> {
-        match mask(self.dropout, &self.x)? {
-            Some(m) => self.x.mul(&m),
-            None => Ok(self.x.clone()),
-        }
+/// `x` masked by `m`, or `x` itself without dropout.
+fn masked(x: &Tensor, m: Option<&Tensor>) -> Result<Tensor> {
+    match m {
+        Some(m) => x.mul(m),
+        None => Ok(x.clone()),
     }
 }
 
@@ -55,21 +53,20 @@ impl CustomOp3 for LoraLinear {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        let low = (self.adapter_input()?.matmul(&self.a.t()?)? * self.scale)?;
+        let xd = masked(&self.x, mask(self.dropout, &self.x)?.as_ref())?;
+        let low = (xd.matmul(&self.a.t()?)? * self.scale)?;
         let y = (self.x.matmul(&self.w.t()?)? + low.matmul(&self.b.t()?)?)?;
         let shape = y.shape().clone();
         Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
     }
 
     fn bwd(&self, _: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let xd = self.adapter_input()?;
+        // The mask is regenerated once and serves the input and its gradient.
+        let m = mask(self.dropout, &self.x)?;
+        let xd = masked(&self.x, m.as_ref())?;
         let low = xd.matmul(&self.a.t()?)?; // [N, r]
         let g_low = (grad.matmul(&self.b)? * self.scale)?; // [N, r]: d(loss)/d(low) · s
-        let dx_adapter = g_low.matmul(&self.a)?;
-        let dx = match mask(self.dropout, &self.x)? {
-            Some(m) => (grad.matmul(&self.w)? + dx_adapter.mul(&m)?)?,
-            None => (grad.matmul(&self.w)? + dx_adapter)?,
-        };
+        let dx = (grad.matmul(&self.w)? + masked(&g_low.matmul(&self.a)?, m.as_ref())?)?;
         let da = g_low.t()?.matmul(&xd)?; // [r, in]
         let db = (grad.t()?.matmul(&low)? * self.scale)?; // [out, r]
         Ok((Some(dx), Some(da), Some(db)))
@@ -81,10 +78,7 @@ impl CustomOp3 for LoraLinear {
 /// composed from candle's ops.
 pub fn lora_linear(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, scale: f64, dropout: Option<Dropout>) -> Result<Tensor> {
     if !x.device().is_cpu() || [x, w, a, b].iter().any(|t| t.dtype() != DType::F32) {
-        let xd = match mask(dropout, x)? {
-            Some(m) => x.mul(&m)?,
-            None => x.clone(),
-        };
+        let xd = masked(x, mask(dropout, x)?.as_ref())?;
         return x.matmul(&w.t()?)? + ((xd.matmul(&a.t()?)? * scale)?.matmul(&b.t()?))?;
     }
     x.apply_op3(a, b, LoraLinear { x: x.detach(), w: w.detach(), a: a.detach(), b: b.detach(), scale, dropout })

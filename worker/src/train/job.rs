@@ -77,15 +77,16 @@ pub fn run_recovery(
     tracing::info!(trainable, adapters = vars.len() / 2, "adapters attached");
     let outcome = recover(model, &vars, &records, tok, &opts, comm, report)?;
     let adapter_sha256 = super::checkpoint::adapter_checksum(&vars)?;
-    if comm.rank() == 0 && !req.out_dir.is_empty() {
-        let out = Path::new(&req.out_dir);
+    // The replicas hold the same adapters: the first writes the output.
+    let out = Some(Path::new(&req.out_dir)).filter(|d| comm.rank() == 0 && !d.as_os_str().is_empty());
+    if let Some(out) = out {
         let adapter = out.join("adapter");
         std::fs::create_dir_all(&adapter).map_err(|e| Error::io(&adapter, e))?;
         peft::write(&adapter, &config, &req.base_model, &vars)?;
     }
     lora::merge(model)?;
-    if comm.rank() == 0 && !req.out_dir.is_empty() {
-        write_weights_into(Path::new(&req.out_dir), &model.weights_by_name(), req.max_shard_bytes.max(1))?;
+    if let Some(out) = out {
+        write_weights_into(out, &model.weights_by_name(), req.max_shard_bytes.max(1))?;
     }
     let steps = outcome
         .steps
@@ -116,7 +117,7 @@ pub fn run_recovery(
         resumed_from: outcome.resumed_from.unwrap_or(0),
         trainable_params: trainable,
         adapter_sha256,
-        peak_rss_bytes: crate::memory::peak_rss_mb().map_or(0, |mb| (mb * 1048576.0) as u64),
+        peak_rss_bytes: crate::memory::peak_rss_bytes(),
         extra_val: outcome.extra_val.iter().map(|(step, name, ppl)| ExtraValPpl { step: *step, name: name.clone(), ppl: *ppl }).collect(),
     })
 }

@@ -100,10 +100,8 @@ pub fn train_step(
     if comm.world_size() > 1 {
         grads = all_reduce(grads, comm)?;
     }
-    let grad_norm = match cfg.max_grad_norm {
-        Some(limit) => clip_grad_norm(&mut grads, limit)?,
-        None => clip_grad_norm(&mut grads, f64::INFINITY)?,
-    };
+    // Without a limit the norm is still measured, for the report.
+    let grad_norm = clip_grad_norm(&mut grads, cfg.max_grad_norm.unwrap_or(f64::INFINITY))?;
     let lr = linear_schedule(cfg.peak_lr, step, cfg.warmup_steps, cfg.total_steps);
     opt.step(&grads, lr)?;
     Ok(StepStats { losses, grad_norm, lr, trained_tokens })

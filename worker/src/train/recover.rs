@@ -11,9 +11,9 @@ use super::{micro_batch_loss, train_step, StepConfig};
 use crate::collective::Communicator;
 use crate::error::{Error, Result};
 use crate::loader::TextTokenizer;
-use crate::eval::perplexity::{CorpusKind, PplCorpus};
-use crate::model::{Exec, LlamaModel};
-use candle_core::{DType, Tensor, Var};
+use crate::eval::perplexity::{nll_sum, CorpusKind, PplCorpus};
+use crate::model::LlamaModel;
+use candle_core::{Tensor, Var};
 use llmprune_shared::PyRandom;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -156,15 +156,8 @@ fn validation_loss(model: &LlamaModel, val: &[MicroBatch], comm: &mut dyn Commun
 fn sharded_ppl(model: &LlamaModel, corpus: &PplCorpus, max: Option<usize>, comm: &mut dyn Communicator) -> Result<f64> {
     let (rank, world) = (comm.rank(), comm.world_size());
     let n = max.map_or(corpus.chunks.len(), |m| m.min(corpus.chunks.len()));
-    let mine: Vec<&Vec<u32>> = corpus.chunks[..n].iter().skip(rank).step_by(world).collect();
-    let (mut nll, mut count) = (0f64, 0f64);
-    for batch in mine.chunks(4) {
-        let flat: Vec<u32> = batch.iter().flat_map(|c| c.iter().copied()).collect();
-        let ids = Tensor::from_vec(flat, (batch.len(), corpus.seq_len), model.device())?;
-        let t = model.next_token_nll(&ids, Exec::Inference)?;
-        nll += t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
-        count += t.elem_count() as f64;
-    }
+    let mine: Vec<&[u32]> = corpus.chunks[..n].iter().skip(rank).step_by(world).map(Vec::as_slice).collect();
+    let (nll, count) = nll_sum(model, &mine, corpus.seq_len, 4, &mut |_, _| {})?;
     let mut sums = [nll as f32, count as f32];
     if world > 1 {
         comm.all_reduce_sum(&mut sums).map_err(|e| Error::Invalid(format!("all-reducing a perplexity: {e}")))?;
