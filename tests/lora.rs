@@ -9,7 +9,7 @@ use llmprune_worker::lora::{self, peft, LoraConfig, Projection};
 use llmprune_worker::ops::IGNORE_TARGET;
 use llmprune_worker::train::data::{micro_batch, Example, MicroBatch};
 use llmprune_worker::train::optim::{AdamW, AdamWConfig};
-use llmprune_worker::train::{micro_batch_loss, train_step, StepConfig};
+use llmprune_worker::train::{micro_batch_loss, train_step, StepConfig, TrainGroups};
 use llmprune_worker::{load_model, LlamaModel, LoadOptions};
 use std::collections::HashMap;
 
@@ -129,7 +129,7 @@ fn four_adamw_steps_equal_torch_and_the_merge_equals_peft() {
     let mut opt = AdamW::new(var_list.clone(), adamw).unwrap();
     let micro: Vec<(usize, &MicroBatch)> = mbs.iter().enumerate().collect();
     for step in 0..cfg.total_steps {
-        let stats = train_step(&m, &var_list, &mut opt, &micro, step, &cfg, &mut SingleRank).unwrap();
+        let stats = train_step(&m, &var_list, &mut opt, &micro, step, &cfg, &mut TrainGroups { data: &mut SingleRank, pipeline: &mut SingleRank }).unwrap();
         let want_lr = g.json["lrs"][step as usize].as_f64().unwrap();
         assert!((stats.lr - want_lr).abs() < 1e-15, "step {step}: lr {} vs {want_lr}", stats.lr);
         let want_norm = g.json["grad_norms"][step as usize].as_f64().unwrap();

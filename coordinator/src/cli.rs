@@ -142,6 +142,10 @@ pub struct RecoverArgs {
     /// Output directory (must not exist).
     #[arg(long)]
     pub out: PathBuf,
+    /// Pipeline stages per replica, for a model one worker cannot hold: the workers form S
+    /// stages × N/S data-parallel replicas [default: every worker a whole replica].
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    pub stages: usize,
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]

@@ -183,3 +183,71 @@ fn two_local_workers_equal_one_process_and_a_lost_worker_resumes() {
     assert_eq!(resumed["adapter_sha256"], uninterrupted["adapter_sha256"]);
     assert!(model_tensors(&out) == model_tensors(&whole));
 }
+
+/// The adapter's matrices by name.
+fn adapter_tensors(dir: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let file = dir.join("adapter/adapter_model.safetensors");
+    candle_core::safetensors::load(&file, &candle_core::Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect()
+}
+
+#[test]
+fn pipeline_stages_equal_one_process_and_a_lost_stage_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pruned, data) = setup(tmp.path());
+    let (p, d) = (pruned.to_str().unwrap(), data.to_str().unwrap());
+    let single = tmp.path().join("single");
+    ok(&llmprune(&recover_args(p, d, single.to_str().unwrap())));
+
+    // Two stages of one replica compute the single process's bits: the merged model and the
+    // joined adapter are identical, the weights indexed as two shards.
+    let staged = tmp.path().join("staged");
+    let mut args = recover_args(p, d, staged.to_str().unwrap());
+    args.extend(["--local-workers", "2", "--stages", "2"]);
+    ok(&llmprune(&args));
+    assert!(staged.join("model.safetensors.index.json").is_file());
+    assert!(!staged.join("adapter/adapter_model.stage-00001.safetensors").exists(), "adapter parts joined and removed");
+    assert!(model_tensors(&staged) == model_tensors(&single), "2 stages vs 1 process: merged weights differ");
+    assert!(adapter_tensors(&staged) == adapter_tensors(&single), "2 stages vs 1 process: adapters differ");
+    let r = report(&staged);
+    assert_eq!((r["cluster"]["stages"].as_u64(), r["cluster"]["replicas"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(r["lora"]["trainable_params"], report(&single)["lora"]["trainable_params"]);
+    // Step, loss, learning rate, gradient norm and tokens (not the seconds) are the same.
+    let curve = |r: &serde_json::Value| r["loss_curve"].as_array().unwrap().iter().map(|s| [0, 1, 2, 3, 5].map(|i| s[i].clone())).collect::<Vec<_>>();
+    assert_eq!(curve(&r), curve(&report(&single)));
+
+    // The last stage lost mid-way: the run fails, and --resume continues from the checkpoint
+    // every stage has to the adapters of the uninterrupted run.
+    let out = tmp.path().join("resumed");
+    let mut args = with(recover_args(p, d, out.to_str().unwrap()), "--eval-steps", "1");
+    args.extend(["--local-workers", "2", "--stages", "2"]);
+    let mut faulty = args.clone();
+    faulty.extend(["--inject-fault", "1:exit-during-recovery"]);
+    let res = llmprune(&faulty);
+    assert!(!res.status.success());
+    assert_contains(&String::from_utf8_lossy(&res.stderr), &["recovering", "worker local-1", "exited"]);
+    assert!(!out.exists());
+    args.push("--resume");
+    ok(&llmprune(&args));
+    let whole = tmp.path().join("whole");
+    let mut args = with(recover_args(p, d, whole.to_str().unwrap()), "--eval-steps", "1");
+    args.extend(["--local-workers", "2", "--stages", "2"]);
+    ok(&llmprune(&args));
+    assert!(report(&out)["resumed_from"].as_u64().unwrap() >= 1);
+    assert!(model_tensors(&out) == model_tensors(&whole));
+
+    // Stages must divide the workers, and need workers.
+    let bad = tmp.path().join("bad");
+    let mut args = recover_args(p, d, bad.to_str().unwrap());
+    args.extend(["--local-workers", "3", "--stages", "2"]);
+    let res = llmprune(&args);
+    assert!(!res.status.success());
+    assert_contains(&String::from_utf8_lossy(&res.stderr), &["--stages 2", "3 workers"]);
+    let res = llmprune(&with(recover_args(p, d, bad.to_str().unwrap()), "--stages", "2"));
+    assert_contains(&String::from_utf8_lossy(&res.stderr), &["--stages 2", "--local-workers"]);
+    assert!(!bad.exists());
+}
+

@@ -13,6 +13,7 @@ pub mod memory;
 pub mod model;
 pub mod ops;
 pub mod prune;
+pub mod stage;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -1,23 +1,37 @@
-//! Recovery on a cluster: every worker loads the whole model as one data-parallel replica, runs
-//! the same recovery job (its share of every global batch, the adapter gradients all-reduced,
-//! the same optimizer step everywhere), and the first replica writes the merged weights and the
-//! adapter into the output's temporary directory.
+//! Recovery on a cluster: the workers form S pipeline stages × N/S data-parallel replicas
+//! (S = 1: every worker holds the whole model). Every worker runs the same recovery job (its
+//! replica's share of every global batch, the adapter gradients all-reduced over the copies of
+//! its stage, the same optimizer step everywhere). The first replica of each stage writes its
+//! merged weights and adapters into the output's temporary directory; with stages, the
+//! coordinator then indexes the weight shards and joins the adapter parts.
 
 use super::driver::{Cluster, Phase};
 use super::load::{load_layout, RankReport};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use llmprune_shared::proto::{RecoverReply, RecoverRequest};
 use llmprune_shared::ModelSpec;
+use llmprune_worker::export::write_index_into;
+use llmprune_worker::lora::peft;
+use llmprune_worker::train::job::lora_config;
 use std::path::Path;
 
 pub struct DistributedRecovery {
     pub reply: RecoverReply,
     pub ranks: Vec<RankReport>,
     pub load_s: f64,
+    /// Each stage's adapter checksum, by stage.
+    pub stage_adapter_sha256: Vec<String>,
 }
 
-pub async fn recover_on_cluster(cluster: &mut Cluster, spec: &ModelSpec, model_path: &Path, model_sha256: &str, req: &RecoverRequest) -> Result<DistributedRecovery> {
-    let replicas = cluster.members.len();
+pub async fn recover_on_cluster(
+    cluster: &mut Cluster,
+    spec: &ModelSpec,
+    model_path: &Path,
+    model_sha256: &str,
+    req: &RecoverRequest,
+    stages: usize,
+) -> Result<DistributedRecovery> {
+    let replicas = cluster.members.len() / stages.max(1);
     let layout = load_layout(cluster, spec, model_path, model_sha256, replicas).await?;
     cluster.enter(Phase::Recovering);
     let replies = cluster
@@ -27,16 +41,40 @@ pub async fn recover_on_cluster(cluster: &mut Cluster, spec: &ModelSpec, model_p
             async move { Ok(rpc.recover(req).await?.into_inner()) }
         })
         .await?;
-    // The replicas took the same steps: their adapters must agree to the bit.
-    let first = replies[0].adapter_sha256.clone();
-    if let Some((m, _)) = cluster.members.iter().zip(&replies).find(|(_, r)| r.adapter_sha256 != first) {
-        let msg = format!("recovering: worker {} (replica {}) ended with other adapters than replica 0", m.id, m.replica);
-        return Err(cluster.fail(&msg).await);
+    // The replicas of a stage took the same steps: their adapters must agree to the bit.
+    let mut firsts: Vec<Option<&RecoverReply>> = vec![None; stages];
+    for (m, r) in cluster.members.iter().zip(&replies) {
+        match firsts[m.stage] {
+            Some(first) if first.adapter_sha256 != r.adapter_sha256 => {
+                let msg = format!("recovering: worker {} (replica {} of stage {}) ended with other adapters than replica 0", m.id, m.replica, m.stage);
+                return Err(cluster.fail(&msg).await);
+            }
+            Some(_) => {}
+            None => firsts[m.stage] = Some(r),
+        }
     }
+    let firsts: Vec<&RecoverReply> = firsts.into_iter().flatten().collect();
+    if stages > 1 {
+        join_stage_outputs(Path::new(&req.out_dir), &firsts, req)?;
+    }
+    let stage_adapter_sha256: Vec<String> = firsts.iter().map(|r| r.adapter_sha256.clone()).collect();
+    let trainable_params = firsts.iter().map(|r| r.trainable_params).sum();
     let mut ranks = layout.ranks;
     for (r, reply) in ranks.iter_mut().zip(&replies) {
         r.peak_rss_mib = r.peak_rss_mib.max(reply.peak_rss_bytes as f64 / 1048576.0);
     }
-    let reply = replies.into_iter().next().ok_or_else(|| anyhow::anyhow!("no worker answered"))?;
-    Ok(DistributedRecovery { reply, ranks, load_s: layout.load_s })
+    let first = firsts.first().map(|r| (*r).clone()).ok_or_else(|| anyhow::anyhow!("no worker answered"))?;
+    let reply = RecoverReply { trainable_params, adapter_sha256: stage_adapter_sha256.join("+"), ..first };
+    Ok(DistributedRecovery { reply, ranks, load_s: layout.load_s, stage_adapter_sha256 })
+}
+
+/// The stages' weight shards indexed as one Hugging Face model, and their adapter parts
+/// joined into one PEFT adapter.
+fn join_stage_outputs(out: &Path, stages: &[&RecoverReply], req: &RecoverRequest) -> Result<()> {
+    let shards: Vec<(String, Vec<String>)> = stages.iter().map(|r| (r.weights_file.clone(), r.tensor_names.clone())).collect();
+    let bytes = stages.iter().map(|r| r.weight_bytes).sum();
+    write_index_into(out, &shards, bytes).context("indexing the stages' weights")?;
+    let parts: Vec<String> = stages.iter().map(|r| r.adapter_part.clone()).collect();
+    peft::join_parts(&out.join("adapter"), &parts, &lora_config(req)?, &req.base_model).context("joining the stages' adapters")?;
+    Ok(())
 }

@@ -18,6 +18,7 @@ use llmprune_worker::loader::{model_checksum, open_model, sha256_file};
 use llmprune_worker::lora::Projection;
 use llmprune_worker::train::job::{lora_config, recover_options, run_recovery};
 use llmprune_worker::train::records::Format;
+use llmprune_worker::train::TrainGroups;
 use llmprune_worker::train::recover::StepReport;
 use llmprune_worker::{load_model, LlamaModel, LoadOptions};
 use serde_json::json;
@@ -84,7 +85,14 @@ fn check_args(args: &RecoverArgs) -> Result<()> {
         return Err(anyhow!("--model {}: no plan.json (recover takes a directory written by `llmprune prune`)", args.model.display()));
     }
     if args.cluster.replicas != 1 {
-        return Err(anyhow!("--replicas: recovery makes every worker a replica; give --local-workers N or --workers N only"));
+        return Err(anyhow!("--replicas: recovery makes every worker a replica; split the model with --stages S instead"));
+    }
+    if args.stages > 1 && !args.cluster.distributed() {
+        return Err(anyhow!("--stages {}: pipeline stages run on workers; add --local-workers N or --workers N", args.stages));
+    }
+    let workers = args.cluster.local_workers.or(args.cluster.workers).unwrap_or(1);
+    if args.stages == 0 || !workers.is_multiple_of(args.stages) {
+        return Err(anyhow!("--stages {}: the {workers} workers must split into equal pipelines (a divisor of {workers})", args.stages));
     }
     args.cluster.check()
 }
@@ -106,8 +114,10 @@ pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs) -> Result<()> {
     let (reply, cluster_report, load_s) = if args.cluster.distributed() {
         drop(weights); // the workers read their own copies
         let config = cluster_config(settings, &args.cluster)?;
-        let done = with_cluster(config, run_id, async |cluster: &mut Cluster| recover_on_cluster(cluster, &spec, &args.model, &sha, &req).await)?;
-        let report = json!({"workers": done.ranks.len(), "ranks": done.ranks});
+        let stages = args.stages;
+        let done = with_cluster(config, run_id, async |cluster: &mut Cluster| recover_on_cluster(cluster, &spec, &args.model, &sha, &req, stages).await)?;
+        let report = json!({"workers": done.ranks.len(), "stages": stages, "replicas": done.ranks.len() / stages,
+                            "stage_adapter_sha256": done.stage_adapter_sha256, "ranks": done.ranks});
         (done.reply, Some(report), done.load_s)
     } else {
         let t = Instant::now();
@@ -124,7 +134,8 @@ pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs) -> Result<()> {
                                tokens_per_s = format!("{:.0}", r.tokens_per_s), eta_s = format!("{:.0}", r.eta_s), val_loss = ?r.val_loss, "step");
             }
         };
-        let reply = run_recovery(&mut model, &tokenizer, &req, &mut SingleRank, &mut on_step)?;
+        let mut groups = TrainGroups { data: &mut SingleRank, pipeline: &mut SingleRank };
+        let reply = run_recovery(&mut model, &tokenizer, &req, &mut groups, &|_| true, &mut on_step)?;
         (reply, None, load_s)
     };
 

@@ -10,6 +10,7 @@ use crate::memory::peak_rss_bytes;
 use crate::prune::apply::{check_step, plan_groups};
 use crate::prune::importance::{Criterion, Reduction};
 use crate::train::job::run_recovery;
+use crate::train::TrainGroups;
 use crate::train::recover::StepReport;
 use candle_core::Device;
 use llmprune_shared::plan::{PlanGroup, PlanStep};
@@ -279,11 +280,7 @@ impl Runtime {
         let progress_tx = self.opts.progress.clone();
         let fault = self.opts.fault;
         let (shard, comms) = self.parts()?;
-        let l = &shard.layout;
-        if !(l.embeddings && l.head && l.layers == (0..shard.model.spec.n_layers())) {
-            return Err(Error::Invalid(format!("recovery needs the whole model on every worker; rank {} holds layers {:?}", l.rank, l.layers)));
-        }
-        let rank = l.replica as u32;
+        let rank = shard.layout.rank as u32;
         let mut report = |r: &StepReport| {
             if fault == Some(Fault::ExitDuringRecovery) && r.step == 2 {
                 tracing::error!("fault injection: exiting during recovery");
@@ -301,7 +298,10 @@ impl Runtime {
             });
             tracing::info!(step = r.step, total = r.total_steps, loss = format!("{:.4}", r.loss), lr = r.lr, tokens_per_s = format!("{:.0}", r.tokens_per_s), val_loss = ?r.val_loss, "step");
         };
-        run_recovery(&mut shard.model, &shard.tokenizer, &req, comms.replicas.as_mut(), &mut report)
+        let mut groups = TrainGroups { data: comms.replicas.as_mut(), pipeline: comms.pipeline.as_mut() };
+        let layout = shard.layout.clone();
+        let owns = |name: &str| layout.owns(name);
+        run_recovery(&mut shard.model, &shard.tokenizer, &req, &mut groups, &owns, &mut report)
     }
 
     fn save(&mut self, req: SaveShardRequest) -> Result<SaveShardReply> {

@@ -1,7 +1,6 @@
 //! A contiguous range of layers (plus the embedding on the first rank and the final norm and
-//! head on the last) as one stage of a pipeline: hidden states flow forward rank to rank, their
-//! gradients flow back, and each rank differentiates and scores its own layers. Every rank runs
-//! the operations the single-process model runs, so statistics and scores are bit-identical.
+//! head on the last) as one stage of a pipeline (`crate::stage`): each rank differentiates and
+//! scores its own layers, with the statistics and scores of the single-process model.
 
 use crate::collective::Communicator;
 use crate::error::{Error, Result};
@@ -11,7 +10,8 @@ use crate::prune::importance::{group_scores, Criterion, Reduction};
 use crate::prune::slice::{layer_shape, slice_weights};
 use crate::prune::statistics::{all_reduce_stats, gradient_stats_with, GradientStats};
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor, Var};
+use crate::stage::stage_backward;
+use candle_core::{Device, Tensor};
 use llmprune_shared::depgraph::Group;
 use llmprune_shared::{LayerShape, ModelSpec};
 use std::collections::{HashMap, HashSet};
@@ -31,6 +31,18 @@ pub struct ShardLayout {
     /// Which copy of this stage it is, of how many (data parallelism over the samples).
     pub replica: usize,
     pub replicas: usize,
+}
+
+impl ShardLayout {
+    /// Whether a parameter is this rank's to score, slice and save (a tied embedding lives on
+    /// the first rank, although the last one also uses it as its head).
+    pub fn owns(&self, param: &str) -> bool {
+        match param.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok()) {
+            Some(i) => self.layers.contains(&i),
+            None if param == "model.embed_tokens.weight" => self.embeddings,
+            None => self.head,
+        }
+    }
 }
 
 /// A worker's two collective groups: the pipeline (its replica's stages, by stage) and the
@@ -58,14 +70,9 @@ impl ShardModel {
         &self.model.spec
     }
 
-    /// Whether a parameter is this shard's to score, slice and save (a tied embedding lives
-    /// on the first rank, although the last one also uses it as its head).
+    /// Whether a parameter is this shard's to score, slice and save.
     pub fn owns(&self, param: &str) -> bool {
-        match param.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok()) {
-            Some(i) => self.layout.layers.contains(&i),
-            None if param == "model.embed_tokens.weight" => self.layout.embeddings,
-            None => self.layout.head,
-        }
+        self.layout.owns(param)
     }
 
     /// The shard's own tensors by name.
@@ -103,9 +110,9 @@ impl ShardModel {
             let vars = self.model.make_trainable(|name| wanted.contains(name))?;
             let passes = 1 + if criterion.needs_fisher() { windows.len() } else { 0 };
             let mut done = 0;
-            let (model, layout, pipeline) = (&self.model, &self.layout, comms.pipeline.as_mut());
+            let (model, pipeline) = (&self.model, comms.pipeline.as_mut());
             let mut backward = |ids: &Tensor| -> Result<GradStore> {
-                let store = stage_backward(model, layout, pipeline, ids)?;
+                let store = stage_backward(model, pipeline, ids, |out| model.loss_from_hidden(out, ids, Exec::Differentiable))?;
                 done += 1;
                 progress(done, passes);
                 Ok(store)
@@ -141,48 +148,4 @@ impl ShardModel {
         self.model = LlamaModel::load(spec, &source, &opts, &device)?;
         Ok(self.layout.layers.clone().map(|i| self.model.spec.layers[i]).collect())
     }
-}
-
-/// One backward pass of this stage over `ids` `[B, T]`: receive the hidden states from the
-/// previous rank (or embed the tokens), run the layers, send them on; then receive their
-/// gradient from the next rank (or take the loss), differentiate, and send the gradient of
-/// the input hidden states back.
-pub fn stage_backward(model: &LlamaModel, layout: &ShardLayout, comm: &mut dyn Communicator, ids: &Tensor) -> Result<GradStore> {
-    let (b, t) = ids.dims2()?;
-    let h = model.spec.hidden_size;
-    let device = model.device();
-    let comm_err = |e: crate::collective::CommError| Error::Invalid(format!("pipeline: {e}"));
-    let input: Option<Var> = if layout.embeddings {
-        None
-    } else {
-        let x = comm.recv(layout.rank - 1).map_err(comm_err)?;
-        if x.len() != b * t * h {
-            return Err(Error::Invalid(format!("pipeline: rank {} sent {} values for hidden states {b}×{t}×{h}", layout.rank - 1, x.len())));
-        }
-        Some(Var::from_tensor(&Tensor::from_vec(x, (b, t, h), device)?)?)
-    };
-    let x = match &input {
-        Some(v) => v.as_tensor().clone(),
-        None => model.embed_tokens(ids)?,
-    };
-    let out = model.forward_layers(x, Exec::Differentiable)?;
-    let store = if layout.head {
-        model.loss_from_hidden(&out, ids, Exec::Differentiable)?.backward()?
-    } else {
-        comm.send(&out.flatten_all()?.to_vec1::<f32>()?, layout.rank + 1).map_err(comm_err)?;
-        let g = comm.recv(layout.rank + 1).map_err(comm_err)?;
-        if g.len() != b * t * h {
-            return Err(Error::Invalid(format!("pipeline: rank {} sent a gradient of {} values", layout.rank + 1, g.len())));
-        }
-        // d(Σ out·g)/d(out) = g exactly: the gradient the full model's graph would carry here.
-        (out * Tensor::from_vec(g, (b, t, h), device)?)?.sum_all()?.backward()?
-    };
-    if let Some(v) = &input {
-        let gx = match store.get(v.as_tensor()) {
-            Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
-            None => vec![0.0; b * t * h],
-        };
-        comm.send(&gx, layout.rank - 1).map_err(comm_err)?;
-    }
-    Ok(store)
 }

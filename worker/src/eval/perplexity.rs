@@ -2,7 +2,9 @@
 //! once, cut into non-overlapping chunks of `seq_len` (the remainder dropped), and
 //! `exp` of the mean next-token NLL over every predicted token of every chunk.
 
+use crate::collective::{Communicator, SingleRank};
 use crate::error::{Error, Result};
+use crate::stage::stage_forward;
 use crate::loader::TextTokenizer;
 use crate::model::{Exec, LlamaModel};
 use candle_core::{DType, Tensor};
@@ -106,23 +108,32 @@ pub fn evaluate(
 ) -> Result<PplResult> {
     let n = max_chunks.map_or(corpus.chunks.len(), |m| m.min(corpus.chunks.len()));
     let chunks: Vec<&[u32]> = corpus.chunks[..n].iter().map(Vec::as_slice).collect();
-    let (nll_sum, scored) = nll_sum(model, &chunks, corpus.seq_len, batch_size, progress)?;
+    let (nll_sum, scored) = nll_sum(model, &mut SingleRank, &chunks, corpus.seq_len, batch_size, progress)?;
     let mean_nll = nll_sum / scored.max(1) as f64;
     Ok(PplResult { ppl: mean_nll.exp(), tokens: corpus.n_tokens, chunks: n, scored_tokens: scored, mean_nll })
 }
 
 /// The summed next-token NLL of `chunks` (each `seq_len` tokens) in batches, and the number of
-/// predictions it sums.
-pub fn nll_sum(model: &LlamaModel, chunks: &[&[u32]], seq_len: usize, batch_size: usize, progress: ProgressFn<'_>) -> Result<(f64, usize)> {
+/// predictions it sums: on the last stage of `pipeline` (zeros on the others).
+pub fn nll_sum(
+    model: &LlamaModel,
+    pipeline: &mut dyn Communicator,
+    chunks: &[&[u32]],
+    seq_len: usize,
+    batch_size: usize,
+    progress: ProgressFn<'_>,
+) -> Result<(f64, usize)> {
     let (n, batch_size) = (chunks.len(), batch_size.max(1));
     let mut nll_sum = 0f64;
     let mut scored = 0usize;
     for (i, batch) in chunks.chunks(batch_size).enumerate() {
         let flat: Vec<u32> = batch.iter().flat_map(|c| c.iter().copied()).collect();
         let ids = Tensor::from_vec(flat, (batch.len(), seq_len), model.device())?;
-        let nll = model.next_token_nll(&ids, Exec::Inference)?;
-        nll_sum += nll.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
-        scored += nll.elem_count();
+        let head = |x: &Tensor| model.next_token_nll_from_hidden(x, &ids, Exec::Inference);
+        if let Some(nll) = stage_forward(model, pipeline, &ids, Exec::Inference, head)? {
+            nll_sum += nll.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+            scored += nll.elem_count();
+        }
         progress((i * batch_size + batch.len()).min(n), n);
     }
     Ok((nll_sum, scored))

@@ -135,11 +135,16 @@ pub fn peft_name(layer: usize, p: Projection, a: bool) -> String {
 
 /// Adds fresh adapters to `model` as PEFT initialises them (A Kaiming-uniform with a = √5,
 /// i.e. U(−1/√in, 1/√in), from a seeded generator; B zeros) and returns the variables by
-/// PEFT name, in layer then projection order.
+/// PEFT name, in layer then projection order. Each layer draws from its own generator, so a
+/// pipeline stage holding some of the layers gets the values the whole model gets.
 pub fn attach(model: &mut LlamaModel, config: &LoraConfig, seed: u64) -> Result<Vec<(String, Var)>> {
-    let mut rng = PyRandom::new(seed);
     let device = model.device().clone();
-    attach_with(model, config, |_, _, out, inp| {
+    let mut rng = (usize::MAX, PyRandom::new(seed));
+    attach_with(model, config, |layer, _, out, inp| {
+        if rng.0 != layer {
+            rng = (layer, PyRandom::new(seed ^ ((layer as u64 + 1) << 40)));
+        }
+        let rng = &mut rng.1;
         let bound = 1.0 / (inp as f64).sqrt();
         let a: Vec<f32> = (0..config.r * inp).map(|_| ((2.0 * rng.random() - 1.0) * bound) as f32).collect();
         Ok((Tensor::from_vec(a, (config.r, inp), &device)?, Tensor::zeros((out, config.r), DType::F32, &device)?))

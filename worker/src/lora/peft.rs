@@ -42,12 +42,43 @@ pub fn adapter_config(config: &LoraConfig, base_model: &str) -> Value {
 
 /// Writes the adapter's two files into `dir` (which exists).
 pub fn write(dir: &Path, config: &LoraConfig, base_model: &str, vars: &[(String, Var)]) -> Result<()> {
+    write_tensors(&dir.join(WEIGHTS_FILE), vars)?;
+    write_config(dir, config, base_model)
+}
+
+/// The adapter matrices alone, by PEFT name, into one safetensors file.
+pub fn write_tensors(path: &Path, vars: &[(String, Var)]) -> Result<()> {
     let tensors: HashMap<String, Tensor> = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
-    let weights = dir.join(WEIGHTS_FILE);
-    candle_core::safetensors::save(&tensors, &weights).map_err(|e| Error::file(&weights, e))?;
+    candle_core::safetensors::save(&tensors, path).map_err(|e| Error::file(path, e))
+}
+
+/// `adapter_config.json` into `dir`.
+pub fn write_config(dir: &Path, config: &LoraConfig, base_model: &str) -> Result<()> {
     let path = dir.join(CONFIG_FILE);
     let text = serde_json::to_string_pretty(&adapter_config(config, base_model)).map_err(|e| Error::file(&path, e))?;
     std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))
+}
+
+/// Joins the adapter parts that pipeline stages wrote into `dir` (disjoint layers) into the
+/// adapter's two files, and removes the parts.
+pub fn join_parts(dir: &Path, parts: &[String], config: &LoraConfig, base_model: &str) -> Result<()> {
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for part in parts {
+        let path = dir.join(part);
+        for (name, t) in candle_core::safetensors::load(&path, &candle_core::Device::Cpu).map_err(|e| Error::file(&path, e))? {
+            if tensors.insert(name.clone(), t).is_some() {
+                return Err(Error::file(&path, format!("`{name}` is in two stages' adapters")));
+            }
+        }
+    }
+    let weights = dir.join(WEIGHTS_FILE);
+    candle_core::safetensors::save(&tensors, &weights).map_err(|e| Error::file(&weights, e))?;
+    write_config(dir, config, base_model)?;
+    for part in parts {
+        let path = dir.join(part);
+        std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
 }
 
 /// Reads an adapter directory: its configuration and matrices by PEFT name.

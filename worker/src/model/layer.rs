@@ -250,6 +250,37 @@ impl DecoderLayer {
         Ok(self.project(&out, Projection::O)?.reshape((b, t, hidden))?)
     }
 
+    /// Inference over new positions `x` `[B, T, H]` after cached ones: `cos`/`sin` are each
+    /// row's tables `[B, T, d/2]`, `mask` is `[B, 1, rep·T, P + T]` (additive), `past` the
+    /// cached keys and values `[B, n_kv, P, d]`. Returns the output and the keys and values of
+    /// all `P + T` positions.
+    pub fn forward_past(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor, past: Option<&(Tensor, Tensor)>, eps: f64) -> Result<(Tensor, (Tensor, Tensor))> {
+        let exec = Exec::Inference;
+        let (b, t, hidden) = x.dims3()?;
+        let (d, nh, nkv) = (self.head_dim, self.shape.n_heads, self.shape.n_kv_heads);
+        let rep = self.shape.n_rep();
+        let h = rms_norm(x, &self.input_norm, eps, exec)?;
+        let h2 = h.reshape((b * t, hidden))?;
+        let heads = |p: Projection, n: usize| -> Result<Tensor> {
+            Ok(self.project(&h2, p)?.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = candle_nn::rotary_emb::rope(&heads(Projection::Q, nh)?, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&heads(Projection::K, nkv)?, cos, sin)?;
+        let v = heads(Projection::V, nkv)?;
+        let (k, v) = match past {
+            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?.contiguous()?, Tensor::cat(&[pv, &v], 2)?.contiguous()?),
+            None => (k, v),
+        };
+        let q = q.reshape((b, nkv, rep * t, d))?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let out = probs.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b * t, nh * d))?;
+        let x = (x + self.project(&out, Projection::O)?.reshape((b, t, hidden))?)?;
+        let h = rms_norm(&x, &self.post_norm, eps, exec)?;
+        Ok(((&x + self.mlp(&h, exec)?)?, (k, v)))
+    }
+
     fn mlp(&self, x: &Tensor, exec: Exec) -> Result<Tensor> {
         let (b, t, hidden) = x.dims3()?;
         let x2 = x.reshape((b * t, hidden))?;

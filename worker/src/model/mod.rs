@@ -6,9 +6,11 @@
 //!
 //! Both compute the same numbers; the tests hold them to each other and to transformers.
 
+mod kv_cache;
 mod layer;
 mod rope_tables;
 
+pub use kv_cache::KvCache;
 pub use layer::{Attention, DecoderLayer, Mlp};
 pub use rope_tables::{inverse_frequencies, RopeTables};
 
@@ -210,12 +212,17 @@ impl LlamaModel {
 
     /// Negative log-likelihood `[B, T−1]` of each next token under the causal LM.
     pub fn next_token_nll(&self, ids: &Tensor, exec: Exec) -> Result<Tensor> {
+        let x = self.forward_layers(self.embed_tokens(ids)?, exec)?;
+        self.next_token_nll_from_hidden(&x, ids, exec)
+    }
+
+    /// [`LlamaModel::next_token_nll`] from the last layer's hidden states `x` of `ids`.
+    pub fn next_token_nll_from_hidden(&self, x: &Tensor, ids: &Tensor, exec: Exec) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         if t < 2 {
             return Err(Error::Invalid(format!("need at least 2 tokens per row for a loss, got {t}")));
         }
-        let x = self.forward_layers(self.embed_tokens(ids)?, exec)?;
-        self.hidden_to_nll(&x, &shifted_targets(ids)?, exec)?.reshape((b, t))?.narrow(1, 0, t - 1).map_err(Error::from)
+        self.hidden_to_nll(x, &shifted_targets(ids)?, exec)?.reshape((b, t))?.narrow(1, 0, t - 1).map_err(Error::from)
     }
 
     /// Per-position NLL `[B·T]` of `targets` (one per position; [`IGNORE_TARGET`] to skip)

@@ -1,12 +1,13 @@
 //! A whole recovery job as the coordinator describes it (`RecoverRequest`): attach adapters,
-//! train, and on the first replica write the PEFT adapter and the merged weights into the
-//! output directory. One process and every worker of a cluster run this same function.
+//! train, and on the first replica write the PEFT adapter and the merged weights (or a
+//! stage's part of them) into the output directory. One process and every worker of a
+//! cluster run this same function.
 
 use super::data::TokenizeOptions;
 use super::optim::AdamWConfig;
 use super::records::{Format, RecordFile};
 use super::recover::{recover, RecoverOptions, StepReport};
-use crate::collective::Communicator;
+use super::TrainGroups;
 use crate::error::{Error, Result};
 use crate::export::write_weights_into;
 use crate::loader::TextTokenizer;
@@ -14,6 +15,8 @@ use crate::lora::{self, peft, LoraConfig, Projection};
 use crate::model::LlamaModel;
 use crate::eval::perplexity::CorpusKind;
 use llmprune_shared::proto::{ExtraValPpl, RecoverReply, RecoverRequest, TrainStep};
+use candle_core::Tensor;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub fn lora_config(req: &RecoverRequest) -> Result<LoraConfig> {
@@ -56,14 +59,21 @@ pub fn recover_options(req: &RecoverRequest, eos: Option<u32>) -> Result<Recover
     Ok(opts)
 }
 
+/// The file names a pipeline stage's output takes: its weights shard and its adapter part.
+pub fn stage_files(stage: usize, stages: usize) -> (String, String) {
+    (format!("model-{:05}-of-{stages:05}.safetensors", stage + 1), format!("adapter_model.stage-{:05}.safetensors", stage + 1))
+}
+
 /// Runs `req` on `model` (adapters are attached here and merged at the end on every rank, so
-/// the model leaves recovered). The first rank of `comm` writes `adapter/` and the merged
-/// weights into `req.out_dir`.
+/// the model leaves recovered). The first data-parallel rank writes into `req.out_dir`: the
+/// whole model's `adapter/` and merged weights or, for a pipeline stage, the weights it `owns`
+/// as one shard file and its adapters as one part, which the coordinator indexes and joins.
 pub fn run_recovery(
     model: &mut LlamaModel,
     tok: &TextTokenizer,
     req: &RecoverRequest,
-    comm: &mut dyn Communicator,
+    groups: &mut TrainGroups,
+    owns: &dyn Fn(&str) -> bool,
     report: &mut dyn FnMut(&StepReport),
 ) -> Result<RecoverReply> {
     let config = lora_config(req)?;
@@ -75,18 +85,39 @@ pub fn run_recovery(
     let vars = lora::attach(model, &config, req.seed)?;
     let trainable: u64 = vars.iter().map(|(_, v)| v.as_tensor().elem_count() as u64).sum();
     tracing::info!(trainable, adapters = vars.len() / 2, "adapters attached");
-    let outcome = recover(model, &vars, &records, tok, &opts, comm, report)?;
+    let (stage, stages) = (groups.pipeline.rank(), groups.pipeline.world_size());
+    let opts = match (&opts.checkpoint_dir, stages) {
+        // Each stage checkpoints its own adapters.
+        (Some(dir), 2..) => RecoverOptions { checkpoint_dir: Some(dir.join(format!("stage-{stage}"))), ..opts },
+        _ => opts,
+    };
+    let outcome = recover(model, &vars, &records, tok, &opts, groups, report)?;
     let adapter_sha256 = super::checkpoint::adapter_checksum(&vars)?;
     // The replicas hold the same adapters: the first writes the output.
-    let out = Some(Path::new(&req.out_dir)).filter(|d| comm.rank() == 0 && !d.as_os_str().is_empty());
-    if let Some(out) = out {
-        let adapter = out.join("adapter");
-        std::fs::create_dir_all(&adapter).map_err(|e| Error::io(&adapter, e))?;
-        peft::write(&adapter, &config, &req.base_model, &vars)?;
+    let out = Some(Path::new(&req.out_dir)).filter(|d| groups.data.rank() == 0 && !d.as_os_str().is_empty());
+    let adapter = out.map(|o| o.join("adapter"));
+    if let Some(dir) = &adapter {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let (weights_file, adapter_part) = if stages > 1 { stage_files(stage, stages) } else { Default::default() };
+    match &adapter {
+        Some(dir) if stages > 1 => peft::write_tensors(&dir.join(&adapter_part), &vars)?,
+        Some(dir) => peft::write(dir, &config, &req.base_model, &vars)?,
+        None => {}
     }
     lora::merge(model)?;
+    let (mut tensor_names, mut weight_bytes) = (Vec::new(), 0);
     if let Some(out) = out {
-        write_weights_into(out, &model.weights_by_name(), req.max_shard_bytes.max(1))?;
+        let weights: HashMap<String, Tensor> = model.weights_by_name().into_iter().filter(|(n, _)| owns(n)).collect();
+        if stages > 1 {
+            let path = out.join(&weights_file);
+            candle_core::safetensors::save(&weights, &path).map_err(|e| Error::file(&path, e))?;
+            tensor_names = weights.keys().cloned().collect();
+            tensor_names.sort();
+            weight_bytes = weights.values().map(|t| (t.elem_count() * t.dtype().size_in_bytes()) as u64).sum();
+        } else {
+            write_weights_into(out, &weights, req.max_shard_bytes.max(1))?;
+        }
     }
     let steps = outcome
         .steps
@@ -119,5 +150,9 @@ pub fn run_recovery(
         adapter_sha256,
         peak_rss_bytes: crate::memory::peak_rss_bytes(),
         extra_val: outcome.extra_val.iter().map(|(step, name, ppl)| ExtraValPpl { step: *step, name: name.clone(), ppl: *ppl }).collect(),
+        weights_file: if out.is_some() { weights_file } else { String::new() },
+        tensor_names,
+        weight_bytes,
+        adapter_part: if out.is_some() { adapter_part } else { String::new() },
     })
 }

@@ -85,18 +85,25 @@ pub fn linear_schedule(peak: f64, step: u64, warmup: u64, total: u64) -> f64 {
 /// Scales `grads` in place so that their joint L2 norm is at most `max_norm` (torch's
 /// `clip_grad_norm_`, which divides by `norm + 1e-6`); returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
-    let mut sq = 0f64;
-    for g in grads.iter() {
-        sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-    }
-    let norm = sq.sqrt();
+    let norm = squared_norms(grads)?.iter().map(|&s| s as f64).sum::<f64>().sqrt();
+    clip_to_norm(grads, norm, max_norm)?;
+    Ok(norm)
+}
+
+/// Each gradient's squared L2 norm (summed in f32, as torch sums a tensor).
+pub fn squared_norms(grads: &[Tensor]) -> Result<Vec<f32>> {
+    grads.iter().map(|g| Ok(g.sqr()?.sum_all()?.to_scalar::<f32>()?)).collect()
+}
+
+/// Scales `grads` whose joint norm is `norm` down to `max_norm` if above it.
+pub fn clip_to_norm(grads: &mut [Tensor], norm: f64, max_norm: f64) -> Result<()> {
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
         for g in grads.iter_mut() {
             *g = (&*g * coef)?;
         }
     }
-    Ok(norm)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,12 +7,13 @@ use super::checkpoint::{adapter_checksum, best_step, restore, Checkpoints, Train
 use super::data::{micro_batch, tokenize, Example, MicroBatch, TokenizeOptions};
 use super::optim::{AdamW, AdamWConfig};
 use super::records::RecordFile;
-use super::{micro_batch_loss, train_step, StepConfig};
+use super::{train_step, StepConfig, TrainGroups};
 use crate::collective::Communicator;
 use crate::error::{Error, Result};
 use crate::loader::TextTokenizer;
 use crate::eval::perplexity::{nll_sum, CorpusKind, PplCorpus};
-use crate::model::LlamaModel;
+use crate::model::{Exec, LlamaModel};
+use crate::stage::stage_forward;
 use candle_core::{Tensor, Var};
 use llmprune_shared::PyRandom;
 use serde::{Deserialize, Serialize};
@@ -137,36 +138,59 @@ fn tokenized(records: &RecordFile, tok: &TextTokenizer, idx: &[usize], opts: &To
     idx.iter().map(|&i| tokenize(tok, &reader.get(i)?, opts)).collect()
 }
 
-/// Mean validation loss over micro-batches of `val` (each rank takes every world-th).
-fn validation_loss(model: &LlamaModel, val: &[MicroBatch], comm: &mut dyn Communicator) -> Result<f64> {
-    let (rank, world) = (comm.rank(), comm.world_size());
+/// Mean validation loss over micro-batches of `val` (each data-parallel rank takes every
+/// world-th; the last stage computes the losses).
+fn validation_loss(model: &LlamaModel, val: &[MicroBatch], groups: &mut TrainGroups) -> Result<f64> {
+    let (rank, world) = (groups.data.rank(), groups.data.world_size());
     let mut acc = [0f32, 0f32];
     for mb in val.iter().skip(rank).step_by(world) {
-        acc[0] += micro_batch_loss(model, mb)?.to_scalar::<f32>()?;
-        acc[1] += 1.0;
+        let ids = Tensor::from_vec(mb.ids.clone(), (mb.rows, mb.len), model.device())?;
+        // The operations of `micro_batch_loss`.
+        let head = |x: &Tensor| -> Result<f32> {
+            let nll = model.hidden_to_nll(x, &mb.targets, Exec::Differentiable)?;
+            Ok((nll.sum_all()? / mb.trained_tokens as f64)?.to_scalar::<f32>()?)
+        };
+        if let Some(loss) = stage_forward(model, groups.pipeline, &ids, Exec::Differentiable, head)? {
+            acc[0] += loss;
+            acc[1] += 1.0;
+        }
     }
-    if world > 1 {
-        comm.all_reduce_sum(&mut acc).map_err(|e| Error::Invalid(format!("all-reducing the validation loss: {e}")))?;
-    }
+    groups.sum_from_last_stage(&mut acc, "the validation loss")?;
     Ok(acc[0] as f64 / acc[1].max(1.0) as f64)
 }
 
-/// Perplexity of `corpus` (its first `max` chunks) with the adapters active; rank r takes
-/// chunks r, r + world, … and the NLL sums are all-reduced.
-fn sharded_ppl(model: &LlamaModel, corpus: &PplCorpus, max: Option<usize>, comm: &mut dyn Communicator) -> Result<f64> {
-    let (rank, world) = (comm.rank(), comm.world_size());
+/// Perplexity of `corpus` (its first `max` chunks) with the adapters active; data-parallel
+/// rank r takes chunks r, r + world, … and the NLL sums are all-reduced.
+fn sharded_ppl(model: &LlamaModel, corpus: &PplCorpus, max: Option<usize>, groups: &mut TrainGroups) -> Result<f64> {
+    let (rank, world) = (groups.data.rank(), groups.data.world_size());
     let n = max.map_or(corpus.chunks.len(), |m| m.min(corpus.chunks.len()));
     let mine: Vec<&[u32]> = corpus.chunks[..n].iter().skip(rank).step_by(world).map(Vec::as_slice).collect();
-    let (nll, count) = nll_sum(model, &mine, corpus.seq_len, 4, &mut |_, _| {})?;
+    let (nll, count) = nll_sum(model, groups.pipeline, &mine, corpus.seq_len, 4, &mut |_, _| {})?;
     let mut sums = [nll as f32, count as f32];
-    if world > 1 {
-        comm.all_reduce_sum(&mut sums).map_err(|e| Error::Invalid(format!("all-reducing a perplexity: {e}")))?;
-    }
+    groups.sum_from_last_stage(&mut sums, "a perplexity")?;
     Ok((sums[0] as f64 / sums[1].max(1.0) as f64).exp())
 }
 
-/// Checks that every rank holds the same adapters (their checksums all-gathered) and returns
-/// the checksum.
+/// The newest checkpoint every stage has: a stage that crashed before writing the newest
+/// step's resumes, with the others, from the one before.
+fn resume_point(c: &Checkpoints, pipeline: &mut dyn Communicator) -> Result<Option<(TrainState, std::collections::HashMap<String, Tensor>)>> {
+    let latest = c.latest()?;
+    if pipeline.world_size() == 1 {
+        return Ok(latest);
+    }
+    // -1: none; steps are exact in f32 far beyond any run's length.
+    let mine = latest.as_ref().map_or(-1.0, |(s, _)| s.step as f32);
+    let all = pipeline.all_gather(&[mine]).map_err(|e| Error::Invalid(format!("agreeing on a checkpoint with the other stages: {e}")))?;
+    let common = all.iter().map(|v| v.first().copied().unwrap_or(-1.0)).fold(f32::INFINITY, f32::min);
+    match latest {
+        _ if common < 0.0 => Ok(None),
+        Some((s, t)) if s.step as f32 == common => Ok(Some((s, t))),
+        _ => c.at(common as u64).map(Some),
+    }
+}
+
+/// Checks that every data-parallel rank holds the same adapters (their checksums
+/// all-gathered) and returns the checksum.
 fn same_adapters_everywhere(vars: &[(String, Var)], comm: &mut dyn Communicator) -> Result<String> {
     let sum = adapter_checksum(vars)?;
     if comm.world_size() > 1 {
@@ -253,12 +277,12 @@ pub fn recover(
     records: &RecordFile,
     tok: &TextTokenizer,
     opts: &RecoverOptions,
-    comm: &mut dyn Communicator,
+    groups: &mut TrainGroups,
     report: &mut dyn FnMut(&StepReport),
 ) -> Result<RecoverOutcome> {
     opts.validate()?;
     let t0 = Instant::now();
-    let (rank, world) = (comm.rank(), comm.world_size());
+    let (rank, world) = (groups.data.rank(), groups.data.world_size());
     let (train, val_idx) = split(records.len(), opts.val_size, opts.seed)?;
     let val_examples = tokenized(records, tok, &val_idx, &opts.tokenize)?;
     let val: Vec<MicroBatch> = val_examples
@@ -299,7 +323,7 @@ pub fn recover(
     };
     let mut resumed_from = None;
     if let (true, Some(c)) = (opts.resume, &checkpoints) {
-        if let Some((saved, tensors)) = c.latest()? {
+        if let Some((saved, tensors)) = resume_point(c, groups.pipeline)? {
             if saved.fingerprint != opts.fingerprint {
                 return Err(Error::Invalid(format!(
                     "the checkpoint in {} is of another run (other model, data or options); remove it or drop --resume",
@@ -325,7 +349,7 @@ pub fn recover(
         }
     }
     if state.step == 0 && !val.is_empty() {
-        state.val_losses.push((0, validation_loss(model, &val, comm)?));
+        state.val_losses.push((0, validation_loss(model, &val, groups)?));
     }
     let t_train = Instant::now();
     let start_step = state.step;
@@ -340,12 +364,13 @@ pub fn recover(
             state.truncated_records += p.truncated;
             let micro: Vec<(usize, &MicroBatch)> = p.mine.iter().map(|(j, mb)| (*j, mb)).collect();
             let step_cfg = StepConfig { accumulation: p.micro_batches, ..cfg };
-            let stats = train_step(model, &var_list, &mut opt, &micro, p.step, &step_cfg, comm)?;
-            // Loss and tokens over all ranks.
+            let stats = train_step(model, &var_list, &mut opt, &micro, p.step, &step_cfg, groups)?;
+            // Loss and tokens over all ranks (counted on the last stage).
             let mut sums = [stats.losses.iter().map(|(_, l)| *l as f32).sum::<f32>(), stats.trained_tokens as f32];
-            if world > 1 {
-                comm.all_reduce_sum(&mut sums).map_err(|e| Error::Invalid(format!("all-reducing the step's loss: {e}")))?;
+            if !groups.last_stage() {
+                sums = [0.0, 0.0];
             }
+            groups.sum_from_last_stage(&mut sums, "the step's loss")?;
             let step_seconds = t_step.elapsed().as_secs_f64();
             state.trained_tokens += sums[1] as u64;
             tokens_here += sums[1] as u64;
@@ -354,11 +379,11 @@ pub fn recover(
             let mut ppl = Vec::new();
             if evaluate {
                 for corpus in &extra_val {
-                    ppl.push((corpus.kind.name().to_string(), sharded_ppl(model, corpus, opts.extra_val_chunks, comm)?));
+                    ppl.push((corpus.kind.name().to_string(), sharded_ppl(model, corpus, opts.extra_val_chunks, groups)?));
                 }
             }
             let val_loss = if evaluate && !val.is_empty() {
-                let l = validation_loss(model, &val, comm)?;
+                let l = validation_loss(model, &val, groups)?;
                 state.val_losses.push((state.step, l));
                 if best.as_ref().is_none_or(|(_, b, _)| l < *b) {
                     best = Some((state.step, l, var_list.iter().map(|v| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?));
@@ -386,7 +411,7 @@ pub fn recover(
             report(&r);
             state.steps.push(r);
             if evaluate || state.step.is_multiple_of(opts.save_every.max(1)) || state.step == total_steps {
-                state.adapter_sha256 = same_adapters_everywhere(vars, comm)?;
+                state.adapter_sha256 = same_adapters_everywhere(vars, groups.data)?;
                 if let (Some(c), 0) = (&checkpoints, rank) {
                     c.save(&state, vars, &opt)?;
                 }

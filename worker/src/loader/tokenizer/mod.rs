@@ -44,6 +44,21 @@ impl TextTokenizer {
         Ok(ids)
     }
 
+    /// Token ids of `text` alone: no BOS, no special tokens (lm-evaluation-harness's
+    /// encoding of contexts and continuations).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| Error::Tokenizer { path: self.source.clone(), reason: e.to_string() })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// The BOS id this tokenizer prepends, if any.
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner
             .decode(ids, true)

@@ -1,0 +1,93 @@
+//! One stage of a pipeline-parallel pass: a rank holds a contiguous range of layers (the
+//! embedding on the first rank, the final norm and head on the last), hidden states flow
+//! forward rank to rank and their gradients flow back. Every rank runs the operations the
+//! whole model runs, so a pipelined pass computes the same bits as one process. With a
+//! communicator of one rank the stage is the whole model.
+
+use crate::collective::{CommError, Communicator};
+use crate::error::{Error, Result};
+use crate::model::{Exec, LlamaModel};
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+
+fn comm_err(e: CommError) -> Error {
+    Error::Invalid(format!("pipeline: {e}"))
+}
+
+fn is_last(comm: &dyn Communicator) -> bool {
+    comm.rank() + 1 == comm.world_size()
+}
+
+/// This stage's input: the embedded tokens on the first rank, else the previous rank's output.
+fn stage_input(model: &LlamaModel, comm: &mut dyn Communicator, ids: &Tensor) -> Result<Tensor> {
+    let (b, t) = ids.dims2()?;
+    let h = model.spec.hidden_size;
+    if comm.rank() == 0 {
+        return model.embed_tokens(ids);
+    }
+    let x = comm.recv(comm.rank() - 1).map_err(comm_err)?;
+    if x.len() != b * t * h {
+        return Err(Error::Invalid(format!("pipeline: rank {} sent {} values for hidden states {b}×{t}×{h}", comm.rank() - 1, x.len())));
+    }
+    Ok(Tensor::from_vec(x, (b, t, h), model.device())?)
+}
+
+/// One forward pass over `ids` `[B, T]`: this stage's layers, then `head` on the last
+/// hidden states (on the last rank, which returns its result; the others return `None`).
+pub fn stage_forward<T>(
+    model: &LlamaModel,
+    comm: &mut dyn Communicator,
+    ids: &Tensor,
+    exec: Exec,
+    head: impl FnOnce(&Tensor) -> Result<T>,
+) -> Result<Option<T>> {
+    let x = stage_input(model, comm, ids)?;
+    let out = model.forward_layers(x, exec)?;
+    if is_last(comm) {
+        return head(&out).map(Some);
+    }
+    comm.send(&out.flatten_all()?.to_vec1::<f32>()?, comm.rank() + 1).map_err(comm_err)?;
+    Ok(None)
+}
+
+/// One backward pass over `ids` `[B, T]`: the forward pass, `head` turning the last hidden
+/// states into the scalar to differentiate (on the last rank), then the gradient of each
+/// stage's input sent back to the previous rank. Returns this rank's gradients.
+pub fn stage_backward(
+    model: &LlamaModel,
+    comm: &mut dyn Communicator,
+    ids: &Tensor,
+    head: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<GradStore> {
+    let (b, t) = ids.dims2()?;
+    let h = model.spec.hidden_size;
+    let device = model.device();
+    let first = comm.rank() == 0;
+    let x = stage_input(model, comm, ids)?;
+    // Received hidden states are a leaf whose gradient goes back to the previous rank.
+    let input: Option<Var> = if first { None } else { Some(Var::from_tensor(&x)?) };
+    let x = match &input {
+        Some(v) => v.as_tensor().clone(),
+        None => x,
+    };
+    let out = model.forward_layers(x, Exec::Differentiable)?;
+    let store = if is_last(comm) {
+        head(&out)?.backward()?
+    } else {
+        comm.send(&out.flatten_all()?.to_vec1::<f32>()?, comm.rank() + 1).map_err(comm_err)?;
+        let g = comm.recv(comm.rank() + 1).map_err(comm_err)?;
+        if g.len() != b * t * h {
+            return Err(Error::Invalid(format!("pipeline: rank {} sent a gradient of {} values", comm.rank() + 1, g.len())));
+        }
+        // d(Σ out·g)/d(out) = g exactly: the gradient the full model's graph would carry here.
+        (out * Tensor::from_vec(g, (b, t, h), device)?)?.sum_all()?.backward()?
+    };
+    if let Some(v) = &input {
+        let gx = match store.get(v.as_tensor()) {
+            Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
+            None => vec![0.0; b * t * h],
+        };
+        comm.send(&gx, comm.rank() - 1).map_err(comm_err)?;
+    }
+    Ok(store)
+}
