@@ -61,6 +61,61 @@ pub enum Command {
     /// Recover a pruned model's quality with LoRA on instruction data; writes the merged
     /// model, the PEFT adapter and recover_report.json.
     Recover(RecoverArgs),
+    /// Zero-shot tasks (lm-evaluation-harness semantics) and perplexity; writes results.json,
+    /// the per-document predictions and the paper's table.
+    Eval(EvalArgs),
+    /// Several results.json side by side in the layout of the paper's Table 1.
+    Table(TableArgs),
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Hugging Face directory, `.gguf` file, or a known alias (`smollm2`, fetched if missing).
+    #[arg(long)]
+    pub model: String,
+    /// Comma-separated lm-evaluation-harness task names [default: boolq, piqa, hellaswag,
+    /// winogrande, arc_easy, arc_challenge, openbookqa]; '' for perplexity only.
+    #[arg(long)]
+    pub tasks: Option<String>,
+    /// The directory holding the tasks' JSON Lines files (`boolq.validation.jsonl`, …).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The first N documents of each task.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Perplexity texts, NAME=FILE comma-separated (NAME: wikitext2, ptb).
+    #[arg(long, value_name = "NAME=FILE,...")]
+    pub ppl: Option<String>,
+    /// Chunks of each perplexity text at most [default: all].
+    #[arg(long)]
+    pub ppl_max_chunks: Option<usize>,
+    /// Perplexity chunk length (the reference's 128).
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// Tokens per forward pass at most: documents of similar length are batched up to it.
+    #[arg(long, default_value_t = 2048)]
+    pub batch_tokens: usize,
+    /// The weights' dtype in memory.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: WeightDtype,
+    /// The model's name in the table [default: the model directory's name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// results.json to write (its .samples.jsonl and .md beside it).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+pub struct TableArgs {
+    /// results.json files written by `llmprune eval`.
+    #[arg(required = true)]
+    pub results: Vec<PathBuf>,
+    /// Row names, comma-separated [default: each file's model name].
+    #[arg(long)]
+    pub names: Option<String>,
 }
 
 #[derive(Args)]

@@ -37,5 +37,7 @@ fn run(cli: cli::Cli) -> Result<()> {
         cli::Command::Prune(args) => commands::prune::run(&settings, &run_id, args),
         cli::Command::ApplyPlan(args) => commands::apply_plan::run(&settings, &run_id, args),
         cli::Command::Recover(args) => commands::recover::run(&settings, &run_id, args),
+        cli::Command::Eval(args) => commands::eval::run(&settings, &run_id, args),
+        cli::Command::Table(args) => commands::table::run(args),
     }
 }

@@ -36,6 +36,7 @@ pub enum Phase {
     Slicing,
     Saving,
     Recovering,
+    Evaluating,
     Done,
     Failed,
 }

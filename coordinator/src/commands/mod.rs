@@ -2,10 +2,12 @@ pub mod apply_plan;
 pub mod cluster;
 pub mod bench;
 pub mod config;
+pub mod eval;
 pub mod fetch;
 pub mod ppl;
 pub mod prune;
 pub mod recover;
+pub mod table;
 
 use anyhow::{Context, Result};
 use std::io::Write;

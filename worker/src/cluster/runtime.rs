@@ -9,14 +9,15 @@ use crate::loader::model_checksum;
 use crate::memory::peak_rss_bytes;
 use crate::prune::apply::{check_step, plan_groups};
 use crate::prune::importance::{Criterion, Reduction};
+use crate::eval::job::{eval_job, evaluate_share, load_tasks};
 use crate::train::job::run_recovery;
 use crate::train::TrainGroups;
 use crate::train::recover::StepReport;
 use candle_core::Device;
 use llmprune_shared::plan::{PlanGroup, PlanStep};
 use llmprune_shared::proto::{
-    ApplyPlanReply, ApplyPlanRequest, GroupScores, LayerShape, LoadShardReply, LoadShardRequest, ProgressEvent, RecoverReply,
-    RecoverRequest, SaveShardReply, SaveShardRequest, ScoreReply, ScoreRequest,
+    ApplyPlanReply, ApplyPlanRequest, EvaluateReply, EvaluateRequest, GroupScores, LayerShape, LoadShardReply, LoadShardRequest, ProgressEvent, RecoverReply,
+    RecoverRequest, SaveShardReply, UnitScores, PplSum, SaveShardRequest, ScoreReply, ScoreRequest,
 };
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -33,6 +34,7 @@ enum Command {
     Apply(ApplyPlanRequest, Reply<ApplyPlanReply>),
     Save(SaveShardRequest, Reply<SaveShardReply>),
     Recover(Box<RecoverRequest>, Reply<RecoverReply>),
+    Evaluate(EvaluateRequest, Reply<EvaluateReply>),
 }
 
 impl Command {
@@ -44,6 +46,7 @@ impl Command {
             Command::Apply(..) => "slicing",
             Command::Save(..) => "saving",
             Command::Recover(..) => "recovering",
+            Command::Evaluate(..) => "evaluating",
         }
     }
 }
@@ -107,6 +110,9 @@ impl RuntimeHandle {
     pub async fn recover(&self, req: RecoverRequest) -> Result<RecoverReply> {
         self.call(|r| Command::Recover(Box::new(req), r)).await
     }
+    pub async fn evaluate(&self, req: EvaluateRequest) -> Result<EvaluateReply> {
+        self.call(|r| Command::Evaluate(req, r)).await
+    }
 }
 
 /// Starts the runtime thread.
@@ -135,6 +141,7 @@ pub fn spawn_runtime(opts: RuntimeOptions) -> Result<RuntimeHandle> {
                     Command::Apply(req, reply) => drop(reply.send(rt.apply(req))),
                     Command::Save(req, reply) => drop(reply.send(rt.save(req))),
                     Command::Recover(req, reply) => drop(reply.send(rt.recover(*req))),
+                    Command::Evaluate(req, reply) => drop(reply.send(rt.evaluate(req))),
                 }
             }
         })
@@ -302,6 +309,39 @@ impl Runtime {
         let layout = shard.layout.clone();
         let owns = |name: &str| layout.owns(name);
         run_recovery(&mut shard.model, &shard.tokenizer, &req, &mut groups, &owns, &mut report)
+    }
+
+    fn evaluate(&mut self, req: EvaluateRequest) -> Result<EvaluateReply> {
+        let t = Instant::now();
+        let progress_tx = self.opts.progress.clone();
+        let (shard, _) = self.parts()?;
+        let l = &shard.layout;
+        if !(l.embeddings && l.head && l.layers == (0..shard.model.spec.n_layers())) {
+            return Err(Error::Invalid(format!("evaluation needs the whole model on every worker; rank {} holds layers {:?}", l.rank, l.layers)));
+        }
+        let (rank, world) = (l.replica, l.replicas);
+        let job = eval_job(&req)?;
+        let tasks = load_tasks(&job)?;
+        let mut progress = |done: usize, total: usize| {
+            let elapsed = t.elapsed().as_secs_f64();
+            let _ = progress_tx.send(ProgressEvent {
+                rank: rank as u32,
+                phase: "evaluating".into(),
+                done: done as u64,
+                total: total as u64,
+                unit: "documents".into(),
+                eta_s: elapsed / done.max(1) as f64 * total.saturating_sub(done) as f64,
+                ..Default::default()
+            });
+        };
+        let share = evaluate_share(&shard.model, &shard.tokenizer, &job, &tasks, rank, world, &mut progress)?;
+        tracing::info!(documents = share.lls.len(), seconds = t.elapsed().as_secs_f64(), "evaluated");
+        Ok(EvaluateReply {
+            units: share.lls.into_iter().map(|(unit, lls)| UnitScores { unit: unit as u64, lls }).collect(),
+            ppl: share.ppl.into_iter().map(|(name, nll, count)| PplSum { name, nll, count }).collect(),
+            seconds: t.elapsed().as_secs_f64(),
+            peak_rss_bytes: peak_rss_bytes(),
+        })
     }
 
     fn save(&mut self, req: SaveShardRequest) -> Result<SaveShardReply> {

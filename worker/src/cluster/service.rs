@@ -3,7 +3,7 @@
 use super::runtime::RuntimeHandle;
 use llmprune_shared::proto::worker_server::Worker;
 use llmprune_shared::proto::{
-    ApplyPlanReply, ApplyPlanRequest, LoadShardReply, LoadShardRequest, NcclUniqueIdReply, NcclUniqueIdRequest, SaveShardReply, SaveShardRequest, RecoverReply, RecoverRequest, ScoreReply, ScoreRequest,
+    ApplyPlanReply, ApplyPlanRequest, EvaluateReply, EvaluateRequest, LoadShardReply, LoadShardRequest, NcclUniqueIdReply, NcclUniqueIdRequest, SaveShardReply, SaveShardRequest, RecoverReply, RecoverRequest, ScoreReply, ScoreRequest,
     ShutdownReply, ShutdownRequest,
 };
 use tokio::sync::watch;
@@ -39,6 +39,10 @@ impl Worker for WorkerService {
 
     async fn recover(&self, req: Request<RecoverRequest>) -> Result<Response<RecoverReply>, Status> {
         Ok(Response::new(self.runtime.recover(req.into_inner()).await?))
+    }
+
+    async fn evaluate(&self, req: Request<EvaluateRequest>) -> Result<Response<EvaluateReply>, Status> {
+        Ok(Response::new(self.runtime.evaluate(req.into_inner()).await?))
     }
 
     async fn shutdown(&self, req: Request<ShutdownRequest>) -> Result<Response<ShutdownReply>, Status> {

@@ -1,3 +1,5 @@
 //! Evaluation of a loaded model.
 
+pub mod job;
 pub mod perplexity;
+pub mod zeroshot;

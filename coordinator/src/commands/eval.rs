@@ -1,0 +1,191 @@
+//! `llmprune eval`: zero-shot tasks with lm-evaluation-harness's semantics and perplexity, in
+//! this process or sharded over workers (the same job either way), written as `results.json`
+//! (the harness's layout), the per-document predictions beside it, and the paper's table.
+
+use crate::cli::EvalArgs;
+use crate::cluster::driver::Cluster;
+use crate::cluster::evaluate::evaluate_on_cluster;
+use crate::commands::cluster::{cluster_config, with_cluster};
+use crate::commands::table::paper_table;
+use crate::commands::write_json_atomic;
+use crate::fetch::resolve_model;
+use crate::progress::Progress;
+use crate::settings::Settings;
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::Device;
+use llmprune_shared::proto::EvaluateRequest;
+use llmprune_worker::eval::job::{eval_job, evaluate_share, load_tasks, EvalShare};
+use llmprune_worker::eval::zeroshot::metrics::{task_scores, DocResult};
+use llmprune_worker::eval::zeroshot::tasks::Task;
+use llmprune_worker::loader::{model_checksum, open_model};
+use llmprune_worker::{LlamaModel, LoadOptions};
+use serde_json::{json, Map, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The request every process runs, checked before any model is loaded or worker started.
+fn request(args: &EvalArgs) -> Result<EvaluateRequest> {
+    let tasks: Vec<String> = match &args.tasks {
+        Some(list) => list.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
+        None => Task::ALL.iter().map(|t| t.name().to_string()).collect(),
+    };
+    for t in &tasks {
+        Task::from_name(t).map_err(|e| anyhow!("--tasks: {e}"))?;
+    }
+    if !tasks.is_empty() {
+        let dir = args.data_dir.as_ref().ok_or_else(|| anyhow!("--data-dir is needed for the zero-shot tasks (or give --tasks '' with --ppl)"))?;
+        if !dir.is_dir() {
+            bail!("--data-dir {}: not a directory", dir.display());
+        }
+    }
+    let ppl: Vec<String> = args.ppl.as_deref().map(|l| l.split(',').map(str::to_string).collect()).unwrap_or_default();
+    crate::commands::ppl::parse_data(&ppl).map_err(|e| anyhow!("--ppl: {e:#}"))?;
+    if args.batch_tokens == 0 {
+        bail!("--batch-tokens must be positive");
+    }
+    let req = EvaluateRequest {
+        tasks,
+        data_dir: args.data_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(),
+        limit: args.limit.unwrap_or(0) as u64,
+        batch_tokens: args.batch_tokens as u32,
+        ppl,
+        ppl_max_chunks: args.ppl_max_chunks.unwrap_or(0) as u64,
+        seq_len: args.seq_len as u32,
+    };
+    eval_job(&req)?;
+    Ok(req)
+}
+
+pub fn run(settings: &Settings, run_id: &str, args: EvalArgs) -> Result<()> {
+    let span = tracing::info_span!("eval", run_id, phase = "evaluating", rank = 0);
+    let _enter = span.enter();
+    args.cluster.check()?;
+    if args.cluster.replicas != 1 {
+        bail!("--replicas: evaluation makes every worker a whole copy of the model; give --local-workers N or --workers N only");
+    }
+    let t0 = Instant::now();
+    let req = request(&args)?;
+    let job = eval_job(&req)?;
+    // Bad documents fail here, before any model is loaded.
+    let tasks = load_tasks(&job)?;
+    let model_path = resolve_model(&args.model, &settings.cache_dir, &settings.python)?;
+    let opened = open_model(&model_path).with_context(|| format!("opening {}", model_path.display()))?;
+    opened.tokenizer.check_fits(&opened.spec)?;
+    let spec = opened.spec.clone();
+    let units: usize = tasks.iter().map(|t| t.docs.len()).sum();
+    let (share, workers, cluster_report, load_s) = if args.cluster.distributed() {
+        drop(opened);
+        let sha = model_checksum(&model_path)?;
+        let config = cluster_config(settings, &args.cluster)?;
+        let done = with_cluster(config, run_id, async |cluster: &mut Cluster| evaluate_on_cluster(cluster, &spec, &model_path, &sha, &req).await)?;
+        let workers = done.ranks.len();
+        (done.share, workers, Some(json!({"workers": workers, "ranks": done.ranks})), done.load_s)
+    } else {
+        let t = Instant::now();
+        let model = LlamaModel::load(spec.clone(), opened.weights.as_ref(), &LoadOptions { dtype: args.dtype.into(), ..LoadOptions::full(&spec) }, &Device::Cpu)
+            .with_context(|| format!("loading {}", model_path.display()))?;
+        let load_s = t.elapsed().as_secs_f64();
+        let mut bar = Progress::new("evaluating", units as u64, "documents");
+        let share = evaluate_share(&model, &opened.tokenizer, &job, &tasks, 0, 1, &mut |done, total| bar.update(done as u64, total as u64, 0))?;
+        bar.finish();
+        (share, 1, None, load_s)
+    };
+    let seconds = t0.elapsed().as_secs_f64();
+    if share.lls.len() != units || share.lls.iter().enumerate().any(|(i, (u, _))| *u != i) {
+        bail!("scores came back for {} of {units} documents", share.lls.len());
+    }
+    let name = args.name.clone().unwrap_or_else(|| model_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    let per_task = llmprune_worker::eval::zeroshot::results(&tasks, share.lls.iter().map(|(_, l)| l.clone()).collect())?;
+    let results = results_json(&args, &model_path, &name, &per_task, &share, workers, seconds, load_s, units, cluster_report);
+    write_outputs(&args.out, &results, &per_task)?;
+    println!("{}", paper_table(&[(name.as_str(), &results)]));
+    println!("results: {}", args.out.display());
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn results_json(
+    args: &EvalArgs,
+    model_path: &Path,
+    name: &str,
+    per_task: &[(Task, Vec<DocResult>)],
+    share: &EvalShare,
+    workers: usize,
+    seconds: f64,
+    load_s: f64,
+    units: usize,
+    cluster: Option<Value>,
+) -> Value {
+    let mut results = Map::new();
+    let mut samples = Map::new();
+    let mut reported = Vec::new();
+    for (task, docs) in per_task {
+        let scores = task_scores(docs, task.has_acc_norm());
+        let mut entry = serde_json::to_value(&scores).unwrap_or_default();
+        entry["alias"] = json!(task.name());
+        entry["paper_metric"] = json!(task.reported_metric().name());
+        reported.push(match task.reported_metric() {
+            llmprune_worker::eval::zeroshot::tasks::Metric::Acc => scores.acc,
+            llmprune_worker::eval::zeroshot::tasks::Metric::AccNorm => scores.acc_norm.unwrap_or(f64::NAN),
+        });
+        results.insert(task.name().into(), entry);
+        samples.insert(task.name().into(), json!({"effective": docs.len()}));
+    }
+    for (text, nll, count) in &share.ppl {
+        results.insert(text.clone(), json!({"ppl": (nll / (*count).max(1) as f64).exp(), "mean_nll": nll / (*count).max(1) as f64, "scored_tokens": count}));
+    }
+    let average = (!reported.is_empty()).then(|| reported.iter().sum::<f64>() / reported.len() as f64);
+    let mut doc = json!({
+        "name": name,
+        "results": results,
+        "average": average,
+        "config": {
+            "model": model_path.display().to_string(),
+            "num_fewshot": 0,
+            "limit": args.limit,
+            "batch_tokens": args.batch_tokens,
+            "dtype": candle_core::DType::from(args.dtype).as_str(),
+            "data_dir": args.data_dir.as_ref().map(|d| d.display().to_string()),
+            "ppl_seq_len": args.seq_len,
+            "ppl_max_chunks": args.ppl_max_chunks,
+            "workers": workers,
+        },
+        "n-samples": samples,
+        "semantics": "lm-evaluation-harness 0.4 (docs/zeroshot-tasks.md)",
+        "seconds": {"load": load_s, "total": seconds},
+        "documents_per_s": units as f64 / seconds.max(1e-9),
+    });
+    if let Some(c) = cluster {
+        doc["cluster"] = c;
+    }
+    doc
+}
+
+/// `results.json`, the per-document predictions beside it (`results.samples.jsonl`) and the
+/// table (`results.md`), each written under a temporary name and renamed.
+fn write_outputs(out: &Path, results: &Value, per_task: &[(Task, Vec<DocResult>)]) -> Result<()> {
+    let side = |ext: &str| -> PathBuf { out.with_extension(ext) };
+    let write = |path: &Path, text: &str| -> Result<()> {
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing in {}", dir.display()))?;
+        tmp.write_all(text.as_bytes())?;
+        tmp.persist(path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    };
+    let mut lines = String::new();
+    for (task, docs) in per_task {
+        for d in docs {
+            let line = json!({"task": task.name(), "doc": d.doc, "gold": d.gold, "lls": d.lls, "pred": d.pred, "pred_norm": d.pred_norm,
+                              "acc": u8::from(d.pred == d.gold), "acc_norm": u8::from(d.pred_norm == d.gold)});
+            lines.push_str(&line.to_string());
+            lines.push('\n');
+        }
+    }
+    write(&side("samples.jsonl"), &lines)?;
+    let name = results["name"].as_str().unwrap_or("model");
+    write(&side("md"), &(paper_table(&[(name, results)]) + "\n"))?;
+    // Last: a results.json in place means the run finished.
+    write_json_atomic(out, results)
+}

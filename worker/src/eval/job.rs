@@ -1,0 +1,108 @@
+//! An evaluation job as the coordinator describes it: zero-shot tasks and perplexity texts,
+//! sharded over ranks. Every rank loads the same documents and plans the same batches, scores
+//! batches r, r + world, … and the perplexity chunks r, r + world, …; the coordinator puts
+//! the per-document scores back in order and sums the NLLs. One process is rank 0 of 1.
+
+use super::perplexity::{nll_sum, CorpusKind, PplCorpus};
+use super::zeroshot::tasks::Task;
+use super::zeroshot::{batches, score_share, units, TaskDocs};
+use crate::collective::SingleRank;
+use crate::error::{Error, Result};
+use crate::loader::TextTokenizer;
+use crate::model::LlamaModel;
+use llmprune_shared::proto::EvaluateRequest;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub struct EvalJob {
+    pub tasks: Vec<Task>,
+    pub data_dir: PathBuf,
+    /// The first N documents of each task.
+    pub limit: Option<usize>,
+    /// Tokens per forward pass at most (batching).
+    pub batch_tokens: usize,
+    pub ppl: Vec<(CorpusKind, PathBuf)>,
+    pub ppl_max_chunks: Option<usize>,
+    pub seq_len: usize,
+}
+
+/// The job a request describes, checked.
+pub fn eval_job(req: &EvaluateRequest) -> Result<EvalJob> {
+    let tasks = req.tasks.iter().map(|t| Task::from_name(t.trim())).collect::<Result<Vec<_>>>()?;
+    let ppl = req
+        .ppl
+        .iter()
+        .map(|spec| {
+            let (name, file) = spec.split_once('=').ok_or_else(|| Error::Invalid(format!("--ppl {spec}: expected NAME=FILE")))?;
+            let kind: CorpusKind = name.parse().map_err(|e| Error::Invalid(format!("--ppl {spec}: {e}")))?;
+            Ok((kind, PathBuf::from(file)))
+        })
+        .collect::<Result<_>>()?;
+    if tasks.is_empty() && req.ppl.is_empty() {
+        return Err(Error::Invalid("nothing to evaluate: give --tasks or --ppl".into()));
+    }
+    if req.seq_len < 2 {
+        return Err(Error::Invalid(format!("--seq-len must be at least 2, got {}", req.seq_len)));
+    }
+    Ok(EvalJob {
+        tasks,
+        data_dir: PathBuf::from(&req.data_dir),
+        limit: (req.limit > 0).then_some(req.limit as usize),
+        batch_tokens: (req.batch_tokens as usize).max(1),
+        ppl,
+        ppl_max_chunks: (req.ppl_max_chunks > 0).then_some(req.ppl_max_chunks as usize),
+        seq_len: req.seq_len as usize,
+    })
+}
+
+/// One rank's share of the work.
+#[derive(Debug, Clone, Default)]
+pub struct EvalShare {
+    /// Log-likelihoods of each choice, by unit (document of all tasks, in order), sorted.
+    pub lls: Vec<(usize, Vec<f64>)>,
+    /// Summed NLL and predictions counted, by text.
+    pub ppl: Vec<(String, f64, u64)>,
+}
+
+/// The job's documents, task by task.
+pub fn load_tasks(job: &EvalJob) -> Result<Vec<TaskDocs>> {
+    job.tasks.iter().map(|&task| Ok(TaskDocs { task, docs: task.load(&task.path(&job.data_dir), job.limit)? })).collect()
+}
+
+/// The token the harness puts before an empty context: BOS, else EOS.
+fn prefix_token(model: &LlamaModel, tok: &TextTokenizer) -> Option<u32> {
+    tok.bos().or(model.spec.bos_token_id).or(model.spec.eos_token_id)
+}
+
+/// Rank `rank` of `world`'s share of `job` on `tasks` (as [`load_tasks`] returns them).
+/// `progress` sees (units done, units of this rank).
+pub fn evaluate_share(
+    model: &LlamaModel,
+    tok: &TextTokenizer,
+    job: &EvalJob,
+    tasks: &[TaskDocs],
+    rank: usize,
+    world: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EvalShare> {
+    let prefix = prefix_token(model, tok);
+    let units = units(tok, tasks, prefix, model.spec.max_position_embeddings)?;
+    let plan = batches(&units, job.batch_tokens.max(1));
+    let mine: usize = plan.iter().skip(rank).step_by(world.max(1)).map(Vec::len).sum();
+    let mut done = 0;
+    let sizes: Vec<usize> = plan.iter().map(Vec::len).collect();
+    let mut lls = score_share(model, &units, &plan, rank, world, &mut |k, _| {
+        done = sizes.iter().skip(rank).step_by(world.max(1)).take(k).sum();
+        progress(done, mine);
+    })?;
+    lls.sort_by_key(|(u, _)| *u);
+    let mut ppl = Vec::new();
+    for (kind, path) in &job.ppl {
+        let corpus = PplCorpus::load(*kind, path, tok, job.seq_len)?;
+        let n = job.ppl_max_chunks.map_or(corpus.chunks.len(), |m| m.min(corpus.chunks.len()));
+        let share: Vec<&[u32]> = corpus.chunks[..n].iter().skip(rank).step_by(world.max(1)).map(Vec::as_slice).collect();
+        let (nll, count) = nll_sum(model, &mut SingleRank, &share, corpus.seq_len, 4, &mut |_, _| {})?;
+        ppl.push((kind.name().to_string(), nll, count as u64));
+    }
+    Ok(EvalShare { lls, ppl })
+}
