@@ -195,3 +195,44 @@ pub fn model_tensors(dir: &Path) -> std::collections::BTreeMap<String, Vec<f32>>
         })
         .collect()
 }
+
+/// Words of the tiny models' vocabulary (`w1` … `w95`), deterministic.
+fn tiny_words(seed: usize, n: usize) -> String {
+    (0..n).map(|j| format!("w{}", 1 + (seed * 31 + j * 17) % 95)).collect::<Vec<_>>().join(" ")
+}
+
+/// The seven zero-shot task files, in both layouts, `n` documents each of the tiny models'
+/// words, in `root/zeroshot`.
+pub fn tiny_task_dir(root: &Path, n: usize) -> PathBuf {
+    use serde_json::{json, Value};
+    let words = tiny_words;
+    let dir = root.join("zeroshot");
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |file: &str, f: &dyn Fn(usize) -> Value| {
+        let lines: Vec<String> = (0..n).map(|i| f(i).to_string()).collect();
+        std::fs::write(dir.join(file), lines.join("\n") + "\n").unwrap();
+    };
+    write("boolq.validation.jsonl", &|i| json!({"question": words(i, 4), "passage": words(i + 50, 3 + i % 9), "answer": i % 3 == 0}));
+    write("piqa.validation.jsonl", &|i| json!({"goal": words(i, 5), "sol1": words(i + 1, 4), "sol2": words(i + 2, 2 + i % 5), "label": i % 2}));
+    write("hellaswag.validation.jsonl", &|i| json!({"activity_label": words(i, 2), "ctx_a": words(i + 3, 6), "ctx_b": words(i + 4, 2),
+        "endings": [words(i + 5, 3), format!("[step] {}", words(i + 6, 4)), words(i + 7, 2), words(i + 8, 5)], "label": format!("{}", i % 4)}));
+    write("winogrande_xl.validation.jsonl", &|i| json!({"sentence": format!("{} _ {}", words(i, 5), words(i + 9, 3)), "option1": "w7", "option2": "w8", "answer": if i % 2 == 0 { "1" } else { "2" }}));
+    for task in ["arc_easy", "arc_challenge"] {
+        write(&format!("{task}.test.jsonl"), &|i| json!({"id": format!("q{i}"), "question": words(i, 6), "choices": [words(i + 1, 2), words(i + 2, 3), words(i + 3, 1)], "gold": i % 3}));
+    }
+    write("openbookqa.test.jsonl", &|i| json!({"id": format!("o{i}"), "question": words(i, 7), "choices": [words(i + 1, 2), words(i + 2, 2), words(i + 3, 3), words(i + 4, 1)], "gold": i % 4}));
+    dir
+}
+
+/// Alpaca-format instruction records of the tiny models' words, as JSON Lines.
+pub fn tiny_instruct_data(path: &Path, n: usize) {
+    let lines: Vec<String> = (0..n)
+        .map(|i| serde_json::json!({"instruction": format!("w{} w{}", i % 90 + 1, i % 7 + 3), "input": "", "output": format!("w{} w{} w{}", i % 50 + 2, i % 11 + 9, i % 13 + 20)}).to_string())
+        .collect();
+    std::fs::write(path, lines.join("\n")).unwrap();
+}
+
+/// A text of the tiny models' words for perplexity.
+pub fn tiny_text(path: &Path, n: usize) {
+    std::fs::write(path, (0..n).map(|i| format!("w{}", 1 + i * 13 % 95)).collect::<Vec<_>>().join(" ")).unwrap();
+}

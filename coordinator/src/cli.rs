@@ -30,6 +30,18 @@ pub struct GlobalArgs {
     /// Address the coordinator listens on for workers, HOST:PORT [config: cluster.listen; default 127.0.0.1:0].
     #[arg(long, global = true)]
     pub listen: Option<String>,
+    /// Sets any configuration key above the file and the environment, e.g.
+    /// `--set prune.ratio=0.2` (repeatable).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub sets: Vec<(String, String)>,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}`: expected KEY=VALUE"))?;
+    if k.trim().is_empty() {
+        return Err(format!("`{s}`: empty key"));
+    }
+    Ok((k.trim().to_string(), v.to_string()))
 }
 
 impl GlobalArgs {
@@ -40,6 +52,7 @@ impl GlobalArgs {
             log_format: self.log_format,
             token: self.token.clone(),
             listen: self.listen.clone(),
+            sets: self.sets.clone(),
         }
     }
 }
@@ -66,6 +79,80 @@ pub enum Command {
     Eval(EvalArgs),
     /// Several results.json side by side in the layout of the paper's Table 1.
     Table(TableArgs),
+    /// Continue prompts with a KV cache (greedy, or sampled with temperature / top-k / top-p).
+    Generate(GenerateArgs),
+    /// The whole job from one configuration (--config): evaluate the dense model, prune,
+    /// evaluate, recover, evaluate, and write report.md / report.json with plots.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Continue the run in its output directory: finished phases are skipped, an interrupted
+    /// prune or recovery resumes from its checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// The model to compress [config: model].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The run's output directory [config: out].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Worker processes on this machine [config: workers.local].
+    #[arg(long, value_name = "N")]
+    pub local_workers: Option<usize>,
+    /// Remote workers to wait for [config: workers.remote].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Testing only: RANK:FAULT passed to that local worker.
+    #[arg(long, hide = true, value_name = "RANK:FAULT")]
+    pub inject_fault: Option<String>,
+}
+
+impl RunArgs {
+    /// The flags that are configuration keys, as overrides above the file and environment.
+    pub fn overrides(&self) -> Vec<(String, String)> {
+        let mut sets = Vec::new();
+        if let Some(m) = &self.model {
+            sets.push(("model".into(), m.clone()));
+        }
+        if let Some(o) = &self.out {
+            sets.push(("out".into(), o.display().to_string()));
+        }
+        if let Some(n) = self.local_workers {
+            sets.push(("workers.local".into(), n.to_string()));
+        }
+        if let Some(n) = self.workers {
+            sets.push(("workers.remote".into(), n.to_string()));
+        }
+        sets
+    }
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Hugging Face directory, `.gguf` file, or a known alias (`smollm2`, fetched if missing).
+    #[arg(long)]
+    pub model: String,
+    /// A prompt; repeatable.
+    #[arg(long, required = true)]
+    pub prompt: Vec<String>,
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// 0: greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Sample among the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Sample among the most likely tokens holding this much probability.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Also write the prompts and continuations as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Args)]

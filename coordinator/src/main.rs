@@ -5,6 +5,7 @@ mod cluster;
 mod commands;
 mod fetch;
 mod progress;
+mod report;
 mod settings;
 mod telemetry;
 
@@ -26,7 +27,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: cli::Cli) -> Result<()> {
-    let settings = settings::Settings::load(&cli.global.overrides())?;
+    let mut overrides = cli.global.overrides();
+    if let cli::Command::Run(args) = &cli.command {
+        overrides.sets.extend(args.overrides());
+    }
+    let settings = settings::Settings::load(&overrides)?;
     telemetry::init(settings.log_format);
     let run_id = telemetry::new_run_id();
     match cli.command {
@@ -34,10 +39,12 @@ fn run(cli: cli::Cli) -> Result<()> {
         cli::Command::Ppl(args) => commands::ppl::run(&settings, &run_id, args),
         cli::Command::Bench(args) => commands::bench::run(&settings, args),
         cli::Command::Config(args) => commands::config::run(&settings, args),
-        cli::Command::Prune(args) => commands::prune::run(&settings, &run_id, args),
+        cli::Command::Prune(args) => commands::prune::run(&settings, &run_id, args, None),
         cli::Command::ApplyPlan(args) => commands::apply_plan::run(&settings, &run_id, args),
-        cli::Command::Recover(args) => commands::recover::run(&settings, &run_id, args),
-        cli::Command::Eval(args) => commands::eval::run(&settings, &run_id, args),
+        cli::Command::Recover(args) => commands::recover::run(&settings, &run_id, args, None),
+        cli::Command::Eval(args) => commands::eval::run(&settings, &run_id, args, None),
         cli::Command::Table(args) => commands::table::run(args),
+        cli::Command::Generate(args) => commands::generate::run(&settings, args),
+        cli::Command::Run(args) => commands::run::run(&settings, &run_id, args),
     }
 }

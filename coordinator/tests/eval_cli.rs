@@ -2,7 +2,7 @@
 //! 1 or 3 workers giving identical per-document results, perplexity sharded with the NLLs
 //! summed, and bad input refused with the file, line, field or flag named.
 
-use llmprune_tests::{assert_contains, tiny_model_dir};
+use llmprune_tests::{assert_contains, tiny_model_dir, tiny_task_dir as task_dir};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -19,31 +19,6 @@ fn ok(out: &Output) -> String {
 fn fails(out: &Output, parts: &[&str]) {
     assert!(!out.status.success(), "should have failed");
     assert_contains(&String::from_utf8_lossy(&out.stderr), parts);
-}
-
-/// Words of the tiny model's vocabulary (`w1` … `w95`), deterministic.
-fn words(seed: usize, n: usize) -> String {
-    (0..n).map(|j| format!("w{}", 1 + (seed * 31 + j * 17) % 95)).collect::<Vec<_>>().join(" ")
-}
-
-/// Seven task files in both layouts, `n` documents each.
-fn task_dir(root: &Path, n: usize) -> PathBuf {
-    let dir = root.join("zeroshot");
-    std::fs::create_dir_all(&dir).unwrap();
-    let write = |file: &str, f: &dyn Fn(usize) -> Value| {
-        let lines: Vec<String> = (0..n).map(|i| f(i).to_string()).collect();
-        std::fs::write(dir.join(file), lines.join("\n") + "\n").unwrap();
-    };
-    write("boolq.validation.jsonl", &|i| json!({"question": words(i, 4), "passage": words(i + 50, 3 + i % 9), "answer": i % 3 == 0}));
-    write("piqa.validation.jsonl", &|i| json!({"goal": words(i, 5), "sol1": words(i + 1, 4), "sol2": words(i + 2, 2 + i % 5), "label": i % 2}));
-    write("hellaswag.validation.jsonl", &|i| json!({"activity_label": words(i, 2), "ctx_a": words(i + 3, 6), "ctx_b": words(i + 4, 2),
-        "endings": [words(i + 5, 3), format!("[step] {}", words(i + 6, 4)), words(i + 7, 2), words(i + 8, 5)], "label": format!("{}", i % 4)}));
-    write("winogrande_xl.validation.jsonl", &|i| json!({"sentence": format!("{} _ {}", words(i, 5), words(i + 9, 3)), "option1": "w7", "option2": "w8", "answer": if i % 2 == 0 { "1" } else { "2" }}));
-    for task in ["arc_easy", "arc_challenge"] {
-        write(&format!("{task}.test.jsonl"), &|i| json!({"id": format!("q{i}"), "question": words(i, 6), "choices": [words(i + 1, 2), words(i + 2, 3), words(i + 3, 1)], "gold": i % 3}));
-    }
-    write("openbookqa.test.jsonl", &|i| json!({"id": format!("o{i}"), "question": words(i, 7), "choices": [words(i + 1, 2), words(i + 2, 2), words(i + 3, 3), words(i + 4, 1)], "gold": i % 4}));
-    dir
 }
 
 fn samples(results: &Path) -> Vec<Value> {

@@ -1,5 +1,6 @@
 //! Starting a cluster for a command: its configuration from the settings and the command's
-//! cluster flags, and a run on it that ends with the workers stopped whatever happens.
+//! cluster flags, and a run on it that ends with the workers stopped whatever happens; or one
+//! cluster kept across the phases of `llmprune run`.
 
 use crate::cli::ClusterArgs;
 use crate::cluster::driver::{Cluster, ClusterConfig, Phase};
@@ -31,23 +32,63 @@ pub fn cluster_config(settings: &Settings, args: &ClusterArgs) -> Result<Cluster
     })
 }
 
+/// A cluster that serves several phases of one run (`llmprune run`): its workers load each
+/// phase's model in turn. A failed phase stops the workers and ends the session.
+pub struct ClusterSession {
+    runtime: tokio::runtime::Runtime,
+    cluster: Option<Cluster>,
+}
+
+impl ClusterSession {
+    pub fn start(config: ClusterConfig, run_id: &str) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let cluster = runtime.block_on(Cluster::start(config, run_id))?;
+        Ok(Self { runtime, cluster: Some(cluster) })
+    }
+
+    /// Runs one phase's `job` on the cluster; an error fails the run first, so that workers
+    /// never linger.
+    pub fn run<T>(&mut self, job: impl AsyncFnOnce(&mut Cluster) -> Result<T>) -> Result<T> {
+        let cluster = self.cluster.as_mut().ok_or_else(|| anyhow!("the cluster has already failed"))?;
+        let result = self.runtime.block_on(async {
+            match job(cluster).await {
+                Ok(v) => Ok(v),
+                Err(e) => {
+                    if cluster.phase() != Phase::Failed {
+                        let _ = cluster.fail(&format!("{e:#}")).await;
+                    }
+                    Err(e)
+                }
+            }
+        });
+        if result.is_err() {
+            self.cluster = None;
+        }
+        result
+    }
+
+    /// Stops the workers after the last phase.
+    pub fn finish(mut self) {
+        if let Some(cluster) = self.cluster.take() {
+            self.runtime.block_on(cluster.finish());
+        }
+    }
+}
+
 /// Starts the cluster, runs `job` on it, and stops the workers: after success, or after a
 /// failure (an error of the coordinator's own fails the run first, so workers never linger).
 pub fn with_cluster<T>(config: ClusterConfig, run_id: &str, job: impl AsyncFnOnce(&mut Cluster) -> Result<T>) -> Result<T> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(async {
-        let mut cluster = Cluster::start(config, run_id).await?;
-        match job(&mut cluster).await {
-            Ok(v) => {
-                cluster.finish().await;
-                Ok(v)
-            }
-            Err(e) => {
-                if cluster.phase() != Phase::Failed {
-                    let _ = cluster.fail(&format!("{e:#}")).await;
-                }
-                Err(e)
-            }
-        }
-    })
+    let mut session = ClusterSession::start(config, run_id)?;
+    let result = session.run(job);
+    session.finish();
+    result
+}
+
+/// Runs `job` on the run's shared cluster when there is one, else on a cluster of the
+/// command's own (`--local-workers` / `--workers`).
+pub fn on_cluster<T>(shared: Option<&mut ClusterSession>, settings: &Settings, args: &ClusterArgs, run_id: &str, job: impl AsyncFnOnce(&mut Cluster) -> Result<T>) -> Result<T> {
+    match shared {
+        Some(session) => session.run(job),
+        None => with_cluster(cluster_config(settings, args)?, run_id, job),
+    }
 }

@@ -5,7 +5,7 @@
 use crate::cli::EvalArgs;
 use crate::cluster::driver::Cluster;
 use crate::cluster::evaluate::evaluate_on_cluster;
-use crate::commands::cluster::{cluster_config, with_cluster};
+use crate::commands::cluster::{on_cluster, ClusterSession};
 use crate::commands::table::paper_table;
 use crate::commands::write_json_atomic;
 use crate::fetch::resolve_model;
@@ -57,7 +57,12 @@ fn request(args: &EvalArgs) -> Result<EvaluateRequest> {
     Ok(req)
 }
 
-pub fn run(settings: &Settings, run_id: &str, args: EvalArgs) -> Result<()> {
+/// The checks of the flags alone, before anything runs.
+pub(crate) fn check_args(args: &EvalArgs) -> Result<()> {
+    request(args).map(|_| ())
+}
+
+pub fn run(settings: &Settings, run_id: &str, args: EvalArgs, shared: Option<&mut ClusterSession>) -> Result<()> {
     let span = tracing::info_span!("eval", run_id, phase = "evaluating", rank = 0);
     let _enter = span.enter();
     args.cluster.check()?;
@@ -74,11 +79,10 @@ pub fn run(settings: &Settings, run_id: &str, args: EvalArgs) -> Result<()> {
     opened.tokenizer.check_fits(&opened.spec)?;
     let spec = opened.spec.clone();
     let units: usize = tasks.iter().map(|t| t.docs.len()).sum();
-    let (share, workers, cluster_report, load_s) = if args.cluster.distributed() {
+    let (share, workers, cluster_report, load_s) = if shared.is_some() || args.cluster.distributed() {
         drop(opened);
         let sha = model_checksum(&model_path)?;
-        let config = cluster_config(settings, &args.cluster)?;
-        let done = with_cluster(config, run_id, async |cluster: &mut Cluster| evaluate_on_cluster(cluster, &spec, &model_path, &sha, &req).await)?;
+        let done = on_cluster(shared, settings, &args.cluster, run_id, async |cluster: &mut Cluster| evaluate_on_cluster(cluster, &spec, &model_path, &sha, &req).await)?;
         let workers = done.ranks.len();
         (done.share, workers, Some(json!({"workers": workers, "ranks": done.ranks})), done.load_s)
     } else {

@@ -4,9 +4,11 @@ pub mod bench;
 pub mod config;
 pub mod eval;
 pub mod fetch;
+pub mod generate;
 pub mod ppl;
 pub mod prune;
 pub mod recover;
+pub mod run;
 pub mod table;
 
 use anyhow::{Context, Result};

@@ -12,7 +12,7 @@ use llmprune_shared::plan::{Plan, PlanModel};
 use llmprune_shared::{ModelSpec, PyRandom};
 use llmprune_worker::calibration::{read_rows, read_token_ids, sample_windows_with};
 use crate::cluster::driver::Cluster;
-use crate::commands::cluster::{cluster_config, with_cluster};
+use crate::commands::cluster::{on_cluster, ClusterSession};
 use crate::commands::checkpoint_dir;
 use crate::cluster::prune::{prune_on_cluster, DistributedOutcome, DistributedPrune};
 use llmprune_worker::export::ModelDir;
@@ -76,9 +76,8 @@ pub(crate) fn print_shapes(before: &ModelSpec, after: &ModelSpec) {
     }
 }
 
-pub fn run(settings: &Settings, run_id: &str, args: PruneArgs) -> Result<()> {
-    let span = tracing::info_span!("prune", run_id, phase = "prune", rank = 0);
-    let _enter = span.enter();
+/// The checks of the flags alone, before any model is opened.
+pub(crate) fn check_args(args: &PruneArgs) -> Result<()> {
     if !(args.ratio > 0.0 && args.ratio < 1.0) {
         return Err(anyhow!("--ratio {}: must be in (0, 1)", args.ratio));
     }
@@ -96,23 +95,30 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs) -> Result<()> {
         (r, Some(n)) if !n.is_multiple_of(r) => return Err(anyhow!("--replicas {r} must divide the {n} workers (N/R pipeline stages × R replicas)")),
         _ => {}
     }
+    if let Some(list) = &args.eval_ppl {
+        crate::commands::ppl::parse_data(&list.split(',').map(str::to_string).collect::<Vec<_>>()).map_err(|e| anyhow!("--eval-ppl: {e:#}"))?;
+    }
+    if args.eval_seq_len < 2 {
+        return Err(anyhow!("--eval-seq-len must be at least 2, got {}", args.eval_seq_len));
+    }
+    let needs_calibration = importance(args) != Importance::Random && !matches!(args.criterion, CriterionArg::L1 | CriterionArg::L2);
+    if needs_calibration && args.calibration.is_empty() && args.calibration_ids.is_none() {
+        return Err(anyhow!("--criterion {:?} needs calibration data: --calibration FILE (text) or --calibration-ids FILE", args.criterion));
+    }
+    Ok(())
+}
+
+pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&mut ClusterSession>) -> Result<()> {
+    let span = tracing::info_span!("prune", run_id, phase = "prune", rank = 0);
+    let _enter = span.enter();
+    check_args(&args)?;
     if args.out.exists() {
         return Err(anyhow!("--out {}: already exists; remove it or choose another directory", args.out.display()));
     }
     let eval_data = match &args.eval_ppl {
-        Some(list) => {
-            let pairs: Vec<String> = list.split(',').map(str::to_string).collect();
-            crate::commands::ppl::parse_data(&pairs).map_err(|e| anyhow!("--eval-ppl: {e:#}"))?
-        }
+        Some(list) => crate::commands::ppl::parse_data(&list.split(',').map(str::to_string).collect::<Vec<_>>()).map_err(|e| anyhow!("--eval-ppl: {e:#}"))?,
         None => Vec::new(),
     };
-    if args.eval_seq_len < 2 {
-        return Err(anyhow!("--eval-seq-len must be at least 2, got {}", args.eval_seq_len));
-    }
-    let needs_calibration = importance(&args) != Importance::Random && !matches!(args.criterion, CriterionArg::L1 | CriterionArg::L2);
-    if needs_calibration && args.calibration.is_empty() && args.calibration_ids.is_none() {
-        return Err(anyhow!("--criterion {:?} needs calibration data: --calibration FILE (text) or --calibration-ids FILE", args.criterion));
-    }
     let model_path = resolve_model(&args.model, &settings.cache_dir, &settings.python)?;
     let t0 = Instant::now();
     let opened = open_model(&model_path).with_context(|| format!("opening {}", model_path.display()))?;
@@ -188,13 +194,13 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs) -> Result<()> {
         "calibration": calibration_json,
     });
     let out = ModelDir::create(&args.out)?;
-    let distributed = args.cluster.distributed();
+    let distributed = shared.is_some() || args.cluster.distributed();
     let latency_data = eval_data.first().filter(|_| args.latency_chunks > 0 && !distributed);
     let mut report = serde_json::Map::new();
     let (spec_after, steps, pruned) = if distributed {
         let checkpoint = checkpoint_dir(&args.out);
         let fingerprint = format!("{checksum} {settings_json}");
-        let outcome = run_on_cluster(settings, run_id, &args, &model_path, &checksum, &spec_before, &req, &mut *calibration, &out, checkpoint.clone(), fingerprint)?;
+        let outcome = run_on_cluster(shared, settings, run_id, &args, &model_path, &checksum, &spec_before, &req, &mut *calibration, &out, checkpoint.clone(), fingerprint)?;
         let [load_s, scoring_s, planning_s, slicing_s] = outcome.seconds;
         report.insert("seconds".into(), json!({"load": load_s, "scoring": scoring_s, "planning": planning_s, "slicing": slicing_s,
                                                 "total": t0.elapsed().as_secs_f64()}));
@@ -273,6 +279,7 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs) -> Result<()> {
 /// The distributed path: a cluster of local or remote workers prunes into `out`.
 #[allow(clippy::too_many_arguments)]
 fn run_on_cluster(
+    shared: Option<&mut ClusterSession>,
     settings: &Settings,
     run_id: &str,
     args: &PruneArgs,
@@ -285,8 +292,7 @@ fn run_on_cluster(
     checkpoint: std::path::PathBuf,
     fingerprint: String,
 ) -> Result<DistributedOutcome> {
-    let config = cluster_config(settings, &args.cluster)?;
-    with_cluster(config, run_id, async |cluster: &mut Cluster| {
+    on_cluster(shared, settings, &args.cluster, run_id, async |cluster: &mut Cluster| {
         let job = DistributedPrune {
             model_path,
             model_sha256: checksum,

@@ -121,7 +121,7 @@ pub fn spawn_runtime(opts: RuntimeOptions) -> Result<RuntimeHandle> {
     std::thread::Builder::new()
         .name("llmprune-runtime".into())
         .spawn(move || {
-            let mut rt = Runtime { opts, ring_listener_used: false, shard: None, comms: None, span: tracing::Span::none() };
+            let mut rt = Runtime { opts, shard: None, comms: None, span: tracing::Span::none() };
             for cmd in rx {
                 if let Command::Load(req, _) = &cmd {
                     let (run_id, worker) = (&req.run_id, &req.worker_id);
@@ -151,7 +151,6 @@ pub fn spawn_runtime(opts: RuntimeOptions) -> Result<RuntimeHandle> {
 
 struct Runtime {
     opts: RuntimeOptions,
-    ring_listener_used: bool,
     shard: Option<ShardModel>,
     comms: Option<Collectives>,
     /// Run id, worker, rank and replica, the parent of every command's span.
@@ -181,13 +180,14 @@ impl Runtime {
         if sha != req.model_sha256 {
             return Err(Error::file(path, format!("sha256 {sha} here, {} at the coordinator: the workers must see the same model", req.model_sha256)));
         }
-        if self.ring_listener_used {
-            return Err(Error::Invalid("this worker already joined a run; start a new worker".into()));
-        }
+        // A later phase of the same run loads another model (or part): the previous one and its
+        // rings go first. Connections left over from the old rings carry the old cookie and are
+        // dropped when the new rings form.
+        self.shard = None;
+        self.comms = None;
         let (rank, world) = (spec.rank as usize, spec.world_size as usize);
         let (replica, replicas) = (spec.replica as usize, (spec.replicas as usize).max(1));
         let replica_addresses = if replicas == 1 && req.replica_ring_addresses.is_empty() { vec![String::new()] } else { req.replica_ring_addresses };
-        self.ring_listener_used = true;
         let ring = RingOptions { cookie: req.ring_cookie, ..self.opts.ring.clone() };
         // Every worker joins its pipeline group first, then its replica group: no group waits
         // on a worker still busy joining the other.

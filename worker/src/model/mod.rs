@@ -210,6 +210,12 @@ impl LlamaModel {
         Ok(y.matmul(&self.head_weight()?.t()?)?.reshape((b, t, self.spec.vocab_size))?)
     }
 
+    /// Logits `[N, V]` of hidden states `[1, N, H]` (a few positions: generation).
+    pub fn logits_from_hidden(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.final_norm(x, Exec::Inference)?;
+        Ok(y.matmul(&self.head_weight()?.t()?)?)
+    }
+
     /// Negative log-likelihood `[B, T−1]` of each next token under the causal LM.
     pub fn next_token_nll(&self, ids: &Tensor, exec: Exec) -> Result<Tensor> {
         let x = self.forward_layers(self.embed_tokens(ids)?, exec)?;
