@@ -10,3 +10,16 @@ cargo check -p llmprune-worker --features nccl --locked
 cargo test --release --workspace --locked --no-fail-fast
 # The deployment example: a coordinator and two workers as separate processes on loopback.
 OUT=$(mktemp -d)/deploy-local PORT=${DEPLOY_PORT:-17070} bash deploy/local/run.sh
+# The quickstart, reduced (a few recovery steps, a few documents and chunks): the whole job on
+# SmolLM2 through `llmprune run` on 2 local workers, ending with its report.
+QS=$(mktemp -d)/quickstart
+OUT=$QS bash scripts/quickstart.sh --set recover.max_steps=3 --set recover.eval_steps=3 --set recover.val_size=16 \
+  --set recover.extra_val_chunks=4 --set eval.limit=4 --set eval.ppl_max_chunks=4 > "$QS.log" 2>&1 || { tail -50 "$QS.log"; exit 1; }
+python3 - "$QS/report.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+names = [row["name"] for row in r["table1"]]
+assert names == ["dense", "pruned", "recovered"], names
+assert all(row["wikitext2"] > 1 and row["average"] is not None for row in r["table1"]), r["table1"]
+print("reduced quickstart:", ", ".join(f"{row['name']} wikitext2 {row['wikitext2']:.1f}" for row in r["table1"]))
+PY

@@ -61,9 +61,10 @@ fn prefix_reuse_and_batching_equal_plain_forward_passes() {
         }
     }
     // Batches: longest first, within the budget (a unit alone when it exceeds it).
-    // Sizes (prefix + longest suffix) 25, 10, 10, 2. With 30 tokens a pass, unit 1 cannot join
-    // unit 0 (2 × 19 context tokens); units 1-3 fit together (3 × 9 and 5 rows × 5).
-    assert_eq!(plan_batches(&units, 30), [vec![0], vec![1, 2, 3]]);
+    // Sizes (prefix + longest suffix) 25, 10, 10, 2. With 30 real tokens a pass (60 padded):
+    // units 0 and 1 (contexts 19 + 5, choices 10 + 9 tokens, padded 2 × 19 and 5 rows × 6),
+    // then unit 2 would bring the contexts to 33; units 2 and 3 together.
+    assert_eq!(plan_batches(&units, 30), [vec![0, 1], vec![2, 3]]);
     assert_eq!(plan_batches(&units, 1), [vec![0], vec![1], vec![2], vec![3]], "a unit over the budget goes alone");
 }
 

@@ -104,6 +104,9 @@ pub struct RunArgs {
     /// Remote workers to wait for [config: workers.remote].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+    /// Check the configuration and print the phases' commands without running them.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Testing only: RANK:FAULT passed to that local worker.
     #[arg(long, hide = true, value_name = "RANK:FAULT")]
     pub inject_fault: Option<String>,

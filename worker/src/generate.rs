@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::loader::TextTokenizer;
-use crate::model::LlamaModel;
+use crate::model::{LlamaModel, Past};
 use candle_core::{DType, Tensor};
 use llmprune_shared::PyRandom;
 
@@ -72,7 +72,8 @@ pub fn generate_ids(model: &LlamaModel, prompt: &[u32], s: &Sampling) -> Result<
     let device = model.device();
     let mut rng = PyRandom::new(s.seed);
     let ids = Tensor::from_slice(prompt, (1, prompt.len()), device)?;
-    let (mut hidden, mut cache) = model.forward_cached(&ids, &[prompt.len()], None)?;
+    let (mut hidden, cache) = model.forward_cached(&ids, &[prompt.len()], None, true)?;
+    let mut cache = cache.ok_or_else(|| Error::Invalid("no cache came back".into()))?;
     let mut out = Vec::with_capacity(s.max_new_tokens);
     while out.len() < s.max_new_tokens {
         let last = hidden.narrow(1, hidden.dim(1)? - 1, 1)?;
@@ -86,7 +87,9 @@ pub fn generate_ids(model: &LlamaModel, prompt: &[u32], s: &Sampling) -> Result<
             break;
         }
         let ids = Tensor::from_slice(&[next], (1, 1), device)?;
-        (hidden, cache) = model.forward_cached(&ids, &[1], Some(&cache))?;
+        let (h, c) = model.forward_cached(&ids, &[1], Some(Past { cache: &cache, rows: &[0] }), true)?;
+        hidden = h;
+        cache = c.ok_or_else(|| Error::Invalid("no cache came back".into()))?;
     }
     Ok(out)
 }

@@ -131,6 +131,8 @@ fn in_keys(section: &str, e: anyhow::Error) -> anyhow::Error {
 /// Everything a run does, checked before it starts.
 struct Plan {
     out: PathBuf,
+    /// Each phase as the command it runs, for --dry-run.
+    commands: Vec<String>,
     prune: PruneArgs,
     recover: RecoverArgs,
     /// Evaluation of the dense, pruned and recovered models.
@@ -152,21 +154,27 @@ fn plan(settings: &Settings, args: &RunArgs) -> Result<Plan> {
     if let Some(r) = w.replicas.filter(|_| w.local.is_some() || w.remote.is_some()) {
         fixed.push(("replicas", r.to_string()));
     }
-    let prune: PruneArgs = PhaseArgv::new("prune", &settings.prune, &fixed)?.parse()?;
+    let mut commands = Vec::new();
+    let mut phase_argv = |section: &'static str, options: &PhaseOptions, fixed: &[(&str, String)]| -> Result<PhaseArgv> {
+        let p = PhaseArgv::new(section, options, fixed)?;
+        commands.push(format!("llmprune {section} {}", p.argv.join(" ")));
+        Ok(p)
+    };
+    let prune: PruneArgs = phase_argv("prune", &settings.prune, &fixed)?.parse()?;
     crate::commands::prune::check_args(&prune).map_err(|e| in_keys("prune", e))?;
     let mut fixed = vec![("model", path(&pruned)), ("out", path(&recovered)), ("seed", seed)];
     fixed.extend(resume);
     if let Some(s) = w.stages {
         fixed.push(("stages", s.to_string()));
     }
-    let recover: RecoverArgs = PhaseArgv::new("recover", &settings.recover, &fixed)?.parse()?;
+    let recover: RecoverArgs = phase_argv("recover", &settings.recover, &fixed)?.parse()?;
     let shared = w.local.is_some() || w.remote.is_some();
     crate::commands::recover::check_flags(&recover, shared).map_err(|e| in_keys("recover", e))?;
     let evals = [("dense", model), ("pruned", path(&pruned)), ("recovered", path(&recovered))]
         .into_iter()
         .map(|(name, m)| {
             let fixed = [("model", m), ("out", path(&out.join("eval").join(format!("{name}.json")))), ("name", name.to_string())];
-            let args: EvalArgs = PhaseArgv::new("eval", &settings.eval, &fixed)?.parse()?;
+            let args: EvalArgs = phase_argv("eval", &settings.eval, &fixed)?.parse()?;
             crate::commands::eval::check_args(&args).map_err(|e| in_keys("eval", e))?;
             Ok((name.to_string(), args))
         })
@@ -184,7 +192,7 @@ fn plan(settings: &Settings, args: &RunArgs) -> Result<Plan> {
             bail!("workers.stages {stages}: the {n} workers must split into equal pipelines");
         }
     }
-    Ok(Plan { out, prune, recover, evals, cluster })
+    Ok(Plan { out, commands, prune, recover, evals, cluster })
 }
 
 /// Runs the phases in order on one cluster, timing each.
@@ -218,7 +226,19 @@ pub fn run(settings: &Settings, run_id: &str, args: RunArgs) -> Result<()> {
     let span = tracing::info_span!("run", run_id, phase = "run", rank = 0);
     let _enter = span.enter();
     let t0 = Instant::now();
-    let Plan { out, prune, recover, evals, cluster } = plan(settings, &args)?;
+    let Plan { out, commands, prune, recover, evals, cluster } = plan(settings, &args)?;
+    if args.dry_run {
+        let workers = match &cluster {
+            Some(c) => format!("{} {} workers", c.local_workers.or(c.workers).unwrap_or(0), if c.local_workers.is_some() { "local" } else { "remote" }),
+            None => "this process".into(),
+        };
+        println!("run in {} on {workers}; phases:", out.display());
+        // Planned as prune, recover, then the three evaluations; run interleaved.
+        for i in [2, 0, 3, 1, 4] {
+            println!("  {}", commands[i]);
+        }
+        return Ok(());
+    }
     if out.exists() && !args.resume {
         bail!("out {}: already exists; `llmprune run --resume` continues that run", out.display());
     }

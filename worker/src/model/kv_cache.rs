@@ -2,6 +2,7 @@
 //! of earlier positions. Serves prefix reuse (the shared context of a question's choices is
 //! run once, each choice continues from it) and generation (one token at a time).
 
+use super::layer::Packing;
 use super::LlamaModel;
 use crate::error::{Error, Result};
 use candle_core::Tensor;
@@ -15,17 +16,34 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// The cache of rows `rows` (repeats allowed): the context each new row continues.
-    pub fn select(&self, rows: &[usize]) -> Result<Self> {
-        let idx = Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), self.layers.first().map_or(&candle_core::Device::Cpu, |(k, _)| k.device()))?;
-        let layers = self.layers.iter().map(|(k, v)| Ok((k.index_select(&idx, 0)?, v.index_select(&idx, 0)?))).collect::<Result<_>>()?;
-        let lens = rows.iter().map(|&r| self.lens.get(r).copied().ok_or_else(|| Error::Invalid(format!("no cached row {r}")))).collect::<Result<_>>()?;
-        Ok(Self { layers, lens })
-    }
-
     /// Cached positions per row, padding included.
     pub fn positions(&self) -> usize {
         self.layers.first().map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+    }
+}
+
+/// The cached context each new row continues: row `b` continues cache row `rows[b]` (rows
+/// may repeat: the choices of one question share its context).
+#[derive(Clone, Copy)]
+pub struct Past<'a> {
+    pub cache: &'a KvCache,
+    pub rows: &'a [usize],
+}
+
+impl Past<'_> {
+    /// Layer `i`'s keys and values for the new rows, selected when they are not the cache's
+    /// own rows in order (a copy of one layer at a time).
+    fn layer(&self, i: usize) -> Result<(Tensor, Tensor)> {
+        let (k, v) = &self.cache.layers[i];
+        if self.rows.len() == self.cache.lens.len() && self.rows.iter().enumerate().all(|(a, &b)| a == b) {
+            return Ok((k.clone(), v.clone()));
+        }
+        let idx = Tensor::from_vec(self.rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), self.rows.len(), k.device())?;
+        Ok((k.index_select(&idx, 0)?, v.index_select(&idx, 0)?))
+    }
+
+    fn lens(&self) -> Result<Vec<usize>> {
+        self.rows.iter().map(|&r| self.cache.lens.get(r).copied().ok_or_else(|| Error::Invalid(format!("no cached row {r}")))).collect()
     }
 }
 
@@ -52,16 +70,19 @@ fn mask(past_lens: &[usize], past: usize, t: usize, rep: usize, device: &candle_
 }
 
 impl LlamaModel {
-    /// Runs `ids` `[B, T]` (right-padded rows) after `past` (row b continuing after
-    /// `past.lens[b]` real positions; `None`: from position 0). Returns the last layer's
-    /// hidden states `[B, T, H]` and the cache of all positions, each row's real length
-    /// being its past length plus `lens[b]`.
-    pub fn forward_cached(&self, ids: &Tensor, lens: &[usize], past: Option<&KvCache>) -> Result<(Tensor, KvCache)> {
+    /// Runs `ids` `[B, T]` (right-padded rows with `lens` real tokens) after `past` (`None`:
+    /// from position 0). Returns the last layer's hidden states `[B, T, H]` and, when `keep`,
+    /// the cache of all positions, each row's real length being its past length plus
+    /// `lens[b]`.
+    pub fn forward_cached(&self, ids: &Tensor, lens: &[usize], past: Option<Past>, keep: bool) -> Result<(Tensor, Option<KvCache>)> {
         let (b, t) = ids.dims2()?;
         if lens.len() != b || lens.iter().any(|&l| l > t) {
             return Err(Error::Invalid(format!("{} row lengths for {b} rows of {t} tokens", lens.len())));
         }
-        let past_lens: Vec<usize> = past.map_or_else(|| vec![0; b], |p| p.lens.clone());
+        let past_lens: Vec<usize> = match &past {
+            Some(p) => p.lens()?,
+            None => vec![0; b],
+        };
         if past_lens.len() != b {
             return Err(Error::Invalid(format!("a cache of {} rows for {b} rows", past_lens.len())));
         }
@@ -77,11 +98,14 @@ impl LlamaModel {
         let positions: Vec<u32> = past_lens.iter().flat_map(|&p| (p..p + t).map(|x| x as u32)).collect();
         let positions = Tensor::from_vec(positions, b * t, device)?;
         let half = self.spec.head_dim / 2;
-        let mut x = self.embed_tokens(ids)?;
+        // The projections and the MLP see the real tokens only.
+        let pack = Packing::new(lens, t, device)?;
+        let h = self.spec.hidden_size;
+        let mut x = pack.pack(&self.embed_tokens(ids)?.reshape((b * t, h))?)?;
         let dtype = x.dtype();
         let cos = self.rope.cos.index_select(&positions, 0)?.reshape((b, t, half))?.to_dtype(dtype)?;
         let sin = self.rope.sin.index_select(&positions, 0)?.reshape((b, t, half))?.to_dtype(dtype)?;
-        let n_past = past.map_or(0, KvCache::positions);
+        let n_past = past.map_or(0, |p| p.cache.positions());
         let mut masks: Vec<(usize, Tensor)> = Vec::new();
         let mut layers = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
@@ -95,11 +119,15 @@ impl LlamaModel {
                     m
                 }
             };
-            let (out, kv) = layer.forward_past(&x, &cos, &sin, &m, past.map(|p| &p.layers[i]), self.spec.rms_norm_eps)?;
+            let layer_past = past.map(|p| p.layer(i)).transpose()?;
+            let (out, kv) = layer.forward_packed(&x, &pack, &cos, &sin, &m, layer_past.as_ref(), self.spec.rms_norm_eps)?;
             x = out;
-            layers.push(kv);
+            if keep {
+                layers.push(kv);
+            }
         }
+        let x = pack.unpack(&x)?.reshape((b, t, h))?;
         let lens = past_lens.iter().zip(lens).map(|(p, l)| p + l).collect();
-        Ok((x, KvCache { layers, lens }))
+        Ok((x, keep.then_some(KvCache { layers, lens })))
     }
 }

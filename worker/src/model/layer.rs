@@ -23,6 +23,60 @@ pub struct Mlp {
     pub down: Tensor,
 }
 
+/// Where the real tokens of a right-padded `[rows, slots]` batch are: packing keeps them
+/// (`[N, …]`), unpacking puts them back in their slots with zeros in the padding.
+pub struct Packing {
+    pub rows: usize,
+    pub slots: usize,
+    /// Slot (`row · slots + position`) of each real token, in order.
+    real: Tensor,
+    /// Packed index of each slot's token; padding points at an extra zero row (index N).
+    slot_source: Tensor,
+    n: usize,
+}
+
+impl Packing {
+    /// The packing of rows with `lens` real tokens each (a prefix of `slots`).
+    pub fn new(lens: &[usize], slots: usize, device: &Device) -> Result<Self> {
+        let n: usize = lens.iter().sum();
+        let mut real = Vec::with_capacity(n);
+        let mut slot_source = vec![n as u32; lens.len() * slots];
+        for (r, &len) in lens.iter().enumerate() {
+            for p in 0..len {
+                slot_source[r * slots + p] = real.len() as u32;
+                real.push((r * slots + p) as u32);
+            }
+        }
+        Ok(Self {
+            rows: lens.len(),
+            slots,
+            real: Tensor::from_vec(real, n, device)?,
+            slot_source: Tensor::from_vec(slot_source, lens.len() * slots, device)?,
+            n,
+        })
+    }
+
+    /// `[rows·slots, W]` → `[N, W]`.
+    pub fn pack(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.index_select(&self.real, 0)?)
+    }
+
+    /// `[N, W]` → `[rows·slots, W]`, zeros in the padding.
+    pub fn unpack(&self, x: &Tensor) -> Result<Tensor> {
+        let zero = Tensor::zeros((1, x.dim(1)?), x.dtype(), x.device())?;
+        Ok(Tensor::cat(&[x, &zero], 0)?.index_select(&self.slot_source, 0)?)
+    }
+
+    /// Real tokens.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+}
+
 pub struct DecoderLayer {
     pub index: usize,
     pub shape: LayerShape,
@@ -250,19 +304,21 @@ impl DecoderLayer {
         Ok(self.project(&out, Projection::O)?.reshape((b, t, hidden))?)
     }
 
-    /// Inference over new positions `x` `[B, T, H]` after cached ones: `cos`/`sin` are each
-    /// row's tables `[B, T, d/2]`, `mask` is `[B, 1, rep·T, P + T]` (additive), `past` the
-    /// cached keys and values `[B, n_kv, P, d]`. Returns the output and the keys and values of
-    /// all `P + T` positions.
-    pub fn forward_past(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor, past: Option<&(Tensor, Tensor)>, eps: f64) -> Result<(Tensor, (Tensor, Tensor))> {
+    /// Inference over new positions after cached ones, the new tokens packed: `x` is `[N, H]`,
+    /// the real tokens of `B` rows of `T` slots (`pack`), so the projections and the MLP never
+    /// see padding; attention runs on the padded `[B, T]` layout. `cos`/`sin` are each row's
+    /// tables `[B, T, d/2]`, `mask` is `[B, 1, rep·T, P + T]` (additive), `past` the cached keys
+    /// and values `[B, n_kv, P, d]`. Returns the packed output and the keys and values of all
+    /// `P + T` positions.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_packed(&self, x: &Tensor, pack: &Packing, cos: &Tensor, sin: &Tensor, mask: &Tensor, past: Option<&(Tensor, Tensor)>, eps: f64) -> Result<(Tensor, (Tensor, Tensor))> {
         let exec = Exec::Inference;
-        let (b, t, hidden) = x.dims3()?;
+        let (b, t) = (pack.rows, pack.slots);
         let (d, nh, nkv) = (self.head_dim, self.shape.n_heads, self.shape.n_kv_heads);
         let rep = self.shape.n_rep();
         let h = rms_norm(x, &self.input_norm, eps, exec)?;
-        let h2 = h.reshape((b * t, hidden))?;
         let heads = |p: Projection, n: usize| -> Result<Tensor> {
-            Ok(self.project(&h2, p)?.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
+            Ok(pack.unpack(&self.project(&h, p)?)?.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
         };
         let q = candle_nn::rotary_emb::rope(&heads(Projection::Q, nh)?, cos, sin)?;
         let k = candle_nn::rotary_emb::rope(&heads(Projection::K, nkv)?, cos, sin)?;
@@ -276,9 +332,10 @@ impl DecoderLayer {
         let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?.broadcast_add(mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         let out = probs.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b * t, nh * d))?;
-        let x = (x + self.project(&out, Projection::O)?.reshape((b, t, hidden))?)?;
+        let x = (x + self.project(&pack.pack(&out)?, Projection::O)?)?;
         let h = rms_norm(&x, &self.post_norm, eps, exec)?;
-        Ok(((&x + self.mlp(&h, exec)?)?, (k, v)))
+        let n = x.dim(0)?;
+        Ok(((&x + self.mlp(&h.unsqueeze(0)?, exec)?.reshape((n, x.dim(1)?))?)?, (k, v)))
     }
 
     fn mlp(&self, x: &Tensor, exec: Exec) -> Result<Tensor> {

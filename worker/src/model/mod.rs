@@ -10,8 +10,8 @@ mod kv_cache;
 mod layer;
 mod rope_tables;
 
-pub use kv_cache::KvCache;
-pub use layer::{Attention, DecoderLayer, Mlp};
+pub use kv_cache::{KvCache, Past};
+pub use layer::{Attention, DecoderLayer, Mlp, Packing};
 pub use rope_tables::{inverse_frequencies, RopeTables};
 
 use crate::error::{Error, Result};

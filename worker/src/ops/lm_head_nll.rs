@@ -17,6 +17,10 @@ pub const IGNORE_TARGET: u32 = u32::MAX;
 /// Logits computed at once: rows per chunk × vocabulary stays near this many floats.
 const CHUNK_FLOATS: usize = 8 << 20;
 
+/// The same without a graph (evaluation): 4 MiB chunks stay in the allocator's reused size
+/// classes, where 32 MiB ones were mapped afresh (and their pages cleared) every chunk.
+const INFERENCE_CHUNK_FLOATS: usize = 1 << 20;
+
 /// Logits kept from the forward to the backward pass up to this many floats (256 MiB);
 /// more are recomputed.
 pub const KEEP_LOGITS_FLOATS: usize = 64 << 20;
@@ -24,7 +28,8 @@ pub const KEEP_LOGITS_FLOATS: usize = 64 << 20;
 /// `hidden` is `[N, H]`, `head` is `[V, H]`, `targets` has N ids (or [`IGNORE_TARGET`]).
 /// Returns `[N]` NLLs (0 for ignored rows), differentiable in `hidden` and `head`.
 pub fn lm_head_nll(hidden: &Tensor, head: &Tensor, targets: &[u32]) -> Result<Tensor> {
-    let rows = (CHUNK_FLOATS / head.dim(0)?.max(1)).max(1);
+    let floats = if hidden.track_op() || head.track_op() { CHUNK_FLOATS } else { INFERENCE_CHUNK_FLOATS };
+    let rows = (floats / head.dim(0)?.max(1)).max(1);
     lm_head_nll_chunked(hidden, head, targets, rows, KEEP_LOGITS_FLOATS)
 }
 
@@ -84,6 +89,17 @@ impl LmHeadNll {
         let logits = self.hidden.narrow(0, start, rows)?.matmul(&self.head.t()?)?;
         logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
     }
+
+    /// `f` of one chunk of logits, read in place (no copy).
+    fn with_logits<T>(&self, start: usize, rows: usize, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+        let logits = self.hidden.narrow(0, start, rows)?.matmul(&self.head.t()?)?.to_dtype(DType::F32)?;
+        let (storage, layout) = logits.storage_and_layout();
+        if let (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
+            return Ok(f(&v[a..b]));
+        }
+        drop(storage);
+        Ok(f(&logits.flatten_all()?.to_vec1::<f32>()?))
+    }
 }
 
 /// `log Σ_j exp(l_j)`, shifted by the maximum for stability. Each term's f32 `exp` is
@@ -108,15 +124,16 @@ impl CustomOp2 for LmHeadNll {
         let mut all_lse = Vec::with_capacity(n);
         let mut kept = Vec::with_capacity(if self.keep_logits { n * v } else { 0 });
         for (start, rows) in self.chunks() {
-            let logits = self.logits(start, rows)?;
-            let lse: Vec<f32> = logits.par_chunks(v).map(log_sum_exp).collect();
-            for (r, &t) in self.targets[start..start + rows].iter().enumerate() {
-                nll.push(if t == IGNORE_TARGET { 0.0 } else { lse[r] - logits[r * v + t as usize] });
-            }
-            all_lse.extend(lse);
-            if self.keep_logits {
-                kept.extend_from_slice(&logits);
-            }
+            self.with_logits(start, rows, |logits| {
+                let lse: Vec<f32> = logits.par_chunks(v).map(log_sum_exp).collect();
+                for (r, &t) in self.targets[start..start + rows].iter().enumerate() {
+                    nll.push(if t == IGNORE_TARGET { 0.0 } else { lse[r] - logits[r * v + t as usize] });
+                }
+                all_lse.extend(lse);
+                if self.keep_logits {
+                    kept.extend_from_slice(logits);
+                }
+            })?;
         }
         let saved = Saved { log_sum_exp: all_lse, logits: self.keep_logits.then_some(kept) };
         if let Ok(mut slot) = self.saved.lock() {

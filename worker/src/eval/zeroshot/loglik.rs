@@ -5,7 +5,7 @@
 
 use super::requests::TokenChoice;
 use crate::error::{Error, Result};
-use crate::model::{Exec, LlamaModel};
+use crate::model::{Exec, LlamaModel, Past};
 use candle_core::Tensor;
 
 /// A document's choices, scored together.
@@ -37,25 +37,42 @@ impl Unit {
     }
 }
 
-/// Batches of unit indices: units longest first, each batch as many as fit `budget` tokens in
-/// its context pass (units × longest context) and its choice pass (choices × longest suffix).
+/// Batches of unit indices: units longest first, each batch as many as fit `budget` real
+/// tokens in its context pass and in its choice pass (the projections see only real tokens),
+/// with at most twice that padded (attention runs on the padded layout).
 pub fn plan_batches(units: &[Unit], budget: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..units.len()).collect();
     let size = |u: &Unit| u.shared_prefix() + u.suffix_len();
     order.sort_by_key(|&u| (std::cmp::Reverse(size(&units[u])), u));
+    /// A batch's passes: real and longest tokens of the context pass, real and longest of
+    /// the choice pass, and its rows.
+    #[derive(Clone, Copy, Default)]
+    struct Load {
+        prefix: usize,
+        prefix_max: usize,
+        suffix: usize,
+        suffix_max: usize,
+        rows: usize,
+    }
+    let with = |l: Load, u: &Unit| {
+        let p = u.shared_prefix();
+        let suffix: usize = (0..u.choices.len()).map(|i| u.input(i).len() - p).sum();
+        Load { prefix: l.prefix + p, prefix_max: l.prefix_max.max(p), suffix: l.suffix + suffix, suffix_max: l.suffix_max.max(u.suffix_len()), rows: l.rows + u.choices.len() }
+    };
     let mut batches: Vec<Vec<usize>> = Vec::new();
-    let (mut prefix, mut suffix, mut rows) = (0, 0, 0);
+    let mut load = Load::default();
     for u in order {
-        let unit = &units[u];
-        let (p, s, r) = (prefix.max(unit.shared_prefix()), suffix.max(unit.suffix_len()), rows + unit.choices.len());
+        let next = with(load, &units[u]);
+        let units_in = batches.last().map_or(0, Vec::len) + 1;
+        let fits = next.prefix <= budget && next.suffix <= budget && units_in * next.prefix_max <= 2 * budget && next.rows * next.suffix_max <= 2 * budget;
         match batches.last_mut() {
-            Some(b) if (b.len() + 1) * p <= budget && r * s <= budget => {
+            Some(b) if fits => {
                 b.push(u);
-                (prefix, suffix, rows) = (p, s, r);
+                load = next;
             }
             _ => {
                 batches.push(vec![u]);
-                (prefix, suffix, rows) = (unit.shared_prefix(), unit.suffix_len(), unit.choices.len());
+                load = with(Load::default(), &units[u]);
             }
         }
     }
@@ -77,7 +94,7 @@ pub fn score_batch(model: &LlamaModel, units: &[&Unit]) -> Result<Vec<Vec<f64>>>
     let past = if prefixes.iter().any(|&p| p > 0) {
         let rows: Vec<&[u32]> = units.iter().zip(&prefixes).map(|(u, &p)| &u.input(0)[..p]).collect();
         let (ids, _) = padded(&rows, device)?;
-        Some(model.forward_cached(&ids, &prefixes, None)?.1)
+        model.forward_cached(&ids, &prefixes, None, true)?.1
     } else {
         None
     };
@@ -92,8 +109,10 @@ pub fn score_batch(model: &LlamaModel, units: &[&Unit]) -> Result<Vec<Vec<f64>>>
     }
     let (ids, t) = padded(&rows, device)?;
     let lens: Vec<usize> = rows.iter().map(|r| r.len()).collect();
-    let past = past.map(|c| c.select(&owner)).transpose()?;
-    let (hidden, _) = model.forward_cached(&ids, &lens, past.as_ref())?;
+    let past = past.as_ref().map(|cache| Past { cache, rows: &owner });
+    let (hidden, _) = model.forward_cached(&ids, &lens, past, false)?;
+    tracing::debug!(units = units.len(), prefix_rows = units.len(), prefix_len = prefixes.iter().max().copied().unwrap_or(0),
+                    prefix_real = prefixes.iter().sum::<usize>(), rows = rows.len(), suffix_len = t, suffix_real = lens.iter().sum::<usize>(), "batch");
     // Only the scored positions reach the head.
     let (mut picks, mut targets, mut spans) = (Vec::new(), Vec::new(), Vec::new());
     let mut row = 0;
