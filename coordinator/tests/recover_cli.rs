@@ -162,26 +162,35 @@ fn two_local_workers_equal_one_process_and_a_lost_worker_resumes() {
 
     // A worker lost mid-way: the run fails naming it, leaves no output, and --resume continues
     // from the last checkpoint to the adapters of an uninterrupted 2-worker run.
-    let out = tmp.path().join("resumed");
-    let mut args = with(recover_args(p, d, out.to_str().unwrap()), "--eval-steps", "1");
-    args.extend(["--local-workers", "2"]);
-    let mut faulty = args.clone();
-    faulty.extend(["--inject-fault", "1:exit-during-recovery"]);
-    let res = llmprune(&faulty);
+    let (resumed, uninterrupted) = lose_a_worker_and_resume(tmp.path(), p, d, &["--local-workers", "2"]);
+    assert_eq!(report(&resumed)["adapter_sha256"], report(&uninterrupted)["adapter_sha256"]);
+}
+
+/// Recovers with `cluster` flags three times: once with worker 1 lost at step 2 (which must
+/// fail naming it and leave no output but a checkpoint), then with `--resume`, then
+/// uninterrupted. Checks the resumed run continued from a checkpoint and ended with the
+/// uninterrupted run's weights; returns both outputs.
+fn lose_a_worker_and_resume(root: &Path, p: &str, d: &str, cluster: &[&str]) -> (PathBuf, PathBuf) {
+    let (out, whole) = (root.join("resumed"), root.join("whole"));
+    let args_for = |dir: &Path| -> Vec<String> {
+        let mut a: Vec<String> = with(recover_args(p, d, dir.to_str().unwrap()), "--eval-steps", "1").into_iter().map(str::to_string).collect();
+        a.extend(cluster.iter().map(|s| s.to_string()));
+        a
+    };
+    let mut faulty = args_for(&out);
+    faulty.extend(["--inject-fault".to_string(), "1:exit-during-recovery".to_string()]);
+    let res = llmprune(&faulty.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!res.status.success());
     assert_contains(&String::from_utf8_lossy(&res.stderr), &["recovering", "worker local-1", "exited"]);
     assert!(!out.exists());
-    assert!(tmp.path().join(".resumed.llmprune-checkpoint/latest").exists());
-    args.push("--resume");
-    ok(&llmprune(&args));
-    let whole = tmp.path().join("whole");
-    let mut args = with(recover_args(p, d, whole.to_str().unwrap()), "--eval-steps", "1");
-    args.extend(["--local-workers", "2"]);
-    ok(&llmprune(&args));
-    let (resumed, uninterrupted) = (report(&out), report(&whole));
-    assert!(resumed["resumed_from"].as_u64().unwrap() >= 1, "{}", resumed["resumed_from"]);
-    assert_eq!(resumed["adapter_sha256"], uninterrupted["adapter_sha256"]);
+    assert!(root.join(".resumed.llmprune-checkpoint").is_dir(), "checkpoints kept for --resume");
+    let mut resume = args_for(&out);
+    resume.push("--resume".into());
+    ok(&llmprune(&resume.iter().map(String::as_str).collect::<Vec<_>>()));
+    ok(&llmprune(&args_for(&whole).iter().map(String::as_str).collect::<Vec<_>>()));
+    assert!(report(&out)["resumed_from"].as_u64().unwrap() >= 1, "{}", report(&out)["resumed_from"]);
     assert!(model_tensors(&out) == model_tensors(&whole));
+    (out, whole)
 }
 
 /// The adapter's matrices by name.
@@ -220,24 +229,8 @@ fn pipeline_stages_equal_one_process_and_a_lost_stage_resumes() {
     assert_eq!(curve(&r), curve(&report(&single)));
 
     // The last stage lost mid-way: the run fails, and --resume continues from the checkpoint
-    // every stage has to the adapters of the uninterrupted run.
-    let out = tmp.path().join("resumed");
-    let mut args = with(recover_args(p, d, out.to_str().unwrap()), "--eval-steps", "1");
-    args.extend(["--local-workers", "2", "--stages", "2"]);
-    let mut faulty = args.clone();
-    faulty.extend(["--inject-fault", "1:exit-during-recovery"]);
-    let res = llmprune(&faulty);
-    assert!(!res.status.success());
-    assert_contains(&String::from_utf8_lossy(&res.stderr), &["recovering", "worker local-1", "exited"]);
-    assert!(!out.exists());
-    args.push("--resume");
-    ok(&llmprune(&args));
-    let whole = tmp.path().join("whole");
-    let mut args = with(recover_args(p, d, whole.to_str().unwrap()), "--eval-steps", "1");
-    args.extend(["--local-workers", "2", "--stages", "2"]);
-    ok(&llmprune(&args));
-    assert!(report(&out)["resumed_from"].as_u64().unwrap() >= 1);
-    assert!(model_tensors(&out) == model_tensors(&whole));
+    // every stage has to the weights of the uninterrupted run.
+    lose_a_worker_and_resume(tmp.path(), p, d, &["--local-workers", "2", "--stages", "2"]);
 
     // Stages must divide the workers, and need workers.
     let bad = tmp.path().join("bad");

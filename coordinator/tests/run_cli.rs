@@ -144,6 +144,11 @@ fn configuration_errors_name_the_key_and_overrides_apply() {
     fails(&[], &["--set", "eval.tasks=boolq,mmlu"], &["eval.tasks", "mmlu"]);
     fails(&[("LLMPRUNE_RECOVER__DATA", "")], &["--set", "recover.data="], &["recover.data"]);
 
+    // --dry-run plans every phase (the run's workers reach the prune's checks) and starts nothing.
+    let plan = ok(&llmprune(&["--config", c, "--set", "workers.replicas=2", "--set", "workers.stages=2", "run", "--dry-run"], &[]));
+    assert_contains(&plan, &["2 local workers", "llmprune prune", "--replicas 2", "llmprune recover", "--stages 2", "--name recovered"]);
+    assert!(!tmp.path().join("run").exists());
+
     // The merged configuration: file < environment < --set.
     let printed = ok(&llmprune(&["--config", c, "--set", "prune.criterion=l2", "config", "--print"], &[("LLMPRUNE_PRUNE__RATIO", "0.4"), ("LLMPRUNE_PRUNE__CRITERION", "l1")]));
     assert_contains(&printed, &["\"ratio\": \"0.4\"", "\"criterion\": \"l2\"", "\"local\": 2"]);

@@ -151,7 +151,13 @@ fn plan(settings: &Settings, args: &RunArgs) -> Result<Plan> {
     let path = |p: &Path| p.display().to_string();
     let mut fixed = vec![("model", model.clone()), ("out", path(&pruned)), ("seed", seed.clone())];
     fixed.extend(resume.clone());
-    if let Some(r) = w.replicas.filter(|_| w.local.is_some() || w.remote.is_some()) {
+    // The prune's own checks see the run's workers (the run's cluster serves the phase).
+    match (w.local, w.remote) {
+        (Some(n), _) => fixed.push(("local-workers", n.to_string())),
+        (_, Some(n)) => fixed.push(("workers", n.to_string())),
+        _ => {}
+    }
+    if let Some(r) = w.replicas {
         fixed.push(("replicas", r.to_string()));
     }
     let mut commands = Vec::new();

@@ -3,7 +3,7 @@
 //! batches r, r + world, … and the perplexity chunks r, r + world, …; the coordinator puts
 //! the per-document scores back in order and sums the NLLs. One process is rank 0 of 1.
 
-use super::perplexity::{nll_sum, CorpusKind, PplCorpus};
+use super::perplexity::{nll_sum, parse_corpus_spec, CorpusKind, PplCorpus};
 use super::zeroshot::tasks::Task;
 use super::zeroshot::{batches, score_share, units, TaskDocs};
 use crate::collective::SingleRank;
@@ -29,15 +29,7 @@ pub struct EvalJob {
 /// The job a request describes, checked.
 pub fn eval_job(req: &EvaluateRequest) -> Result<EvalJob> {
     let tasks = req.tasks.iter().map(|t| Task::from_name(t.trim())).collect::<Result<Vec<_>>>()?;
-    let ppl = req
-        .ppl
-        .iter()
-        .map(|spec| {
-            let (name, file) = spec.split_once('=').ok_or_else(|| Error::Invalid(format!("--ppl {spec}: expected NAME=FILE")))?;
-            let kind: CorpusKind = name.parse().map_err(|e| Error::Invalid(format!("--ppl {spec}: {e}")))?;
-            Ok((kind, PathBuf::from(file)))
-        })
-        .collect::<Result<_>>()?;
+    let ppl = req.ppl.iter().map(|spec| parse_corpus_spec(spec, "--ppl")).collect::<Result<_>>()?;
     if tasks.is_empty() && req.ppl.is_empty() {
         return Err(Error::Invalid("nothing to evaluate: give --tasks or --ppl".into()));
     }

@@ -34,6 +34,13 @@ impl FromStr for CorpusKind {
     }
 }
 
+/// A `NAME=FILE` text given with `flag` (`--ppl`, `--extra-val`), checked.
+pub fn parse_corpus_spec(spec: &str, flag: &str) -> Result<(CorpusKind, PathBuf)> {
+    let (name, file) = spec.split_once('=').ok_or_else(|| Error::Invalid(format!("{flag} {spec}: expected NAME=FILE")))?;
+    let kind: CorpusKind = name.parse().map_err(|e| Error::Invalid(format!("{flag} {spec}: {e}")))?;
+    Ok((kind, PathBuf::from(file)))
+}
+
 impl CorpusKind {
     pub fn name(self) -> &'static str {
         match self {

@@ -13,7 +13,7 @@ use crate::export::write_weights_into;
 use crate::loader::TextTokenizer;
 use crate::lora::{self, peft, LoraConfig, Projection};
 use crate::model::LlamaModel;
-use crate::eval::perplexity::CorpusKind;
+use crate::eval::perplexity::parse_corpus_spec;
 use llmprune_shared::proto::{ExtraValPpl, RecoverReply, RecoverRequest, TrainStep};
 use candle_core::Tensor;
 use std::collections::HashMap;
@@ -44,15 +44,7 @@ pub fn recover_options(req: &RecoverRequest, eos: Option<u32>) -> Result<Recover
         checkpoint_dir: (!req.checkpoint_dir.is_empty()).then(|| PathBuf::from(&req.checkpoint_dir)),
         resume: req.resume,
         fingerprint: req.fingerprint.clone(),
-        extra_val: req
-            .extra_val
-            .iter()
-            .map(|spec| {
-                let (name, file) = spec.split_once('=').ok_or_else(|| Error::Invalid(format!("--extra-val {spec}: expected NAME=FILE")))?;
-                let kind: CorpusKind = name.parse().map_err(|e| Error::Invalid(format!("--extra-val {spec}: {e}")))?;
-                Ok((kind, PathBuf::from(file)))
-            })
-            .collect::<Result<_>>()?,
+        extra_val: req.extra_val.iter().map(|spec| parse_corpus_spec(spec, "--extra-val")).collect::<Result<_>>()?,
         extra_val_chunks: (req.extra_val_chunks > 0).then_some(req.extra_val_chunks as usize),
     };
     opts.validate()?;
