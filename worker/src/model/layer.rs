@@ -329,8 +329,14 @@ impl DecoderLayer {
         };
         let q = q.reshape((b, nkv, rep * t, d))?;
         let scale = 1.0 / (d as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
+        let probs = match past {
+            // Without a past, real queries see only earlier (real) keys: the causal mask is the
+            // whole mask, and the fused op scales, masks and normalises in one pass.
+            None => ops::causal_softmax(&scores, scale, t)?,
+            Some(_) => candle_nn::ops::softmax_last_dim(&(scores * scale)?.broadcast_add(mask)?)?,
+        }
+        .to_dtype(v.dtype())?;
         let out = probs.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b * t, nh * d))?;
         let x = (x + self.project(&pack.pack(&out)?, Projection::O)?)?;
         let h = rms_norm(&x, &self.post_norm, eps, exec)?;
