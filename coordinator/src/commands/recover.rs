@@ -75,22 +75,22 @@ fn request(args: &RecoverArgs, out_dir: &Path, model_sha256: &str) -> Result<Rec
 }
 
 /// The checks of the flags alone (the model directory aside), before anything runs.
-pub(crate) fn check_flags(args: &RecoverArgs, shared_cluster: bool) -> Result<()> {
+pub(crate) fn check_flags(args: &RecoverArgs) -> Result<()> {
     if args.cluster.replicas != 1 {
         return Err(anyhow!("--replicas: recovery makes every worker a replica; split the model with --stages S instead"));
     }
-    if args.stages > 1 && !args.cluster.distributed() && !shared_cluster {
+    if args.stages > 1 && !args.cluster.distributed() {
         return Err(anyhow!("--stages {}: pipeline stages run on workers; add --local-workers N or --workers N", args.stages));
     }
     let workers = args.cluster.local_workers.or(args.cluster.workers).unwrap_or(1);
-    if args.stages == 0 || (!shared_cluster && !workers.is_multiple_of(args.stages)) {
+    if args.stages == 0 || !workers.is_multiple_of(args.stages) {
         return Err(anyhow!("--stages {}: the {workers} workers must split into equal pipelines (a divisor of {workers})", args.stages));
     }
     args.cluster.check()?;
     request(args, Path::new(""), "").map(|_| ())
 }
 
-fn check_args(args: &RecoverArgs, shared_cluster: bool) -> Result<()> {
+fn check_args(args: &RecoverArgs) -> Result<()> {
     if args.out.exists() {
         return Err(anyhow!("--out {}: already exists; remove it or choose another directory", args.out.display()));
     }
@@ -100,14 +100,14 @@ fn check_args(args: &RecoverArgs, shared_cluster: bool) -> Result<()> {
     if !args.model.join("plan.json").is_file() {
         return Err(anyhow!("--model {}: no plan.json (recover takes a directory written by `llmprune prune`)", args.model.display()));
     }
-    check_flags(args, shared_cluster)
+    check_flags(args)
 }
 
 pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs, shared: Option<&mut ClusterSession>) -> Result<()> {
     let span = tracing::info_span!("recover", run_id, phase = "recovering", rank = 0);
     let _enter = span.enter();
     let t0 = Instant::now();
-    check_args(&args, shared.is_some())?;
+    check_args(&args)?;
     let eval_data = match &args.eval_ppl {
         Some(list) => crate::commands::ppl::parse_data(&list.split(',').map(str::to_string).collect::<Vec<_>>()).map_err(|e| anyhow!("--eval-ppl: {e:#}"))?,
         None => Vec::new(),
@@ -120,12 +120,7 @@ pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs, shared: Option<
     let (reply, cluster_report, load_s) = if shared.is_some() || args.cluster.distributed() {
         drop(weights); // the workers read their own copies
         let stages = args.stages;
-        let done = on_cluster(shared, settings, &args.cluster, run_id, async |cluster: &mut Cluster| {
-            if !cluster.members.len().is_multiple_of(stages) {
-                anyhow::bail!("--stages {stages}: the {} workers must split into equal pipelines", cluster.members.len());
-            }
-            recover_on_cluster(cluster, &spec, &args.model, &sha, &req, stages).await
-        })?;
+        let done = on_cluster(shared, settings, &args.cluster, run_id, async |cluster: &mut Cluster| recover_on_cluster(cluster, &spec, &args.model, &sha, &req, stages).await)?;
         let report = json!({"workers": done.ranks.len(), "stages": stages, "replicas": done.ranks.len() / stages,
                             "stage_adapter_sha256": done.stage_adapter_sha256, "ranks": done.ranks});
         (done.reply, Some(report), done.load_s)

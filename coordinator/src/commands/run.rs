@@ -149,14 +149,21 @@ fn plan(settings: &Settings, args: &RunArgs) -> Result<Plan> {
     let pruned = out.join("pruned");
     let recovered = out.join("recovered");
     let path = |p: &Path| p.display().to_string();
+    // The phases' own checks see the run's workers (the run's cluster serves the phases).
+    let workers: Vec<(&str, String)> = match (w.local, w.remote) {
+        (Some(n), _) => vec![("local-workers", n.to_string())],
+        (_, Some(n)) => vec![("workers", n.to_string())],
+        _ => vec![],
+    };
+    if let Some(stages) = w.stages {
+        let n = w.local.or(w.remote).unwrap_or(1);
+        if !n.is_multiple_of(stages) {
+            bail!("workers.stages {stages}: the {n} workers must split into equal pipelines");
+        }
+    }
     let mut fixed = vec![("model", model.clone()), ("out", path(&pruned)), ("seed", seed.clone())];
     fixed.extend(resume.clone());
-    // The prune's own checks see the run's workers (the run's cluster serves the phase).
-    match (w.local, w.remote) {
-        (Some(n), _) => fixed.push(("local-workers", n.to_string())),
-        (_, Some(n)) => fixed.push(("workers", n.to_string())),
-        _ => {}
-    }
+    fixed.extend(workers.clone());
     if let Some(r) = w.replicas {
         fixed.push(("replicas", r.to_string()));
     }
@@ -170,12 +177,12 @@ fn plan(settings: &Settings, args: &RunArgs) -> Result<Plan> {
     crate::commands::prune::check_args(&prune).map_err(|e| in_keys("prune", e))?;
     let mut fixed = vec![("model", path(&pruned)), ("out", path(&recovered)), ("seed", seed)];
     fixed.extend(resume);
+    fixed.extend(workers);
     if let Some(s) = w.stages {
         fixed.push(("stages", s.to_string()));
     }
     let recover: RecoverArgs = phase_argv("recover", &settings.recover, &fixed)?.parse()?;
-    let shared = w.local.is_some() || w.remote.is_some();
-    crate::commands::recover::check_flags(&recover, shared).map_err(|e| in_keys("recover", e))?;
+    crate::commands::recover::check_flags(&recover).map_err(|e| in_keys("recover", e))?;
     let evals = [("dense", model), ("pruned", path(&pruned)), ("recovered", path(&recovered))]
         .into_iter()
         .map(|(name, m)| {
@@ -192,12 +199,6 @@ fn plan(settings: &Settings, args: &RunArgs) -> Result<Plan> {
         resume: args.resume,
         inject_fault: args.inject_fault.clone(),
     });
-    if let (Some(c), Some(stages)) = (&cluster, w.stages) {
-        let n = c.local_workers.or(c.workers).unwrap_or(1);
-        if !n.is_multiple_of(stages) {
-            bail!("workers.stages {stages}: the {n} workers must split into equal pipelines");
-        }
-    }
     Ok(Plan { out, commands, prune, recover, evals, cluster })
 }
 

@@ -91,8 +91,7 @@ pub fn evaluate_share(
     let mut ppl = Vec::new();
     for (kind, path) in &job.ppl {
         let corpus = PplCorpus::load(*kind, path, tok, job.seq_len)?;
-        let n = job.ppl_max_chunks.map_or(corpus.chunks.len(), |m| m.min(corpus.chunks.len()));
-        let share: Vec<&[u32]> = corpus.chunks[..n].iter().skip(rank).step_by(world.max(1)).map(Vec::as_slice).collect();
+        let share = corpus.share(job.ppl_max_chunks, rank, world);
         let (nll, count) = nll_sum(model, &mut SingleRank, &share, corpus.seq_len, 4, &mut |_, _| {})?;
         ppl.push((kind.name().to_string(), nll, count as u64));
     }

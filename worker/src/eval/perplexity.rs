@@ -72,6 +72,13 @@ pub struct PplCorpus {
 }
 
 impl PplCorpus {
+    /// Rank `rank` of `world`'s chunks among the first `max` (all without a limit): chunks
+    /// r, r + world, …
+    pub fn share(&self, max: Option<usize>, rank: usize, world: usize) -> Vec<&[u32]> {
+        let n = max.map_or(self.chunks.len(), |m| m.min(self.chunks.len()));
+        self.chunks[..n].iter().skip(rank).step_by(world.max(1)).map(Vec::as_slice).collect()
+    }
+
     pub fn load(kind: CorpusKind, path: &Path, tokenizer: &TextTokenizer, seq_len: usize) -> Result<Self> {
         if seq_len < 2 {
             return Err(Error::Invalid(format!("--seq-len must be at least 2, got {seq_len}")));
@@ -113,8 +120,8 @@ pub fn evaluate(
     max_chunks: Option<usize>,
     progress: ProgressFn<'_>,
 ) -> Result<PplResult> {
-    let n = max_chunks.map_or(corpus.chunks.len(), |m| m.min(corpus.chunks.len()));
-    let chunks: Vec<&[u32]> = corpus.chunks[..n].iter().map(Vec::as_slice).collect();
+    let chunks = corpus.share(max_chunks, 0, 1);
+    let n = chunks.len();
     let (nll_sum, scored) = nll_sum(model, &mut SingleRank, &chunks, corpus.seq_len, batch_size, progress)?;
     let mean_nll = nll_sum / scored.max(1) as f64;
     Ok(PplResult { ppl: mean_nll.exp(), tokens: corpus.n_tokens, chunks: n, scored_tokens: scored, mean_nll })

@@ -163,8 +163,7 @@ fn validation_loss(model: &LlamaModel, val: &[MicroBatch], groups: &mut TrainGro
 /// rank r takes chunks r, r + world, … and the NLL sums are all-reduced.
 fn sharded_ppl(model: &LlamaModel, corpus: &PplCorpus, max: Option<usize>, groups: &mut TrainGroups) -> Result<f64> {
     let (rank, world) = (groups.data.rank(), groups.data.world_size());
-    let n = max.map_or(corpus.chunks.len(), |m| m.min(corpus.chunks.len()));
-    let mine: Vec<&[u32]> = corpus.chunks[..n].iter().skip(rank).step_by(world).map(Vec::as_slice).collect();
+    let mine = corpus.share(max, rank, world);
     let (nll, count) = nll_sum(model, groups.pipeline, &mine, corpus.seq_len, 4, &mut |_, _| {})?;
     let mut sums = [nll as f32, count as f32];
     groups.sum_from_last_stage(&mut sums, "a perplexity")?;
