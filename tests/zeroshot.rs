@@ -11,7 +11,7 @@ use llmprune_worker::eval::job::{evaluate_share, load_tasks, EvalJob};
 use llmprune_worker::eval::zeroshot::requests::{encode_pair, TokenChoice};
 use llmprune_worker::eval::zeroshot::results;
 use llmprune_worker::eval::zeroshot::tasks::Task;
-use llmprune_worker::model::Exec;
+use llmprune_worker::model::{AttentionPath, Exec, Past};
 use llmprune_worker::{load_model, LlamaModel, LoadOptions};
 
 /// The log-likelihood of a choice's continuation from one forward pass over the choice alone.
@@ -69,6 +69,34 @@ fn prefix_reuse_and_batching_equal_plain_forward_passes() {
 }
 
 /// The fixture `tests/golden/lm_eval_zeroshot.py` wrote.
+#[test]
+fn the_packed_attention_kernel_equals_padded_batched_attention() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = load_model(&tiny_model_dir("tiny_gqa", tmp.path()), LoadOptions::full, &Device::Cpu).unwrap().model;
+    let dev = Device::Cpu;
+    let max_diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    // Contexts of 37, 4 and 1 tokens (longer than a query block of the kernel), then rows
+    // continuing them: two share the first context, one continues the last.
+    let ctx: Vec<u32> = (0..3 * 37).map(|i| 1 + (i * 13) % 90).collect();
+    let ctx = Tensor::from_vec(ctx, (3, 37), &dev).unwrap();
+    let ctx_lens = [37, 4, 1];
+    let run = |path| model.forward_cached_on(path, &ctx, &ctx_lens, None, true).unwrap();
+    let ((h_packed, c_packed), (h_padded, c_padded)) = (run(AttentionPath::Packed), run(AttentionPath::Padded));
+    let real = |h: &Tensor| Tensor::cat(&ctx_lens.iter().enumerate().map(|(b, &l)| h.get(b).unwrap().narrow(0, 0, l).unwrap()).collect::<Vec<_>>(), 0).unwrap();
+    assert!(max_diff(&real(&h_packed), &real(&h_padded)) < 1e-5, "context pass");
+    let (c_packed, c_padded) = (c_packed.unwrap(), c_padded.unwrap());
+    assert_eq!(c_packed.lens, c_padded.lens);
+    for ((kp, vp), (kq, vq)) in c_packed.layers.iter().zip(&c_padded.layers) {
+        assert!(max_diff(kp, kq) < 1e-5 && max_diff(vp, vq) < 1e-5, "cached keys and values");
+    }
+    let ids = Tensor::from_vec((0..4 * 6).map(|i| 2 + (i * 7) % 80).collect::<Vec<u32>>(), (4, 6), &dev).unwrap();
+    let (lens, rows) = ([6, 2, 5, 1], [0, 0, 2, 1]);
+    let go = |path, cache| model.forward_cached_on(path, &ids, &lens, Some(Past { cache, rows: &rows }), false).unwrap().0;
+    let (a, b) = (go(AttentionPath::Packed, &c_packed), go(AttentionPath::Padded, &c_padded));
+    let real = |h: &Tensor| Tensor::cat(&lens.iter().enumerate().map(|(r, &l)| h.get(r).unwrap().narrow(0, 0, l).unwrap()).collect::<Vec<_>>(), 0).unwrap();
+    assert!(max_diff(&real(&a), &real(&b)) < 1e-5, "continuation pass");
+}
+
 fn lm_eval_fixture() -> serde_json::Value {
     let path = fixture("zeroshot").join("lm_eval_smollm2_500.json");
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
@@ -111,7 +139,7 @@ fn smollm2_scores_the_first_documents_as_lm_evaluation_harness_does() {
     };
     let loaded = load_model(&smollm2_gguf(), LoadOptions::full, &Device::Cpu).unwrap();
     let tasks = load_tasks(&job).unwrap();
-    let share = evaluate_share(&loaded.model, &loaded.tokenizer, &job, &tasks, 0, 1, &mut |_, _| {}).unwrap();
+    let share = evaluate_share(&loaded.model, &loaded.tokenizer, &job, &tasks, 0, 1, &mut |_, _, _| {}).unwrap();
     let per_task = results(&tasks, share.lls.into_iter().map(|(_, l)| l).collect()).unwrap();
     let mut worst = 0f64;
     for (task, docs) in &per_task {

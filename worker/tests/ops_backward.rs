@@ -142,6 +142,28 @@ fn lm_head_nll_matches_composed_in_every_chunking() {
 }
 
 #[test]
+fn lm_head_nll_tiled_equals_composed_in_every_tiling() {
+    let h = randn(&[7, 6], 12);
+    // Later vocabulary slices hold larger logits, so the running maximum grows tile by tile.
+    let ramp = Tensor::arange(0f32, 11., &Device::Cpu).unwrap().unsqueeze(1).unwrap();
+    let w = (randn(&[11, 6], 13) * 2.0).unwrap().broadcast_mul(&(ramp * 0.3).unwrap()).unwrap();
+    let targets = [3u32, 0, ops::IGNORE_TARGET, 10, 5, 5, 1];
+    let logits = h.matmul(&w.t().unwrap()).unwrap();
+    let lp: Vec<Vec<f32>> = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap().to_vec2().unwrap();
+    let reference: Vec<f32> = targets.iter().enumerate().map(|(i, &t)| if t == ops::IGNORE_TARGET { 0.0 } else { -lp[i][t as usize] }).collect();
+    for rows in [1, 3, 7, 100] {
+        for vocab in [1, 2, 4, 11, 64] {
+            let ours: Vec<f32> = ops::lm_head_nll_tiled(&h, &w, &targets, rows, vocab).unwrap().to_vec1().unwrap();
+            let worst = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "tiles of {rows} rows × {vocab} entries: {ours:?} vs {reference:?}");
+        }
+    }
+    // Inference (no graph) takes the tiled path through the public entry point.
+    let ours: Vec<f32> = ops::lm_head_nll(&h, &w, &targets).unwrap().to_vec1().unwrap();
+    assert!(ours.iter().zip(&reference).all(|(a, b)| (a - b).abs() < 1e-5));
+}
+
+#[test]
 fn lm_head_nll_rejects_targets_outside_vocabulary() {
     let e = ops::lm_head_nll(&randn(&[2, 4], 1), &randn(&[5, 4], 2), &[1, 5]).unwrap_err();
     assert!(e.to_string().contains("target id 5 is outside the vocabulary of 5"), "{e}");

@@ -91,7 +91,7 @@ pub fn run(settings: &Settings, run_id: &str, args: EvalArgs, shared: Option<&mu
             .with_context(|| format!("loading {}", model_path.display()))?;
         let load_s = t.elapsed().as_secs_f64();
         let mut bar = Progress::new("evaluating", units as u64, "documents");
-        let share = evaluate_share(&model, &opened.tokenizer, &job, &tasks, 0, 1, &mut |done, total| bar.update(done as u64, total as u64, 0))?;
+        let share = evaluate_share(&model, &opened.tokenizer, &job, &tasks, 0, 1, &mut |done, total, tokens| bar.update(done as u64, total as u64, tokens))?;
         bar.finish();
         (share, 1, None, load_s)
     };

@@ -322,7 +322,7 @@ impl Runtime {
         let (rank, world) = (l.replica, l.replicas);
         let job = eval_job(&req)?;
         let tasks = load_tasks(&job)?;
-        let mut progress = |done: usize, total: usize| {
+        let mut progress = |done: usize, total: usize, tokens: u64| {
             let elapsed = t.elapsed().as_secs_f64();
             let _ = progress_tx.send(ProgressEvent {
                 rank: rank as u32,
@@ -330,6 +330,7 @@ impl Runtime {
                 done: done as u64,
                 total: total as u64,
                 unit: "documents".into(),
+                tokens_per_s: tokens as f64 / elapsed.max(1e-9),
                 eta_s: elapsed / done.max(1) as f64 * total.saturating_sub(done) as f64,
                 ..Default::default()
             });

@@ -67,7 +67,7 @@ fn prefix_token(model: &LlamaModel, tok: &TextTokenizer) -> Option<u32> {
 }
 
 /// Rank `rank` of `world`'s share of `job` on `tasks` (as [`load_tasks`] returns them).
-/// `progress` sees (units done, units of this rank).
+/// `progress` sees (units done, units of this rank, tokens run so far).
 pub fn evaluate_share(
     model: &LlamaModel,
     tok: &TextTokenizer,
@@ -75,18 +75,12 @@ pub fn evaluate_share(
     tasks: &[TaskDocs],
     rank: usize,
     world: usize,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(usize, usize, u64),
 ) -> Result<EvalShare> {
     let prefix = prefix_token(model, tok);
     let units = units(tok, tasks, prefix, model.spec.max_position_embeddings)?;
     let plan = batches(&units, job.batch_tokens.max(1));
-    let mine: usize = plan.iter().skip(rank).step_by(world.max(1)).map(Vec::len).sum();
-    let mut done = 0;
-    let sizes: Vec<usize> = plan.iter().map(Vec::len).collect();
-    let mut lls = score_share(model, &units, &plan, rank, world, &mut |k, _| {
-        done = sizes.iter().skip(rank).step_by(world.max(1)).take(k).sum();
-        progress(done, mine);
-    })?;
+    let mut lls = score_share(model, &units, &plan, rank, world, progress)?;
     lls.sort_by_key(|(u, _)| *u);
     let mut ppl = Vec::new();
     for (kind, path) in &job.ppl {

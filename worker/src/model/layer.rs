@@ -4,7 +4,7 @@ use super::{load_checked as load_weight, Exec};
 use crate::error::Result;
 use crate::loader::WeightSource;
 use crate::lora::{LayerAdapters, Projection};
-use crate::ops;
+use crate::ops::{self, CachedKv};
 use candle_core::{DType, Device, Tensor};
 use llmprune_shared::{LayerShape, ModelSpec};
 
@@ -28,6 +28,8 @@ pub struct Mlp {
 pub struct Packing {
     pub rows: usize,
     pub slots: usize,
+    /// Real tokens of each row.
+    pub lens: Vec<usize>,
     /// Slot (`row · slots + position`) of each real token, in order.
     real: Tensor,
     /// Packed index of each slot's token; padding points at an extra zero row (index N).
@@ -50,6 +52,7 @@ impl Packing {
         Ok(Self {
             rows: lens.len(),
             slots,
+            lens: lens.to_vec(),
             real: Tensor::from_vec(real, n, device)?,
             slot_source: Tensor::from_vec(slot_source, lens.len() * slots, device)?,
             n,
@@ -65,6 +68,11 @@ impl Packing {
     pub fn unpack(&self, x: &Tensor) -> Result<Tensor> {
         let zero = Tensor::zeros((1, x.dim(1)?), x.dtype(), x.device())?;
         Ok(Tensor::cat(&[x, &zero], 0)?.index_select(&self.slot_source, 0)?)
+    }
+
+    /// Packed `[N, heads·d]` → `[rows, heads, slots, d]`, zeros in the padding.
+    pub fn padded_heads(&self, x: &Tensor, heads: usize, d: usize) -> Result<Tensor> {
+        Ok(self.unpack(x)?.reshape((self.rows, self.slots, heads, d))?.transpose(1, 2)?.contiguous()?)
     }
 
     /// Real tokens.
@@ -108,6 +116,55 @@ pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, exec: Exec) -> Result<T
 /// under a differentiable input skips its gradient's matmul.
 fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(if x.track_op() && !w.track_op() { ops::frozen_linear(x, w)? } else { x.matmul(&w.t()?)? })
+}
+
+/// How packed inference attends: the CPU kernel over exactly the keys each query sees, or
+/// batched matmuls over the padded layout (any device).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionPath {
+    Packed,
+    Padded,
+}
+
+impl AttentionPath {
+    pub fn for_device(device: &Device) -> Self {
+        if device.is_cpu() {
+            AttentionPath::Packed
+        } else {
+            AttentionPath::Padded
+        }
+    }
+}
+
+/// Rows `rows` of a cache tensor `[C, …]` (itself when they are all its rows in order).
+pub(crate) fn cache_rows(t: &Tensor, rows: &[usize]) -> Result<Tensor> {
+    if rows.len() == t.dim(0)? && rows.iter().enumerate().all(|(a, &b)| a == b) {
+        return Ok(t.clone());
+    }
+    let idx = Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), t.device())?;
+    Ok(t.index_select(&idx, 0)?)
+}
+
+/// The additive mask of rows continuing after `past_lens` real positions of `past` cached
+/// ones, with `t` new positions each: a query sees the real cached positions and the new
+/// ones up to itself. `[B, 1, rep·T, past + T]`, query row `r` being position `r mod T`.
+fn continuation_mask(past_lens: &[usize], past: usize, t: usize, rep: usize, device: &Device) -> Result<Tensor> {
+    let b = past_lens.len();
+    let keys = past + t;
+    let mut m = vec![0f32; b * rep * t * keys];
+    for (row, &pl) in past_lens.iter().enumerate() {
+        for r in 0..rep * t {
+            let i = r % t;
+            let line = &mut m[(row * rep * t + r) * keys..][..keys];
+            for (j, x) in line.iter_mut().enumerate() {
+                let visible = if j < past { j < pl } else { j - past <= i };
+                if !visible {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(m, (b, 1, rep * t, keys), device)?)
 }
 
 /// Additive mask for GQA-folded score rows: row `r` is query position `r % q_len`.
@@ -306,42 +363,66 @@ impl DecoderLayer {
 
     /// Inference over new positions after cached ones, the new tokens packed: `x` is `[N, H]`,
     /// the real tokens of `B` rows of `T` slots (`pack`), so the projections and the MLP never
-    /// see padding; attention runs on the padded `[B, T]` layout. `cos`/`sin` are each row's
-    /// tables `[B, T, d/2]`, `mask` is `[B, 1, rep·T, P + T]` (additive), `past` the cached keys
-    /// and values `[B, n_kv, P, d]`. Returns the packed output and the keys and values of all
-    /// `P + T` positions.
+    /// see padding. `cos`/`sin` are the rotary tables of each token's position `[N, d/2]`;
+    /// `past` the cached keys and values each row continues. Returns the packed output and,
+    /// when `keep`, the keys and values of every row's cached and new positions
+    /// `[B, n_kv, P + T, d]`.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward_packed(&self, x: &Tensor, pack: &Packing, cos: &Tensor, sin: &Tensor, mask: &Tensor, past: Option<&(Tensor, Tensor)>, eps: f64) -> Result<(Tensor, (Tensor, Tensor))> {
+    pub fn forward_packed(&self, x: &Tensor, pack: &Packing, cos: &Tensor, sin: &Tensor, past: Option<CachedKv>, keep: bool, path: AttentionPath, eps: f64) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
         let exec = Exec::Inference;
+        let n = pack.len();
+        let (d, nh, nkv) = (self.head_dim, self.shape.n_heads, self.shape.n_kv_heads);
+        let h = rms_norm(x, &self.input_norm, eps, exec)?;
+        let roped = |p: Projection, heads: usize| -> Result<Tensor> {
+            let y = self.project(&h, p)?.reshape((1, n, heads, d))?;
+            Ok(candle_nn::rotary_emb::rope_thd(&y, cos, sin)?.reshape((n, heads * d))?)
+        };
+        let (q, k, v) = (roped(Projection::Q, nh)?, roped(Projection::K, nkv)?, self.project(&h, Projection::V)?);
+        let scale = 1.0 / (d as f64).sqrt();
+        let (out, kv) = match path {
+            AttentionPath::Packed => {
+                let heads = ops::Heads { n_heads: nh, n_kv: nkv, head_dim: d };
+                let out = ops::packed_attention(&q, &k, &v, &pack.lens, past, heads, scale as f32)?;
+                (out, if keep { Some(self.continued(pack, &k, &v, past)?) } else { None })
+            }
+            AttentionPath::Padded => {
+                let (k, v) = self.continued(pack, &k, &v, past)?;
+                (self.padded_attention(&q, &k, &v, pack, past, scale)?, keep.then_some((k, v)))
+            }
+        };
+        let x = (x + self.project(&out, Projection::O)?)?;
+        let h = rms_norm(&x, &self.post_norm, eps, exec)?;
+        let x = (&x + self.mlp(&h.unsqueeze(0)?, exec)?.reshape((n, x.dim(1)?))?)?;
+        Ok((x, kv))
+    }
+
+    /// Every row's cached keys and values followed by its new ones (packed `k`, `v`), in the
+    /// padded layout `[B, n_kv, P + T, d]`.
+    fn continued(&self, pack: &Packing, k: &Tensor, v: &Tensor, past: Option<CachedKv>) -> Result<(Tensor, Tensor)> {
+        let (d, nkv) = (self.head_dim, self.shape.n_kv_heads);
+        let (k, v) = (pack.padded_heads(k, nkv, d)?, pack.padded_heads(v, nkv, d)?);
+        Ok(match past {
+            Some(p) => (Tensor::cat(&[&cache_rows(p.k, p.rows)?, &k], 2)?.contiguous()?, Tensor::cat(&[&cache_rows(p.v, p.rows)?, &v], 2)?.contiguous()?),
+            None => (k, v),
+        })
+    }
+
+    /// [`AttentionPath::Padded`]: the packed queries back in their rows' slots against every
+    /// row's keys and values ([`DecoderLayer::continued`]), batched matmuls under a mask.
+    fn padded_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, pack: &Packing, past: Option<CachedKv>, scale: f64) -> Result<Tensor> {
         let (b, t) = (pack.rows, pack.slots);
         let (d, nh, nkv) = (self.head_dim, self.shape.n_heads, self.shape.n_kv_heads);
         let rep = self.shape.n_rep();
-        let h = rms_norm(x, &self.input_norm, eps, exec)?;
-        let heads = |p: Projection, n: usize| -> Result<Tensor> {
-            Ok(pack.unpack(&self.project(&h, p)?)?.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
-        };
-        let q = candle_nn::rotary_emb::rope(&heads(Projection::Q, nh)?, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&heads(Projection::K, nkv)?, cos, sin)?;
-        let v = heads(Projection::V, nkv)?;
-        let (k, v) = match past {
-            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?.contiguous()?, Tensor::cat(&[pv, &v], 2)?.contiguous()?),
-            None => (k, v),
-        };
-        let q = q.reshape((b, nkv, rep * t, d))?;
-        let scale = 1.0 / (d as f64).sqrt();
+        let q = pack.padded_heads(q, nh, d)?.reshape((b, nkv, rep * t, d))?;
         let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
-        let probs = match past {
-            // Without a past, real queries see only earlier (real) keys: the causal mask is the
-            // whole mask, and the fused op scales, masks and normalises in one pass.
-            None => ops::causal_softmax(&scores, scale, t)?,
-            Some(_) => candle_nn::ops::softmax_last_dim(&(scores * scale)?.broadcast_add(mask)?)?,
-        }
-        .to_dtype(v.dtype())?;
-        let out = probs.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b * t, nh * d))?;
-        let x = (x + self.project(&pack.pack(&out)?, Projection::O)?)?;
-        let h = rms_norm(&x, &self.post_norm, eps, exec)?;
-        let n = x.dim(0)?;
-        Ok(((&x + self.mlp(&h.unsqueeze(0)?, exec)?.reshape((n, x.dim(1)?))?)?, (k, v)))
+        // candle's ops only: this path serves devices the CPU kernels do not.
+        let mask = match past {
+            Some(p) => continuation_mask(p.lens, p.k.dim(2)?, t, rep, q.device())?,
+            None => continuation_mask(&vec![0; b], 0, t, rep, q.device())?,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&(scores * scale)?.broadcast_add(&mask)?)?.to_dtype(v.dtype())?;
+        let out = probs.matmul(v)?.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b * t, nh * d))?;
+        pack.pack(&out)
     }
 
     fn mlp(&self, x: &Tensor, exec: Exec) -> Result<Tensor> {
@@ -349,7 +430,7 @@ impl DecoderLayer {
         let x2 = x.reshape((b * t, hidden))?;
         let (gate, up) = (self.project(&x2, Projection::Gate)?, self.project(&x2, Projection::Up)?);
         let act = match exec {
-            Exec::Inference => (gate.silu()? * up)?,
+            Exec::Inference => ops::swiglu_inference(&gate, &up)?,
             Exec::Differentiable => ops::swiglu(&gate, &up)?,
         };
         Ok(self.project(&act, Projection::Down)?.reshape((b, t, hidden))?)

@@ -11,7 +11,7 @@ mod layer;
 mod rope_tables;
 
 pub use kv_cache::{KvCache, Past};
-pub use layer::{Attention, DecoderLayer, Mlp, Packing};
+pub use layer::{Attention, AttentionPath, DecoderLayer, Mlp, Packing};
 pub use rope_tables::{inverse_frequencies, RopeTables};
 
 use crate::error::{Error, Result};

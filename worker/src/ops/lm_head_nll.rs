@@ -7,6 +7,7 @@
 //! while they fit [`KEEP_LOGITS_FLOATS`]; beyond that it keeps only the per-row
 //! log-sum-exp and recomputes the logits chunk by chunk, paying one more head matmul.
 
+use super::Simd;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -17,9 +18,13 @@ pub const IGNORE_TARGET: u32 = u32::MAX;
 /// Logits computed at once: rows per chunk × vocabulary stays near this many floats.
 const CHUNK_FLOATS: usize = 8 << 20;
 
-/// The same without a graph (evaluation): 4 MiB chunks stay in the allocator's reused size
-/// classes, where 32 MiB ones were mapped afresh (and their pages cleared) every chunk.
-const INFERENCE_CHUNK_FLOATS: usize = 1 << 20;
+/// Without a graph (evaluation) the logits are computed in tiles of rows × a vocabulary slice.
+/// Every matmul packs both its operands, so the tile is as square as its size allows: the
+/// head is packed once per [`TILE_ROWS`] rows and the hidden states once per
+/// [`TILE_VOCAB`] entries. 8 MiB tiles stay in the allocator's reused size classes, where
+/// larger ones were mapped afresh (and their pages cleared) every time.
+const TILE_ROWS: usize = 2048;
+const TILE_VOCAB: usize = 1024;
 
 /// Logits kept from the forward to the backward pass up to this many floats (256 MiB);
 /// more are recomputed.
@@ -28,9 +33,84 @@ pub const KEEP_LOGITS_FLOATS: usize = 64 << 20;
 /// `hidden` is `[N, H]`, `head` is `[V, H]`, `targets` has N ids (or [`IGNORE_TARGET`]).
 /// Returns `[N]` NLLs (0 for ignored rows), differentiable in `hidden` and `head`.
 pub fn lm_head_nll(hidden: &Tensor, head: &Tensor, targets: &[u32]) -> Result<Tensor> {
-    let floats = if hidden.track_op() || head.track_op() { CHUNK_FLOATS } else { INFERENCE_CHUNK_FLOATS };
-    let rows = (floats / head.dim(0)?.max(1)).max(1);
+    if !hidden.track_op() && !head.track_op() {
+        return lm_head_nll_tiled(hidden, head, targets, TILE_ROWS, TILE_VOCAB);
+    }
+    let rows = (CHUNK_FLOATS / head.dim(0)?.max(1)).max(1);
     lm_head_nll_chunked(hidden, head, targets, rows, KEEP_LOGITS_FLOATS)
+}
+
+/// A row's log-sum-exp accumulated over vocabulary slices: the running maximum and the sum
+/// of exponentials relative to it (rescaled when the maximum grows).
+#[derive(Clone, Copy)]
+struct OnlineLogSumExp {
+    max: f32,
+    sum: f64,
+}
+
+impl OnlineLogSumExp {
+    const EMPTY: Self = Self { max: f32::NEG_INFINITY, sum: 0.0 };
+
+    fn add(&mut self, slice: &[f32]) {
+        let max = slice.iter().fold(self.max, |m, &v| m.max(v));
+        if max == f32::NEG_INFINITY {
+            return;
+        }
+        if max > self.max {
+            self.sum *= ((self.max - max) as f64).exp();
+            self.max = max;
+        }
+        self.sum += exp_sum(slice, self.max);
+    }
+
+    fn value(&self) -> f32 {
+        self.max + self.sum.ln() as f32
+    }
+}
+
+/// The NLLs without a graph, the logits in tiles of `tile_rows` × `tile_vocab` that are
+/// never all in memory: each row's log-sum-exp is accumulated tile by tile and its target's
+/// logit picked from the tile that holds it.
+pub fn lm_head_nll_tiled(hidden: &Tensor, head: &Tensor, targets: &[u32], tile_rows: usize, tile_vocab: usize) -> Result<Tensor> {
+    let (n, v) = check(hidden, head, targets)?;
+    let mut nll = Vec::with_capacity(n);
+    for start in (0..n).step_by(tile_rows.max(1)) {
+        let rows = tile_rows.max(1).min(n - start);
+        let x = hidden.narrow(0, start, rows)?;
+        let targets = &targets[start..start + rows];
+        let mut lse = vec![OnlineLogSumExp::EMPTY; rows];
+        let mut picked = vec![0f32; rows];
+        for v0 in (0..v).step_by(tile_vocab.max(1)) {
+            let width = tile_vocab.max(1).min(v - v0);
+            let logits = x.matmul(&head.narrow(0, v0, width)?.t()?)?.to_dtype(DType::F32)?.contiguous()?;
+            let (storage, layout) = logits.storage_and_layout();
+            let (candle_core::Storage::Cpu(CpuStorage::F32(all)), Some((a, b))) = (&*storage, layout.contiguous_offsets()) else {
+                candle_core::bail!("lm_head_nll: logits are not contiguous f32 on the CPU");
+            };
+            let tile = &all[a..b];
+            lse.par_iter_mut().zip(tile.par_chunks(width)).for_each(|(acc, row)| acc.add(row));
+            for (r, &t) in targets.iter().enumerate() {
+                if (v0..v0 + width).contains(&(t as usize)) {
+                    picked[r] = tile[r * width + t as usize - v0];
+                }
+            }
+        }
+        nll.extend(targets.iter().zip(lse.iter().zip(&picked)).map(|(&t, (l, &p))| if t == IGNORE_TARGET { 0.0 } else { l.value() - p }));
+    }
+    Tensor::from_vec(nll, n, hidden.device())
+}
+
+/// Shapes and targets of an NLL request: `(rows, vocabulary)`.
+fn check(hidden: &Tensor, head: &Tensor, targets: &[u32]) -> Result<(usize, usize)> {
+    let (n, h) = hidden.dims2()?;
+    let (v, h2) = head.dims2()?;
+    if h != h2 || targets.len() != n {
+        candle_core::bail!("lm_head_nll: hidden {:?}, head {:?}, {} targets", hidden.dims(), head.dims(), targets.len());
+    }
+    if let Some(bad) = targets.iter().find(|&&t| t != IGNORE_TARGET && t as usize >= v) {
+        candle_core::bail!("lm_head_nll: target id {bad} is outside the vocabulary of {v}");
+    }
+    Ok((n, v))
 }
 
 /// [`lm_head_nll`] with explicit rows per chunk of logits and limit on kept logits.
@@ -41,14 +121,7 @@ pub fn lm_head_nll_chunked(
     chunk_rows: usize,
     keep_logits_floats: usize,
 ) -> Result<Tensor> {
-    let (n, h) = hidden.dims2()?;
-    let (v, h2) = head.dims2()?;
-    if h != h2 || targets.len() != n {
-        candle_core::bail!("lm_head_nll: hidden {:?}, head {:?}, {} targets", hidden.dims(), head.dims(), targets.len());
-    }
-    if let Some(bad) = targets.iter().find(|&&t| t != IGNORE_TARGET && t as usize >= v) {
-        candle_core::bail!("lm_head_nll: target id {bad} is outside the vocabulary of {v}");
-    }
+    let (n, v) = check(hidden, head, targets)?;
     let op = LmHeadNll {
         hidden: hidden.detach(),
         head: head.detach(),
@@ -103,11 +176,14 @@ impl LmHeadNll {
 }
 
 /// `log Σ_j exp(l_j)`, shifted by the maximum for stability. Each term's f32 `exp` is
-/// accurate to an ulp; the f64 sum keeps 49k of them from losing digits to rounding.
+/// accurate to 2 ulp; the f64 sum keeps 49k of them from losing digits to rounding.
 fn log_sum_exp(row: &[f32]) -> f32 {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let sum: f64 = row.iter().map(|&v| (v - max).exp() as f64).sum();
-    max + sum.ln() as f32
+    max + exp_sum(row, max).ln() as f32
+}
+
+fn exp_sum(row: &[f32], shift: f32) -> f64 {
+    Simd::detect().exp_sum_f64(row, shift)
 }
 
 impl CustomOp2 for LmHeadNll {

@@ -1,10 +1,14 @@
-//! Fused kernels with hand-written backward passes.
+//! Fused kernels with hand-written backward passes, and inference kernels.
 //!
 //! candle's fast `rms_norm`, `softmax_last_dim` and `rope` record no backward, and composing
 //! them (or SwiGLU) from primitives costs several full-size temporaries each. These ops run one pass
 //! forward and one pass backward over contiguous f32 rows, on the CPU. The inference path
-//! keeps candle's own fused kernels, so tests compare the two.
+//! keeps candle's own fused kernels where they are fast, so tests compare the two; where they
+//! are not (ragged attention, the output head's log-sum-exp, SwiGLU's scalar `exp`), it has
+//! kernels of its own (`attention`, `lm_head_nll_tiled`, `swiglu_inference`) on the vector
+//! loops of `vec_math`.
 
+mod attention;
 mod causal_softmax;
 mod frozen_linear;
 mod lm_head_nll;
@@ -12,14 +16,17 @@ mod lora_linear;
 mod rms_norm;
 mod rope;
 mod swiglu;
+mod vec_math;
 
+pub use attention::{packed_attention, packed_attention_with, CachedKv, Heads};
 pub use causal_softmax::causal_softmax;
 pub use frozen_linear::frozen_linear;
 pub use lora_linear::{lora_linear, Dropout};
-pub use lm_head_nll::{lm_head_nll, lm_head_nll_chunked, IGNORE_TARGET};
+pub use lm_head_nll::{lm_head_nll, lm_head_nll_chunked, lm_head_nll_tiled, IGNORE_TARGET};
 pub use rms_norm::rms_norm;
 pub use rope::rope;
-pub use swiglu::swiglu;
+pub use swiglu::{swiglu, swiglu_inference};
+pub use vec_math::Simd;
 
 use candle_core::{CpuStorage, Layout, Result};
 

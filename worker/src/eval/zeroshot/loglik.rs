@@ -30,6 +30,12 @@ impl Unit {
         common.min(first_scored)
     }
 
+    /// Tokens the model runs for this unit: the shared prefix once, every choice's remainder.
+    pub fn tokens(&self) -> usize {
+        let p = self.shared_prefix();
+        p + (0..self.choices.len()).map(|i| self.input(i).len() - p).sum::<usize>()
+    }
+
     /// Positions after the shared prefix, the longest choice's.
     fn suffix_len(&self) -> usize {
         let p = self.shared_prefix();
@@ -39,7 +45,8 @@ impl Unit {
 
 /// Batches of unit indices: units longest first, each batch as many as fit `budget` real
 /// tokens in its context pass and in its choice pass (the projections see only real tokens),
-/// with at most twice that padded (attention runs on the padded layout).
+/// with at most twice that padded (the padded layout carries the embeddings in and the hidden
+/// states out, and the whole attention on devices without the packed kernel).
 pub fn plan_batches(units: &[Unit], budget: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..units.len()).collect();
     let size = |u: &Unit| u.shared_prefix() + u.suffix_len();

@@ -40,22 +40,24 @@ pub fn batches(units: &[Unit], budget: usize) -> Vec<Vec<usize>> {
 }
 
 /// Log-likelihoods of the units of `batches` (rank r of `world` takes batches r, r + world, …),
-/// by unit index. `progress` sees (batches done, batches of this rank).
+/// by unit index. `progress` sees (units done, units of this rank, tokens run so far).
 pub fn score_share(
     model: &LlamaModel,
     units: &[Unit],
     batches: &[Vec<usize>],
     rank: usize,
     world: usize,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(usize, usize, u64),
 ) -> Result<Vec<(usize, Vec<f64>)>> {
     let mine: Vec<&Vec<usize>> = batches.iter().skip(rank).step_by(world.max(1)).collect();
-    let mut out = Vec::new();
-    for (k, batch) in mine.iter().enumerate() {
+    let total: usize = mine.iter().map(|b| b.len()).sum();
+    let (mut out, mut tokens) = (Vec::new(), 0u64);
+    for batch in mine {
         let members: Vec<&Unit> = batch.iter().map(|&u| &units[u]).collect();
         let lls = score_batch(model, &members)?;
+        tokens += members.iter().map(|u| u.tokens() as u64).sum::<u64>();
         out.extend(batch.iter().copied().zip(lls));
-        progress(k + 1, mine.len());
+        progress(out.len(), total, tokens);
     }
     Ok(out)
 }
