@@ -185,6 +185,10 @@ pub struct EvalArgs {
     /// Tokens per forward pass at most: documents of similar length are batched up to it.
     #[arg(long, default_value_t = 2048)]
     pub batch_tokens: usize,
+    /// Table 3 latency: after the evaluation, time the first N chunks of the first --ppl text
+    /// (batch 1, --seq-len tokens) on one otherwise idle worker; 0 turns it off.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub latency_chunks: usize,
     /// The weights' dtype in memory.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: WeightDtype,

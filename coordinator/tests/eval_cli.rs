@@ -46,7 +46,7 @@ fn one_process_one_and_three_workers_agree_to_the_bit() {
         assert_contains(&stdout, &["| Model |", "BoolQ (acc)", "HellaSwag (acc_norm)", "PTB", "Average"]);
         out
     };
-    let single = run("single", &[]);
+    let single = run("single", &["--latency-chunks", "2"]);
     let r = read(&single);
     for task in ["boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"] {
         assert_eq!(r["n-samples"][task]["effective"], 9, "{task}");
@@ -63,10 +63,17 @@ fn one_process_one_and_three_workers_agree_to_the_bit() {
 
     // Workers score whole batches of one plan: the same bits wherever a batch runs.
     let one = run("one", &["--local-workers", "1"]);
-    let three = run("three", &["--local-workers", "3"]);
+    let three = run("three", &["--local-workers", "3", "--latency-chunks", "2"]);
     assert_eq!(samples(&one), samples(&single));
     assert_eq!(samples(&three), samples(&single));
     assert_eq!(read(&three)["cluster"]["workers"], 3);
+    // Table 3 latency, timed in the process or by one worker after the others are done.
+    for timed in [&r, &read(&three)] {
+        let l = &timed["latency"];
+        assert!(l["s_per_chunk"].as_f64().unwrap() > 0.0, "{l}");
+        assert_eq!((&l["dataset"], &l["chunks"], &l["seq_len"], &l["batch"]), (&json!("ptb"), &json!(2), &json!(16), &json!(1)));
+    }
+    assert!(read(&one).get("latency").is_none(), "no latency unless asked");
     // The perplexity's NLL sums are added in another order: equal to rounding.
     let (p1, p3) = (r["results"]["ptb"]["ppl"].as_f64().unwrap(), read(&three)["results"]["ptb"]["ppl"].as_f64().unwrap());
     assert!((p1 - p3).abs() < 1e-9 * p1, "{p1} vs {p3}");
@@ -88,6 +95,7 @@ fn eval_refuses_bad_input_and_writes_nothing() {
     fails(&llmprune(&base("piqa,mmlu")), &["--tasks", "unknown task `mmlu`", "boolq"]);
     fails(&llmprune(&["eval", "--model", m, "--tasks", "piqa", "--out", o]), &["--data-dir"]);
     fails(&llmprune(&{ let mut a = base("piqa"); a.extend(["--ppl", "c4=/x"]); a }), &["--ppl", "c4"]);
+    fails(&llmprune(&{ let mut a = base("piqa"); a.extend(["--latency-chunks", "4"]); a }), &["--latency-chunks", "--ppl"]);
 
     // A record without a field: the file, its line and the field.
     let piqa = data.join("piqa.validation.jsonl");

@@ -65,6 +65,7 @@ extra_val_chunks = 3
 data_dir = "{zeroshot}"
 ppl = ["ptb={text}"]
 seq_len = 16
+latency_chunks = 2
 "#,
         model = model.display(),
         out = root.join("run").display(),
@@ -109,6 +110,11 @@ fn one_command_runs_the_whole_job_and_resumes_after_a_lost_worker() {
     assert!(recovered["resumed_from"].as_u64().unwrap() >= 1, "the recovery resumed from its checkpoint");
     assert_eq!(report["layers"].as_array().unwrap().len(), 3);
     assert!(report["table3"]["after"]["params"].as_u64() < report["table3"]["before"]["params"].as_u64());
+    // The cluster's prune does not time the model; the dense and pruned evaluations did.
+    for which in ["before", "after"] {
+        assert!(report["table3"][which]["latency_s_per_chunk"].as_f64().is_some_and(|s| s > 0.0), "{which}: {}", report["table3"]);
+        assert_eq!(report["table3"][which]["latency_measured_on"]["by"], "eval");
+    }
     for plot in ["widths.svg", "loss.svg", "ppl.svg"] {
         let svg = std::fs::read_to_string(out.join("plots").join(plot)).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{plot}");

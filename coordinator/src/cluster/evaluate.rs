@@ -17,7 +17,8 @@ pub struct DistributedEval {
     pub load_s: f64,
 }
 
-pub async fn evaluate_on_cluster(cluster: &mut Cluster, spec: &ModelSpec, model_path: &Path, model_sha256: &str, req: &EvaluateRequest) -> Result<DistributedEval> {
+/// `req` on every worker, then, when `latency_chunks` > 0, the latency timed on the first.
+pub async fn evaluate_on_cluster(cluster: &mut Cluster, spec: &ModelSpec, model_path: &Path, model_sha256: &str, req: &EvaluateRequest, latency_chunks: usize) -> Result<DistributedEval> {
     let replicas = cluster.members.len();
     let layout = load_layout(cluster, spec, model_path, model_sha256, replicas).await?;
     cluster.enter(Phase::Evaluating);
@@ -32,7 +33,19 @@ pub async fn evaluate_on_cluster(cluster: &mut Cluster, spec: &ModelSpec, model_
     for (r, reply) in ranks.iter_mut().zip(&replies) {
         r.peak_rss_mib = r.peak_rss_mib.max(reply.peak_rss_bytes as f64 / 1048576.0);
     }
-    Ok(DistributedEval { share: merge(replies)?, ranks, load_s: layout.load_s })
+    let mut share = merge(replies)?;
+    // Timed by one worker once all are idle, as in one process.
+    if latency_chunks > 0 {
+        let req = EvaluateRequest { latency_chunks: latency_chunks as u32, ..req.clone() };
+        let replies = cluster
+            .each_where("timing latency", |m| m.rank == 0, |m| {
+                let (mut rpc, req) = (m.rpc.clone(), req.clone());
+                async move { Ok(rpc.evaluate(req).await?.into_inner()) }
+            })
+            .await?;
+        share.latency_s_per_chunk = replies.first().map(|r| r.latency_s_per_chunk);
+    }
+    Ok(DistributedEval { share, ranks, load_s: layout.load_s })
 }
 
 /// The shares of all workers as one: documents by index, NLL sums added (in rank order).

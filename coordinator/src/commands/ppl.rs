@@ -96,11 +96,9 @@ pub(crate) fn perplexities(
     Ok(results)
 }
 
-/// Seconds per chunk of `seq_len` tokens, batch 1, over the first `chunks` chunks of a corpus
+/// Seconds per chunk of `seq_len` tokens, batch 1, over the first `chunks` chunks of a text
 /// (the paper's Table 3 latency, measured on WikiText-2).
 pub(crate) fn latency(model: &LlamaModel, tokenizer: &TextTokenizer, kind: CorpusKind, path: &std::path::Path, seq_len: usize, chunks: usize) -> Result<f64> {
     let corpus = PplCorpus::load(kind, path, tokenizer, seq_len)?;
-    let t = Instant::now();
-    let res = evaluate(model, &corpus, 1, Some(chunks), &mut |_, _| {})?;
-    Ok(t.elapsed().as_secs_f64() / res.chunks.max(1) as f64)
+    Ok(llmprune_worker::eval::perplexity::latency(model, &corpus, chunks)?)
 }

@@ -159,11 +159,21 @@ pub fn write_report(out: &RunOutputs, seconds: &Map<String, Value>, total_s: f64
         .collect();
     let mut secs = seconds.clone();
     secs.insert("total".into(), json!(total_s));
+    // A cluster's prune does not time the model (its workers hold shards); the evaluations
+    // of the dense and the pruned model do, when `eval.latency_chunks` is set.
+    let mut table3 = prune["statistics"].clone();
+    for (which, name) in [("before", "dense"), ("after", "pruned")] {
+        let timed = evals.iter().find(|(n, _)| n == name).map(|(_, e)| &e["latency"]).filter(|l| l.is_object());
+        if let (true, Some(l)) = (table3[which]["latency_s_per_chunk"].is_null(), timed) {
+            table3[which]["latency_s_per_chunk"] = l["s_per_chunk"].clone();
+            table3[which]["latency_measured_on"] = json!({"dataset": l["dataset"], "chunks": l["chunks"], "seq_len": l["seq_len"], "batch": l["batch"], "by": "eval"});
+        }
+    }
     let report = json!({
         "model": model,
         "out": out.dir.display().to_string(),
         "table1": table1,
-        "table3": prune["statistics"],
+        "table3": table3,
         "layers": layers,
         "recovery": {"loss_curve": recover["loss_curve"].as_array().map(|c| c.iter().map(|s| json!([s[0], s[1]])).collect::<Vec<_>>()),
                      "val_losses": recover["val_losses"], "extra_val": recover["extra_val"], "kept_step": recover["kept_step"],

@@ -9,7 +9,7 @@ use crate::loader::model_checksum;
 use crate::memory::peak_rss_bytes;
 use crate::prune::apply::{check_step, plan_groups};
 use crate::prune::importance::{Criterion, Reduction};
-use crate::eval::job::{eval_job, evaluate_share, load_tasks};
+use crate::eval::job::{eval_job, evaluate_share, load_tasks, measure_latency};
 use crate::train::job::run_recovery;
 use crate::train::TrainGroups;
 use crate::train::recover::StepReport;
@@ -321,6 +321,11 @@ impl Runtime {
         }
         let (rank, world) = (l.replica, l.replicas);
         let job = eval_job(&req)?;
+        if job.latency_chunks.is_some() {
+            let latency = measure_latency(&shard.model, &shard.tokenizer, &job)?;
+            tracing::info!(s_per_chunk = latency, "latency");
+            return Ok(EvaluateReply { latency_s_per_chunk: latency.unwrap_or(0.0), seconds: t.elapsed().as_secs_f64(), peak_rss_bytes: peak_rss_bytes(), ..Default::default() });
+        }
         let tasks = load_tasks(&job)?;
         let mut progress = |done: usize, total: usize, tokens: u64| {
             let elapsed = t.elapsed().as_secs_f64();
@@ -342,6 +347,7 @@ impl Runtime {
             ppl: share.ppl.into_iter().map(|(name, nll, count)| PplSum { name, nll, count }).collect(),
             seconds: t.elapsed().as_secs_f64(),
             peak_rss_bytes: peak_rss_bytes(),
+            latency_s_per_chunk: 0.0,
         })
     }
 

@@ -3,7 +3,7 @@
 //! batches r, r + world, … and the perplexity chunks r, r + world, …; the coordinator puts
 //! the per-document scores back in order and sums the NLLs. One process is rank 0 of 1.
 
-use super::perplexity::{nll_sum, parse_corpus_spec, CorpusKind, PplCorpus};
+use super::perplexity::{latency, nll_sum, parse_corpus_spec, CorpusKind, PplCorpus};
 use super::zeroshot::tasks::Task;
 use super::zeroshot::{batches, score_share, units, TaskDocs};
 use crate::collective::SingleRank;
@@ -24,6 +24,8 @@ pub struct EvalJob {
     pub ppl: Vec<(CorpusKind, PathBuf)>,
     pub ppl_max_chunks: Option<usize>,
     pub seq_len: usize,
+    /// Time this many chunks of the first perplexity text instead of evaluating.
+    pub latency_chunks: Option<usize>,
 }
 
 /// The job a request describes, checked.
@@ -36,6 +38,9 @@ pub fn eval_job(req: &EvaluateRequest) -> Result<EvalJob> {
     if req.seq_len < 2 {
         return Err(Error::Invalid(format!("--seq-len must be at least 2, got {}", req.seq_len)));
     }
+    if req.latency_chunks > 0 && req.ppl.is_empty() {
+        return Err(Error::Invalid("--latency-chunks times chunks of the first --ppl text: give --ppl".into()));
+    }
     Ok(EvalJob {
         tasks,
         data_dir: PathBuf::from(&req.data_dir),
@@ -44,6 +49,7 @@ pub fn eval_job(req: &EvaluateRequest) -> Result<EvalJob> {
         ppl,
         ppl_max_chunks: (req.ppl_max_chunks > 0).then_some(req.ppl_max_chunks as usize),
         seq_len: req.seq_len as usize,
+        latency_chunks: (req.latency_chunks > 0).then_some(req.latency_chunks as usize),
     })
 }
 
@@ -54,6 +60,8 @@ pub struct EvalShare {
     pub lls: Vec<(usize, Vec<f64>)>,
     /// Summed NLL and predictions counted, by text.
     pub ppl: Vec<(String, f64, u64)>,
+    /// Seconds per chunk of the first text, batch 1, when the job timed it.
+    pub latency_s_per_chunk: Option<f64>,
 }
 
 /// The job's documents, task by task.
@@ -64,6 +72,16 @@ pub fn load_tasks(job: &EvalJob) -> Result<Vec<TaskDocs>> {
 /// The token the harness puts before an empty context: BOS, else EOS.
 fn prefix_token(model: &LlamaModel, tok: &TextTokenizer) -> Option<u32> {
     tok.bos().or(model.spec.bos_token_id).or(model.spec.eos_token_id)
+}
+
+/// The job's latency alone ([`EvalJob::latency_chunks`]): timed on an otherwise idle model,
+/// so on a cluster one worker runs it after every worker's share is done.
+pub fn measure_latency(model: &LlamaModel, tok: &TextTokenizer, job: &EvalJob) -> Result<Option<f64>> {
+    let (Some(chunks), Some((kind, path))) = (job.latency_chunks, job.ppl.first()) else {
+        return Ok(None);
+    };
+    let corpus = PplCorpus::load(*kind, path, tok, job.seq_len)?;
+    Ok(Some(latency(model, &corpus, chunks)?))
 }
 
 /// Rank `rank` of `world`'s share of `job` on `tasks` (as [`load_tasks`] returns them).
@@ -89,5 +107,5 @@ pub fn evaluate_share(
         let (nll, count) = nll_sum(model, &mut SingleRank, &share, corpus.seq_len, 4, &mut |_, _| {})?;
         ppl.push((kind.name().to_string(), nll, count as u64));
     }
-    Ok(EvalShare { lls, ppl })
+    Ok(EvalShare { lls, ppl, latency_s_per_chunk: None })
 }

@@ -127,6 +127,14 @@ pub fn evaluate(
     Ok(PplResult { ppl: mean_nll.exp(), tokens: corpus.n_tokens, chunks: n, scored_tokens: scored, mean_nll })
 }
 
+/// Seconds per chunk of the corpus's `seq_len` tokens, batch 1, over its first `chunks` chunks
+/// (the paper's Table 3 latency, measured on WikiText-2).
+pub fn latency(model: &LlamaModel, corpus: &PplCorpus, chunks: usize) -> Result<f64> {
+    let t = std::time::Instant::now();
+    let res = evaluate(model, corpus, 1, Some(chunks), &mut |_, _| {})?;
+    Ok(t.elapsed().as_secs_f64() / res.chunks.max(1) as f64)
+}
+
 /// The summed next-token NLL of `chunks` (each `seq_len` tokens) in batches, and the number of
 /// predictions it sums: on the last stage of `pipeline` (zeros on the others).
 pub fn nll_sum(
