@@ -82,18 +82,15 @@ pub fn lm_head_nll_tiled(hidden: &Tensor, head: &Tensor, targets: &[u32], tile_r
         let mut picked = vec![0f32; rows];
         for v0 in (0..v).step_by(tile_vocab.max(1)) {
             let width = tile_vocab.max(1).min(v - v0);
-            let logits = x.matmul(&head.narrow(0, v0, width)?.t()?)?.to_dtype(DType::F32)?.contiguous()?;
-            let (storage, layout) = logits.storage_and_layout();
-            let (candle_core::Storage::Cpu(CpuStorage::F32(all)), Some((a, b))) = (&*storage, layout.contiguous_offsets()) else {
-                candle_core::bail!("lm_head_nll: logits are not contiguous f32 on the CPU");
-            };
-            let tile = &all[a..b];
-            lse.par_iter_mut().zip(tile.par_chunks(width)).for_each(|(acc, row)| acc.add(row));
-            for (r, &t) in targets.iter().enumerate() {
-                if (v0..v0 + width).contains(&(t as usize)) {
-                    picked[r] = tile[r * width + t as usize - v0];
+            let logits = x.matmul(&head.narrow(0, v0, width)?.t()?)?.to_dtype(DType::F32)?;
+            read_f32(&logits, |tile| {
+                lse.par_iter_mut().zip(tile.par_chunks(width)).for_each(|(acc, row)| acc.add(row));
+                for (r, &t) in targets.iter().enumerate() {
+                    if (v0..v0 + width).contains(&(t as usize)) {
+                        picked[r] = tile[r * width + t as usize - v0];
+                    }
                 }
-            }
+            })?;
         }
         nll.extend(targets.iter().zip(lse.iter().zip(&picked)).map(|(&t, (l, &p))| if t == IGNORE_TARGET { 0.0 } else { l.value() - p }));
     }
@@ -163,16 +160,21 @@ impl LmHeadNll {
         logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
     }
 
-    /// `f` of one chunk of logits, read in place (no copy).
+    /// `f` of one chunk of logits.
     fn with_logits<T>(&self, start: usize, rows: usize, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
-        let logits = self.hidden.narrow(0, start, rows)?.matmul(&self.head.t()?)?.to_dtype(DType::F32)?;
-        let (storage, layout) = logits.storage_and_layout();
+        read_f32(&self.hidden.narrow(0, start, rows)?.matmul(&self.head.t()?)?.to_dtype(DType::F32)?, f)
+    }
+}
+
+/// `f` of an f32 tensor's values, row-major: read in place on the CPU, copied elsewhere.
+fn read_f32<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+    {
+        let (storage, layout) = t.storage_and_layout();
         if let (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
             return Ok(f(&v[a..b]));
         }
-        drop(storage);
-        Ok(f(&logits.flatten_all()?.to_vec1::<f32>()?))
     }
+    Ok(f(&t.flatten_all()?.to_vec1::<f32>()?))
 }
 
 /// `log Σ_j exp(l_j)`, shifted by the maximum for stability. Each term's f32 `exp` is
