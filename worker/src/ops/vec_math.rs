@@ -12,18 +12,23 @@ use std::arch::x86_64::*;
 
 /// Which implementation the loops run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub enum Simd {
     Scalar,
-    /// AVX2 with FMA (x86-64 only; checked at run time).
-    Avx2,
+    /// AVX2 with FMA (x86-64 only), made only by [`Simd::detect`] on a CPU that has them.
+    Avx2(Detected),
 }
+
+/// Proof that the CPU was checked: private, so `Simd::Avx2` cannot be made elsewhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Detected(());
 
 impl Simd {
     /// The fastest this CPU supports.
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            return Simd::Avx2;
+            return Simd::Avx2(Detected(()));
         }
         Simd::Scalar
     }
@@ -33,8 +38,8 @@ impl Simd {
     pub fn exp_sum_f64(self, xs: &[f32], shift: f32) -> f64 {
         match self {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Avx2` is only constructed where the CPU has AVX2 and FMA.
-            Simd::Avx2 => unsafe { avx2::exp_sum_f64(xs, shift) },
+            // SAFETY: `Avx2` is only made by `detect`, where the CPU has AVX2 and FMA.
+            Simd::Avx2(_) => unsafe { avx2::exp_sum_f64(xs, shift) },
             _ => xs.iter().map(|&x| (x - shift).exp() as f64).sum(),
         }
     }
@@ -46,7 +51,7 @@ impl Simd {
         match self {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            Simd::Avx2 => unsafe { avx2::scaled_exp_in_place(xs, scale, max) },
+            Simd::Avx2(_) => unsafe { avx2::scaled_exp_in_place(xs, scale, max) },
             _ => {
                 let mut sum = 0f32;
                 for x in xs.iter_mut() {
@@ -62,7 +67,7 @@ impl Simd {
         match self {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            Simd::Avx2 => unsafe { avx2::max(xs) },
+            Simd::Avx2(_) => unsafe { avx2::max(xs) },
             _ => xs.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)),
         }
     }
@@ -77,7 +82,7 @@ impl Simd {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above; the bounds are checked by the debug assertion's conditions,
             // which the kernel's buffers meet by construction (and `avx2::scores` re-checks).
-            Simd::Avx2 => unsafe { avx2::scores(q, kt, stride, scores) },
+            Simd::Avx2(_) => unsafe { avx2::scores(q, kt, stride, scores) },
             _ => {
                 scores.iter_mut().for_each(|s| *s = 0.0);
                 for (c, &qc) in q.iter().enumerate() {
@@ -96,7 +101,7 @@ impl Simd {
         match self {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            Simd::Avx2 if d.is_multiple_of(8) => unsafe { avx2::weighted_sum(p, values, scale, out) },
+            Simd::Avx2(_) if d.is_multiple_of(8) => unsafe { avx2::weighted_sum(p, values, scale, out) },
             _ => {
                 out.iter_mut().for_each(|o| *o = 0.0);
                 for (&pj, row) in p.iter().zip(values.chunks_exact(d)) {
@@ -112,7 +117,7 @@ impl Simd {
         match self {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            Simd::Avx2 => unsafe { avx2::swiglu_in_place(g, u) },
+            Simd::Avx2(_) => unsafe { avx2::swiglu_in_place(g, u) },
             _ => g.iter_mut().zip(u).for_each(|(g, &u)| *g = *g / (1.0 + (-*g).exp()) * u),
         }
     }
