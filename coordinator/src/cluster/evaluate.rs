@@ -17,15 +17,18 @@ pub struct DistributedEval {
     pub load_s: f64,
 }
 
-/// `req` on every worker, then, when `latency_chunks` > 0, the latency timed on the first.
-pub async fn evaluate_on_cluster(cluster: &mut Cluster, spec: &ModelSpec, model_path: &Path, model_sha256: &str, req: &EvaluateRequest, latency_chunks: usize) -> Result<DistributedEval> {
+/// `req`'s evaluation on every worker, then, when it asks for latency, the latency timed on
+/// the first.
+pub async fn evaluate_on_cluster(cluster: &mut Cluster, spec: &ModelSpec, model_path: &Path, model_sha256: &str, req: &EvaluateRequest) -> Result<DistributedEval> {
     let replicas = cluster.members.len();
     let layout = load_layout(cluster, spec, model_path, model_sha256, replicas).await?;
     cluster.enter(Phase::Evaluating);
+    // A request with `latency_chunks` asks a worker for the latency alone.
+    let evaluation = EvaluateRequest { latency_chunks: 0, ..req.clone() };
     let replies = cluster
         .each("evaluating", |m| {
             let mut rpc = m.rpc.clone();
-            let req = req.clone();
+            let req = evaluation.clone();
             async move { Ok(rpc.evaluate(req).await?.into_inner()) }
         })
         .await?;
@@ -35,8 +38,7 @@ pub async fn evaluate_on_cluster(cluster: &mut Cluster, spec: &ModelSpec, model_
     }
     let mut share = merge(replies)?;
     // Timed by one worker once all are idle, as in one process.
-    if latency_chunks > 0 {
-        let req = EvaluateRequest { latency_chunks: latency_chunks as u32, ..req.clone() };
+    if req.latency_chunks > 0 {
         let replies = cluster
             .each_where("timing latency", |m| m.rank == 0, |m| {
                 let (mut rpc, req) = (m.rpc.clone(), req.clone());

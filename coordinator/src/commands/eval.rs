@@ -14,7 +14,7 @@ use crate::settings::Settings;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
 use llmprune_shared::proto::EvaluateRequest;
-use llmprune_worker::eval::job::{eval_job, evaluate_share, load_tasks, measure_latency, EvalJob, EvalShare};
+use llmprune_worker::eval::job::{eval_job, evaluate_share, load_tasks, measure_latency, EvalShare};
 use llmprune_worker::eval::zeroshot::metrics::{task_scores, DocResult};
 use llmprune_worker::eval::zeroshot::tasks::Task;
 use llmprune_worker::loader::{model_checksum, open_model};
@@ -52,10 +52,9 @@ fn request(args: &EvalArgs) -> Result<EvaluateRequest> {
         ppl,
         ppl_max_chunks: args.ppl_max_chunks.unwrap_or(0) as u64,
         seq_len: args.seq_len as u32,
-        latency_chunks: 0,
+        latency_chunks: args.latency_chunks as u32,
     };
-    // The latency's request is this one with `latency_chunks` set: checked as such.
-    eval_job(&EvaluateRequest { latency_chunks: args.latency_chunks as u32, ..req.clone() })?;
+    eval_job(&req)?;
     Ok(req)
 }
 
@@ -84,7 +83,7 @@ pub fn run(settings: &Settings, run_id: &str, args: EvalArgs, shared: Option<&mu
     let (share, workers, cluster_report, load_s) = if shared.is_some() || args.cluster.distributed() {
         drop(opened);
         let sha = model_checksum(&model_path)?;
-        let done = on_cluster(shared, settings, &args.cluster, run_id, async |cluster: &mut Cluster| evaluate_on_cluster(cluster, &spec, &model_path, &sha, &req, args.latency_chunks).await)?;
+        let done = on_cluster(shared, settings, &args.cluster, run_id, async |cluster: &mut Cluster| evaluate_on_cluster(cluster, &spec, &model_path, &sha, &req).await)?;
         let workers = done.ranks.len();
         (done.share, workers, Some(json!({"workers": workers, "ranks": done.ranks})), done.load_s)
     } else {
@@ -95,8 +94,7 @@ pub fn run(settings: &Settings, run_id: &str, args: EvalArgs, shared: Option<&mu
         let mut bar = Progress::new("evaluating", units as u64, "documents");
         let mut share = evaluate_share(&model, &opened.tokenizer, &job, &tasks, 0, 1, &mut |done, total, tokens| bar.update(done as u64, total as u64, tokens))?;
         bar.finish();
-        let timing = EvalJob { latency_chunks: (args.latency_chunks > 0).then_some(args.latency_chunks), ..job.clone() };
-        share.latency_s_per_chunk = measure_latency(&model, &opened.tokenizer, &timing)?;
+        share.latency_s_per_chunk = measure_latency(&model, &opened.tokenizer, &job)?;
         (share, 1, None, load_s)
     };
     let seconds = t0.elapsed().as_secs_f64();

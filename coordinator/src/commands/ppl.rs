@@ -95,10 +95,3 @@ pub(crate) fn perplexities(
     }
     Ok(results)
 }
-
-/// Seconds per chunk of `seq_len` tokens, batch 1, over the first `chunks` chunks of a text
-/// (the paper's Table 3 latency, measured on WikiText-2).
-pub(crate) fn latency(model: &LlamaModel, tokenizer: &TextTokenizer, kind: CorpusKind, path: &std::path::Path, seq_len: usize, chunks: usize) -> Result<f64> {
-    let corpus = PplCorpus::load(kind, path, tokenizer, seq_len)?;
-    Ok(llmprune_worker::eval::perplexity::latency(model, &corpus, chunks)?)
-}

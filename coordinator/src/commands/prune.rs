@@ -219,7 +219,7 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
     } else {
         let model = load_model(&model_path, LoadOptions::full, &Device::Cpu).with_context(|| format!("loading {}", model_path.display()))?.model;
         let latency_before = match latency_data {
-            Some((kind, path)) => Some(crate::commands::ppl::latency(&model, &tokenizer, *kind, path, args.eval_seq_len, args.latency_chunks)?),
+            Some((kind, path)) => Some(llmprune_worker::eval::perplexity::latency(&model, &tokenizer, *kind, path, args.eval_seq_len, args.latency_chunks)?),
             None => None,
         };
         let load_s = t0.elapsed().as_secs_f64();
@@ -246,7 +246,7 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
     let mut ppl = serde_json::Map::new();
     if let Some(pruned) = &pruned {
         if let (Some((kind, path)), Some(b)) = (latency_data, report.remove("latency_before")) {
-            let a = crate::commands::ppl::latency(pruned, &tokenizer, *kind, path, args.eval_seq_len, args.latency_chunks)?;
+            let a = llmprune_worker::eval::perplexity::latency(pruned, &tokenizer, *kind, path, args.eval_seq_len, args.latency_chunks)?;
             let what = json!({"dataset": kind.name(), "chunks": args.latency_chunks, "seq_len": args.eval_seq_len, "batch": 1});
             before["latency_s_per_chunk"] = b;
             after["latency_s_per_chunk"] = json!(a);

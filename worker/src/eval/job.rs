@@ -24,7 +24,8 @@ pub struct EvalJob {
     pub ppl: Vec<(CorpusKind, PathBuf)>,
     pub ppl_max_chunks: Option<usize>,
     pub seq_len: usize,
-    /// Time this many chunks of the first perplexity text instead of evaluating.
+    /// Time this many chunks of the first perplexity text ([`measure_latency`]); a worker
+    /// asked for it times and does not evaluate.
     pub latency_chunks: Option<usize>,
 }
 
@@ -80,8 +81,7 @@ pub fn measure_latency(model: &LlamaModel, tok: &TextTokenizer, job: &EvalJob) -
     let (Some(chunks), Some((kind, path))) = (job.latency_chunks, job.ppl.first()) else {
         return Ok(None);
     };
-    let corpus = PplCorpus::load(*kind, path, tok, job.seq_len)?;
-    Ok(Some(latency(model, &corpus, chunks)?))
+    Ok(Some(latency(model, tok, *kind, path, job.seq_len, chunks)?))
 }
 
 /// Rank `rank` of `world`'s share of `job` on `tasks` (as [`load_tasks`] returns them).

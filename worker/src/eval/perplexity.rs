@@ -127,11 +127,12 @@ pub fn evaluate(
     Ok(PplResult { ppl: mean_nll.exp(), tokens: corpus.n_tokens, chunks: n, scored_tokens: scored, mean_nll })
 }
 
-/// Seconds per chunk of the corpus's `seq_len` tokens, batch 1, over its first `chunks` chunks
+/// Seconds per chunk of `seq_len` tokens, batch 1, over the first `chunks` chunks of a text
 /// (the paper's Table 3 latency, measured on WikiText-2).
-pub fn latency(model: &LlamaModel, corpus: &PplCorpus, chunks: usize) -> Result<f64> {
+pub fn latency(model: &LlamaModel, tokenizer: &TextTokenizer, kind: CorpusKind, path: &Path, seq_len: usize, chunks: usize) -> Result<f64> {
+    let corpus = PplCorpus::load(kind, path, tokenizer, seq_len)?;
     let t = std::time::Instant::now();
-    let res = evaluate(model, corpus, 1, Some(chunks), &mut |_, _| {})?;
+    let res = evaluate(model, &corpus, 1, Some(chunks), &mut |_, _| {})?;
     Ok(t.elapsed().as_secs_f64() / res.chunks.max(1) as f64)
 }
 

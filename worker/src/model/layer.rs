@@ -418,7 +418,7 @@ impl DecoderLayer {
         // candle's ops only: this path serves devices the CPU kernels do not.
         let mask = match past {
             Some(p) => continuation_mask(p.lens, p.k.dim(2)?, t, rep, q.device())?,
-            None => continuation_mask(&vec![0; b], 0, t, rep, q.device())?,
+            None => causal_mask(rep * t, t, t, q.device())?,
         };
         let probs = candle_nn::ops::softmax_last_dim(&(scores * scale)?.broadcast_add(&mask)?)?.to_dtype(v.dtype())?;
         let out = probs.matmul(v)?.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b * t, nh * d))?;

@@ -52,7 +52,7 @@ impl OnlineLogSumExp {
     const EMPTY: Self = Self { max: f32::NEG_INFINITY, sum: 0.0 };
 
     fn add(&mut self, slice: &[f32]) {
-        let max = slice.iter().fold(self.max, |m, &v| m.max(v));
+        let max = Simd::detect().max(slice).max(self.max);
         if max == f32::NEG_INFINITY {
             return;
         }
@@ -180,7 +180,7 @@ fn read_f32<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
 /// `log Σ_j exp(l_j)`, shifted by the maximum for stability. Each term's f32 `exp` is
 /// accurate to 2 ulp; the f64 sum keeps 49k of them from losing digits to rounding.
 fn log_sum_exp(row: &[f32]) -> f32 {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let max = Simd::detect().max(row);
     max + exp_sum(row, max).ln() as f32
 }
 

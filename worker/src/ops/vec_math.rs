@@ -63,7 +63,8 @@ impl Simd {
         }
     }
 
-    fn max(self, xs: &[f32]) -> f32 {
+    /// The largest of `xs` (−∞ for none).
+    pub fn max(self, xs: &[f32]) -> f32 {
         match self {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.

@@ -32,8 +32,13 @@ impl Unit {
 
     /// Tokens the model runs for this unit: the shared prefix once, every choice's remainder.
     pub fn tokens(&self) -> usize {
+        self.shared_prefix() + self.suffix_tokens()
+    }
+
+    /// Tokens of the choice pass: every choice's positions after the shared prefix.
+    fn suffix_tokens(&self) -> usize {
         let p = self.shared_prefix();
-        p + (0..self.choices.len()).map(|i| self.input(i).len() - p).sum::<usize>()
+        (0..self.choices.len()).map(|i| self.input(i).len() - p).sum()
     }
 
     /// Positions after the shared prefix, the longest choice's.
@@ -63,8 +68,7 @@ pub fn plan_batches(units: &[Unit], budget: usize) -> Vec<Vec<usize>> {
     }
     let with = |l: Load, u: &Unit| {
         let p = u.shared_prefix();
-        let suffix: usize = (0..u.choices.len()).map(|i| u.input(i).len() - p).sum();
-        Load { prefix: l.prefix + p, prefix_max: l.prefix_max.max(p), suffix: l.suffix + suffix, suffix_max: l.suffix_max.max(u.suffix_len()), rows: l.rows + u.choices.len() }
+        Load { prefix: l.prefix + p, prefix_max: l.prefix_max.max(p), suffix: l.suffix + u.suffix_tokens(), suffix_max: l.suffix_max.max(u.suffix_len()), rows: l.rows + u.choices.len() }
     };
     let mut batches: Vec<Vec<usize>> = Vec::new();
     let mut load = Load::default();
