@@ -16,8 +16,7 @@ fn austen() -> Vec<PathBuf> {
 fn bookcorpus_sampling_reproduces_the_reference_windows() {
     let opened = open_model(&smollm2_gguf()).unwrap();
     let rows = read_rows(&austen()).unwrap();
-    let texts: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(data_dir().join("calib/smollm2_calib_texts.json")).unwrap()).unwrap();
+    let texts: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data_dir().join("calib/smollm2_calib_texts.json")).unwrap()).unwrap();
     assert_eq!(rows.len() as u64, texts["n_rows"].as_u64().unwrap(), "paragraph rows");
     let windows = sample_windows(&rows, &opened.tokenizer, 10, 64, 42).unwrap();
     let want = read_token_ids(&data_dir().join("calib/smollm2_calib_ids.json"), opened.spec.vocab_size).unwrap();

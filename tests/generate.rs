@@ -3,11 +3,11 @@
 //! (`tests/golden/gen_generate.py`); sampling is seeded, top-k 1 is greedy.
 
 use candle_core::{Device, Tensor};
+use llmprune_shared::PyRandom;
 use llmprune_tests::{fixture, smollm2_gguf, tiny_model_dir};
 use llmprune_worker::generate::{generate_ids, sample, Sampling};
 use llmprune_worker::model::Exec;
 use llmprune_worker::{load_model, LlamaModel, LoadOptions};
-use llmprune_shared::PyRandom;
 
 fn greedy(n: usize) -> Sampling {
     Sampling { max_new_tokens: n, temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }

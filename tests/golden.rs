@@ -79,8 +79,7 @@ fn smollm2_gguf_logits_match_transformers() {
 
 #[test]
 fn smollm2_tokenizer_matches_transformers() {
-    let cases: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("smollm2").join("tokenizer_cases.json")).unwrap()).unwrap();
+    let cases: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("smollm2").join("tokenizer_cases.json")).unwrap()).unwrap();
     let opened = llmprune_worker::loader::open_model(&smollm2_gguf()).unwrap();
     let cases = cases.as_array().unwrap();
     assert!(cases.len() >= 10);

@@ -49,9 +49,6 @@ fn every_weight_gradient_matches_finite_differences() {
         let (coarse, fine) = (central(2e-3), central(1e-3));
         let numeric = (4.0 * fine - coarse) / 3.0;
         let tolerance = 2e-2 * analytic.abs() + 1e-3;
-        assert!(
-            (numeric - analytic).abs() <= tolerance,
-            "{name}: finite difference {numeric:.6} vs gradient {analytic:.6}"
-        );
+        assert!((numeric - analytic).abs() <= tolerance, "{name}: finite difference {numeric:.6} vs gradient {analytic:.6}");
     }
 }

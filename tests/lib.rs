@@ -18,9 +18,7 @@ pub fn fixture(name: &str) -> PathBuf {
 
 /// The team's data folder (`../shared/data` beside the repo), or `LLMPRUNE_DATA_DIR`.
 pub fn data_dir() -> PathBuf {
-    let dir = std::env::var_os("LLMPRUNE_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("..").join("shared").join("data"));
+    let dir = std::env::var_os("LLMPRUNE_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("..").join("shared").join("data"));
     assert!(dir.is_dir(), "test data not found at {} (set LLMPRUNE_DATA_DIR)", dir.display());
     dir
 }
@@ -29,9 +27,8 @@ pub fn data_dir() -> PathBuf {
 /// model is a failure, not a skip.
 pub fn smollm2_gguf() -> PathBuf {
     let path = std::env::var_os("LLMPRUNE_SMOLLM2").map(PathBuf::from).unwrap_or_else(|| {
-        let cache = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
+        let cache =
+            std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
         cache.join("llmprune/models/SmolLM2-135M-Instruct.Q4_1.gguf")
     });
     assert!(path.is_file(), "{} missing: run `llmprune fetch smollm2` (or set LLMPRUNE_SMOLLM2)", path.display());
@@ -214,20 +211,34 @@ pub fn tiny_task_dir(root: &Path, n: usize) -> PathBuf {
     };
     write("boolq.validation.jsonl", &|i| json!({"question": words(i, 4), "passage": words(i + 50, 3 + i % 9), "answer": i % 3 == 0}));
     write("piqa.validation.jsonl", &|i| json!({"goal": words(i, 5), "sol1": words(i + 1, 4), "sol2": words(i + 2, 2 + i % 5), "label": i % 2}));
-    write("hellaswag.validation.jsonl", &|i| json!({"activity_label": words(i, 2), "ctx_a": words(i + 3, 6), "ctx_b": words(i + 4, 2),
-        "endings": [words(i + 5, 3), format!("[step] {}", words(i + 6, 4)), words(i + 7, 2), words(i + 8, 5)], "label": format!("{}", i % 4)}));
-    write("winogrande_xl.validation.jsonl", &|i| json!({"sentence": format!("{} _ {}", words(i, 5), words(i + 9, 3)), "option1": "w7", "option2": "w8", "answer": if i % 2 == 0 { "1" } else { "2" }}));
+    write("hellaswag.validation.jsonl", &|i| {
+        json!({"activity_label": words(i, 2), "ctx_a": words(i + 3, 6), "ctx_b": words(i + 4, 2),
+        "endings": [words(i + 5, 3), format!("[step] {}", words(i + 6, 4)), words(i + 7, 2), words(i + 8, 5)], "label": format!("{}", i % 4)})
+    });
+    write(
+        "winogrande_xl.validation.jsonl",
+        &|i| json!({"sentence": format!("{} _ {}", words(i, 5), words(i + 9, 3)), "option1": "w7", "option2": "w8", "answer": if i % 2 == 0 { "1" } else { "2" }}),
+    );
     for task in ["arc_easy", "arc_challenge"] {
-        write(&format!("{task}.test.jsonl"), &|i| json!({"id": format!("q{i}"), "question": words(i, 6), "choices": [words(i + 1, 2), words(i + 2, 3), words(i + 3, 1)], "gold": i % 3}));
+        write(
+            &format!("{task}.test.jsonl"),
+            &|i| json!({"id": format!("q{i}"), "question": words(i, 6), "choices": [words(i + 1, 2), words(i + 2, 3), words(i + 3, 1)], "gold": i % 3}),
+        );
     }
-    write("openbookqa.test.jsonl", &|i| json!({"id": format!("o{i}"), "question": words(i, 7), "choices": [words(i + 1, 2), words(i + 2, 2), words(i + 3, 3), words(i + 4, 1)], "gold": i % 4}));
+    write(
+        "openbookqa.test.jsonl",
+        &|i| json!({"id": format!("o{i}"), "question": words(i, 7), "choices": [words(i + 1, 2), words(i + 2, 2), words(i + 3, 3), words(i + 4, 1)], "gold": i % 4}),
+    );
     dir
 }
 
 /// Alpaca-format instruction records of the tiny models' words, as JSON Lines.
 pub fn tiny_instruct_data(path: &Path, n: usize) {
     let lines: Vec<String> = (0..n)
-        .map(|i| serde_json::json!({"instruction": format!("w{} w{}", i % 90 + 1, i % 7 + 3), "input": "", "output": format!("w{} w{} w{}", i % 50 + 2, i % 11 + 9, i % 13 + 20)}).to_string())
+        .map(|i| {
+            serde_json::json!({"instruction": format!("w{} w{}", i % 90 + 1, i % 7 + 3), "input": "", "output": format!("w{} w{} w{}", i % 50 + 2, i % 11 + 9, i % 13 + 20)})
+                .to_string()
+        })
         .collect();
     std::fs::write(path, lines.join("\n")).unwrap();
 }

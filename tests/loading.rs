@@ -18,7 +18,8 @@ fn a_pipeline_of_layer_ranges_equals_the_whole_model() {
     let dir = fixture("tiny_gqa");
     let spec = ModelSpec::from_hf_config_file(&dir.join("config.json")).unwrap();
     let weights = HfWeights::open(&dir).unwrap();
-    let first = LlamaModel::load(spec.clone(), &weights, &LoadOptions { layers: 0..1, embeddings: true, head: false, dtype: DType::F32 }, &Device::Cpu).unwrap();
+    let first =
+        LlamaModel::load(spec.clone(), &weights, &LoadOptions { layers: 0..1, embeddings: true, head: false, dtype: DType::F32 }, &Device::Cpu).unwrap();
     let last = LlamaModel::load(spec, &weights, &LoadOptions { layers: 1..3, embeddings: false, head: true, dtype: DType::F32 }, &Device::Cpu).unwrap();
     assert!(last.embed.is_none() && first.norm.is_none() && first.lm_head.is_none());
     assert_eq!(last.named_weights().len(), 2 * 9 + 2, "the last stage holds its layers, the norm and the head only");

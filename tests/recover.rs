@@ -57,14 +57,27 @@ fn options(checkpoints: Option<PathBuf>, resume: bool) -> RecoverOptions {
 
 /// Trains from fresh adapters; `stop_after` panics in the progress callback after that step
 /// (a crash); returns the outcome and the adapters' values by name.
-fn run(model_dir: &Path, data: &Path, opts: &RecoverOptions, comm: &mut dyn Communicator, stop_after: Option<u64>) -> (RecoverOutcome, Vec<(String, Vec<f32>)>) {
+fn run(
+    model_dir: &Path,
+    data: &Path,
+    opts: &RecoverOptions,
+    comm: &mut dyn Communicator,
+    stop_after: Option<u64>,
+) -> (RecoverOutcome, Vec<(String, Vec<f32>)>) {
     try_run(model_dir, data, opts, &mut TrainGroups { data: comm, pipeline: &mut SingleRank }, 0..3, stop_after).unwrap()
 }
 
 type Adapters = Vec<(String, Vec<f32>)>;
 
 /// [`run`] of the model's `layers` (a pipeline stage when not all three), fallibly.
-fn try_run(model_dir: &Path, data: &Path, opts: &RecoverOptions, groups: &mut TrainGroups, layers: Range<usize>, stop_after: Option<u64>) -> llmprune_worker::Result<(RecoverOutcome, Adapters)> {
+fn try_run(
+    model_dir: &Path,
+    data: &Path,
+    opts: &RecoverOptions,
+    groups: &mut TrainGroups,
+    layers: Range<usize>,
+    stop_after: Option<u64>,
+) -> llmprune_worker::Result<(RecoverOutcome, Adapters)> {
     let (embeddings, head) = (layers.start == 0, layers.end == 3);
     let mut loaded = load_model(model_dir, |_| LoadOptions { layers, embeddings, head, dtype: candle_core::DType::F32 }, &Device::Cpu).unwrap();
     let cfg = LoraConfig { r: 4, alpha: 8.0, dropout: 0.1, targets: Projection::ALL.to_vec() };
@@ -88,7 +101,13 @@ fn ring(rank: usize, listener: TcpListener, addrs: &[std::net::SocketAddr], cook
 /// Trains on `stages.len()` pipeline stages (their layer ranges) × `replicas` data-parallel
 /// copies, one thread each; `opts(stage)` gives a stage its options. Returns the outcomes by
 /// replica, then stage.
-fn run_cluster(model: &Path, data: &Path, stages: &[Range<usize>], replicas: usize, opts: impl Fn(usize) -> RecoverOptions) -> Vec<Vec<(RecoverOutcome, Adapters)>> {
+fn run_cluster(
+    model: &Path,
+    data: &Path,
+    stages: &[Range<usize>],
+    replicas: usize,
+    opts: impl Fn(usize) -> RecoverOptions,
+) -> Vec<Vec<(RecoverOutcome, Adapters)>> {
     let n_stages = stages.len();
     let bind = |_| TcpListener::bind("127.0.0.1:0").unwrap();
     // Worker i is stage i mod S of replica i div S: a pipeline ring per replica, a ring of
@@ -124,11 +143,13 @@ fn joined(stages: &[(RecoverOutcome, Adapters)]) -> Adapters {
 }
 
 fn max_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
-    a.iter().zip(b).flat_map(|((n1, x), (n2, y))| {
-        assert_eq!(n1, n2);
-        x.iter().zip(y).map(|(p, q)| (p - q).abs())
-    })
-    .fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .flat_map(|((n1, x), (n2, y))| {
+            assert_eq!(n1, n2);
+            x.iter().zip(y).map(|(p, q)| (p - q).abs())
+        })
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -242,7 +263,8 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     // Another run's checkpoint is refused.
     let mut other = options(Some(ck), true);
     other.fingerprint = "another".into();
-    let Err(err) = try_run(&model, &data, &other, &mut TrainGroups { data: &mut SingleRank, pipeline: &mut SingleRank }, 0..3, None) else { panic!("another run's checkpoint must be refused") };
+    let Err(err) = try_run(&model, &data, &other, &mut TrainGroups { data: &mut SingleRank, pipeline: &mut SingleRank }, 0..3, None) else {
+        panic!("another run's checkpoint must be refused")
+    };
     llmprune_tests::assert_contains(&err.to_string(), &["checkpoint", "another run", "--resume"]);
 }
-

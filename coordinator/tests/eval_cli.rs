@@ -39,8 +39,21 @@ fn one_process_one_and_three_workers_agree_to_the_bit() {
     let ppl = format!("ptb={}", text.display());
     let run = |name: &str, extra: &[&str]| -> PathBuf {
         let out = tmp.path().join(name).join("results.json");
-        let mut args = vec!["eval", "--model", model.to_str().unwrap(), "--data-dir", data.to_str().unwrap(), "--ppl", &ppl, "--seq-len", "16",
-                            "--batch-tokens", "64", "--out", out.to_str().unwrap()];
+        let mut args = vec![
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--ppl",
+            &ppl,
+            "--seq-len",
+            "16",
+            "--batch-tokens",
+            "64",
+            "--out",
+            out.to_str().unwrap(),
+        ];
         args.extend(extra);
         let stdout = ok(&llmprune(&args));
         assert_contains(&stdout, &["| Model |", "BoolQ (acc)", "HellaSwag (acc_norm)", "PTB", "Average"]);
@@ -94,8 +107,22 @@ fn eval_refuses_bad_input_and_writes_nothing() {
 
     fails(&llmprune(&base("piqa,mmlu")), &["--tasks", "unknown task `mmlu`", "boolq"]);
     fails(&llmprune(&["eval", "--model", m, "--tasks", "piqa", "--out", o]), &["--data-dir"]);
-    fails(&llmprune(&{ let mut a = base("piqa"); a.extend(["--ppl", "c4=/x"]); a }), &["--ppl", "c4"]);
-    fails(&llmprune(&{ let mut a = base("piqa"); a.extend(["--latency-chunks", "4"]); a }), &["--latency-chunks", "--ppl"]);
+    fails(
+        &llmprune(&{
+            let mut a = base("piqa");
+            a.extend(["--ppl", "c4=/x"]);
+            a
+        }),
+        &["--ppl", "c4"],
+    );
+    fails(
+        &llmprune(&{
+            let mut a = base("piqa");
+            a.extend(["--latency-chunks", "4"]);
+            a
+        }),
+        &["--latency-chunks", "--ppl"],
+    );
 
     // A record without a field: the file, its line and the field.
     let piqa = data.join("piqa.validation.jsonl");

@@ -19,19 +19,54 @@ fn setup(root: &Path) -> (PathBuf, PathBuf) {
     let ids = root.join("calib.json");
     std::fs::write(&ids, "[[1, 5, 9, 13, 40, 41, 42, 7], [70, 2, 3, 60, 61, 62, 8, 9]]").unwrap();
     let pruned = root.join("pruned");
-    ok(&llmprune(&["prune", "--model", model.to_str().unwrap(), "--calibration-ids", ids.to_str().unwrap(), "--ratio", "0.25",
-                   "--criterion", "param-first", "--out", pruned.to_str().unwrap()]));
+    ok(&llmprune(&[
+        "prune",
+        "--model",
+        model.to_str().unwrap(),
+        "--calibration-ids",
+        ids.to_str().unwrap(),
+        "--ratio",
+        "0.25",
+        "--criterion",
+        "param-first",
+        "--out",
+        pruned.to_str().unwrap(),
+    ]));
     let data = root.join("data.jsonl");
     let lines: Vec<String> = (0..30)
-        .map(|i| serde_json::json!({"instruction": format!("w{} w{}", i % 90 + 1, i % 7 + 3), "input": "", "output": format!("w{} w{} w{}", i % 50 + 2, i % 11 + 9, i % 13 + 20)}).to_string())
+        .map(|i| {
+            serde_json::json!({"instruction": format!("w{} w{}", i % 90 + 1, i % 7 + 3), "input": "", "output": format!("w{} w{} w{}", i % 50 + 2, i % 11 + 9, i % 13 + 20)})
+                .to_string()
+        })
         .collect();
     std::fs::write(&data, lines.join("\n")).unwrap();
     (pruned, data)
 }
 
 fn recover_args<'a>(pruned: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
-    vec!["recover", "--model", pruned, "--data", data, "--out", out, "--batch-size", "4", "--micro-batch-size", "2",
-         "--val-size", "6", "--eval-steps", "3", "--warmup-steps", "1", "--lr", "1e-2", "--epochs", "1"]
+    vec![
+        "recover",
+        "--model",
+        pruned,
+        "--data",
+        data,
+        "--out",
+        out,
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "2",
+        "--val-size",
+        "6",
+        "--eval-steps",
+        "3",
+        "--warmup-steps",
+        "1",
+        "--lr",
+        "1e-2",
+        "--epochs",
+        "1",
+    ]
 }
 
 /// `args` with `flag` set to `value` (replaced if present).
@@ -55,7 +90,15 @@ fn recover_writes_the_merged_model_the_peft_adapter_and_a_report() {
     let mut args = recover_args(p, d, o);
     args.extend(["--extra-val", &extra, "--extra-val-chunks", "3", "--eval-ppl", &extra, "--eval-max-chunks", "3"]);
     ok(&llmprune(&args));
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "plan.json", "recover_report.json", "adapter/adapter_config.json", "adapter/adapter_model.safetensors"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "plan.json",
+        "recover_report.json",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+    ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("recover_report.json")).unwrap()).unwrap();
@@ -80,7 +123,19 @@ fn recover_writes_the_merged_model_the_peft_adapter_and_a_report() {
         // ppl` on it agrees with the perplexity measured at that step.
         let kept = extra.iter().find(|e| report["kept_step"] == e.0).expect("an evaluation at the kept step").1;
         let json = tmp.path().join("ppl.json");
-        ok(&llmprune(&["ppl", "--model", o, "--data", &format!("ptb={}", text.display()), "--seq-len", "64", "--max-chunks", "3", "--json", json.to_str().unwrap()]));
+        ok(&llmprune(&[
+            "ppl",
+            "--model",
+            o,
+            "--data",
+            &format!("ptb={}", text.display()),
+            "--seq-len",
+            "64",
+            "--max-chunks",
+            "3",
+            "--json",
+            json.to_str().unwrap(),
+        ]));
         let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         let merged = doc["results"]["ptb"]["ppl"].as_f64().unwrap();
         assert!((merged - kept).abs() < 1e-4 * merged, "merged {merged} vs during training {kept}");
@@ -243,4 +298,3 @@ fn pipeline_stages_equal_one_process_and_a_lost_stage_resumes() {
     assert_contains(&String::from_utf8_lossy(&res.stderr), &["--stages 2", "--local-workers"]);
     assert!(!bad.exists());
 }
-

@@ -156,6 +156,9 @@ fn configuration_errors_name_the_key_and_overrides_apply() {
     assert!(!tmp.path().join("run").exists());
 
     // The merged configuration: file < environment < --set.
-    let printed = ok(&llmprune(&["--config", c, "--set", "prune.criterion=l2", "config", "--print"], &[("LLMPRUNE_PRUNE__RATIO", "0.4"), ("LLMPRUNE_PRUNE__CRITERION", "l1")]));
+    let printed = ok(&llmprune(
+        &["--config", c, "--set", "prune.criterion=l2", "config", "--print"],
+        &[("LLMPRUNE_PRUNE__RATIO", "0.4"), ("LLMPRUNE_PRUNE__CRITERION", "l1")],
+    ));
     assert_contains(&printed, &["\"ratio\": \"0.4\"", "\"criterion\": \"l2\"", "\"local\": 2"]);
 }

@@ -28,11 +28,7 @@ pub enum SpecError {
         source: serde_json::Error,
     },
     #[error("{path}: field `{field}`: {reason}")]
-    Field {
-        path: PathBuf,
-        field: String,
-        reason: String,
-    },
+    Field { path: PathBuf, field: String, reason: String },
     #[error("{path}: unsupported model_type `{model_type}` (supported: llama, mistral, qwen2, smollm)")]
     UnsupportedModelType { path: PathBuf, model_type: String },
 }
@@ -84,12 +80,7 @@ pub enum RopeScaling {
     /// Positions divided by `factor`.
     Linear { factor: f64 },
     /// Llama 3.1's piecewise wavelength-dependent scaling.
-    Llama3 {
-        factor: f64,
-        low_freq_factor: f64,
-        high_freq_factor: f64,
-        original_max_position_embeddings: usize,
-    },
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: usize },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,20 +106,13 @@ pub struct ModelSpec {
 }
 
 fn field_err(path: &Path, field: &str, reason: impl Into<String>) -> SpecError {
-    SpecError::Field {
-        path: path.to_path_buf(),
-        field: field.to_string(),
-        reason: reason.into(),
-    }
+    SpecError::Field { path: path.to_path_buf(), field: field.to_string(), reason: reason.into() }
 }
 
 fn get_usize(obj: &Map<String, Value>, path: &Path, key: &str) -> Result<Option<usize>, SpecError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(|x| Some(x as usize))
-            .ok_or_else(|| field_err(path, key, format!("expected a non-negative integer, found {v}"))),
+        Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| field_err(path, key, format!("expected a non-negative integer, found {v}"))),
     }
 }
 
@@ -139,36 +123,18 @@ fn req_usize(obj: &Map<String, Value>, path: &Path, key: &str) -> Result<usize, 
 fn get_f64(obj: &Map<String, Value>, path: &Path, key: &str) -> Result<Option<f64>, SpecError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .map(Some)
-            .ok_or_else(|| field_err(path, key, format!("expected a number, found {v}"))),
+        Some(v) => v.as_f64().map(Some).ok_or_else(|| field_err(path, key, format!("expected a number, found {v}"))),
     }
 }
 
-fn get_usize_array(
-    obj: &Map<String, Value>,
-    path: &Path,
-    key: &str,
-    n_layers: usize,
-) -> Result<Option<Vec<usize>>, SpecError> {
+fn get_usize_array(obj: &Map<String, Value>, path: &Path, key: &str, n_layers: usize) -> Result<Option<Vec<usize>>, SpecError> {
     let Some(v) = obj.get(key) else { return Ok(None) };
-    let arr = v
-        .as_array()
-        .ok_or_else(|| field_err(path, key, "expected an array of integers"))?;
+    let arr = v.as_array().ok_or_else(|| field_err(path, key, "expected an array of integers"))?;
     if arr.len() != n_layers {
-        return Err(field_err(
-            path,
-            key,
-            format!("has {} entries but num_hidden_layers is {n_layers}", arr.len()),
-        ));
+        return Err(field_err(path, key, format!("has {} entries but num_hidden_layers is {n_layers}", arr.len())));
     }
     arr.iter()
-        .map(|x| {
-            x.as_u64()
-                .map(|x| x as usize)
-                .ok_or_else(|| field_err(path, key, format!("expected integers, found {x}")))
-        })
+        .map(|x| x.as_u64().map(|x| x as usize).ok_or_else(|| field_err(path, key, format!("expected integers, found {x}"))))
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
 }
@@ -178,10 +144,7 @@ fn get_token_id(obj: &Map<String, Value>, path: &Path, key: &str) -> Result<Opti
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(a)) => Ok(a.first().and_then(|x| x.as_u64()).map(|x| x as u32)),
-        Some(v) => v
-            .as_u64()
-            .map(|x| Some(x as u32))
-            .ok_or_else(|| field_err(path, key, format!("expected a token id, found {v}"))),
+        Some(v) => v.as_u64().map(|x| Some(x as u32)).ok_or_else(|| field_err(path, key, format!("expected a token id, found {v}"))),
     }
 }
 
@@ -192,14 +155,8 @@ fn parse_rope_scaling(v: &Value, path: &Path) -> Result<Option<RopeScaling>, Spe
         Value::Object(o) => o,
         other => return Err(field_err(path, KEY, format!("expected an object, found {other}"))),
     };
-    let kind = obj
-        .get("rope_type")
-        .or_else(|| obj.get("type"))
-        .and_then(|t| t.as_str())
-        .ok_or_else(|| field_err(path, KEY, "missing `rope_type`"))?;
-    let num = |k: &str| -> Result<f64, SpecError> {
-        get_f64(obj, path, k)?.ok_or_else(|| field_err(path, &format!("{KEY}.{k}"), "missing"))
-    };
+    let kind = obj.get("rope_type").or_else(|| obj.get("type")).and_then(|t| t.as_str()).ok_or_else(|| field_err(path, KEY, "missing `rope_type`"))?;
+    let num = |k: &str| -> Result<f64, SpecError> { get_f64(obj, path, k)?.ok_or_else(|| field_err(path, &format!("{KEY}.{k}"), "missing")) };
     match kind {
         "default" => Ok(None),
         "linear" => Ok(Some(RopeScaling::Linear { factor: num("factor")? })),
@@ -209,11 +166,7 @@ fn parse_rope_scaling(v: &Value, path: &Path) -> Result<Option<RopeScaling>, Spe
             high_freq_factor: num("high_freq_factor")?,
             original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
         })),
-        other => Err(field_err(
-            path,
-            &format!("{KEY}.rope_type"),
-            format!("`{other}` is not supported (supported: default, linear, llama3)"),
-        )),
+        other => Err(field_err(path, &format!("{KEY}.rope_type"), format!("`{other}` is not supported (supported: default, linear, llama3)"))),
     }
 }
 
@@ -228,36 +181,20 @@ impl ModelSpec {
 
     /// Reads a Hugging Face `config.json`.
     pub fn from_hf_config_file(path: &Path) -> Result<Self, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let value: Value = serde_json::from_str(&text).map_err(|source| SpecError::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Io { path: path.to_path_buf(), source })?;
+        let value: Value = serde_json::from_str(&text).map_err(|source| SpecError::Json { path: path.to_path_buf(), source })?;
         Self::from_hf_config(&value, path)
     }
 
     /// Parses a Hugging Face config. `path` only names the source in errors.
     pub fn from_hf_config(value: &Value, path: &Path) -> Result<Self, SpecError> {
-        let obj = value
-            .as_object()
-            .ok_or_else(|| field_err(path, "(root)", "expected a JSON object"))?;
-        let model_type = obj
-            .get("model_type")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| field_err(path, "model_type", "missing"))?;
+        let obj = value.as_object().ok_or_else(|| field_err(path, "(root)", "expected a JSON object"))?;
+        let model_type = obj.get("model_type").and_then(|v| v.as_str()).ok_or_else(|| field_err(path, "model_type", "missing"))?;
         let architecture = match model_type {
             "llama" | "smollm" => Architecture::Llama,
             "mistral" => Architecture::Mistral,
             "qwen2" => Architecture::Qwen2,
-            other => {
-                return Err(SpecError::UnsupportedModelType {
-                    path: path.to_path_buf(),
-                    model_type: other.to_string(),
-                })
-            }
+            other => return Err(SpecError::UnsupportedModelType { path: path.to_path_buf(), model_type: other.to_string() }),
         };
         let hidden_size = req_usize(obj, path, "hidden_size")?;
         let n_layers = req_usize(obj, path, "num_hidden_layers")?;
@@ -280,19 +217,10 @@ impl ModelSpec {
                 hidden_size / n_heads
             }
         };
-        let heads = get_usize_array(obj, path, HEADS_PER_LAYER_KEY, n_layers)?
-            .unwrap_or_else(|| vec![n_heads; n_layers]);
-        let kv_heads = get_usize_array(obj, path, KV_HEADS_PER_LAYER_KEY, n_layers)?
-            .unwrap_or_else(|| vec![n_kv_heads; n_layers]);
-        let widths = get_usize_array(obj, path, INTERMEDIATE_PER_LAYER_KEY, n_layers)?
-            .unwrap_or_else(|| vec![intermediate; n_layers]);
-        let layers = (0..n_layers)
-            .map(|i| LayerShape {
-                n_heads: heads[i],
-                n_kv_heads: kv_heads[i],
-                intermediate_size: widths[i],
-            })
-            .collect();
+        let heads = get_usize_array(obj, path, HEADS_PER_LAYER_KEY, n_layers)?.unwrap_or_else(|| vec![n_heads; n_layers]);
+        let kv_heads = get_usize_array(obj, path, KV_HEADS_PER_LAYER_KEY, n_layers)?.unwrap_or_else(|| vec![n_kv_heads; n_layers]);
+        let widths = get_usize_array(obj, path, INTERMEDIATE_PER_LAYER_KEY, n_layers)?.unwrap_or_else(|| vec![intermediate; n_layers]);
+        let layers = (0..n_layers).map(|i| LayerShape { n_heads: heads[i], n_kv_heads: kv_heads[i], intermediate_size: widths[i] }).collect();
         let rope_scaling = match obj.get("rope_scaling") {
             Some(v) => parse_rope_scaling(v, path)?,
             None => None,
@@ -304,18 +232,14 @@ impl ModelSpec {
             match obj.get(field) {
                 Some(Value::Bool(false)) | Some(Value::Null) | None => {}
                 Some(Value::Bool(true)) if attention_bias && field == "attention_bias" => {}
-                Some(Value::Bool(true)) => {
-                    return Err(field_err(path, field, "biases on o_proj or the MLP are not supported"))
-                }
+                Some(Value::Bool(true)) => return Err(field_err(path, field, "biases on o_proj or the MLP are not supported")),
                 Some(v) => return Err(field_err(path, field, format!("expected a boolean, found {v}"))),
             }
         }
         let tie_word_embeddings = match obj.get("tie_word_embeddings") {
             Some(Value::Bool(b)) => *b,
             Some(Value::Null) | None => false,
-            Some(v) => {
-                return Err(field_err(path, "tie_word_embeddings", format!("expected a boolean, found {v}")))
-            }
+            Some(v) => return Err(field_err(path, "tie_word_embeddings", format!("expected a boolean, found {v}"))),
         };
         let spec = ModelSpec {
             architecture,
@@ -331,9 +255,7 @@ impl ModelSpec {
             attention_bias,
             sliding_window: match architecture {
                 Architecture::Mistral => get_usize(obj, path, "sliding_window")?,
-                Architecture::Qwen2 if obj.get("use_sliding_window") == Some(&Value::Bool(true)) => {
-                    get_usize(obj, path, "sliding_window")?
-                }
+                Architecture::Qwen2 if obj.get("use_sliding_window") == Some(&Value::Bool(true)) => get_usize(obj, path, "sliding_window")?,
                 _ => None,
             },
             bos_token_id: get_token_id(obj, path, "bos_token_id")?,
@@ -345,12 +267,8 @@ impl ModelSpec {
 
     /// Checks internal consistency; returns the offending field and why.
     pub fn validate(&self) -> Result<(), (String, String)> {
-        let positive = [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("head_dim", self.head_dim),
-            ("num_hidden_layers", self.layers.len()),
-        ];
+        let positive =
+            [("vocab_size", self.vocab_size), ("hidden_size", self.hidden_size), ("head_dim", self.head_dim), ("num_hidden_layers", self.layers.len())];
         for (name, v) in positive {
             if v == 0 {
                 return Err((name.into(), "must be positive".into()));
@@ -361,16 +279,10 @@ impl ModelSpec {
         }
         for (i, l) in self.layers.iter().enumerate() {
             if l.n_heads == 0 || l.n_kv_heads == 0 {
-                return Err((
-                    format!("layer {i} heads"),
-                    format!("{} query / {} KV heads: every layer needs at least one of each", l.n_heads, l.n_kv_heads),
-                ));
+                return Err((format!("layer {i} heads"), format!("{} query / {} KV heads: every layer needs at least one of each", l.n_heads, l.n_kv_heads)));
             }
             if l.n_heads % l.n_kv_heads != 0 {
-                return Err((
-                    format!("layer {i} heads"),
-                    format!("{} query heads are not a multiple of {} KV heads", l.n_heads, l.n_kv_heads),
-                ));
+                return Err((format!("layer {i} heads"), format!("{} query heads are not a multiple of {} KV heads", l.n_heads, l.n_kv_heads)));
             }
             if l.intermediate_size == 0 {
                 return Err((format!("layer {i} intermediate_size"), "must be positive".into()));

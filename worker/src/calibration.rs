@@ -96,8 +96,7 @@ pub fn sample_windows_with(rows: &[String], tokenizer: &TextTokenizer, n: usize,
 /// inside the vocabulary.
 pub fn read_token_ids(path: &Path, vocab_size: usize) -> Result<Vec<Vec<u32>>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let windows: Vec<Vec<u32>> = serde_json::from_str(&text)
-        .map_err(|e| Error::file(path, format!("expected a JSON array of arrays of token ids: {e}")))?;
+    let windows: Vec<Vec<u32>> = serde_json::from_str(&text).map_err(|e| Error::file(path, format!("expected a JSON array of arrays of token ids: {e}")))?;
     let Some(first) = windows.first() else {
         return Err(Error::file(path, "no windows"));
     };

@@ -34,10 +34,7 @@ impl ModelDir {
         };
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}.partial-"))
-            .tempdir_in(parent)
-            .map_err(|e| Error::io(parent, e))?;
+        let tmp = tempfile::Builder::new().prefix(&format!(".{name}.partial-")).tempdir_in(parent).map_err(|e| Error::io(parent, e))?;
         Ok(Self { tmp, target: target.to_path_buf() })
     }
 
@@ -142,9 +139,8 @@ fn tensor_bytes(t: &Tensor) -> u64 {
 /// Tensor names in model order (numbers compared as numbers: layer 2 before layer 10), cut
 /// into consecutive shards of at most `max_bytes`.
 fn shard(weights: &HashMap<String, Tensor>, max_bytes: u64) -> Vec<Vec<String>> {
-    let key = |name: &str| -> Vec<(u64, String)> {
-        name.split('.').map(|p| p.parse::<u64>().map_or((u64::MAX, p.to_string()), |n| (n, String::new()))).collect()
-    };
+    let key =
+        |name: &str| -> Vec<(u64, String)> { name.split('.').map(|p| p.parse::<u64>().map_or((u64::MAX, p.to_string()), |n| (n, String::new()))).collect() };
     let mut names: Vec<&String> = weights.keys().collect();
     names.sort_by_cached_key(|n| key(n));
     let mut shards: Vec<Vec<String>> = vec![Vec::new()];

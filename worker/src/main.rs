@@ -6,7 +6,6 @@ use anyhow::{anyhow, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use llmprune_shared::proto::coordinator_client::CoordinatorClient;
 use llmprune_shared::proto::worker_server::WorkerServer;
-use tracing::Instrument;
 use llmprune_shared::proto::{attach_token, require_token, Capabilities, HeartbeatRequest, RegisterRequest, PROTOCOL_VERSION};
 use llmprune_worker::cluster::runtime::{spawn_runtime, Fault, RuntimeOptions};
 use llmprune_worker::cluster::service::WorkerService;
@@ -16,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tracing::Instrument;
 
 const MAX_MESSAGE_BYTES: usize = llmprune_shared::proto::MAX_MESSAGE_BYTES;
 
@@ -164,13 +164,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let service = tonic::service::interceptor::InterceptedService::new(server, require_token(token.clone()));
     let mut server_stop = shutdown_rx.clone();
-    let serving = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            }),
-    );
+    let serving =
+        tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        }));
 
     let endpoint = tonic::transport::Endpoint::from_shared(coordinator.clone())
         .with_context(|| format!("--coordinator {coordinator}"))?

@@ -53,12 +53,7 @@ pub fn stage_forward<T>(
 /// One backward pass over `ids` `[B, T]`: the forward pass, `head` turning the last hidden
 /// states into the scalar to differentiate (on the last rank), then the gradient of each
 /// stage's input sent back to the previous rank. Returns this rank's gradients.
-pub fn stage_backward(
-    model: &LlamaModel,
-    comm: &mut dyn Communicator,
-    ids: &Tensor,
-    head: impl FnOnce(&Tensor) -> Result<Tensor>,
-) -> Result<GradStore> {
+pub fn stage_backward(model: &LlamaModel, comm: &mut dyn Communicator, ids: &Tensor, head: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<GradStore> {
     let (b, t) = ids.dims2()?;
     let h = model.spec.hidden_size;
     let device = model.device();

@@ -88,9 +88,7 @@ fn swiglu_matches_composed() {
 fn composed_causal_softmax(scores: &Tensor, scale: f64, q_len: usize) -> Tensor {
     let (_, _, rows, keys) = scores.dims4().unwrap();
     let offset = keys - q_len;
-    let mask: Vec<f32> = (0..rows)
-        .flat_map(|r| (0..keys).map(move |j| if j > offset + r % q_len { -1e9 } else { 0.0 }))
-        .collect();
+    let mask: Vec<f32> = (0..rows).flat_map(|r| (0..keys).map(move |j| if j > offset + r % q_len { -1e9 } else { 0.0 })).collect();
     let mask = Tensor::from_vec(mask, (rows, keys), &Device::Cpu).unwrap();
     candle_nn::ops::softmax(&(scores * scale).unwrap().broadcast_add(&mask).unwrap(), D::Minus1).unwrap()
 }

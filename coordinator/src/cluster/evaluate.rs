@@ -19,7 +19,13 @@ pub struct DistributedEval {
 
 /// `req`'s evaluation on every worker, then, when it asks for latency, the latency timed on
 /// the first.
-pub async fn evaluate_on_cluster(cluster: &mut Cluster, spec: &ModelSpec, model_path: &Path, model_sha256: &str, req: &EvaluateRequest) -> Result<DistributedEval> {
+pub async fn evaluate_on_cluster(
+    cluster: &mut Cluster,
+    spec: &ModelSpec,
+    model_path: &Path,
+    model_sha256: &str,
+    req: &EvaluateRequest,
+) -> Result<DistributedEval> {
     let replicas = cluster.members.len();
     let layout = load_layout(cluster, spec, model_path, model_sha256, replicas).await?;
     cluster.enter(Phase::Evaluating);
@@ -40,10 +46,14 @@ pub async fn evaluate_on_cluster(cluster: &mut Cluster, spec: &ModelSpec, model_
     // Timed by one worker once all are idle, as in one process.
     if req.latency_chunks > 0 {
         let replies = cluster
-            .each_where("timing latency", |m| m.rank == 0, |m| {
-                let (mut rpc, req) = (m.rpc.clone(), req.clone());
-                async move { Ok(rpc.evaluate(req).await?.into_inner()) }
-            })
+            .each_where(
+                "timing latency",
+                |m| m.rank == 0,
+                |m| {
+                    let (mut rpc, req) = (m.rpc.clone(), req.clone());
+                    async move { Ok(rpc.evaluate(req).await?.into_inner()) }
+                },
+            )
             .await?;
         share.latency_s_per_chunk = replies.first().map(|r| r.latency_s_per_chunk);
     }

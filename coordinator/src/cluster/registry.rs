@@ -3,9 +3,7 @@
 //! cluster and to notice workers that went silent.
 
 use llmprune_shared::proto::coordinator_server::Coordinator;
-use llmprune_shared::proto::{
-    check_version, Capabilities, HeartbeatReply, HeartbeatRequest, ProgressAck, ProgressEvent, RegisterReply, RegisterRequest,
-};
+use llmprune_shared::proto::{check_version, Capabilities, HeartbeatReply, HeartbeatRequest, ProgressAck, ProgressEvent, RegisterReply, RegisterRequest};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

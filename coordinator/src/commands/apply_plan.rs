@@ -9,8 +9,8 @@ use candle_core::Device;
 use llmprune_shared::plan::Plan;
 use llmprune_worker::export::export_model;
 use llmprune_worker::loader::model_checksum;
-use llmprune_worker::{load_model, LoadOptions};
 use llmprune_worker::prune::apply::apply_step;
+use llmprune_worker::{load_model, LoadOptions};
 use serde_json::json;
 use std::time::Instant;
 

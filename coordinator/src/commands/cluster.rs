@@ -86,7 +86,13 @@ pub fn with_cluster<T>(config: ClusterConfig, run_id: &str, job: impl AsyncFnOnc
 
 /// Runs `job` on the run's shared cluster when there is one, else on a cluster of the
 /// command's own (`--local-workers` / `--workers`).
-pub fn on_cluster<T>(shared: Option<&mut ClusterSession>, settings: &Settings, args: &ClusterArgs, run_id: &str, job: impl AsyncFnOnce(&mut Cluster) -> Result<T>) -> Result<T> {
+pub fn on_cluster<T>(
+    shared: Option<&mut ClusterSession>,
+    settings: &Settings,
+    args: &ClusterArgs,
+    run_id: &str,
+    job: impl AsyncFnOnce(&mut Cluster) -> Result<T>,
+) -> Result<T> {
     match shared {
         Some(session) => session.run(job),
         None => with_cluster(cluster_config(settings, args)?, run_id, job),

@@ -83,16 +83,20 @@ pub fn run(settings: &Settings, run_id: &str, args: EvalArgs, shared: Option<&mu
     let (share, workers, cluster_report, load_s) = if shared.is_some() || args.cluster.distributed() {
         drop(opened);
         let sha = model_checksum(&model_path)?;
-        let done = on_cluster(shared, settings, &args.cluster, run_id, async |cluster: &mut Cluster| evaluate_on_cluster(cluster, &spec, &model_path, &sha, &req).await)?;
+        let done = on_cluster(shared, settings, &args.cluster, run_id, async |cluster: &mut Cluster| {
+            evaluate_on_cluster(cluster, &spec, &model_path, &sha, &req).await
+        })?;
         let workers = done.ranks.len();
         (done.share, workers, Some(json!({"workers": workers, "ranks": done.ranks})), done.load_s)
     } else {
         let t = Instant::now();
-        let model = LlamaModel::load(spec.clone(), opened.weights.as_ref(), &LoadOptions { dtype: args.dtype.into(), ..LoadOptions::full(&spec) }, &Device::Cpu)
-            .with_context(|| format!("loading {}", model_path.display()))?;
+        let model =
+            LlamaModel::load(spec.clone(), opened.weights.as_ref(), &LoadOptions { dtype: args.dtype.into(), ..LoadOptions::full(&spec) }, &Device::Cpu)
+                .with_context(|| format!("loading {}", model_path.display()))?;
         let load_s = t.elapsed().as_secs_f64();
         let mut bar = Progress::new("evaluating", units as u64, "documents");
-        let mut share = evaluate_share(&model, &opened.tokenizer, &job, &tasks, 0, 1, &mut |done, total, tokens| bar.update(done as u64, total as u64, tokens))?;
+        let mut share =
+            evaluate_share(&model, &opened.tokenizer, &job, &tasks, 0, 1, &mut |done, total, tokens| bar.update(done as u64, total as u64, tokens))?;
         bar.finish();
         share.latency_s_per_chunk = measure_latency(&model, &opened.tokenizer, &job)?;
         (share, 1, None, load_s)

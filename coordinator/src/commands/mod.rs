@@ -1,6 +1,6 @@
 pub mod apply_plan;
-pub mod cluster;
 pub mod bench;
+pub mod cluster;
 pub mod config;
 pub mod eval;
 pub mod fetch;

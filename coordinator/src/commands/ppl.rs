@@ -39,7 +39,8 @@ pub fn run(settings: &Settings, run_id: &str, args: PplArgs) -> Result<()> {
     }
     let model_path = resolve_model(&args.model, &settings.cache_dir, &settings.python)?;
     let t0 = Instant::now();
-    let loaded = load_model(&model_path, |s| LoadOptions { dtype: args.dtype.into(), ..LoadOptions::full(s) }, &Device::Cpu).with_context(|| format!("loading {}", model_path.display()))?;
+    let loaded = load_model(&model_path, |s| LoadOptions { dtype: args.dtype.into(), ..LoadOptions::full(s) }, &Device::Cpu)
+        .with_context(|| format!("loading {}", model_path.display()))?;
     let load_s = t0.elapsed().as_secs_f64();
     tracing::info!(model = %model_path.display(), params = loaded.model.spec.n_params(), load_s, "model loaded");
     let results = perplexities(&loaded.model, &loaded.tokenizer, &data, args.seq_len, args.batch_size, args.max_chunks)?;
@@ -77,9 +78,7 @@ pub(crate) fn perplexities(
         let total = max_chunks.map_or(corpus.chunks.len(), |m| m.min(corpus.chunks.len()));
         let mut progress = Progress::new(kind.name(), total as u64, "chunks");
         let t = Instant::now();
-        let res = evaluate(model, &corpus, batch_size, max_chunks, &mut |done, total| {
-            progress.update(done as u64, total as u64, (done * seq_len) as u64)
-        })?;
+        let res = evaluate(model, &corpus, batch_size, max_chunks, &mut |done, total| progress.update(done as u64, total as u64, (done * seq_len) as u64))?;
         progress.finish();
         let eval_s = t.elapsed().as_secs_f64();
         tracing::info!(dataset = kind.name(), ppl = res.ppl, chunks = res.chunks, eval_s, "perplexity");

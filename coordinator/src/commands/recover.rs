@@ -18,8 +18,8 @@ use llmprune_worker::loader::{model_checksum, open_model, sha256_file};
 use llmprune_worker::lora::Projection;
 use llmprune_worker::train::job::{lora_config, recover_options, run_recovery};
 use llmprune_worker::train::records::Format;
-use llmprune_worker::train::TrainGroups;
 use llmprune_worker::train::recover::StepReport;
+use llmprune_worker::train::TrainGroups;
 use llmprune_worker::{load_model, LlamaModel, LoadOptions};
 use serde_json::json;
 use std::path::Path;
@@ -120,7 +120,9 @@ pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs, shared: Option<
     let (reply, cluster_report, load_s) = if shared.is_some() || args.cluster.distributed() {
         drop(weights); // the workers read their own copies
         let stages = args.stages;
-        let done = on_cluster(shared, settings, &args.cluster, run_id, async |cluster: &mut Cluster| recover_on_cluster(cluster, &spec, &args.model, &sha, &req, stages).await)?;
+        let done = on_cluster(shared, settings, &args.cluster, run_id, async |cluster: &mut Cluster| {
+            recover_on_cluster(cluster, &spec, &args.model, &sha, &req, stages).await
+        })?;
         let report = json!({"workers": done.ranks.len(), "stages": stages, "replicas": done.ranks.len() / stages,
                             "stage_adapter_sha256": done.stage_adapter_sha256, "ranks": done.ranks});
         (done.reply, Some(report), done.load_s)

@@ -236,7 +236,9 @@ pub fn run(settings: &Settings, run_id: &str, args: RunArgs) -> Result<()> {
     let Plan { out, commands, prune, recover, evals, cluster } = plan(settings, &args)?;
     if args.dry_run {
         let workers = match &cluster {
-            Some(c) => format!("{} {} workers", c.local_workers.or(c.workers).unwrap_or(0), if c.local_workers.is_some() { "local" } else { "remote" }),
+            Some(c) => {
+                format!("{} {} workers", c.local_workers.or(c.workers).unwrap_or(0), if c.local_workers.is_some() { "local" } else { "remote" })
+            }
             None => "this process".into(),
         };
         println!("run in {} on {workers}; phases:", out.display());

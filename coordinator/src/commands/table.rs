@@ -61,7 +61,11 @@ pub fn run(args: TableArgs) -> Result<()> {
         if !v["results"].is_object() {
             anyhow::bail!("{}: no `results` object (not written by `llmprune eval`)", path.display());
         }
-        let name = args.names.as_ref().and_then(|n| n.split(',').nth(i)).map(str::to_string)
+        let name = args
+            .names
+            .as_ref()
+            .and_then(|n| n.split(',').nth(i))
+            .map(str::to_string)
             .or_else(|| v["name"].as_str().map(str::to_string))
             .unwrap_or_else(|| path.display().to_string());
         loaded.push((name, v));

@@ -103,7 +103,8 @@ pub fn write_report(out: &RunOutputs, seconds: &Map<String, Value>, total_s: f64
     let prune = out.json("pruned/prune_report.json")?;
     let plan = out.json("pruned/plan.json")?;
     let recover = out.json("recovered/recover_report.json")?;
-    let evals: Vec<(String, Value)> = ["dense", "pruned", "recovered"].iter().map(|n| Ok((n.to_string(), out.json(&format!("eval/{n}.json"))?))).collect::<Result<_>>()?;
+    let evals: Vec<(String, Value)> =
+        ["dense", "pruned", "recovered"].iter().map(|n| Ok((n.to_string(), out.json(&format!("eval/{n}.json"))?))).collect::<Result<_>>()?;
     let after = ModelSpec::from_hf_config_file(&out.dir.join("pruned/config.json")).map_err(|e| anyhow::anyhow!("pruned/config.json: {e}"))?;
     let model = plan["model"]["path"].as_str().unwrap_or_default().to_string();
     // The dense shapes from the model the plan names (still where it was, normally).
@@ -118,22 +119,47 @@ pub fn write_report(out: &RunOutputs, seconds: &Map<String, Value>, total_s: f64
         &plots_dir.join("widths.svg"),
         "layer",
         &[
-            ("Attention heads per layer", "heads", vec![Line { name: "dense", points: series("heads", 0), color: BLUE, dots: false }, Line { name: "pruned", points: series("heads", 1), color: ORANGE, dots: true }]),
-            ("MLP width per layer", "neurons", vec![Line { name: "dense", points: series("mlp", 0), color: BLUE, dots: false }, Line { name: "pruned", points: series("mlp", 1), color: ORANGE, dots: true }]),
+            (
+                "Attention heads per layer",
+                "heads",
+                vec![
+                    Line { name: "dense", points: series("heads", 0), color: BLUE, dots: false },
+                    Line { name: "pruned", points: series("heads", 1), color: ORANGE, dots: true },
+                ],
+            ),
+            (
+                "MLP width per layer",
+                "neurons",
+                vec![
+                    Line { name: "dense", points: series("mlp", 0), color: BLUE, dots: false },
+                    Line { name: "pruned", points: series("mlp", 1), color: ORANGE, dots: true },
+                ],
+            ),
         ],
     )?;
-    let curve = |v: &Value, x: usize, y: usize| -> Vec<(f64, f64)> { v.as_array().into_iter().flatten().filter_map(|p| Some((p[x].as_f64()?, p[y].as_f64()?))).collect() };
+    let curve = |v: &Value, x: usize, y: usize| -> Vec<(f64, f64)> {
+        v.as_array().into_iter().flatten().filter_map(|p| Some((p[x].as_f64()?, p[y].as_f64()?))).collect()
+    };
     plots::chart(
         &plots_dir.join("loss.svg"),
         "Recovery loss",
         "step",
         "loss",
-        &[Line { name: "training", points: curve(&recover["loss_curve"], 0, 1), color: BLUE, dots: false }, Line { name: "validation", points: curve(&recover["val_losses"], 0, 1), color: RED, dots: true }],
+        &[
+            Line { name: "training", points: curve(&recover["loss_curve"], 0, 1), color: BLUE, dots: false },
+            Line { name: "validation", points: curve(&recover["val_losses"], 0, 1), color: RED, dots: true },
+        ],
         false,
     )?;
     let mut ppl_lines = Vec::new();
     for (i, name) in ["wikitext2", "ptb"].iter().enumerate() {
-        let points: Vec<(f64, f64)> = recover["extra_val"].as_array().into_iter().flatten().filter(|e| e["name"] == *name).filter_map(|e| Some((e["step"].as_f64()?, e["ppl"].as_f64()?))).collect();
+        let points: Vec<(f64, f64)> = recover["extra_val"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["name"] == *name)
+            .filter_map(|e| Some((e["step"].as_f64()?, e["ppl"].as_f64()?)))
+            .collect();
         if !points.is_empty() {
             ppl_lines.push(Line { name, points, color: [GREEN, ORANGE][i], dots: true });
         }
@@ -166,7 +192,8 @@ pub fn write_report(out: &RunOutputs, seconds: &Map<String, Value>, total_s: f64
         let timed = evals.iter().find(|(n, _)| n == name).map(|(_, e)| &e["latency"]).filter(|l| l.is_object());
         if let (true, Some(l)) = (table3[which]["latency_s_per_chunk"].is_null(), timed) {
             table3[which]["latency_s_per_chunk"] = l["s_per_chunk"].clone();
-            table3[which]["latency_measured_on"] = json!({"dataset": l["dataset"], "chunks": l["chunks"], "seq_len": l["seq_len"], "batch": l["batch"], "by": "eval"});
+            table3[which]["latency_measured_on"] =
+                json!({"dataset": l["dataset"], "chunks": l["chunks"], "seq_len": l["seq_len"], "batch": l["batch"], "by": "eval"});
         }
     }
     let report = json!({

@@ -181,13 +181,7 @@ impl Graph {
                 }
                 Coupling::Expand { kv, q, rep } if rep == 0 || self.spaces[kv].units * rep != self.spaces[q].units => {
                     let (kv, q) = (&self.spaces[kv], &self.spaces[q]);
-                    return Err(GraphError::BadExpand {
-                        kv: kv.name.clone(),
-                        kv_units: kv.units,
-                        q: q.name.clone(),
-                        q_units: q.units,
-                        rep,
-                    });
+                    return Err(GraphError::BadExpand { kv: kv.name.clone(), kv_units: kv.units, q: q.name.clone(), q_units: q.units, rep });
                 }
                 _ => {}
             }
@@ -207,13 +201,7 @@ impl Graph {
             while let Some((s, u)) = stack.pop() {
                 match label[s][u] {
                     Some(l) if l == r => continue,
-                    Some(_) => {
-                        return Err(GraphError::Overlap {
-                            space: self.spaces[s].name.clone(),
-                            unit: u,
-                            root: self.spaces[root].name.clone(),
-                        })
-                    }
+                    Some(_) => return Err(GraphError::Overlap { space: self.spaces[s].name.clone(), unit: u, root: self.spaces[root].name.clone() }),
                     None => label[s][u] = Some(r),
                 }
                 for c in &neighbours[s] {
@@ -230,11 +218,7 @@ impl Graph {
             let space = &self.spaces[a.space];
             let mut channels = vec![Vec::new(); self.spaces[root].units];
             for (u, l) in label[a.space].iter().enumerate() {
-                let l = l.ok_or_else(|| GraphError::Unreached {
-                    space: space.name.clone(),
-                    unit: u,
-                    root: self.spaces[root].name.clone(),
-                })?;
+                let l = l.ok_or_else(|| GraphError::Unreached { space: space.name.clone(), unit: u, root: self.spaces[root].name.clone() })?;
                 let first = a.offset + u * space.unit_width;
                 channels[l].extend(first..first + space.unit_width);
             }
@@ -250,9 +234,7 @@ impl Graph {
         // The root's own parameters first, so that a "first member" reduction means the root.
         // (For hidden channels that is the embedding; the reference roots them at the first
         // RMSNorm.)
-        members.sort_by_key(|m| {
-            !self.attachments.iter().any(|a| a.space == root && a.param == m.param && a.axis == m.axis)
-        });
+        members.sort_by_key(|m| !self.attachments.iter().any(|a| a.space == root && a.param == m.param && a.axis == m.axis));
         Ok(Group {
             root: self.spaces[root].name.clone(),
             units: self.spaces[root].units,

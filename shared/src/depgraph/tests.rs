@@ -56,11 +56,8 @@ fn mha_gives_heads_neurons_and_one_hidden_group() {
     }
     let hidden = find(&groups, "embed_tokens.out");
     assert_eq!(hidden.units, 8);
-    let mut want: Vec<(String, Axis)> = vec![
-        ("model.embed_tokens.weight".into(), Axis::Cols),
-        ("model.norm.weight".into(), Axis::Elements),
-        ("lm_head.weight".into(), Axis::Cols),
-    ];
+    let mut want: Vec<(String, Axis)> =
+        vec![("model.embed_tokens.weight".into(), Axis::Cols), ("model.norm.weight".into(), Axis::Elements), ("lm_head.weight".into(), Axis::Cols)];
     for i in 0..2 {
         let p = format!("model.layers.{i}");
         want.push((format!("{p}.input_layernorm.weight"), Axis::Elements));
@@ -170,10 +167,7 @@ fn inconsistent_couplings_are_refused() {
     let mut g = Graph::default();
     let (a, b) = (g.space("a", 3, 1), g.space("b", 4, 1));
     g.elementwise(&[a, b]);
-    assert_eq!(
-        g.groups().unwrap_err().to_string(),
-        "`a` (3 units) and `b` (4 units) are coupled element-wise but differ in size"
-    );
+    assert_eq!(g.groups().unwrap_err().to_string(), "`a` (3 units) and `b` (4 units) are coupled element-wise but differ in size");
     let mut g = Graph::default();
     let (kv, q) = (g.space("kv", 2, 4), g.space("q", 5, 4));
     g.expand(kv, q, 2);
@@ -186,10 +180,7 @@ fn every_group_has_a_known_structure() {
     let groups = llama_graph(&s, Fusion::Separate).groups().unwrap();
     let mut found: Vec<Structure> = groups.iter().map(|g| structure(&g.root).unwrap()).collect();
     found.sort_by_key(|s| format!("{s:?}"));
-    assert_eq!(
-        found,
-        [Structure::Heads(0), Structure::Heads(1), Structure::Hidden, Structure::Neurons(0), Structure::Neurons(1)]
-    );
+    assert_eq!(found, [Structure::Heads(0), Structure::Heads(1), Structure::Hidden, Structure::Neurons(0), Structure::Neurons(1)]);
     assert_eq!(structure("layers.x.k"), None);
     assert_eq!(structure("layers.1.v"), None);
 }

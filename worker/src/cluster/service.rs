@@ -3,8 +3,8 @@
 use super::runtime::RuntimeHandle;
 use llmprune_shared::proto::worker_server::Worker;
 use llmprune_shared::proto::{
-    ApplyPlanReply, ApplyPlanRequest, EvaluateReply, EvaluateRequest, LoadShardReply, LoadShardRequest, NcclUniqueIdReply, NcclUniqueIdRequest, SaveShardReply, SaveShardRequest, RecoverReply, RecoverRequest, ScoreReply, ScoreRequest,
-    ShutdownReply, ShutdownRequest,
+    ApplyPlanReply, ApplyPlanRequest, EvaluateReply, EvaluateRequest, LoadShardReply, LoadShardRequest, NcclUniqueIdReply, NcclUniqueIdRequest, RecoverReply,
+    RecoverRequest, SaveShardReply, SaveShardRequest, ScoreReply, ScoreRequest, ShutdownReply, ShutdownRequest,
 };
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};

@@ -4,9 +4,9 @@
 
 use crate::collective::{Communicator, SingleRank};
 use crate::error::{Error, Result};
-use crate::stage::stage_forward;
 use crate::loader::TextTokenizer;
 use crate::model::{Exec, LlamaModel};
+use crate::stage::stage_forward;
 use candle_core::{DType, Tensor};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -52,10 +52,7 @@ impl CorpusKind {
     /// The dataset's text: its rows joined with `"\n\n"`.
     pub fn joined_text(self, raw: &str) -> String {
         let rows: Vec<&str> = match self {
-            CorpusKind::Wikitext2 => raw
-                .split_inclusive('\n')
-                .map(|l| if l.trim().is_empty() { "" } else { l })
-                .collect(),
+            CorpusKind::Wikitext2 => raw.split_inclusive('\n').map(|l| if l.trim().is_empty() { "" } else { l }).collect(),
             CorpusKind::Ptb => raw.lines().map(str::trim).collect(),
         };
         rows.join("\n\n")
@@ -87,10 +84,7 @@ impl PplCorpus {
         let raw = String::from_utf8(bytes).map_err(|e| Error::file(path, format!("not UTF-8 text: {e}")))?;
         let tokens = tokenizer.encode(&kind.joined_text(&raw))?;
         if tokens.len() < seq_len {
-            return Err(Error::file(
-                path,
-                format!("has {} tokens, fewer than one chunk of {seq_len}", tokens.len()),
-            ));
+            return Err(Error::file(path, format!("has {} tokens, fewer than one chunk of {seq_len}", tokens.len())));
         }
         let chunks = tokens.chunks_exact(seq_len).map(<[u32]>::to_vec).collect();
         Ok(Self { kind, path: path.to_path_buf(), n_tokens: tokens.len(), seq_len, chunks })
@@ -113,13 +107,7 @@ pub struct PplResult {
 pub type ProgressFn<'a> = &'a mut dyn FnMut(usize, usize);
 
 /// Evaluates the first `max_chunks` chunks (all by default) in batches.
-pub fn evaluate(
-    model: &LlamaModel,
-    corpus: &PplCorpus,
-    batch_size: usize,
-    max_chunks: Option<usize>,
-    progress: ProgressFn<'_>,
-) -> Result<PplResult> {
+pub fn evaluate(model: &LlamaModel, corpus: &PplCorpus, batch_size: usize, max_chunks: Option<usize>, progress: ProgressFn<'_>) -> Result<PplResult> {
     let chunks = corpus.share(max_chunks, 0, 1);
     let n = chunks.len();
     let (nll_sum, scored) = nll_sum(model, &mut SingleRank, &chunks, corpus.seq_len, batch_size, progress)?;

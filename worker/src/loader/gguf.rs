@@ -54,13 +54,7 @@ impl GgufModel {
                 });
             }
         }
-        let weights = GgufWeights {
-            path: path.to_path_buf(),
-            content,
-            reader: Mutex::new(reader),
-            names,
-            layers: spec.layers.clone(),
-        };
+        let weights = GgufWeights { path: path.to_path_buf(), content, reader: Mutex::new(reader), names, layers: spec.layers.clone() };
         Ok(Self { spec, weights, tokenizer })
     }
 }
@@ -74,11 +68,7 @@ fn tensor_bytes(info: &candle_core::quantized::gguf_file::TensorInfo) -> Result<
 /// Maps every GGUF tensor we understand to its Hugging Face name.
 fn hf_names(content: &Content, n_layers: usize) -> HashMap<String, String> {
     let mut map = HashMap::new();
-    let fixed = [
-        ("token_embd.weight", "model.embed_tokens.weight"),
-        ("output_norm.weight", "model.norm.weight"),
-        ("output.weight", "lm_head.weight"),
-    ];
+    let fixed = [("token_embd.weight", "model.embed_tokens.weight"), ("output_norm.weight", "model.norm.weight"), ("output.weight", "lm_head.weight")];
     for (g, h) in fixed {
         if content.tensor_infos.contains_key(g) {
             map.insert(h.to_string(), g.to_string());
@@ -130,10 +120,7 @@ impl WeightSource for GgufWeights {
             self.content.tensor(&mut *reader, gguf_name, device).map_err(|e| tensor_err(e.to_string()))?
         };
         let t = qt.dequantize(device).map_err(|e| tensor_err(format!("dequantize {:?}: {e}", qt.dtype())))?;
-        let layer = name
-            .strip_prefix("model.layers.")
-            .and_then(|r| r.split('.').next())
-            .and_then(|i| i.parse::<usize>().ok());
+        let layer = name.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok());
         let heads = match (layer, name) {
             (Some(i), n) if n.ends_with("q_proj.weight") || n.ends_with("q_proj.bias") => self.layers.get(i).map(|l| l.n_heads),
             (Some(i), n) if n.ends_with("k_proj.weight") || n.ends_with("k_proj.bias") => self.layers.get(i).map(|l| l.n_kv_heads),
@@ -141,9 +128,7 @@ impl WeightSource for GgufWeights {
         };
         match heads {
             Some(n_head) if t.rank() == 2 => unpermute_rows(&t, n_head).map_err(|e| tensor_err(e.to_string())),
-            Some(n_head) => unpermute_rows(&t.unsqueeze(1)?, n_head)
-                .and_then(|t| t.squeeze(1))
-                .map_err(|e| tensor_err(e.to_string())),
+            Some(n_head) => unpermute_rows(&t.unsqueeze(1)?, n_head).and_then(|t| t.squeeze(1)).map_err(|e| tensor_err(e.to_string())),
             None => Ok(t),
         }
     }
@@ -218,10 +203,7 @@ impl Metadata<'_> {
                 if a.len() != n_layers {
                     return Err(self.err(key, format!("{} entries for {n_layers} layers", a.len())));
                 }
-                a.iter()
-                    .map(|v| as_uint(v).ok_or_else(|| self.err(key, "expected integers")))
-                    .collect::<Result<Vec<_>>>()
-                    .map(Some)
+                a.iter().map(|v| as_uint(v).ok_or_else(|| self.err(key, "expected integers"))).collect::<Result<Vec<_>>>().map(Some)
             }
             Some(_) => Ok(self.uint(key)?.map(|x| vec![x; n_layers])),
         }
@@ -230,20 +212,15 @@ impl Metadata<'_> {
     fn spec(&self) -> Result<ModelSpec> {
         let arch = self.string("general.architecture")?;
         if arch != "llama" {
-            return Err(self.err(
-                "general.architecture",
-                format!("`{arch}` is not supported (supported: llama)"),
-            ));
+            return Err(self.err("general.architecture", format!("`{arch}` is not supported (supported: llama)")));
         }
         let key = |k: &str| format!("llama.{k}");
         let req = |k: &str| -> Result<usize> { self.uint(&key(k))?.ok_or_else(|| self.err(&key(k), "missing")) };
         let hidden = req("embedding_length")?;
         let n_layers = req("block_count")?;
-        let heads = self.per_layer(&key("attention.head_count"), n_layers)?
-            .ok_or_else(|| self.err(&key("attention.head_count"), "missing"))?;
+        let heads = self.per_layer(&key("attention.head_count"), n_layers)?.ok_or_else(|| self.err(&key("attention.head_count"), "missing"))?;
         let kv_heads = self.per_layer(&key("attention.head_count_kv"), n_layers)?.unwrap_or_else(|| heads.clone());
-        let ffn = self.per_layer(&key("feed_forward_length"), n_layers)?
-            .ok_or_else(|| self.err(&key("feed_forward_length"), "missing"))?;
+        let ffn = self.per_layer(&key("feed_forward_length"), n_layers)?.ok_or_else(|| self.err(&key("feed_forward_length"), "missing"))?;
         let head_dim = match self.uint(&key("rope.dimension_count"))? {
             Some(d) => d,
             None => hidden / heads[0].max(1),
@@ -253,20 +230,18 @@ impl Metadata<'_> {
         {
             return Err(self.err(&key("rope.scaling.type"), "GGUF rope scaling is not supported; use the Hugging Face checkpoint"));
         }
-        let embd = self
-            .content
-            .tensor_infos
-            .get("token_embd.weight")
-            .ok_or_else(|| Error::Tensor { path: self.path.into(), name: "token_embd.weight".into(), reason: "missing".into() })?;
+        let embd = self.content.tensor_infos.get("token_embd.weight").ok_or_else(|| Error::Tensor {
+            path: self.path.into(),
+            name: "token_embd.weight".into(),
+            reason: "missing".into(),
+        })?;
         let vocab = embd.shape.dims()[0];
         let spec = ModelSpec {
             architecture: Architecture::Llama,
             vocab_size: vocab,
             hidden_size: hidden,
             head_dim,
-            layers: (0..n_layers)
-                .map(|i| LayerShape { n_heads: heads[i], n_kv_heads: kv_heads[i], intermediate_size: ffn[i] })
-                .collect(),
+            layers: (0..n_layers).map(|i| LayerShape { n_heads: heads[i], n_kv_heads: kv_heads[i], intermediate_size: ffn[i] }).collect(),
             rms_norm_eps: self.float(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
             rope_theta: self.float(&key("rope.freq_base"))?.unwrap_or(10_000.0),
             rope_scaling: None,

@@ -35,8 +35,7 @@ impl HfWeights {
             }
             // SAFETY: the file is opened read-only and we never write through the map; as
             // with any mmap, truncating it underneath a running process is undefined.
-            let st = unsafe { MmapedSafetensors::new(&path) }
-                .map_err(|e| Error::file(&path, format!("not a valid safetensors file: {e}")))?;
+            let st = unsafe { MmapedSafetensors::new(&path) }.map_err(|e| Error::file(&path, format!("not a valid safetensors file: {e}")))?;
             for (name, _) in st.tensors() {
                 routing.insert(name, i);
             }
@@ -49,18 +48,10 @@ impl HfWeights {
 /// The distinct shard files named by an index's `weight_map`.
 fn shard_files(index: &Path) -> Result<BTreeSet<String>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::file(index, format!("not valid JSON: {e}")))?;
-    let map = value
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| Error::file(index, "field `weight_map`: missing or not an object"))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(index, format!("not valid JSON: {e}")))?;
+    let map = value.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::file(index, "field `weight_map`: missing or not an object"))?;
     map.values()
-        .map(|v| {
-            v.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| Error::file(index, format!("field `weight_map`: expected file names, found {v}")))
-        })
+        .map(|v| v.as_str().map(str::to_string).ok_or_else(|| Error::file(index, format!("field `weight_map`: expected file names, found {v}"))))
         .collect()
 }
 
@@ -70,13 +61,9 @@ impl WeightSource for HfWeights {
     }
 
     fn load(&self, name: &str, device: &Device) -> Result<Tensor> {
-        let &i = self
-            .routing
-            .get(name)
-            .ok_or_else(|| Error::Tensor { path: self.dir.clone(), name: name.into(), reason: "not found".into() })?;
+        let &i = self.routing.get(name).ok_or_else(|| Error::Tensor { path: self.dir.clone(), name: name.into(), reason: "not found".into() })?;
         let (path, st) = &self.files[i];
-        st.load(name, device)
-            .map_err(|e| Error::Tensor { path: path.clone(), name: name.into(), reason: e.to_string() })
+        st.load(name, device).map_err(|e| Error::Tensor { path: path.clone(), name: name.into(), reason: e.to_string() })
     }
 
     fn names(&self) -> Vec<String> {

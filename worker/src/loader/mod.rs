@@ -79,11 +79,7 @@ impl WeightSource for InMemoryWeights {
     }
 
     fn load(&self, name: &str, device: &Device) -> Result<Tensor> {
-        let t = self.tensors.get(name).ok_or_else(|| Error::Tensor {
-            path: self.label.clone(),
-            name: name.to_string(),
-            reason: "missing".into(),
-        })?;
+        let t = self.tensors.get(name).ok_or_else(|| Error::Tensor { path: self.label.clone(), name: name.to_string(), reason: "missing".into() })?;
         Ok(t.to_device(device)?)
     }
 

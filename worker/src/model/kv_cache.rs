@@ -67,7 +67,9 @@ impl LlamaModel {
             return Err(Error::Invalid(format!("sequence of {max_pos} tokens is longer than max_position_embeddings {}", self.rope.max_positions())));
         }
         if let Some(window) = self.spec.sliding_window.filter(|&w| max_pos > w) {
-            return Err(Error::Invalid(format!("sequence of {max_pos} tokens is longer than the model's sliding window of {window}, which llmprune does not apply")));
+            return Err(Error::Invalid(format!(
+                "sequence of {max_pos} tokens is longer than the model's sliding window of {window}, which llmprune does not apply"
+            )));
         }
         let device = self.device();
         // Row b's tokens are at positions past_lens[b].. : their own rotary angles.

@@ -170,9 +170,7 @@ fn continuation_mask(past_lens: &[usize], past: usize, t: usize, rep: usize, dev
 /// Additive mask for GQA-folded score rows: row `r` is query position `r % q_len`.
 fn causal_mask(rows: usize, q_len: usize, keys: usize, device: &Device) -> Result<Tensor> {
     let offset = keys - q_len;
-    let mask: Vec<f32> = (0..rows)
-        .flat_map(|r| (0..keys).map(move |j| if j > offset + r % q_len { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
+    let mask: Vec<f32> = (0..rows).flat_map(|r| (0..keys).map(move |j| if j > offset + r % q_len { f32::NEG_INFINITY } else { 0.0 })).collect();
     Ok(Tensor::from_vec(mask, (rows, keys), device)?)
 }
 
@@ -184,11 +182,7 @@ impl DecoderLayer {
         let p = format!("model.layers.{index}");
         let w = |name: &str, dims: &[usize]| load_weight(src, &format!("{p}.{name}"), dims, device, dtype);
         let qkv_bias = if spec.attention_bias {
-            Some([
-                w("self_attn.q_proj.bias", &[q_out])?,
-                w("self_attn.k_proj.bias", &[kv_out])?,
-                w("self_attn.v_proj.bias", &[kv_out])?,
-            ])
+            Some([w("self_attn.q_proj.bias", &[q_out])?, w("self_attn.k_proj.bias", &[kv_out])?, w("self_attn.v_proj.bias", &[kv_out])?])
         } else {
             None
         };
@@ -328,9 +322,7 @@ impl DecoderLayer {
         let (d, nh, nkv) = (self.head_dim, self.shape.n_heads, self.shape.n_kv_heads);
         let rep = self.shape.n_rep();
         let x2 = x.reshape((b * t, hidden))?;
-        let heads = |p: Projection, n: usize| -> Result<Tensor> {
-            Ok(self.project(&x2, p)?.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
-        };
+        let heads = |p: Projection, n: usize| -> Result<Tensor> { Ok(self.project(&x2, p)?.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?) };
         let q = heads(Projection::Q, nh)?;
         let k = heads(Projection::K, nkv)?;
         let v = heads(Projection::V, nkv)?;
@@ -353,11 +345,7 @@ impl DecoderLayer {
             }
             Exec::Differentiable => ops::causal_softmax(&scores, scale, t)?,
         };
-        let out = probs
-            .matmul(&v)?
-            .reshape((b, nh, t, d))?
-            .transpose(1, 2)?
-            .reshape((b * t, nh * d))?;
+        let out = probs.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b * t, nh * d))?;
         Ok(self.project(&out, Projection::O)?.reshape((b, t, hidden))?)
     }
 
@@ -368,7 +356,17 @@ impl DecoderLayer {
     /// when `keep`, the keys and values of every row's cached and new positions
     /// `[B, n_kv, P + T, d]`.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward_packed(&self, x: &Tensor, pack: &Packing, cos: &Tensor, sin: &Tensor, past: Option<CachedKv>, keep: bool, path: AttentionPath, eps: f64) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+    pub fn forward_packed(
+        &self,
+        x: &Tensor,
+        pack: &Packing,
+        cos: &Tensor,
+        sin: &Tensor,
+        past: Option<CachedKv>,
+        keep: bool,
+        path: AttentionPath,
+        eps: f64,
+    ) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
         let exec = Exec::Inference;
         let n = pack.len();
         let (d, nh, nkv) = (self.head_dim, self.shape.n_heads, self.shape.n_kv_heads);

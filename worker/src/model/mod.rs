@@ -64,30 +64,15 @@ impl LlamaModel {
     pub fn load(spec: ModelSpec, src: &dyn WeightSource, opts: &LoadOptions, device: &Device) -> Result<Self> {
         let n = spec.n_layers();
         if opts.layers.start > opts.layers.end || opts.layers.end > n {
-            return Err(Error::Invalid(format!(
-                "layer range {}..{} is outside the model's {n} layers",
-                opts.layers.start, opts.layers.end
-            )));
+            return Err(Error::Invalid(format!("layer range {}..{} is outside the model's {n} layers", opts.layers.start, opts.layers.end)));
         }
         let (v, h) = (spec.vocab_size, spec.hidden_size);
         let tied_head = opts.head && spec.tie_word_embeddings;
-        let embed = if opts.embeddings || tied_head {
-            Some(load_checked(src, "model.embed_tokens.weight", &[v, h], device, opts.dtype)?)
-        } else {
-            None
-        };
-        let layers = opts
-            .layers
-            .clone()
-            .map(|i| DecoderLayer::load(&spec, i, src, device, opts.dtype))
-            .collect::<Result<Vec<_>>>()?;
+        let embed = if opts.embeddings || tied_head { Some(load_checked(src, "model.embed_tokens.weight", &[v, h], device, opts.dtype)?) } else { None };
+        let layers = opts.layers.clone().map(|i| DecoderLayer::load(&spec, i, src, device, opts.dtype)).collect::<Result<Vec<_>>>()?;
         let (norm, lm_head) = if opts.head {
             let norm = load_checked(src, "model.norm.weight", &[h], device, opts.dtype)?;
-            let head = if spec.tie_word_embeddings {
-                None
-            } else {
-                Some(load_checked(src, "lm_head.weight", &[v, h], device, opts.dtype)?)
-            };
+            let head = if spec.tie_word_embeddings { None } else { Some(load_checked(src, "lm_head.weight", &[v, h], device, opts.dtype)?) };
             (Some(norm), head)
         } else {
             (None, None)
@@ -166,15 +151,10 @@ impl LlamaModel {
     pub fn forward_layers(&self, mut x: Tensor, exec: Exec) -> Result<Tensor> {
         let t = x.dim(1)?;
         if t > self.rope.max_positions() {
-            return Err(Error::Invalid(format!(
-                "sequence of {t} tokens is longer than max_position_embeddings {}",
-                self.rope.max_positions()
-            )));
+            return Err(Error::Invalid(format!("sequence of {t} tokens is longer than max_position_embeddings {}", self.rope.max_positions())));
         }
         if let Some(window) = self.spec.sliding_window.filter(|&w| t > w) {
-            return Err(Error::Invalid(format!(
-                "sequence of {t} tokens is longer than the model's sliding window of {window}, which llmprune does not apply"
-            )));
+            return Err(Error::Invalid(format!("sequence of {t} tokens is longer than the model's sliding window of {window}, which llmprune does not apply")));
         }
         let dtype = x.dtype();
         if exec == Exec::Differentiable && dtype != DType::F32 && x.device().is_cpu() {
@@ -259,10 +239,7 @@ impl LlamaModel {
 /// Targets for every position: the next token, and nothing after the last.
 fn shifted_targets(ids: &Tensor) -> Result<Vec<u32>> {
     let rows = ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
-    Ok(rows
-        .iter()
-        .flat_map(|r| r.iter().skip(1).copied().chain(std::iter::once(IGNORE_TARGET)))
-        .collect())
+    Ok(rows.iter().flat_map(|r| r.iter().skip(1).copied().chain(std::iter::once(IGNORE_TARGET))).collect())
 }
 
 pub(crate) fn load_checked(src: &dyn WeightSource, name: &str, shape: &[usize], device: &Device, dtype: DType) -> Result<Tensor> {
@@ -276,4 +253,3 @@ pub(crate) fn load_checked(src: &dyn WeightSource, name: &str, shape: &[usize], 
     }
     Ok(t.to_dtype(dtype)?)
 }
-

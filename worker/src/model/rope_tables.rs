@@ -53,10 +53,7 @@ impl RopeTables {
                 sin.push(angle.sin());
             }
         }
-        Ok(Self {
-            cos: Tensor::from_vec(cos, (max_positions, half), device)?,
-            sin: Tensor::from_vec(sin, (max_positions, half), device)?,
-        })
+        Ok(Self { cos: Tensor::from_vec(cos, (max_positions, half), device)?, sin: Tensor::from_vec(sin, (max_positions, half), device)? })
     }
 
     pub fn max_positions(&self) -> usize {

@@ -45,7 +45,16 @@ pub fn packed_attention(q: &Tensor, k: &Tensor, v: &Tensor, lens: &[usize], past
 
 /// [`packed_attention`] with the given vector implementation.
 #[allow(clippy::too_many_arguments)]
-pub fn packed_attention_with(simd: Simd, q: &Tensor, k: &Tensor, v: &Tensor, lens: &[usize], past: Option<CachedKv>, heads: Heads, scale: f32) -> Result<Tensor> {
+pub fn packed_attention_with(
+    simd: Simd,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    lens: &[usize],
+    past: Option<CachedKv>,
+    heads: Heads,
+    scale: f32,
+) -> Result<Tensor> {
     let Heads { n_heads, n_kv, head_dim: d } = heads;
     let n: usize = lens.iter().sum();
     if n_kv == 0 || n_heads % n_kv != 0 || q.dims() != [n, n_heads * d] || k.dims() != [n, n_kv * d] || v.dims() != [n, n_kv * d] {

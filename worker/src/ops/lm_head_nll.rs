@@ -111,13 +111,7 @@ fn check(hidden: &Tensor, head: &Tensor, targets: &[u32]) -> Result<(usize, usiz
 }
 
 /// [`lm_head_nll`] with explicit rows per chunk of logits and limit on kept logits.
-pub fn lm_head_nll_chunked(
-    hidden: &Tensor,
-    head: &Tensor,
-    targets: &[u32],
-    chunk_rows: usize,
-    keep_logits_floats: usize,
-) -> Result<Tensor> {
+pub fn lm_head_nll_chunked(hidden: &Tensor, head: &Tensor, targets: &[u32], chunk_rows: usize, keep_logits_floats: usize) -> Result<Tensor> {
     let (n, v) = check(hidden, head, targets)?;
     let op = LmHeadNll {
         hidden: hidden.detach(),
@@ -245,8 +239,7 @@ impl CustomOp2 for LmHeadNll {
         };
         let device = self.head.device();
         // Kept logits are one chunk of every row; otherwise each chunk is recomputed.
-        let chunks: Vec<(usize, usize)> =
-            if logits.is_some() { vec![(0, self.targets.len())] } else { self.chunks().collect() };
+        let chunks: Vec<(usize, usize)> = if logits.is_some() { vec![(0, self.targets.len())] } else { self.chunks().collect() };
         let mut kept = logits;
         let mut d_hidden = Vec::new();
         let mut d_head: Option<Tensor> = None;

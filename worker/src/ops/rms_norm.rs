@@ -39,16 +39,14 @@ impl CustomOp2 for RmsNorm {
             candle_core::bail!("rms_norm: x {:?} does not end in the weight's {h}", l1.dims());
         }
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(h * rows_per_task(h))
-            .zip(x.par_chunks(h * rows_per_task(h)))
-            .for_each(|(yc, xc)| {
-                for (yr, xr) in yc.chunks_mut(h).zip(xc.chunks(h)) {
-                    let m = rms(xr, self.eps);
-                    for ((yv, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
-                        *yv = xv / m * wv;
-                    }
+        y.par_chunks_mut(h * rows_per_task(h)).zip(x.par_chunks(h * rows_per_task(h))).for_each(|(yc, xc)| {
+            for (yr, xr) in yc.chunks_mut(h).zip(xc.chunks(h)) {
+                let m = rms(xr, self.eps);
+                for ((yv, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
+                    *yv = xv / m * wv;
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -70,33 +68,23 @@ impl CustomOp3 for RmsNormGradX {
         "llmprune-rms-norm-grad-x"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(self.name(), s1, l1)?;
         let w = f32_slice(self.name(), s2, l2)?;
         let g = f32_slice(self.name(), s3, l3)?;
         let h = w.len();
         let mut dx = vec![0f32; x.len()];
         let chunk = h * rows_per_task(h);
-        dx.par_chunks_mut(chunk)
-            .zip(x.par_chunks(chunk).zip(g.par_chunks(chunk)))
-            .for_each(|(dc, (xc, gc))| {
-                for ((dr, xr), gr) in dc.chunks_mut(h).zip(xc.chunks(h)).zip(gc.chunks(h)) {
-                    let r = inv_rms(xr, self.eps);
-                    let dot: f64 = xr.iter().zip(gr).zip(w).map(|((&a, &b), &c)| a as f64 * b as f64 * c as f64).sum();
-                    let coef = dot * r * r * r / h as f64;
-                    for (((d, &xv), &gv), &wv) in dr.iter_mut().zip(xr).zip(gr).zip(w) {
-                        *d = (r * wv as f64 * gv as f64 - xv as f64 * coef) as f32;
-                    }
+        dx.par_chunks_mut(chunk).zip(x.par_chunks(chunk).zip(g.par_chunks(chunk))).for_each(|(dc, (xc, gc))| {
+            for ((dr, xr), gr) in dc.chunks_mut(h).zip(xc.chunks(h)).zip(gc.chunks(h)) {
+                let r = inv_rms(xr, self.eps);
+                let dot: f64 = xr.iter().zip(gr).zip(w).map(|((&a, &b), &c)| a as f64 * b as f64 * c as f64).sum();
+                let coef = dot * r * r * r / h as f64;
+                for (((d, &xv), &gv), &wv) in dr.iter_mut().zip(xr).zip(gr).zip(w) {
+                    *d = (r * wv as f64 * gv as f64 - xv as f64 * coef) as f32;
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }

@@ -13,8 +13,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     if cos.dims() != [t, d / 2] || sin.dims() != [t, d / 2] {
         candle_core::bail!("rope: x {:?} needs cos/sin [{t}, {}], got {:?}/{:?}", x.dims(), d / 2, cos.dims(), sin.dims());
     }
-    x.contiguous()?
-        .apply_op3(&cos.contiguous()?, &sin.contiguous()?, Rope { inverse: false })
+    x.contiguous()?.apply_op3(&cos.contiguous()?, &sin.contiguous()?, Rope { inverse: false })
 }
 
 struct Rope {
@@ -26,15 +25,7 @@ impl CustomOp3 for Rope {
         "llmprune-rope"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(self.name(), s1, l1)?;
         let cos = f32_slice(self.name(), s2, l2)?;
         let sin = f32_slice(self.name(), s3, l3)?;

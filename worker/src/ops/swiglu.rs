@@ -87,32 +87,22 @@ impl CustomOp3 for SwiGluGrad {
         "llmprune-swiglu-grad"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let gate = f32_slice(self.name(), s1, l1)?;
         let up = f32_slice(self.name(), s2, l2)?;
         let grad = f32_slice(self.name(), s3, l3)?;
         let n = gate.len();
         let mut out = vec![0f32; 2 * n];
         let (d_gate, d_up) = out.split_at_mut(n);
-        d_gate
-            .par_chunks_mut(TASK)
-            .zip(d_up.par_chunks_mut(TASK))
-            .zip(gate.par_chunks(TASK).zip(up.par_chunks(TASK)).zip(grad.par_chunks(TASK)))
-            .for_each(|((dgc, duc), ((gc, uc), rc))| {
+        d_gate.par_chunks_mut(TASK).zip(d_up.par_chunks_mut(TASK)).zip(gate.par_chunks(TASK).zip(up.par_chunks(TASK)).zip(grad.par_chunks(TASK))).for_each(
+            |((dgc, duc), ((gc, uc), rc))| {
                 for ((((dg, du), &g), &u), &r) in dgc.iter_mut().zip(duc).zip(gc).zip(uc).zip(rc) {
                     let s = 1.0 / (1.0 + (-g).exp());
                     *du = r * g * s;
                     *dg = r * u * s * (1.0 + g * (1.0 - s));
                 }
-            });
+            },
+        );
         let mut dims = vec![2];
         dims.extend_from_slice(l1.dims());
         Ok((CpuStorage::F32(out), Shape::from(dims)))

@@ -9,13 +9,13 @@ use super::records::{Format, RecordFile};
 use super::recover::{recover, RecoverOptions, StepReport};
 use super::TrainGroups;
 use crate::error::{Error, Result};
+use crate::eval::perplexity::parse_corpus_spec;
 use crate::export::write_weights_into;
 use crate::loader::TextTokenizer;
 use crate::lora::{self, peft, LoraConfig, Projection};
 use crate::model::LlamaModel;
-use crate::eval::perplexity::parse_corpus_spec;
-use llmprune_shared::proto::{ExtraValPpl, RecoverReply, RecoverRequest, TrainStep};
 use candle_core::Tensor;
+use llmprune_shared::proto::{ExtraValPpl, RecoverReply, RecoverRequest, TrainStep};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

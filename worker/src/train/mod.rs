@@ -132,11 +132,7 @@ pub fn train_step(
         }
     }
     set_dropout_key(model, None);
-    let mut grads = sums
-        .into_iter()
-        .zip(vars)
-        .map(|(s, v)| s.map_or_else(|| v.as_tensor().zeros_like(), Ok))
-        .collect::<candle_core::Result<Vec<_>>>()?;
+    let mut grads = sums.into_iter().zip(vars).map(|(s, v)| s.map_or_else(|| v.as_tensor().zeros_like(), Ok)).collect::<candle_core::Result<Vec<_>>>()?;
     if groups.data.world_size() > 1 {
         grads = all_reduce(grads, groups.data)?;
     }

@@ -10,8 +10,8 @@ use super::records::RecordFile;
 use super::{train_step, StepConfig, TrainGroups};
 use crate::collective::Communicator;
 use crate::error::{Error, Result};
-use crate::loader::TextTokenizer;
 use crate::eval::perplexity::{nll_sum, CorpusKind, PplCorpus};
+use crate::loader::TextTokenizer;
 use crate::model::{Exec, LlamaModel};
 use crate::stage::stage_forward;
 use candle_core::{Tensor, Var};
@@ -344,7 +344,13 @@ pub fn recover(
         if let (Some(c), true) = (&checkpoints, step != state.step) {
             let (_, tensors) = c.at(step)?;
             let loss = state.val_losses.iter().find(|(s, _)| *s == step).map_or(f64::INFINITY, |(_, l)| *l);
-            best = Some((step, loss, vars.iter().map(|(n, _)| tensors.get(n).cloned().ok_or_else(|| Error::Invalid(format!("checkpoint of step {step} lacks `{n}`")))).collect::<Result<_>>()?));
+            best = Some((
+                step,
+                loss,
+                vars.iter()
+                    .map(|(n, _)| tensors.get(n).cloned().ok_or_else(|| Error::Invalid(format!("checkpoint of step {step} lacks `{n}`"))))
+                    .collect::<Result<_>>()?,
+            ));
         }
     }
     if state.step == 0 && !val.is_empty() {

@@ -68,7 +68,13 @@ pub fn plan_batches(units: &[Unit], budget: usize) -> Vec<Vec<usize>> {
     }
     let with = |l: Load, u: &Unit| {
         let p = u.shared_prefix();
-        Load { prefix: l.prefix + p, prefix_max: l.prefix_max.max(p), suffix: l.suffix + u.suffix_tokens(), suffix_max: l.suffix_max.max(u.suffix_len()), rows: l.rows + u.choices.len() }
+        Load {
+            prefix: l.prefix + p,
+            prefix_max: l.prefix_max.max(p),
+            suffix: l.suffix + u.suffix_tokens(),
+            suffix_max: l.suffix_max.max(u.suffix_len()),
+            rows: l.rows + u.choices.len(),
+        }
     };
     let mut batches: Vec<Vec<usize>> = Vec::new();
     let mut load = Load::default();
@@ -122,8 +128,16 @@ pub fn score_batch(model: &LlamaModel, units: &[&Unit]) -> Result<Vec<Vec<f64>>>
     let lens: Vec<usize> = rows.iter().map(|r| r.len()).collect();
     let past = past.as_ref().map(|cache| Past { cache, rows: &owner });
     let (hidden, _) = model.forward_cached(&ids, &lens, past, false)?;
-    tracing::debug!(units = units.len(), prefix_rows = units.len(), prefix_len = prefixes.iter().max().copied().unwrap_or(0),
-                    prefix_real = prefixes.iter().sum::<usize>(), rows = rows.len(), suffix_len = t, suffix_real = lens.iter().sum::<usize>(), "batch");
+    tracing::debug!(
+        units = units.len(),
+        prefix_rows = units.len(),
+        prefix_len = prefixes.iter().max().copied().unwrap_or(0),
+        prefix_real = prefixes.iter().sum::<usize>(),
+        rows = rows.len(),
+        suffix_len = t,
+        suffix_real = lens.iter().sum::<usize>(),
+        "batch"
+    );
     // Only the scored positions reach the head.
     let (mut picks, mut targets, mut spans) = (Vec::new(), Vec::new(), Vec::new());
     let mut row = 0;

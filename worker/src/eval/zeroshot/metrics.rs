@@ -64,13 +64,7 @@ pub struct TaskScores {
 pub fn task_scores(results: &[DocResult], with_norm: bool) -> TaskScores {
     let (acc, acc_stderr) = mean_stderr(&results.iter().map(|r| r.pred == r.gold).collect::<Vec<_>>());
     let (acc_norm, acc_norm_stderr) = mean_stderr(&results.iter().map(|r| r.pred_norm == r.gold).collect::<Vec<_>>());
-    TaskScores {
-        acc,
-        acc_stderr,
-        acc_norm: with_norm.then_some(acc_norm),
-        acc_norm_stderr: with_norm.then_some(acc_norm_stderr),
-        samples: results.len(),
-    }
+    TaskScores { acc, acc_stderr, acc_norm: with_norm.then_some(acc_norm), acc_norm_stderr: with_norm.then_some(acc_norm_stderr), samples: results.len() }
 }
 
 #[cfg(test)]

@@ -42,10 +42,9 @@ pub(super) fn build(meta: &HashMap<String, Value>) -> Result<(Tokenizer, Option<
     };
     let tokens = strings(meta, "tokenizer.ggml.tokens")?;
     let types: Vec<i32> = match meta.get("tokenizer.ggml.token_type") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| v.to_i32().map_err(|_| "`tokenizer.ggml.token_type` holds a non-integer".to_string()))
-            .collect::<Result<_, _>>()?,
+        Some(Value::Array(a)) => {
+            a.iter().map(|v| v.to_i32().map_err(|_| "`tokenizer.ggml.token_type` holds a non-integer".to_string())).collect::<Result<_, _>>()?
+        }
         _ => vec![1; tokens.len()],
     };
     if types.len() != tokens.len() {
@@ -87,14 +86,8 @@ pub(super) fn build(meta: &HashMap<String, Value>) -> Result<(Tokenizer, Option<
 }
 
 fn strings(meta: &HashMap<String, Value>, key: &str) -> Result<Vec<String>, String> {
-    let arr = meta
-        .get(key)
-        .ok_or_else(|| format!("metadata `{key}` missing"))?
-        .to_vec()
-        .map_err(|_| format!("metadata `{key}` is not an array"))?;
-    arr.iter()
-        .map(|v| v.to_string().cloned().map_err(|_| format!("metadata `{key}` holds a non-string")))
-        .collect()
+    let arr = meta.get(key).ok_or_else(|| format!("metadata `{key}` missing"))?.to_vec().map_err(|_| format!("metadata `{key}` is not an array"))?;
+    arr.iter().map(|v| v.to_string().cloned().map_err(|_| format!("metadata `{key}` holds a non-string"))).collect()
 }
 
 fn vocab(tokens: &[String]) -> Vocab {
@@ -108,11 +101,7 @@ fn byte_level_bpe(meta: &HashMap<String, Value>, tokens: &[String], pre: &str) -
         .map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| format!("merge `{m}` is not two tokens")))
         .collect::<Result<Vec<_>, String>>()?;
     // Llama 3's tokenizer takes a word that is itself a token whole, before any merge.
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab(tokens), merges)
-        .ignore_merges(LLAMA3_PRE.contains(&pre))
-        .build()
-        .map_err(|e| format!("BPE: {e}"))?;
+    let bpe = BPE::builder().vocab_and_merges(vocab(tokens), merges).ignore_merges(LLAMA3_PRE.contains(&pre)).build().map_err(|e| format!("BPE: {e}"))?;
     let byte_level = ByteLevel::new(false, true, true);
     let pre_tokenizer: PreTokenizerWrapper = match pre {
         "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
@@ -142,10 +131,7 @@ fn sentencepiece_bpe(meta: &HashMap<String, Value>, tokens: &[String]) -> Result
     if scores.len() != tokens.len() {
         return Err(format!("`tokenizer.ggml.scores` has {} entries for {} tokens", scores.len(), tokens.len()));
     }
-    let mut builder = BPE::builder()
-        .vocab_and_merges(vocab(tokens), merges_from_scores(tokens, &scores))
-        .byte_fallback(true)
-        .fuse_unk(true);
+    let mut builder = BPE::builder().vocab_and_merges(vocab(tokens), merges_from_scores(tokens, &scores)).byte_fallback(true).fuse_unk(true);
     if let Some(unk) = meta.get("tokenizer.ggml.unknown_token_id").and_then(|v| v.to_u32().ok()) {
         let name = tokens.get(unk as usize).ok_or_else(|| format!("`tokenizer.ggml.unknown_token_id` {unk} is not a token"))?;
         builder = builder.unk_token(name.clone());
@@ -159,9 +145,7 @@ fn sentencepiece_bpe(meta: &HashMap<String, Value>, tokens: &[String]) -> Result
         decoders.push(Strip::new(' ', 1, 0).into());
     }
     let mut tokenizer = Tokenizer::new(bpe);
-    tokenizer
-        .with_pre_tokenizer(Some(Metaspace::new(SPACE_MARK, scheme, false)))
-        .with_decoder(Some(DecoderSequence::new(decoders)));
+    tokenizer.with_pre_tokenizer(Some(Metaspace::new(SPACE_MARK, scheme, false))).with_decoder(Some(DecoderSequence::new(decoders)));
     Ok(tokenizer)
 }
 

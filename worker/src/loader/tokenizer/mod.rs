@@ -34,10 +34,7 @@ impl TextTokenizer {
 
     /// Token ids of `text`, with the BOS the model expects (if any).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode_fast(text, true)
-            .map_err(|e| Error::Tokenizer { path: self.source.clone(), reason: e.to_string() })?;
+        let enc = self.inner.encode_fast(text, true).map_err(|e| Error::Tokenizer { path: self.source.clone(), reason: e.to_string() })?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         ids.extend(self.bos);
         ids.extend_from_slice(enc.get_ids());
@@ -47,10 +44,7 @@ impl TextTokenizer {
     /// Token ids of `text` alone: no BOS, no special tokens (lm-evaluation-harness's
     /// encoding of contexts and continuations).
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode_fast(text, false)
-            .map_err(|e| Error::Tokenizer { path: self.source.clone(), reason: e.to_string() })?;
+        let enc = self.inner.encode_fast(text, false).map_err(|e| Error::Tokenizer { path: self.source.clone(), reason: e.to_string() })?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -60,9 +54,7 @@ impl TextTokenizer {
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, true)
-            .map_err(|e| Error::Tokenizer { path: self.source.clone(), reason: e.to_string() })
+        self.inner.decode(ids, true).map_err(|e| Error::Tokenizer { path: self.source.clone(), reason: e.to_string() })
     }
 
     /// Writes a `tokenizer.json` that [`TextTokenizer::from_file`] (and Hugging Face)
@@ -100,11 +92,7 @@ impl TextTokenizer {
         if max_id >= spec.vocab_size {
             return Err(Error::Tokenizer {
                 path: self.source.clone(),
-                reason: format!(
-                    "token id {max_id} (of {} tokens) does not fit the model's vocab_size {}",
-                    self.vocab_size(),
-                    spec.vocab_size
-                ),
+                reason: format!("token id {max_id} (of {} tokens) does not fit the model's vocab_size {}", self.vocab_size(), spec.vocab_size),
             });
         }
         Ok(())
