@@ -3,6 +3,8 @@
 # reference model into the cache if it is missing, runs every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Formatting first: it takes a second and names the files to run `cargo fmt` on.
+cargo fmt --all -- --check
 cargo build --release --workspace --locked
 # The GPU collectives (NCCL through cudarc, libraries loaded at run time) must keep compiling.
 cargo check -p llmprune-worker --features nccl --locked

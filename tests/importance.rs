@@ -15,11 +15,7 @@ fn tiny_gqa_statistics_and_group_scores_match_the_reference_formulas() {
     let fisher = load_tensors(&dir.join("fisher.safetensors"));
     let mut model = tiny_model("tiny_gqa");
     let vars = model.make_trainable(|_| true).unwrap();
-    let windows: Vec<Vec<u32>> = golden["input_ids"]
-        .to_dtype(candle_core::DType::U32)
-        .unwrap()
-        .to_vec2::<u32>()
-        .unwrap();
+    let windows: Vec<Vec<u32>> = golden["input_ids"].to_dtype(candle_core::DType::U32).unwrap().to_vec2::<u32>().unwrap();
     let stats = gradient_stats(&model, &vars, &windows, true).unwrap();
     for (name, _) in &vars {
         let e = rel_err(&stats.grad[name], &golden[&format!("grad.{name}")]);
@@ -30,8 +26,7 @@ fn tiny_gqa_statistics_and_group_scores_match_the_reference_formulas() {
 
     let weights = model.weights_by_name();
     let groups = llama_graph(&model.spec, Fusion::Separate).groups().unwrap();
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("importance.json")).unwrap()).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("importance.json")).unwrap()).unwrap();
     let criteria = [
         ("vectorize", Criterion::Vectorize),
         ("param_first", Criterion::ParamFirst),
@@ -45,16 +40,11 @@ fn tiny_gqa_statistics_and_group_scores_match_the_reference_formulas() {
         assert_eq!(want.as_object().unwrap().len(), groups.len(), "{key}: the same groups");
         for group in &groups {
             let got = group_scores(group, criterion, Reduction::Sum, &weights, &stats).unwrap();
-            let want: Vec<f64> = serde_json::from_value(want[&group.root].clone())
-                .unwrap_or_else(|_| panic!("{key}: no reference scores for {}", group.root));
+            let want: Vec<f64> = serde_json::from_value(want[&group.root].clone()).unwrap_or_else(|_| panic!("{key}: no reference scores for {}", group.root));
             assert_eq!(got.len(), want.len(), "{key} {}: units", group.root);
             let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
             for (u, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (*g as f64 - w).abs() <= 1e-3 * scale,
-                    "{key} {} unit {u}: {g} vs reference {w}",
-                    group.root
-                );
+                assert!((*g as f64 - w).abs() <= 1e-3 * scale, "{key} {} unit {u}: {g} vs reference {w}", group.root);
             }
         }
     }
@@ -62,19 +52,21 @@ fn tiny_gqa_statistics_and_group_scores_match_the_reference_formulas() {
 
 #[test]
 fn block_pruning_keeps_the_units_the_reference_scores_rank_highest() {
-    use llmprune_worker::prune::pipeline::{prune, GqaMode, Importance, PruneRequest, Scope, Strategy};
+    use llmprune_shared::planner::{GqaMode, PruneRequest, Scope, Strategy};
+    use llmprune_worker::prune::pipeline::prune;
     let dir = fixture("tiny_gqa");
     let golden = load_tensors(&dir.join("golden.safetensors"));
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("importance.json")).unwrap()).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("importance.json")).unwrap()).unwrap();
     let windows: Vec<Vec<u32>> = golden["input_ids"].to_dtype(candle_core::DType::U32).unwrap().to_vec2::<u32>().unwrap();
     let req = PruneRequest {
         strategy: Strategy::Block,
         ratio: 0.5,
         attn_layers: 0..3,
         mlp_layers: 1..3,
-        importance: Importance::Scored(Criterion::ParamFirst, Reduction::Sum),
+        criterion: Criterion::ParamFirst,
+        reduction: Reduction::Sum,
         scope: Scope::Local,
+        normalize: false,
         layers: 0..3,
         gqa: GqaMode::KvGroups,
         round_to: 1,

@@ -10,6 +10,7 @@ use llmprune_tests::tiny_model_dir;
 use llmprune_worker::cluster::shard::{Collectives, ShardLayout, ShardModel};
 use llmprune_worker::collective::{RingOptions, TcpRing};
 use llmprune_worker::prune::apply::plan_groups;
+use llmprune_worker::prune::engine::{GroupPart, StageJob};
 use llmprune_worker::prune::importance::{group_scores, Criterion, Reduction};
 use llmprune_worker::prune::statistics::gradient_stats;
 use llmprune_worker::{load_model, LoadOptions};
@@ -71,8 +72,15 @@ fn replicated(dir: &Path, cuts: &[usize], replicas: usize, windows: &[Vec<u32>],
                 let layout = ShardLayout { rank, world, layers, embeddings: rank == 0, head: rank + 1 == world, replica, replicas };
                 let mut shard = ShardModel::load(&dir, layout, &Device::Cpu).unwrap();
                 let mine: Vec<Group> = candidates(&dir).into_iter().filter(|g| g.members.iter().all(|m| shard.owns(&m.param))).collect();
-                let scores = shard.score(&mut comms, &mine, criterion, Reduction::Sum, &windows, &mut |_, _| {}).unwrap();
-                (replica, mine.into_iter().map(|g| g.root).zip(scores).collect::<Vec<_>>())
+                let job = StageJob { groups: &mine, layers: &[], criterion, reduction: Reduction::Sum, windows: &windows };
+                let scores = shard.score(&mut comms, &job, &mut |_, _| {}).unwrap();
+                let whole = scores.groups.into_iter().map(|part| match part {
+                    GroupPart::Whole(s) => s,
+                    GroupPart::Members(_) => {
+                        panic!("a group wholly inside the shard came back in parts")
+                    }
+                });
+                (replica, mine.into_iter().map(|g| g.root).zip(whole).collect::<Vec<_>>())
             }));
         }
     }

@@ -5,12 +5,13 @@
 
 use candle_core::{Device, Tensor};
 use llmprune_shared::depgraph::{llama_graph, Fusion, Group};
+use llmprune_shared::plan::{PlanGroup, PlanStep};
+use llmprune_shared::planner::{GqaMode, PruneRequest, Scope, Strategy};
 use llmprune_tests::{max_abs_diff, tiny_model};
 use llmprune_worker::loader::InMemoryWeights;
-use llmprune_shared::plan::{PlanGroup, PlanStep};
 use llmprune_worker::prune::apply::apply_step;
 use llmprune_worker::prune::importance::{Criterion, Reduction};
-use llmprune_worker::prune::pipeline::{prune, GqaMode, Importance, PruneOutcome, PruneRequest, Scope, Strategy};
+use llmprune_worker::prune::pipeline::{prune, PruneOutcome};
 use llmprune_worker::prune::slice::{remove_layers, slice_weights, sliced_spec};
 use llmprune_worker::prune::statistics::gradient_stats;
 use llmprune_worker::{Exec, LlamaModel, LoadOptions};
@@ -130,8 +131,7 @@ fn export_then_reload_gives_identical_logits() {
     // Above the shard size: Hugging Face shards with an index, reloading to the same logits.
     let sharded = tmp.path().join("sharded");
     llmprune_worker::export::export_model(&sharded, &spec, &sliced, &loaded.tokenizer, &[], 20_000).unwrap();
-    let index: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(sharded.join("model.safetensors.index.json")).unwrap()).unwrap();
+    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(sharded.join("model.safetensors.index.json")).unwrap()).unwrap();
     let files: std::collections::BTreeSet<&str> = index["weight_map"].as_object().unwrap().values().map(|v| v.as_str().unwrap()).collect();
     let n = files.len();
     assert!(n > 1, "{files:?}");
@@ -226,15 +226,17 @@ fn removing_a_layer_equals_silencing_its_residual_branches() {
     assert!(remove_layers(&model.spec, &weights, &[1, 1]).is_err());
 }
 
-fn request(strategy: Strategy, importance: Importance, ratio: f64, steps: usize) -> PruneRequest {
+fn request(strategy: Strategy, (criterion, reduction): (Criterion, Reduction), ratio: f64, steps: usize) -> PruneRequest {
     PruneRequest {
         strategy,
         ratio,
         attn_layers: 0..3,
         mlp_layers: 0..3,
         layers: 0..3,
-        importance,
+        criterion,
+        reduction,
         scope: Scope::Local,
+        normalize: false,
         gqa: GqaMode::KvGroups,
         round_to: 1,
         steps,
@@ -256,7 +258,7 @@ fn iterative_magnitude_pruning_equals_one_shot() {
     // A unit's l2 score reads only its own rows and columns, which pruning other units leaves
     // alone: two steps toward 0.25 then 0.5 of the initial widths must cut what one step to 0.5
     // cuts, although the second step sees narrower layers.
-    let l2 = Importance::Scored(Criterion::L2, Reduction::Mean);
+    let l2 = (Criterion::L2, Reduction::Mean);
     let one = run_prune(&request(Strategy::Block, l2, 0.5, 1));
     let two = run_prune(&request(Strategy::Block, l2, 0.5, 2));
     assert_eq!(two.steps.iter().map(|s| s.ratio).collect::<Vec<_>>(), [0.25, 0.5]);
@@ -270,7 +272,7 @@ fn iterative_magnitude_pruning_equals_one_shot() {
 
 #[test]
 fn rounding_and_query_head_requests_shape_the_model() {
-    let pf = Importance::Scored(Criterion::ParamFirst, Reduction::Sum);
+    let pf = (Criterion::ParamFirst, Reduction::Sum);
     let mut req = request(Strategy::Block, pf, 0.3, 1);
     req.round_to = 8;
     let out = run_prune(&req);
@@ -285,14 +287,14 @@ fn rounding_and_query_head_requests_shape_the_model() {
     // n_rep 3 -> 1 of 3 goes (24 - 12 = 12 channels = 1 head), n_rep 2 -> 1 of 2.
     let heads: Vec<(usize, usize)> = out.spec.layers.iter().map(|l| (l.n_heads, l.n_kv_heads)).collect();
     assert_eq!(heads, [(4, 2), (2, 2), (1, 1)]);
-    req.scope = Scope::Global { normalize: false };
+    req.scope = Scope::Global;
     let err = prune(tiny_model("tiny_gqa"), &mut |_| Ok(calibration_windows()), &req).err().unwrap().to_string();
     assert!(err.contains("needs local scope"), "{err}");
 }
 
 #[test]
 fn layer_scores_are_the_taylor_estimate_of_removing_the_layer() {
-    let mut req = request(Strategy::Layer, Importance::Scored(Criterion::Vectorize, Reduction::Sum), 0.34, 1);
+    let mut req = request(Strategy::Layer, (Criterion::Vectorize, Reduction::Sum), 0.34, 1);
     req.layers = 0..3;
     let out = run_prune(&req);
     // 3 - int(3·0.66) = 2 layers go; the one kept scored highest.

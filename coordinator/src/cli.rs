@@ -2,6 +2,7 @@
 
 use crate::settings::{CliOverrides, LogFormat};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use llmprune_shared::planner::{Criterion, GqaMode, Reduction, Scope, Strategy};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -301,24 +302,6 @@ pub struct RecoverArgs {
     pub cluster: ClusterArgs,
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
-pub enum StrategyArg {
-    /// Attention heads and MLP neurons of the layers in range.
-    Block,
-    /// Hidden channels of the whole network.
-    Channel,
-    /// Whole decoder layers of --layers.
-    Layer,
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
-pub enum GqaArg {
-    /// Remove a KV head together with its query heads (LLM-Pruner's llama3.py).
-    KvGroups,
-    /// Keep every KV head; remove the same number of query heads under each.
-    QueryHeads,
-}
-
 /// A byte size such as `5GB`, `500MB`, `2MiB` or `1000` (bytes).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
@@ -342,40 +325,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
-pub enum CriterionArg {
-    Random,
-    L1,
-    L2,
-    Vectorize,
-    ParamFirst,
-    ParamSecond,
-    ParamMix,
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
-pub enum ReductionArg {
-    Sum,
-    Mean,
-    Max,
-    Prod,
-    First,
-    Last,
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
-pub enum ScopeArg {
-    Local,
-    Global,
-}
-
 #[derive(Args)]
 pub struct PruneArgs {
     /// Hugging Face directory, `.gguf` file, or `smollm2`.
     #[arg(long)]
     pub model: String,
     #[arg(long, value_enum, default_value = "block")]
-    pub strategy: StrategyArg,
+    pub strategy: Strategy,
     /// Share of each group's channels to remove, in (0, 1); heads are removed whole (floored).
     #[arg(long)]
     pub ratio: f64,
@@ -390,20 +346,23 @@ pub struct PruneArgs {
     pub layers: Option<String>,
     /// Under GQA: what a pruned head is.
     #[arg(long, value_enum, default_value = "kv-groups")]
-    pub gqa: GqaArg,
+    pub gqa: GqaMode,
     /// Round kept MLP and hidden widths up to a multiple of N (e.g. 8 or 64) for fast kernels.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub round_to: usize,
     /// Prune in K steps toward the ratio (step k: k/K of it), with fresh gradients each step.
     #[arg(long, value_name = "K", default_value_t = 1)]
     pub iterative_steps: usize,
+    /// How a unit's importance is estimated (paper: Element¹ = param-first, Element² =
+    /// param-second, Vector = vectorize).
     #[arg(long, value_enum, default_value = "param-first")]
-    pub criterion: CriterionArg,
+    pub criterion: Criterion,
     /// How member scores combine [default: mean for l1/l2, sum otherwise, as the reference].
     #[arg(long, value_enum)]
-    pub reduction: Option<ReductionArg>,
+    pub reduction: Option<Reduction>,
+    /// Whether each group loses the same share (local) or all units are ranked together (global).
     #[arg(long, value_enum, default_value = "local")]
-    pub scope: ScopeArg,
+    pub scope: Scope,
     /// With --scope global: divide each group's scores by their mean before ranking.
     #[arg(long)]
     pub normalize: bool,

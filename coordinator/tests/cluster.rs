@@ -43,6 +43,16 @@ fn one_two_and_three_workers_equal_one_process() {
         ("tiny_gqa", vec!["--criterion", "vectorize", "--gqa", "query-heads"]),
         ("tiny_tied_mha", vec!["--criterion", "param-second", "--round-to", "4"]),
         ("tiny_tied_mha", vec!["--criterion", "random"]),
+        // Hidden channels reach every stage: members scored where they live, reduced by the
+        // coordinator; a tied embedding's gradient joined from both ends of the pipeline.
+        ("tiny_gqa", vec!["--strategy", "channel", "--criterion", "param-mix"]),
+        ("tiny_gqa", vec!["--strategy", "channel", "--criterion", "vectorize", "--scope", "global", "--iterative-steps", "2", "--round-to", "4"]),
+        ("tiny_tied_mha", vec!["--strategy", "channel", "--criterion", "param-second"]),
+        ("tiny_tied_mha", vec!["--strategy", "channel", "--criterion", "l2"]),
+        // Whole layers scored by their stage; stages renumber (and may empty) after a step.
+        ("tiny_gqa", vec!["--strategy", "layer", "--criterion", "vectorize"]),
+        ("tiny_gqa", vec!["--strategy", "layer", "--criterion", "param-first", "--iterative-steps", "2"]),
+        ("tiny_tied_mha", vec!["--strategy", "layer", "--criterion", "random"]),
     ] {
         let (setup, model, ids) = Setup::new(fixture);
         let (m, i) = (model.to_str().unwrap(), ids.to_str().unwrap());
@@ -86,15 +96,16 @@ fn replicas_of_two_stages_equal_one_process() {
     assert_eq!(kept_units(&out), kept_units(&single));
     assert!(model_tensors(&out) == model_tensors(&single), "the weights of 2×2 workers differ from one process");
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("prune_report.json")).unwrap()).unwrap();
-    let layout: Vec<(u64, u64)> = report["cluster"]["ranks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| (r["stage"].as_u64().unwrap(), r["replica"].as_u64().unwrap()))
-        .collect();
+    let layout: Vec<(u64, u64)> =
+        report["cluster"]["ranks"].as_array().unwrap().iter().map(|r| (r["stage"].as_u64().unwrap(), r["replica"].as_u64().unwrap())).collect();
     assert_eq!(layout, [(0, 0), (1, 0), (0, 1), (1, 1)]);
     // Only the first copy of each stage writes its shard.
-    let files: Vec<_> = std::fs::read_dir(&out).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".safetensors")).collect();
+    let files: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".safetensors"))
+        .collect();
     assert_eq!(files.len(), 2, "{files:?}");
 
     let bad = |extra: &[&str], want: &[&str]| {
@@ -104,6 +115,18 @@ fn replicas_of_two_stages_equal_one_process() {
         assert_contains(&String::from_utf8_lossy(&res.stderr), want);
         assert!(!out.exists());
     };
+    // Channel- and layer-wise steps with replicas: the same kept units and weights.
+    for extra in [["--strategy", "channel"], ["--strategy", "layer"]] {
+        let single = setup.root.join(format!("single-{}", extra[1]));
+        ok(&llmprune(&[&base[..], &extra[..], &["--out", single.to_str().unwrap()]].concat()));
+        let out = setup.root.join(format!("replicated-{}", extra[1]));
+        ok(&llmprune(&[&base[..], &extra[..], &["--local-workers", "4", "--replicas", "2", "--out", out.to_str().unwrap()]].concat()));
+        assert_eq!(kept_units(&out), kept_units(&single), "{extra:?}");
+        let removed = |d: &Path| plan_groups(d).as_array().unwrap().iter().map(|s| s["removed_layers"].clone()).collect::<Vec<_>>();
+        assert_eq!(removed(&out), removed(&single), "{extra:?}");
+        assert!(model_tensors(&out) == model_tensors(&single), "{extra:?}: the weights of 2×2 workers differ from one process");
+    }
+
     bad(&["--local-workers", "4", "--replicas", "3"], &["--replicas 3", "divide the 4 workers"]);
     bad(&["--replicas", "2"], &["--replicas 2", "--local-workers"]);
     bad(&["--local-workers", "4", "--replicas", "4"], &["--replicas 4", "at least 4 calibration samples"]);
@@ -201,8 +224,23 @@ fn smollm2_on_three_workers_equals_one_process() {
     let ids = llmprune_tests::data_dir().join("calib/smollm2_calib_ids.json");
     let ptb = format!("ptb={}", llmprune_tests::data_dir().join("ptb/ptb.valid.txt").display());
     let base = [
-        "prune", "--model", model.to_str().unwrap(), "--calibration-ids", ids.to_str().unwrap(), "--ratio", "0.25",
-        "--attn-layers", "3:27", "--mlp-layers", "3:27", "--criterion", "param-first", "--eval-ppl", &ptb, "--eval-max-chunks", "4",
+        "prune",
+        "--model",
+        model.to_str().unwrap(),
+        "--calibration-ids",
+        ids.to_str().unwrap(),
+        "--ratio",
+        "0.25",
+        "--attn-layers",
+        "3:27",
+        "--mlp-layers",
+        "3:27",
+        "--criterion",
+        "param-first",
+        "--eval-ppl",
+        &ptb,
+        "--eval-max-chunks",
+        "4",
     ];
     let single = tmp.path().join("single");
     let three = tmp.path().join("three");

@@ -2,8 +2,10 @@
 //! coordinator that only plans must not pay for a tensor library.
 
 pub mod depgraph;
+pub mod layout;
 pub mod model_spec;
 pub mod plan;
+pub mod planner;
 pub mod proto;
 pub mod py_random;
 pub mod selection;

@@ -24,6 +24,8 @@ pub enum Error {
     Invalid(String),
     #[error("the plan does not fit the model: {0}")]
     Plan(String),
+    #[error(transparent)]
+    Planner(#[from] llmprune_shared::planner::PlannerError),
     #[error("tensor computation: {0}")]
     Compute(#[from] candle_core::Error),
 }
@@ -42,7 +44,7 @@ impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         let msg = e.to_string();
         match e {
-            Error::Invalid(_) | Error::Plan(_) | Error::Spec(_) => tonic::Status::invalid_argument(msg),
+            Error::Invalid(_) | Error::Plan(_) | Error::Planner(_) | Error::Spec(_) => tonic::Status::invalid_argument(msg),
             Error::File { .. } | Error::Io { .. } | Error::Tensor { .. } | Error::Tokenizer { .. } => tonic::Status::failed_precondition(msg),
             Error::Compute(_) => tonic::Status::internal(msg),
         }

@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::Instrument;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 pub type WorkerRpc = WorkerClient<InterceptedService<Channel, TokenInterceptor>>;
 
@@ -32,7 +32,6 @@ pub enum Phase {
     Registering,
     Loading,
     Scoring,
-    Planning,
     Slicing,
     Saving,
     Recovering,

@@ -10,7 +10,6 @@ use anyhow::{bail, Result};
 use llmprune_shared::proto::{LoadShardRequest, NcclUniqueIdRequest, ShardSpec};
 use llmprune_shared::ModelSpec;
 use serde::Serialize;
-use std::ops::Range;
 use std::path::Path;
 use std::time::Instant;
 
@@ -29,8 +28,6 @@ pub struct RankReport {
 pub struct Layout {
     /// Pipeline stages.
     pub world: usize,
-    /// Layers by stage.
-    pub shards: Vec<Range<usize>>,
     pub ranks: Vec<RankReport>,
     pub load_s: f64,
 }
@@ -47,19 +44,15 @@ pub async fn load_layout(cluster: &mut Cluster, spec: &ModelSpec, model_path: &P
         (m.stage, m.replica) = (m.rank % world, m.rank / world);
     }
     // A stage must fit the smallest of its copies.
-    let memories: Vec<u64> =
-        (0..world).map(|s| cluster.members.iter().filter(|m| m.stage == s).map(|m| m.memory_bytes).min().unwrap_or(0)).collect();
+    let memories: Vec<u64> = (0..world).map(|s| cluster.members.iter().filter(|m| m.stage == s).map(|m| m.memory_bytes).min().unwrap_or(0)).collect();
     let shards = assign_shards(spec, &memories)?;
     for m in cluster.members.iter_mut() {
         m.layers = shards[m.stage].clone();
     }
-    let ring_of = |replica: usize| -> Vec<String> {
-        cluster.members.iter().filter(|m| m.replica == replica).map(|m| m.ring_address.clone()).collect()
-    };
+    let ring_of = |replica: usize| -> Vec<String> { cluster.members.iter().filter(|m| m.replica == replica).map(|m| m.ring_address.clone()).collect() };
     let ring_addresses: Vec<Vec<String>> = (0..replicas).map(ring_of).collect();
-    let replica_ring_addresses: Vec<Vec<String>> = (0..world)
-        .map(|s| cluster.members.iter().filter(|m| m.stage == s).map(|m| m.replica_ring_address.clone()).collect())
-        .collect();
+    let replica_ring_addresses: Vec<Vec<String>> =
+        (0..world).map(|s| cluster.members.iter().filter(|m| m.stage == s).map(|m| m.replica_ring_address.clone()).collect()).collect();
     let cookie = u64::from_str_radix(&random_hex()?[..16], 16)?;
     let (pipeline_ids, replica_ids) = nccl_ids(cluster, world, replicas).await?;
 
@@ -108,7 +101,7 @@ pub async fn load_layout(cluster: &mut Cluster, spec: &ModelSpec, model_path: &P
             peak_rss_mib: l.peak_rss_bytes as f64 / 1048576.0,
         })
         .collect();
-    Ok(Layout { world, shards, ranks, load_s })
+    Ok(Layout { world, ranks, load_s })
 }
 
 /// NCCL unique ids for the pipeline group of each replica and the replica group of each
@@ -127,19 +120,23 @@ async fn nccl_ids(cluster: &mut Cluster, world: usize, replicas: usize) -> Resul
     let first_of_pipeline = |m: &Member| world > 1 && m.stage == 0;
     let first_of_replicas = |m: &Member| replicas > 1 && m.replica == 0;
     let ids = cluster
-        .each_where("loading", |m| first_of_pipeline(m) || first_of_replicas(m), |m| {
-            let mut rpc = m.rpc.clone();
-            let (stage, replica) = (m.stage, m.replica);
-            async move {
-                let id = rpc.nccl_unique_id(NcclUniqueIdRequest {}).await?.into_inner().id;
-                let second = if stage == 0 && replica == 0 && world > 1 && replicas > 1 {
-                    rpc.nccl_unique_id(NcclUniqueIdRequest {}).await?.into_inner().id
-                } else {
-                    Vec::new()
-                };
-                Ok((stage, replica, id, second))
-            }
-        })
+        .each_where(
+            "loading",
+            |m| first_of_pipeline(m) || first_of_replicas(m),
+            |m| {
+                let mut rpc = m.rpc.clone();
+                let (stage, replica) = (m.stage, m.replica);
+                async move {
+                    let id = rpc.nccl_unique_id(NcclUniqueIdRequest {}).await?.into_inner().id;
+                    let second = if stage == 0 && replica == 0 && world > 1 && replicas > 1 {
+                        rpc.nccl_unique_id(NcclUniqueIdRequest {}).await?.into_inner().id
+                    } else {
+                        Vec::new()
+                    };
+                    Ok((stage, replica, id, second))
+                }
+            },
+        )
         .await?;
     let (mut pipeline, mut copies) = (vec![Vec::new(); replicas], vec![Vec::new(); world]);
     for (stage, replica, id, second) in ids {
@@ -152,4 +149,3 @@ async fn nccl_ids(cluster: &mut Cluster, world: usize, replicas: usize) -> Resul
     }
     Ok((pipeline, copies))
 }
-

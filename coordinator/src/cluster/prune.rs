@@ -1,34 +1,22 @@
-//! Pruning on a cluster: the same steps as `llmprune_worker::prune::pipeline::prune`, with
-//! the scoring done by the workers (each scores the groups of its layers, the pipeline
-//! carrying hidden states and their gradients between ranks) and the decision taken here by
-//! the same selection code, so the plan and the weights equal the single-process run's.
+//! The cluster as the planner's pruning engine: the step loop is the planner's
+//! ([`prune_steps`]), the same one a single process runs; here each step's scoring and
+//! cutting go to the workers. Every stage scores the candidates it holds (whole groups of its
+//! layers, its members of the hidden-channel groups that reach every stage, its layers), the
+//! coordinator reduces the groups that span stages in their member order, and every stage
+//! cuts by the whole step, so plans and weights equal the single-process run's.
 
 use super::driver::{Cluster, Member, Phase};
 use super::load::{load_layout, Layout, RankReport};
 use anyhow::{bail, Context, Result};
-use llmprune_shared::depgraph::{structure, Group, Structure};
+use llmprune_shared::depgraph::Group;
+use llmprune_shared::layout::ShardLayout;
 use llmprune_shared::plan::PlanStep;
-use llmprune_shared::proto::{
-    ApplyPlanRequest, KeptUnits, SaveShardRequest, ScoreReply, ScoreRequest, TokenWindow,
-};
-use llmprune_shared::{ModelSpec, PyRandom};
-use llmprune_worker::prune::apply::check_step;
-use llmprune_worker::prune::pipeline::{candidate_groups, check_request, random_scores, select, Importance, PruneRequest, Strategy};
+use llmprune_shared::planner::{assemble_members, renumber_range, step_to_wire, PruneEngine, ScoreJob, Scores};
+use llmprune_shared::proto::{self, GroupScores, SaveShardRequest, ScoreReply, ScoreRequest, TokenWindow};
+use llmprune_shared::ModelSpec;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-use std::time::Instant;
-
-pub struct DistributedOutcome {
-    pub spec: ModelSpec,
-    pub steps: Vec<PlanStep>,
-    /// Seconds of loading, scoring (gradients included), planning and slicing.
-    pub seconds: [f64; 4],
-    /// Shard files written into the output directory: (file, tensor names, bytes).
-    pub shards: Vec<(String, Vec<String>, u64)>,
-    pub ranks: Vec<RankReport>,
-}
 
 /// Scores gathered in a step, kept so that `--resume` can skip scoring.
 #[derive(Serialize, Deserialize)]
@@ -37,190 +25,262 @@ struct ScoresCheckpoint {
     fingerprint: String,
     step: usize,
     scores: Vec<Vec<f32>>,
+    #[serde(default)]
+    layer_scores: Vec<f32>,
 }
 
-fn layer_of(g: &Group) -> Option<usize> {
-    match structure(&g.root)? {
-        Structure::Heads(i) | Structure::QueryHeads(i) | Structure::Neurons(i) => Some(i),
-        Structure::Hidden => None,
-    }
-}
-
-pub struct DistributedPrune<'a> {
-    pub model_path: &'a Path,
-    pub model_sha256: &'a str,
-    pub spec: ModelSpec,
-    pub request: &'a PruneRequest,
-    pub calibration: &'a mut dyn FnMut(usize) -> llmprune_worker::Result<Vec<Vec<u32>>>,
-    /// The output's temporary directory, where the workers write their shards.
-    pub out_dir: &'a Path,
-    pub checkpoint: PathBuf,
+/// Where scores are checkpointed, and whether earlier ones may be reused.
+pub struct ScoreCheckpoints {
+    pub dir: PathBuf,
     pub resume: bool,
     /// What makes two runs the same (settings, model, calibration).
     pub fingerprint: String,
-    /// Copies of each pipeline stage, splitting the calibration windows between them.
-    pub replicas: usize,
 }
 
-pub async fn prune_on_cluster(cluster: &mut Cluster, job: DistributedPrune<'_>) -> Result<DistributedOutcome> {
-    let req = job.request;
-    check_request(&job.spec, req)?;
-    if req.strategy != Strategy::Block {
-        bail!("--strategy {:?} runs in one process for now; drop --local-workers/--workers", req.strategy);
+pub struct ClusterEngine<'a> {
+    cluster: &'a mut Cluster,
+    world: usize,
+    replicas: usize,
+    tied_embeddings: bool,
+    checkpoints: ScoreCheckpoints,
+    pub ranks: Vec<RankReport>,
+    pub load_s: f64,
+}
+
+impl<'a> ClusterEngine<'a> {
+    /// Lays the model out on the workers (stages × `replicas`) and has them load it.
+    pub async fn load(
+        cluster: &'a mut Cluster,
+        spec: &ModelSpec,
+        model_path: &Path,
+        model_sha256: &str,
+        replicas: usize,
+        checkpoints: ScoreCheckpoints,
+    ) -> Result<Self> {
+        let Layout { world, ranks, load_s } = load_layout(cluster, spec, model_path, model_sha256, replicas).await?;
+        std::fs::create_dir_all(&checkpoints.dir).with_context(|| format!("creating {}", checkpoints.dir.display()))?;
+        Ok(Self { cluster, world, replicas, tied_embeddings: spec.tie_word_embeddings, checkpoints, ranks, load_s })
     }
-    let Layout { world, shards, mut ranks, load_s } = load_layout(cluster, &job.spec, job.model_path, job.model_sha256, job.replicas).await?;
-    let replicas = job.replicas;
 
-    std::fs::create_dir_all(&job.checkpoint).with_context(|| format!("creating {}", job.checkpoint.display()))?;
-    let mut spec = job.spec.clone();
-    let mut rng = PyRandom::new(req.seed);
-    let mut initial_units: HashMap<String, usize> = HashMap::new();
-    let mut steps = Vec::with_capacity(req.steps);
-    let (mut score_s, mut plan_s, mut slice_s) = (0.0, 0.0, 0.0);
-    for k in 1..=req.steps {
-        let target = req.ratio * k as f64 / req.steps as f64;
-        let groups = candidate_groups(&spec, req)?;
-        let owner = |g: &Group| layer_of(g).and_then(|i| shards.iter().position(|r| r.contains(&i)));
-        if let Some(g) = groups.iter().find(|g| owner(g).is_none()) {
-            bail!("group `{}` spans shards; only block-wise groups are distributed", g.root);
+    fn layout(&self, m: &Member) -> ShardLayout {
+        ShardLayout {
+            rank: m.stage,
+            world: self.world,
+            layers: m.layers.clone(),
+            embeddings: m.stage == 0,
+            head: m.stage + 1 == self.world,
+            replica: m.replica,
+            replicas: self.replicas,
         }
+    }
 
-        cluster.enter(Phase::Scoring);
-        let t = Instant::now();
-        let saved = job.checkpoint.join(format!("scores-step{k}.json"));
-        let resumed = if job.resume { read_checkpoint(&saved, &job.fingerprint, k, &groups) } else { None };
-        let scores = match (resumed, req.importance) {
-            (Some(scores), _) => {
-                tracing::info!(step = k, file = %saved.display(), "scores from the checkpoint (--resume)");
-                scores
-            }
-            (None, Importance::Random) => random_scores(&groups, &mut rng),
-            (None, Importance::Scored(criterion, reduction)) => {
-                let windows: Vec<TokenWindow> = if criterion.needs_gradient() {
-                    (job.calibration)(k - 1)?.into_iter().map(|ids| TokenWindow { ids }).collect()
-                } else {
-                    Vec::new()
-                };
-                if windows.len() < replicas && criterion.needs_gradient() {
-                    bail!("--replicas {replicas} needs at least {replicas} calibration samples (--num-examples), got {}", windows.len());
-                }
-                let roots: Vec<Vec<String>> =
-                    (0..world).map(|r| groups.iter().filter(|g| owner(g) == Some(r)).map(|g| g.root.clone()).collect()).collect();
-                let replies = cluster
-                    .each("scoring", |m| {
-                        let mut rpc = m.rpc.clone();
-                        let req = ScoreRequest {
-                            criterion: criterion.name().into(),
-                            reduction: reduction.name().into(),
-                            roots: roots[m.stage].clone(),
-                            windows: windows.clone(),
-                        };
-                        async move { Ok(rpc.score(req).await?.into_inner()) }
-                    })
-                    .await?;
-                for (r, reply) in ranks.iter_mut().zip(&replies) {
-                    r.peak_rss_mib = r.peak_rss_mib.max(reply.peak_rss_bytes as f64 / 1048576.0);
-                }
-                let mut by_root = match merge_replica_scores(&cluster.members, replies) {
-                    Ok(scores) => scores,
-                    Err(msg) => return Err(cluster.fail(&format!("scoring: {msg}")).await),
-                };
-                let scores = groups
-                    .iter()
-                    .map(|g| by_root.remove(&g.root).with_context(|| format!("no worker scored group `{}`", g.root)))
-                    .collect::<Result<Vec<_>>>()?;
-                let cp = ScoresCheckpoint { fingerprint: job.fingerprint.clone(), step: k, scores: scores.clone() };
-                crate::commands::write_json_atomic(&saved, &serde_json::to_value(&cp)?)?;
-                scores
+    /// Whether a stage takes part in scoring `g`: it owns a member, or (as the last stage)
+    /// holds a tied embedding as its head, whose gradient it adds to the first stage's.
+    fn holds(&self, layout: &ShardLayout, g: &Group) -> bool {
+        g.members.iter().any(|m| layout.owns(&m.param) || (self.tied_embeddings && layout.head && m.param == "model.embed_tokens.weight"))
+    }
+
+    /// Has the first replica of every stage that owns weights write them into `out_dir`:
+    /// (file, tensor names, bytes) by stage.
+    pub async fn save(&mut self, out_dir: &Path) -> Result<Vec<(String, Vec<String>, u64)>> {
+        self.cluster.enter(Phase::Saving);
+        let writers: Vec<usize> = (0..self.world).filter(|&s| !self.layout(self.stage_member(s)).owns_nothing()).collect();
+        let file = |s: usize| {
+            let k = writers.iter().position(|&w| w == s).unwrap_or(0);
+            if writers.len() == 1 {
+                "model.safetensors".to_string()
+            } else {
+                format!("model-{:05}-of-{:05}.safetensors", k + 1, writers.len())
             }
         };
-        score_s += t.elapsed().as_secs_f64();
+        let dir = out_dir.display().to_string();
+        let saved = self
+            .cluster
+            .each_where(
+                "saving",
+                |m| m.replica == 0 && writers.contains(&m.stage),
+                |m| {
+                    let mut rpc = m.rpc.clone();
+                    let req = SaveShardRequest { directory: dir.clone(), file_name: file(m.stage) };
+                    async move { Ok(rpc.save_shard(req).await?.into_inner()) }
+                },
+            )
+            .await?;
+        Ok(writers.iter().zip(saved).map(|(&s, r)| (file(s), r.tensor_names, r.bytes)).collect())
+    }
 
-        cluster.enter(Phase::Planning);
-        let t = Instant::now();
-        let step = select(&spec, &groups, scores, req, target, &mut initial_units)?;
-        check_step(&spec, &step)?;
-        plan_s += t.elapsed().as_secs_f64();
+    fn stage_member(&self, stage: usize) -> &Member {
+        let found = self.cluster.members.iter().find(|m| m.stage == stage && m.replica == 0);
+        found.unwrap_or(&self.cluster.members[0])
+    }
 
-        cluster.enter(Phase::Slicing);
-        let t = Instant::now();
-        let kept_by_stage: Vec<Vec<KeptUnits>> = (0..world)
-            .map(|r| {
-                groups
-                    .iter()
-                    .zip(&step.groups)
-                    .filter(|(g, _)| owner(g) == Some(r))
-                    .map(|(_, pg)| KeptUnits { root: pg.root.clone(), units: pg.units as u32, kept: pg.kept.iter().map(|&u| u as u32).collect() })
-                    .collect()
+    fn checkpoint_path(&self, step: usize) -> PathBuf {
+        self.checkpoints.dir.join(format!("scores-step{step}.json"))
+    }
+
+    /// The checkpointed scores of `job`'s step, when resuming a run with the same fingerprint
+    /// and candidates.
+    fn resumed(&self, job: &ScoreJob) -> Option<Scores> {
+        if !self.checkpoints.resume {
+            return None;
+        }
+        let path = self.checkpoint_path(job.step);
+        let cp: ScoresCheckpoint = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
+        let fits = cp.fingerprint == self.checkpoints.fingerprint
+            && cp.step == job.step
+            && cp.scores.len() == job.groups.len()
+            && cp.scores.iter().zip(job.groups).all(|(s, g)| s.len() == g.units)
+            && cp.layer_scores.len() == job.layers.len();
+        if !fits {
+            tracing::warn!(file = %path.display(), "ignoring a checkpoint of another run");
+            return None;
+        }
+        tracing::info!(step = job.step, file = %path.display(), "scores from the checkpoint (--resume)");
+        Some(Scores { groups: cp.scores, layers: cp.layer_scores })
+    }
+}
+
+impl PruneEngine for ClusterEngine<'_> {
+    type Error = anyhow::Error;
+
+    async fn score(&mut self, job: ScoreJob<'_>) -> Result<Scores> {
+        if let Some(scores) = self.resumed(&job) {
+            return Ok(scores);
+        }
+        if job.criterion.needs_gradient() && job.windows.len() < self.replicas {
+            let r = self.replicas;
+            bail!("--replicas {r} needs at least {r} calibration samples (--samples, or windows in --calibration-ids), got {}", job.windows.len());
+        }
+        self.cluster.enter(Phase::Scoring);
+        let windows: Vec<TokenWindow> = job.windows.iter().map(|ids| TokenWindow { ids: ids.clone() }).collect();
+        let requests: Vec<ScoreRequest> = (0..self.world)
+            .map(|s| {
+                let layout = self.layout(self.stage_member(s));
+                ScoreRequest {
+                    criterion: proto::Criterion::from(job.criterion) as i32,
+                    reduction: proto::Reduction::from(job.reduction) as i32,
+                    roots: job.groups.iter().filter(|g| self.holds(&layout, g)).map(|g| g.root.clone()).collect(),
+                    windows: windows.clone(),
+                    layers: job.layers.iter().filter(|j| layout.layers.contains(j)).map(|&j| j as u32).collect(),
+                }
             })
             .collect();
-        let applied = cluster
+        let replies = self
+            .cluster
+            .each("scoring", |m| {
+                let mut rpc = m.rpc.clone();
+                let req = requests[m.stage].clone();
+                async move { Ok(rpc.score(req).await?.into_inner()) }
+            })
+            .await?;
+        for (r, reply) in self.ranks.iter_mut().zip(&replies) {
+            r.peak_rss_mib = r.peak_rss_mib.max(reply.peak_rss_bytes as f64 / 1048576.0);
+        }
+        let by_stage = match first_replicas(&self.cluster.members, replies, self.world) {
+            Ok(by_stage) => by_stage,
+            Err(msg) => return Err(self.cluster.fail(&format!("scoring: {msg}")).await),
+        };
+        let scores = merge_stages(&job, by_stage)?;
+        let cp = ScoresCheckpoint {
+            fingerprint: self.checkpoints.fingerprint.clone(),
+            step: job.step,
+            scores: scores.groups.clone(),
+            layer_scores: scores.layers.clone(),
+        };
+        crate::commands::write_json_atomic(&self.checkpoint_path(job.step), &serde_json::to_value(&cp)?)?;
+        Ok(scores)
+    }
+
+    async fn apply(&mut self, _spec: &ModelSpec, step: &PlanStep, after: &ModelSpec) -> Result<()> {
+        self.cluster.enter(Phase::Slicing);
+        let req = step_to_wire(step);
+        let applied = self
+            .cluster
             .each("slicing", |m| {
                 let mut rpc = m.rpc.clone();
-                let req = ApplyPlanRequest { groups: kept_by_stage[m.stage].clone() };
+                let req = req.clone();
                 async move { Ok(rpc.apply_plan(req).await?.into_inner()) }
             })
             .await?;
-        for (m, reply) in cluster.members.iter().zip(&applied) {
-            if reply.layers.len() != m.layers.len() {
-                bail!("worker {} reported {} layers for {}..{}", m.id, reply.layers.len(), m.layers.start, m.layers.end);
-            }
-            for (i, l) in m.layers.clone().zip(&reply.layers) {
-                spec.layers[i] = llmprune_shared::LayerShape {
+        for (m, reply) in self.cluster.members.iter_mut().zip(&applied) {
+            let layers = renumber_range(&m.layers, &step.removed_layers);
+            let shapes: Vec<llmprune_shared::LayerShape> = reply
+                .layers
+                .iter()
+                .map(|l| llmprune_shared::LayerShape {
                     n_heads: l.heads as usize,
                     n_kv_heads: l.kv_heads as usize,
                     intermediate_size: l.intermediate_size as usize,
-                };
+                })
+                .collect();
+            let agrees = (reply.layer_start as usize..reply.layer_end as usize) == layers
+                && reply.hidden_size as usize == after.hidden_size
+                && shapes[..] == after.layers[layers.clone()];
+            if !agrees {
+                bail!(
+                    "worker {} cut its shard to layers {}..{} of {:?}, hidden {}; the plan expects {layers:?} of {:?}, hidden {}",
+                    m.id,
+                    reply.layer_start,
+                    reply.layer_end,
+                    shapes,
+                    reply.hidden_size,
+                    &after.layers[layers.clone()],
+                    after.hidden_size
+                );
             }
+            m.layers = layers;
         }
-        slice_s += t.elapsed().as_secs_f64();
-        tracing::info!(step = k, steps = req.steps, target, params = spec.n_params(), "pruning step applied on the cluster");
-        steps.push(step);
+        Ok(())
     }
-
-    cluster.enter(Phase::Saving);
-    let dir = job.out_dir.display().to_string();
-    let file = |r: usize| if world == 1 { "model.safetensors".to_string() } else { format!("model-{:05}-of-{world:05}.safetensors", r + 1) };
-    // Replicas hold the same weights: the first copy of each stage writes them.
-    let saved = cluster
-        .each_where("saving", |m| m.replica == 0, |m| {
-            let mut rpc = m.rpc.clone();
-            let req = SaveShardRequest { directory: dir.clone(), file_name: file(m.stage) };
-            async move { Ok(rpc.save_shard(req).await?.into_inner()) }
-        })
-        .await?;
-    let shards_written = saved.into_iter().enumerate().map(|(r, s)| (file(r), s.tensor_names, s.bytes)).collect();
-    Ok(DistributedOutcome { spec, steps, seconds: [load_s, score_s, plan_s, slice_s], shards: shards_written, ranks })
 }
 
-/// The groups' scores by root from every worker's reply (in rank order). Replicas of a stage
-/// all-reduced the same statistics, so their scores must agree to the bit; a mismatch means a
-/// broken replica and fails the run.
-fn merge_replica_scores(members: &[Member], replies: Vec<ScoreReply>) -> Result<HashMap<String, Vec<f32>>, String> {
-    let mut by_root: HashMap<String, Vec<f32>> = HashMap::new();
+/// Every stage's reply from its first replica, after checking that the other replicas
+/// (which all-reduced the same statistics) agree with it to the bit.
+fn first_replicas(members: &[Member], replies: Vec<ScoreReply>, world: usize) -> Result<Vec<ScoreReply>, String> {
+    let mut first: Vec<Option<ScoreReply>> = vec![None; world];
+    let bits = |r: &ScoreReply| -> (Vec<(String, Vec<u32>, Vec<(u32, Vec<u32>)>)>, Vec<(u32, u32)>) {
+        let group = |g: &GroupScores| {
+            let members = g.members.iter().map(|m| (m.member, m.folded.iter().map(|x| x.to_bits()).collect())).collect();
+            (g.root.clone(), g.scores.iter().map(|x| x.to_bits()).collect(), members)
+        };
+        (r.groups.iter().map(group).collect(), r.layers.iter().map(|l| (l.layer, l.score.to_bits())).collect())
+    };
     for (m, reply) in members.iter().zip(replies) {
-        for g in reply.groups {
-            match by_root.get(&g.root) {
-                Some(first) if first.iter().map(|x| x.to_bits()).ne(g.scores.iter().map(|x| x.to_bits())) => {
-                    return Err(format!("replica {} of stage {} (worker {}) disagrees with replica 0 on group `{}`", m.replica, m.stage, m.id, g.root));
-                }
-                Some(_) => {}
-                None => {
-                    by_root.insert(g.root, g.scores);
-                }
+        match &first[m.stage] {
+            Some(f) if bits(f) != bits(&reply) => {
+                return Err(format!("replica {} of stage {} (worker {}) disagrees with replica 0", m.replica, m.stage, m.id));
             }
+            Some(_) => {}
+            None => first[m.stage] = Some(reply),
         }
     }
-    Ok(by_root)
+    first.into_iter().enumerate().map(|(s, r)| r.ok_or_else(|| format!("no worker scored stage {s}"))).collect()
 }
 
-fn read_checkpoint(path: &Path, fingerprint: &str, step: usize, groups: &[Group]) -> Option<Vec<Vec<f32>>> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let cp: ScoresCheckpoint = serde_json::from_str(&text).ok()?;
-    let fits = cp.fingerprint == fingerprint && cp.step == step && cp.scores.len() == groups.len()
-        && cp.scores.iter().zip(groups).all(|(s, g)| s.len() == g.units);
-    if !fits {
-        tracing::warn!(file = %path.display(), "ignoring a checkpoint of another run");
+/// The job's scores from the stages' replies: whole groups as a stage sent them, groups that
+/// span stages reduced from every stage's members, layers from their owners.
+fn merge_stages(job: &ScoreJob, replies: Vec<ScoreReply>) -> Result<Scores> {
+    let mut whole: HashMap<String, Vec<f32>> = HashMap::new();
+    let mut parts: HashMap<String, Vec<(usize, Vec<f32>)>> = HashMap::new();
+    let mut layer_scores: HashMap<usize, f32> = HashMap::new();
+    for reply in replies {
+        for g in reply.groups {
+            if !g.scores.is_empty() {
+                whole.insert(g.root, g.scores);
+            } else {
+                parts.entry(g.root).or_default().extend(g.members.into_iter().map(|m| (m.member as usize, m.folded)));
+            }
+        }
+        layer_scores.extend(reply.layers.iter().map(|l| (l.layer as usize, l.score)));
     }
-    fits.then_some(cp.scores)
+    let groups = job
+        .groups
+        .iter()
+        .map(|g| match whole.remove(&g.root) {
+            Some(s) => Ok(s),
+            None => Ok(assemble_members(g, parts.remove(&g.root).unwrap_or_default(), job.reduction)?),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let layers = job.layers.iter().map(|j| layer_scores.get(j).copied().with_context(|| format!("no worker scored layer {j}"))).collect::<Result<_>>()?;
+    Ok(Scores { groups, layers })
 }

@@ -2,23 +2,23 @@
 //! (`--local-workers`, `--workers`), into a new model directory with its `plan.json` and
 //! `prune_report.json`.
 
-use crate::cli::{CriterionArg, GqaArg, PruneArgs, ReductionArg, ScopeArg, StrategyArg};
+use crate::cli::PruneArgs;
+use crate::cluster::driver::Cluster;
+use crate::cluster::load::RankReport;
+use crate::cluster::prune::{ClusterEngine, ScoreCheckpoints};
+use crate::commands::checkpoint_dir;
+use crate::commands::cluster::{on_cluster, ClusterSession};
 use crate::fetch::resolve_model;
 use crate::settings::Settings;
 use anyhow::{anyhow, Context, Result};
 use candle_core::Device;
-use clap::ValueEnum;
-use llmprune_shared::plan::{Plan, PlanModel};
+use llmprune_shared::plan::{Plan, PlanModel, PlanStep};
+use llmprune_shared::planner::{prune_steps, Criterion, ModeName, PruneRequest};
 use llmprune_shared::{ModelSpec, PyRandom};
 use llmprune_worker::calibration::{read_rows, read_token_ids, sample_windows_with};
-use crate::cluster::driver::Cluster;
-use crate::commands::cluster::{on_cluster, ClusterSession};
-use crate::commands::checkpoint_dir;
-use crate::cluster::prune::{prune_on_cluster, DistributedOutcome, DistributedPrune};
 use llmprune_worker::export::ModelDir;
 use llmprune_worker::loader::{model_checksum, open_model, InMemoryWeights};
-use llmprune_worker::prune::importance::{Criterion, Reduction};
-use llmprune_worker::prune::pipeline::{prune, Calibration, GqaMode, Importance, PruneRequest, Scope, Strategy};
+use llmprune_worker::prune::pipeline::{prune, Calibration};
 use llmprune_worker::{load_model, LlamaModel, LoadOptions};
 use serde_json::json;
 use std::ops::Range;
@@ -35,28 +35,23 @@ fn layer_range(flag: &str, value: Option<&str>, n: usize) -> Result<Range<usize>
     Ok(start..end)
 }
 
-fn importance(args: &PruneArgs) -> Importance {
-    let criterion = match args.criterion {
-        CriterionArg::Random => return Importance::Random,
-        CriterionArg::L1 => Criterion::L1,
-        CriterionArg::L2 => Criterion::L2,
-        CriterionArg::Vectorize => Criterion::Vectorize,
-        CriterionArg::ParamFirst => Criterion::ParamFirst,
-        CriterionArg::ParamSecond => Criterion::ParamSecond,
-        CriterionArg::ParamMix => Criterion::ParamMix,
-    };
-    // The reference reduces magnitude scores with `mean`, Taylor scores with `sum`.
-    let default = if criterion.needs_gradient() { Reduction::Sum } else { Reduction::Mean };
-    let reduction = match args.reduction {
-        None => default,
-        Some(ReductionArg::Sum) => Reduction::Sum,
-        Some(ReductionArg::Mean) => Reduction::Mean,
-        Some(ReductionArg::Max) => Reduction::Max,
-        Some(ReductionArg::Prod) => Reduction::Prod,
-        Some(ReductionArg::First) => Reduction::First,
-        Some(ReductionArg::Last) => Reduction::Last,
-    };
-    Importance::Scored(criterion, reduction)
+/// The prune the flags ask for, as the planner takes it.
+fn request(args: &PruneArgs, n_layers: usize) -> Result<PruneRequest> {
+    Ok(PruneRequest {
+        strategy: args.strategy,
+        ratio: args.ratio,
+        attn_layers: layer_range("--attn-layers", args.attn_layers.as_deref(), n_layers)?,
+        mlp_layers: layer_range("--mlp-layers", args.mlp_layers.as_deref(), n_layers)?,
+        layers: layer_range("--layers", args.layers.as_deref(), n_layers)?,
+        criterion: args.criterion,
+        reduction: args.reduction.unwrap_or(args.criterion.default_reduction()),
+        scope: args.scope,
+        normalize: args.normalize,
+        gqa: args.gqa,
+        round_to: args.round_to,
+        steps: args.iterative_steps,
+        seed: args.seed,
+    })
 }
 
 /// The paper's Table 3 columns that need no timing: parameters, MACs of one 64-token
@@ -101,9 +96,8 @@ pub(crate) fn check_args(args: &PruneArgs) -> Result<()> {
     if args.eval_seq_len < 2 {
         return Err(anyhow!("--eval-seq-len must be at least 2, got {}", args.eval_seq_len));
     }
-    let needs_calibration = importance(args) != Importance::Random && !matches!(args.criterion, CriterionArg::L1 | CriterionArg::L2);
-    if needs_calibration && args.calibration.is_empty() && args.calibration_ids.is_none() {
-        return Err(anyhow!("--criterion {:?} needs calibration data: --calibration FILE (text) or --calibration-ids FILE", args.criterion));
+    if args.criterion.needs_gradient() && args.calibration.is_empty() && args.calibration_ids.is_none() {
+        return Err(anyhow!("--criterion {} needs calibration data: --calibration FILE (text) or --calibration-ids FILE", args.criterion.name()));
     }
     Ok(())
 }
@@ -126,10 +120,7 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
     let spec_before = opened.spec.clone();
     let tokenizer = opened.tokenizer;
     drop(opened.weights);
-    let n = spec_before.n_layers();
-    let attn_layers = layer_range("--attn-layers", args.attn_layers.as_deref(), n)?;
-    let mlp_layers = layer_range("--mlp-layers", args.mlp_layers.as_deref(), n)?;
-    let layers = layer_range("--layers", args.layers.as_deref(), n)?;
+    let req = request(&args, spec_before.n_layers())?;
     let (mut calibration, calibration_json): (Box<Calibration>, _) = match &args.calibration_ids {
         Some(path) => {
             let w = read_token_ids(path, spec_before.vocab_size)?;
@@ -148,46 +139,19 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
         }
         None => (Box::new(|_step| Ok(Vec::new())), serde_json::Value::Null),
     };
-    let req = PruneRequest {
-        strategy: match args.strategy {
-            StrategyArg::Block => Strategy::Block,
-            StrategyArg::Channel => Strategy::Channel,
-            StrategyArg::Layer => Strategy::Layer,
-        },
-        ratio: args.ratio,
-        attn_layers: attn_layers.clone(),
-        mlp_layers: mlp_layers.clone(),
-        layers: layers.clone(),
-        importance: importance(&args),
-        scope: match args.scope {
-            ScopeArg::Local => Scope::Local,
-            ScopeArg::Global => Scope::Global { normalize: args.normalize },
-        },
-        gqa: match args.gqa {
-            GqaArg::KvGroups => GqaMode::KvGroups,
-            GqaArg::QueryHeads => GqaMode::QueryHeads,
-        },
-        round_to: args.round_to,
-        steps: args.iterative_steps,
-        seed: args.seed,
-    };
-    let name = |v: Option<clap::builder::PossibleValue>| v.map(|v| v.get_name().to_string());
-    let criterion = name(args.criterion.to_possible_value());
-    let reduction = match req.importance {
-        Importance::Scored(_, r) => Some(r.name().to_string()),
-        Importance::Random => None,
-    };
+    let criterion = req.criterion.name();
+    let reduction = (req.criterion != Criterion::Random).then(|| req.reduction.name());
     let settings_json = json!({
-        "strategy": name(args.strategy.to_possible_value()),
+        "strategy": req.strategy.name(),
         "ratio": args.ratio,
-        "attn_layers": [attn_layers.start, attn_layers.end],
-        "mlp_layers": [mlp_layers.start, mlp_layers.end],
-        "layers": [layers.start, layers.end],
+        "attn_layers": [req.attn_layers.start, req.attn_layers.end],
+        "mlp_layers": [req.mlp_layers.start, req.mlp_layers.end],
+        "layers": [req.layers.start, req.layers.end],
         "criterion": criterion,
         "reduction": reduction,
-        "scope": name(args.scope.to_possible_value()),
+        "scope": req.scope.name(),
         "normalize": args.normalize,
-        "gqa": name(args.gqa.to_possible_value()),
+        "gqa": req.gqa.name(),
         "round_to": args.round_to,
         "iterative_steps": args.iterative_steps,
         "seed": args.seed,
@@ -200,10 +164,26 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
     let (spec_after, steps, pruned) = if distributed {
         let checkpoint = checkpoint_dir(&args.out);
         let fingerprint = format!("{checksum} {settings_json}");
-        let outcome = run_on_cluster(shared, settings, run_id, &args, &model_path, &checksum, &spec_before, &req, &mut *calibration, &out, checkpoint.clone(), fingerprint)?;
+        let outcome = run_on_cluster(
+            shared,
+            settings,
+            run_id,
+            &args,
+            &model_path,
+            &checksum,
+            &spec_before,
+            &req,
+            &mut *calibration,
+            &out,
+            checkpoint.clone(),
+            fingerprint,
+        )?;
         let [load_s, scoring_s, planning_s, slicing_s] = outcome.seconds;
-        report.insert("seconds".into(), json!({"load": load_s, "scoring": scoring_s, "planning": planning_s, "slicing": slicing_s,
-                                                "total": t0.elapsed().as_secs_f64()}));
+        report.insert(
+            "seconds".into(),
+            json!({"load": load_s, "scoring": scoring_s, "planning": planning_s, "slicing": slicing_s,
+                                                "total": t0.elapsed().as_secs_f64()}),
+        );
         report.insert("cluster".into(), json!({"workers": outcome.ranks.len(), "replicas": args.cluster.replicas, "ranks": outcome.ranks}));
         let files: Vec<(String, Vec<String>)> = outcome.shards.iter().map(|(f, names, _)| (f.clone(), names.clone())).collect();
         if files.len() > 1 {
@@ -224,8 +204,12 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
         };
         let load_s = t0.elapsed().as_secs_f64();
         let outcome = prune(model, &mut *calibration, &req)?;
-        let [gradients_s, scoring_s, slicing_s] = outcome.seconds;
-        report.insert("seconds".into(), json!({"load_and_calibration": load_s, "gradients": gradients_s, "scoring": scoring_s, "slicing": slicing_s}));
+        let s = outcome.seconds;
+        report.insert(
+            "seconds".into(),
+            json!({"load": load_s, "scoring": s.scoring, "planning": s.planning, "slicing": s.slicing,
+                                                "total": t0.elapsed().as_secs_f64()}),
+        );
         if let Some(b) = latency_before {
             report.insert("latency_before".into(), json!(b));
         }
@@ -276,7 +260,19 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
     Ok(())
 }
 
-/// The distributed path: a cluster of local or remote workers prunes into `out`.
+/// What a cluster's prune produced.
+struct DistributedOutcome {
+    spec: ModelSpec,
+    steps: Vec<PlanStep>,
+    /// Seconds of loading, scoring (gradients included), planning and slicing.
+    seconds: [f64; 4],
+    /// Shard files written into the output directory: (file, tensor names, bytes).
+    shards: Vec<(String, Vec<String>, u64)>,
+    ranks: Vec<RankReport>,
+}
+
+/// The distributed path: the planner's step loop over a cluster of local or remote workers,
+/// which then write their shards into `out`.
 #[allow(clippy::too_many_arguments)]
 fn run_on_cluster(
     shared: Option<&mut ClusterSession>,
@@ -293,18 +289,17 @@ fn run_on_cluster(
     fingerprint: String,
 ) -> Result<DistributedOutcome> {
     on_cluster(shared, settings, &args.cluster, run_id, async |cluster: &mut Cluster| {
-        let job = DistributedPrune {
-            model_path,
-            model_sha256: checksum,
-            spec: spec.clone(),
-            request: req,
-            calibration,
-            out_dir: out.path(),
-            checkpoint,
-            resume: args.cluster.resume,
-            fingerprint,
-            replicas: args.cluster.replicas,
-        };
-        prune_on_cluster(cluster, job).await
+        let checkpoints = ScoreCheckpoints { dir: checkpoint, resume: args.cluster.resume, fingerprint };
+        let mut engine = ClusterEngine::load(cluster, spec, model_path, checksum, args.cluster.replicas, checkpoints).await?;
+        let outcome = prune_steps(&mut engine, spec, req, calibration).await?;
+        let shards = engine.save(out.path()).await?;
+        let s = outcome.seconds;
+        Ok(DistributedOutcome {
+            spec: outcome.spec,
+            steps: outcome.steps,
+            seconds: [engine.load_s, s.scoring, s.planning, s.slicing],
+            shards,
+            ranks: engine.ranks,
+        })
     })
 }

@@ -5,19 +5,18 @@
 use super::shard::{Collectives, ShardLayout, ShardModel};
 use crate::collective::{group_id, nccl_group, Communicator, RingOptions, TcpRing, WorkerDevice};
 use crate::error::{Error, Result};
+use crate::eval::job::{eval_job, evaluate_share, load_tasks, measure_latency};
 use crate::loader::model_checksum;
 use crate::memory::peak_rss_bytes;
-use crate::prune::apply::{check_step, plan_groups};
-use crate::prune::importance::{Criterion, Reduction};
-use crate::eval::job::{eval_job, evaluate_share, load_tasks, measure_latency};
+use crate::prune::engine::{GroupPart, StageJob};
 use crate::train::job::run_recovery;
-use crate::train::TrainGroups;
 use crate::train::recover::StepReport;
+use crate::train::TrainGroups;
 use candle_core::Device;
-use llmprune_shared::plan::{PlanGroup, PlanStep};
+use llmprune_shared::planner::{criterion_from_wire, plan_groups, reduction_from_wire, spec_after_step, step_from_wire};
 use llmprune_shared::proto::{
-    ApplyPlanReply, ApplyPlanRequest, EvaluateReply, EvaluateRequest, GroupScores, LayerShape, LoadShardReply, LoadShardRequest, ProgressEvent, RecoverReply,
-    RecoverRequest, SaveShardReply, UnitScores, PplSum, SaveShardRequest, ScoreReply, ScoreRequest,
+    ApplyPlanReply, ApplyPlanRequest, EvaluateReply, EvaluateRequest, GroupScores, LayerScore, LayerShape, LoadShardReply, LoadShardRequest, MemberScores,
+    PplSum, ProgressEvent, RecoverReply, RecoverRequest, SaveShardReply, SaveShardRequest, ScoreReply, ScoreRequest, UnitScores,
 };
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -218,8 +217,8 @@ impl Runtime {
     }
 
     fn score(&mut self, req: ScoreRequest) -> Result<ScoreReply> {
-        let criterion = Criterion::from_name(&req.criterion)?;
-        let reduction = Reduction::from_name(&req.reduction)?;
+        let criterion = criterion_from_wire(req.criterion)?;
+        let reduction = reduction_from_wire(req.reduction)?;
         let fault = self.opts.fault;
         let progress_tx = self.opts.progress.clone();
         let windows: Vec<Vec<u32>> = req.windows.into_iter().map(|w| w.ids).collect();
@@ -233,6 +232,7 @@ impl Runtime {
             .iter()
             .map(|r| by_root.get(r.as_str()).map(|g| (*g).clone()).ok_or_else(|| Error::Invalid(format!("no group `{r}` in the model"))))
             .collect::<Result<Vec<_>>>()?;
+        let layers: Vec<usize> = req.layers.iter().map(|&j| j as usize).collect();
         let t = Instant::now();
         let mut progress = |done: usize, total: usize| {
             if fault == Some(Fault::ExitDuringScore) {
@@ -251,36 +251,36 @@ impl Runtime {
                 ..Default::default()
             });
         };
-        let scores = shard.score(comms, &groups, criterion, reduction, &windows, &mut progress)?;
+        let job = StageJob { groups: &groups, layers: &layers, criterion, reduction, windows: &windows };
+        let scores = shard.score(comms, &job, &mut progress)?;
         let seconds = t.elapsed().as_secs_f64();
         let groups = groups
             .iter()
-            .zip(scores)
-            .map(|(g, s)| GroupScores { root: g.root.clone(), units: g.units as u32, unit_width: g.unit_width as u32, scores: s })
+            .zip(scores.groups)
+            .map(|(g, part)| {
+                let (scores, members) = match part {
+                    GroupPart::Whole(s) => (s, Vec::new()),
+                    GroupPart::Members(m) => (Vec::new(), m.into_iter().map(|(i, folded)| MemberScores { member: i as u32, folded }).collect()),
+                };
+                GroupScores { root: g.root.clone(), units: g.units as u32, unit_width: g.unit_width as u32, scores, members }
+            })
             .collect();
-        Ok(ScoreReply { groups, gradients_seconds: seconds, scoring_seconds: 0.0, peak_rss_bytes: peak_rss_bytes() })
+        let layers = layers.iter().zip(scores.layers).map(|(&j, score)| LayerScore { layer: j as u32, score }).collect();
+        Ok(ScoreReply { groups, layers, gradients_seconds: seconds, scoring_seconds: 0.0, peak_rss_bytes: peak_rss_bytes() })
     }
 
     fn apply(&mut self, req: ApplyPlanRequest) -> Result<ApplyPlanReply> {
         let (shard, _) = self.parts()?;
-        let step = PlanStep {
-            ratio: 0.0,
-            groups: req
-                .groups
-                .into_iter()
-                .map(|g| PlanGroup { root: g.root, units: g.units as usize, kept: g.kept.into_iter().map(|u| u as usize).collect(), scores: vec![] })
-                .collect(),
-            removed_layers: vec![],
-            layer_scores: vec![],
-        };
-        let chosen = check_step(shard.spec(), &step)?;
-        let shapes = shard.apply(&chosen)?;
+        let step = step_from_wire(req);
+        let after = spec_after_step(shard.spec(), &step)?;
+        let shapes = shard.apply(&step, &after)?;
         let params = shard.owned_weights().values().map(|t| t.elem_count() as u64).sum();
         let layers = shapes
             .iter()
             .map(|l| LayerShape { heads: l.n_heads as u32, kv_heads: l.n_kv_heads as u32, intermediate_size: l.intermediate_size as u32 })
             .collect();
-        Ok(ApplyPlanReply { layers, params })
+        let l = &shard.layout.layers;
+        Ok(ApplyPlanReply { layers, params, layer_start: l.start as u32, layer_end: l.end as u32, hidden_size: after.hidden_size as u32 })
     }
 
     fn recover(&mut self, req: RecoverRequest) -> Result<RecoverReply> {
@@ -324,7 +324,12 @@ impl Runtime {
         if job.latency_chunks.is_some() {
             let latency = measure_latency(&shard.model, &shard.tokenizer, &job)?;
             tracing::info!(s_per_chunk = latency, "latency");
-            return Ok(EvaluateReply { latency_s_per_chunk: latency.unwrap_or(0.0), seconds: t.elapsed().as_secs_f64(), peak_rss_bytes: peak_rss_bytes(), ..Default::default() });
+            return Ok(EvaluateReply {
+                latency_s_per_chunk: latency.unwrap_or(0.0),
+                seconds: t.elapsed().as_secs_f64(),
+                peak_rss_bytes: peak_rss_bytes(),
+                ..Default::default()
+            });
         }
         let tasks = load_tasks(&job)?;
         let mut progress = |done: usize, total: usize, tokens: u64| {
@@ -383,10 +388,7 @@ fn join_ring(what: &str, rank: usize, world: usize, addresses: &[String], listen
         // A ring of one never dials; its address is not needed.
         vec![SocketAddr::from(([127, 0, 0, 1], 0))]
     } else {
-        addresses
-            .iter()
-            .map(|a| a.parse().map_err(|_| Error::Invalid(format!("bad {what} ring address `{a}`"))))
-            .collect::<Result<_>>()?
+        addresses.iter().map(|a| a.parse().map_err(|_| Error::Invalid(format!("bad {what} ring address `{a}`")))).collect::<Result<_>>()?
     };
     let listener = listener.try_clone().map_err(|e| Error::io(format!("{what} ring socket"), e))?;
     TcpRing::connect(rank, &addrs, listener, opts).map_err(|e| Error::Invalid(format!("joining the {what} ring: {e}")))

@@ -65,11 +65,7 @@ impl WorkerDevice {
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
             "cpu" => Ok(Self::Cpu),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Self::Cuda)
-                .ok_or_else(|| format!("`{s}`: expected cpu or cuda:N")),
+            _ => s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(Self::Cuda).ok_or_else(|| format!("`{s}`: expected cpu or cuda:N")),
         }
     }
 
@@ -107,7 +103,7 @@ pub fn nccl_group(ordinal: usize, rank: usize, world: usize, id: &[u8]) -> CommR
 }
 
 /// The `i`-th of `n` nearly equal contiguous parts of `0..len` (sizes differ by at most one).
-pub(crate) fn part(len: usize, n: usize, i: usize) -> std::ops::Range<usize> {
+pub fn part(len: usize, n: usize, i: usize) -> std::ops::Range<usize> {
     let (base, extra) = (len / n, len % n);
     let start = i * base + i.min(extra);
     start..start + base + usize::from(i < extra)

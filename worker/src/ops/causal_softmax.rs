@@ -14,6 +14,9 @@ pub fn causal_softmax(scores: &Tensor, scale: f64, q_len: usize) -> Result<Tenso
     if q_len == 0 || q_len > s {
         candle_core::bail!("causal_softmax: q_len {q_len} with {s} keys");
     }
+    if !super::generic::fused_kernels_take(&[scores]) {
+        return super::generic::causal_softmax(scores, scale, q_len);
+    }
     scores.contiguous()?.apply_op1(CausalSoftmax { scale: scale as f32, q_len, kv_offset: s - q_len })
 }
 

@@ -33,6 +33,10 @@ pub const KEEP_LOGITS_FLOATS: usize = 64 << 20;
 /// `hidden` is `[N, H]`, `head` is `[V, H]`, `targets` has N ids (or [`IGNORE_TARGET`]).
 /// Returns `[N]` NLLs (0 for ignored rows), differentiable in `hidden` and `head`.
 pub fn lm_head_nll(hidden: &Tensor, head: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    if !super::generic::fused_kernels_take(&[hidden, head]) {
+        check(hidden, head, targets)?;
+        return super::generic::lm_head_nll(hidden, head, targets, IGNORE_TARGET);
+    }
     if !hidden.track_op() && !head.track_op() {
         return lm_head_nll_tiled(hidden, head, targets, TILE_ROWS, TILE_VOCAB);
     }

@@ -6,11 +6,13 @@
 //! keeps candle's own fused kernels where they are fast, so tests compare the two; where they
 //! are not (ragged attention, the output head's log-sum-exp, SwiGLU's scalar `exp`), it has
 //! kernels of its own (`attention`, `lm_head_nll_tiled`, `swiglu_inference`) on the vector
-//! loops of `vec_math`.
+//! loops of `vec_math`. Each differentiable op also has a path composed from candle's
+//! primitives (`generic`), taken on other devices and dtypes and tested against the kernel.
 
 mod attention;
 mod causal_softmax;
 mod frozen_linear;
+pub mod generic;
 mod lm_head_nll;
 mod lora_linear;
 mod rms_norm;

@@ -6,6 +6,9 @@ use rayon::prelude::*;
 
 /// Differentiable RMSNorm. `x` is `[.., H]`, `w` is `[H]`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if !super::generic::fused_kernels_take(&[x, w]) {
+        return super::generic::rms_norm(x, w, eps);
+    }
     x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps: eps as f32 })
 }
 

@@ -13,6 +13,9 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     if cos.dims() != [t, d / 2] || sin.dims() != [t, d / 2] {
         candle_core::bail!("rope: x {:?} needs cos/sin [{t}, {}], got {:?}/{:?}", x.dims(), d / 2, cos.dims(), sin.dims());
     }
+    if !super::generic::fused_kernels_take(&[x, cos, sin]) {
+        return super::generic::rope(x, cos, sin);
+    }
     x.contiguous()?.apply_op3(&cos.contiguous()?, &sin.contiguous()?, Rope { inverse: false })
 }
 

@@ -15,6 +15,9 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if gate.dims() != up.dims() {
         candle_core::bail!("swiglu: gate {:?} and up {:?} differ", gate.dims(), up.dims());
     }
+    if !super::generic::fused_kernels_take(&[gate, up]) {
+        return super::generic::swiglu(gate, up);
+    }
     gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
 }
 

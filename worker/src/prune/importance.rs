@@ -8,66 +8,17 @@ use super::statistics::GradientStats;
 use crate::error::{Error, Result};
 use candle_core::{DType, Tensor};
 use llmprune_shared::depgraph::{Axis, Group};
+use llmprune_shared::planner::ModeName;
+use llmprune_shared::planner::{fold_member, scored_members, unit_scores};
+pub use llmprune_shared::planner::{Criterion, Reduction};
 use std::collections::HashMap;
-
-/// The importance criteria of LLM-Pruner (`--pruner_type`, `--taylor`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Criterion {
-    /// `Σ_k |w_k|` per channel.
-    L1,
-    /// `Σ_k w_k²` per channel.
-    L2,
-    /// Vector-wise Taylor (paper Eq. 3): `|Σ_k w_k g_k|`.
-    Vectorize,
-    /// Element-wise first order (Element¹): `Σ_k |w_k g_k|`.
-    ParamFirst,
-    /// Element-wise second order (Element²): `Σ_k |w_k F_kk w_k|`, `F` the diagonal Fisher.
-    ParamSecond,
-    /// `Σ_k |w_k g_k − ½ w_k F_kk w_k|`.
-    ParamMix,
-}
-
-impl Criterion {
-    /// Names as the CLI and the protocol spell them.
-    pub const NAMES: [(&'static str, Criterion); 6] = [
-        ("l1", Criterion::L1),
-        ("l2", Criterion::L2),
-        ("vectorize", Criterion::Vectorize),
-        ("param-first", Criterion::ParamFirst),
-        ("param-second", Criterion::ParamSecond),
-        ("param-mix", Criterion::ParamMix),
-    ];
-
-    pub fn name(self) -> &'static str {
-        name_of(&Self::NAMES, self)
-    }
-
-    pub fn from_name(name: &str) -> Result<Self> {
-        by_name(&Self::NAMES, "criterion", name)
-    }
-
-    pub fn needs_gradient(self) -> bool {
-        !matches!(self, Criterion::L1 | Criterion::L2)
-    }
-
-    /// Whether the diagonal Fisher (`Σ_j g_j² / N` over per-sample gradients) is needed.
-    pub fn needs_fisher(self) -> bool {
-        matches!(self, Criterion::ParamSecond | Criterion::ParamMix)
-    }
-}
 
 /// One channel score per channel of a member whose channels lie along `axis` of its weight:
 /// rows of a linear weight (its outputs), columns of a linear or embedding weight (inputs,
 /// hidden channels), or the elements of an RMSNorm weight. `grad` is the gradient of the
 /// batch-mean loss and `fisher` the diagonal Fisher, both shaped like `weight`, given when
 /// the criterion needs them.
-pub fn member_importance(
-    axis: Axis,
-    criterion: Criterion,
-    weight: &Tensor,
-    grad: Option<&Tensor>,
-    fisher: Option<&Tensor>,
-) -> Result<Vec<f32>> {
+pub fn member_importance(axis: Axis, criterion: Criterion, weight: &Tensor, grad: Option<&Tensor>, fisher: Option<&Tensor>) -> Result<Vec<f32>> {
     let salience = salience(criterion, weight, grad, fisher)?;
     let per_channel = |t: &Tensor| -> Result<Tensor> {
         Ok(match axis {
@@ -88,7 +39,7 @@ pub fn member_importance(
 /// `w·g − ½·w·F·w`, in f32.
 fn salience(criterion: Criterion, weight: &Tensor, grad: Option<&Tensor>, fisher: Option<&Tensor>) -> Result<Tensor> {
     let f32_like = |name: &str, t: Option<&Tensor>| -> Result<Tensor> {
-        let t = t.ok_or_else(|| Error::Invalid(format!("{criterion:?} importance needs the {name}")))?;
+        let t = t.ok_or_else(|| Error::Invalid(format!("{} importance needs the {name}", criterion.name())))?;
         if t.dims() != weight.dims() {
             return Err(Error::Invalid(format!("{name} {:?} does not match the weight {:?}", t.dims(), weight.dims())));
         }
@@ -96,6 +47,7 @@ fn salience(criterion: Criterion, weight: &Tensor, grad: Option<&Tensor>, fisher
     };
     let w = weight.to_dtype(DType::F32)?;
     Ok(match criterion {
+        Criterion::Random => return Err(Error::Invalid("random scores are drawn by the planner, not from the weights".into())),
         Criterion::L1 => w.abs()?,
         Criterion::L2 => w.sqr()?,
         Criterion::Vectorize | Criterion::ParamFirst => (&w * f32_like("gradient", grad)?)?,
@@ -123,105 +75,34 @@ pub fn layer_score(params: &[(&str, &Tensor)], criterion: Criterion, stats: &Gra
     Ok(if criterion == Criterion::Vectorize { total.abs() as f32 } else { total as f32 })
 }
 
-/// One score per root unit of `group` (a head, a neuron, a hidden channel): each member's
-/// per-channel importance is gathered per root unit and folded onto the root's unit width
-/// ([`fold_onto_unit`]: the query heads of a KV head summed channel by channel), reduced
-/// across members channel by channel, and summed over the unit's channels. Biases are not scored, as in the reference (its linear
-/// handler reads only the weight). `weights` and `stats` are looked up by parameter name.
-pub fn group_scores(
+/// One score per root unit of `group` (a head, a neuron, a hidden channel): each scored
+/// member's per-channel importance folded onto the root's units, reduced across members and
+/// summed over each unit's channels (the planner's [`unit_scores`]). `weights` and `stats`
+/// are looked up by parameter name.
+pub fn group_scores(group: &Group, criterion: Criterion, reduction: Reduction, weights: &HashMap<String, Tensor>, stats: &GradientStats) -> Result<Vec<f32>> {
+    let folded = member_scores(group, criterion, weights, stats, |_| true)?;
+    Ok(unit_scores(group, &folded.into_iter().map(|(_, f)| f).collect::<Vec<_>>(), reduction)?)
+}
+
+/// The folded scores of the scored members of `group` that `take` accepts (by parameter
+/// name), with each member's index among the scored members: a pipeline stage's share of a
+/// group whose members lie on several stages.
+pub fn member_scores(
     group: &Group,
     criterion: Criterion,
-    reduction: Reduction,
     weights: &HashMap<String, Tensor>,
     stats: &GradientStats,
-) -> Result<Vec<f32>> {
-    let width = group.unit_width;
-    let mut folded: Vec<Vec<Vec<f32>>> = Vec::new(); // [member][unit][channel of the unit]
-    for m in group.members.iter().filter(|m| !m.param.ends_with(".bias")) {
-        let w = weights.get(&m.param).ok_or_else(|| Error::Invalid(format!("no weight `{}`", m.param)))?;
-        let fisher = stats.fisher.as_ref().and_then(|f| f.get(&m.param));
-        let scores = member_importance(m.axis, criterion, w, stats.grad.get(&m.param), fisher)?;
-        folded.push(m.channels.iter().map(|channels| fold_onto_unit(&scores, channels, width)).collect());
-    }
-    (0..group.units)
-        .map(|u| {
-            let members: Vec<Vec<f32>> = folded.iter().map(|m| m[u].clone()).collect();
-            Ok(reduce(&members, reduction)?.iter().sum())
+    take: impl Fn(&str) -> bool,
+) -> Result<Vec<(usize, Vec<f32>)>> {
+    scored_members(group)
+        .filter(|(_, m)| take(&m.param))
+        .map(|(i, m)| {
+            let w = weights.get(&m.param).ok_or_else(|| Error::Invalid(format!("no weight `{}`", m.param)))?;
+            let fisher = stats.fisher.as_ref().and_then(|f| f.get(&m.param));
+            let scores = member_importance(m.axis, criterion, w, stats.grad.get(&m.param), fisher)?;
+            Ok((i, fold_member(group, m, &scores)?))
         })
         .collect()
-}
-
-/// How a group's member scores become one score per channel (`--grouping_strategy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reduction {
-    Sum,
-    Mean,
-    Max,
-    Prod,
-    /// The first member only (the group's root).
-    First,
-    /// The last member only (the paper's "last-only" ablation).
-    Last,
-}
-
-impl Reduction {
-    pub const NAMES: [(&'static str, Reduction); 6] = [
-        ("sum", Reduction::Sum),
-        ("mean", Reduction::Mean),
-        ("max", Reduction::Max),
-        ("prod", Reduction::Prod),
-        ("first", Reduction::First),
-        ("last", Reduction::Last),
-    ];
-
-    pub fn name(self) -> &'static str {
-        name_of(&Self::NAMES, self)
-    }
-
-    pub fn from_name(name: &str) -> Result<Self> {
-        by_name(&Self::NAMES, "reduction", name)
-    }
-}
-
-fn name_of<T: Copy + PartialEq>(table: &[(&'static str, T)], value: T) -> &'static str {
-    table.iter().find(|(_, v)| *v == value).map_or("?", |(n, _)| n)
-}
-
-fn by_name<T: Copy>(table: &[(&'static str, T)], what: &str, name: &str) -> Result<T> {
-    table.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).ok_or_else(|| Error::Invalid(format!("unknown {what} `{name}`")))
-}
-
-/// Reduces aligned member scores (all of one length) to one score per channel.
-pub fn reduce(members: &[Vec<f32>], how: Reduction) -> Result<Vec<f32>> {
-    let first = members.first().ok_or_else(|| Error::Invalid("a group without members".into()))?;
-    if let Some(bad) = members.iter().find(|m| m.len() != first.len()) {
-        return Err(Error::Invalid(format!("member scores of {} and {} channels cannot be reduced", first.len(), bad.len())));
-    }
-    let fold = |init: f32, f: fn(f32, f32) -> f32| -> Vec<f32> {
-        (0..first.len()).map(|c| members.iter().fold(init, |acc, m| f(acc, m[c]))).collect()
-    };
-    Ok(match how {
-        Reduction::Sum => fold(0.0, |a, b| a + b),
-        Reduction::Mean => fold(0.0, |a, b| a + b).into_iter().map(|s| s / members.len() as f32).collect(),
-        Reduction::Max => fold(f32::NEG_INFINITY, f32::max),
-        Reduction::Prod => fold(1.0, |a, b| a * b),
-        Reduction::First => first.clone(),
-        Reduction::Last => members[members.len() - 1].clone(),
-    })
-}
-
-/// The scores of one root unit's `channels` of a member, summed onto the unit's `width`
-/// channels: channel `i` of the list lands on `i mod width`. A KV head's member lists its
-/// query heads one after another, so channel `c` of the KV head receives channel `c` of
-/// query heads `j·n_rep .. (j+1)·n_rep`, the heads `repeat_kv` feeds from it. (The reference
-/// folds with `view(n_rep, n_kv·head_dim)`, crediting query head `h` to KV head `h mod n_kv`;
-/// see reference §2.5.)
-fn fold_onto_unit(scores: &[f32], channels: &[usize], width: usize) -> Vec<f32> {
-    let mut unit = vec![0f32; width];
-    for (i, &c) in channels.iter().enumerate() {
-        unit[i % width] += scores[c];
-    }
-    unit
 }
 
 #[cfg(test)]
@@ -282,36 +163,12 @@ mod tests {
     fn missing_or_mismatched_statistics_are_refused() {
         let (w, g, _) = wgf();
         let err = member_importance(Axis::Rows, Criterion::ParamFirst, &w, None, None).unwrap_err();
-        assert!(err.to_string().contains("ParamFirst importance needs the gradient"), "{err}");
+        assert!(err.to_string().contains("param-first importance needs the gradient"), "{err}");
         let err = member_importance(Axis::Rows, Criterion::ParamMix, &w, Some(&g), None).unwrap_err();
         assert!(err.to_string().contains("needs the Fisher diagonal"), "{err}");
         let short = t(&[&[1., 2.]]);
         let err = member_importance(Axis::Rows, Criterion::Vectorize, &w, Some(&short), None).unwrap_err();
         assert!(err.to_string().contains("does not match the weight"), "{err}");
         assert!(member_importance(Axis::Rows, Criterion::L1, &w, None, None).is_ok());
-    }
-
-    #[test]
-    fn reductions_by_hand() {
-        let m = vec![vec![1.0, 4.0], vec![3.0, -2.0], vec![2.0, 0.5]];
-        assert_eq!(reduce(&m, Reduction::Sum).unwrap(), [6.0, 2.5]);
-        assert_eq!(reduce(&m, Reduction::Mean).unwrap(), [2.0, 2.5 / 3.0]);
-        assert_eq!(reduce(&m, Reduction::Max).unwrap(), [3.0, 4.0]);
-        assert_eq!(reduce(&m, Reduction::Prod).unwrap(), [6.0, -4.0]);
-        assert_eq!(reduce(&m, Reduction::First).unwrap(), [1.0, 4.0]);
-        assert_eq!(reduce(&m, Reduction::Last).unwrap(), [2.0, 0.5]);
-        assert!(reduce(&[vec![1.0], vec![1.0, 2.0]], Reduction::Sum).is_err());
-        assert!(reduce(&[], Reduction::Sum).is_err());
-    }
-
-    #[test]
-    fn query_heads_are_credited_to_their_own_kv_head() {
-        // 2 KV heads × 2 query heads each, head_dim 2: query heads 0, 1 read KV head 0 and
-        // query heads 2, 3 read KV head 1 (HF repeat_kv). The reference's view(2, 4).sum(0)
-        // would pair heads {0, 2} and {1, 3} instead.
-        // Discovery lists KV head j's query channels as query heads 2j, 2j+1 in order.
-        let q = [1.0, 2.0, 10.0, 20.0, 100.0, 200.0, 1000.0, 2000.0];
-        assert_eq!(fold_onto_unit(&q, &[0, 1, 2, 3], 2), [11.0, 22.0]);
-        assert_eq!(fold_onto_unit(&q, &[4, 5, 6, 7], 2), [1100.0, 2200.0]);
     }
 }

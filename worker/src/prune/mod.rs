@@ -5,6 +5,7 @@
 //! and the pruning loop that decides the steps (`pipeline`).
 
 pub mod apply;
+pub mod engine;
 pub mod importance;
 pub mod pipeline;
 pub mod slice;

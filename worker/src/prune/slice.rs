@@ -56,9 +56,7 @@ pub fn sliced_spec(spec: &ModelSpec, weights: &HashMap<String, Tensor>) -> Resul
 /// Layer `i`'s query heads, KV heads and MLP width, read from its q_proj, k_proj and
 /// gate_proj in `weights`.
 pub fn layer_shape(weights: &HashMap<String, Tensor>, head_dim: usize, i: usize) -> Result<LayerShape> {
-    let dim = |name: String, d: usize| -> Result<usize> {
-        Ok(weights.get(&name).ok_or_else(|| Error::Invalid(format!("no parameter `{name}`")))?.dim(d)?)
-    };
+    let dim = |name: String, d: usize| -> Result<usize> { Ok(weights.get(&name).ok_or_else(|| Error::Invalid(format!("no parameter `{name}`")))?.dim(d)?) };
     let p = format!("model.layers.{i}");
     Ok(LayerShape {
         n_heads: dim(format!("{p}.self_attn.q_proj.weight"), 0)? / head_dim,

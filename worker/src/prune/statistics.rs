@@ -61,9 +61,7 @@ pub fn gradient_stats_with(
 fn gradients(vars: &[(String, Var)], store: GradStore) -> Result<HashMap<String, Tensor>> {
     vars.iter()
         .map(|(name, var)| {
-            let g = store
-                .get(var.as_tensor())
-                .ok_or_else(|| Error::Invalid(format!("{name} received no gradient")))?;
+            let g = store.get(var.as_tensor()).ok_or_else(|| Error::Invalid(format!("{name} received no gradient")))?;
             Ok((name.clone(), g.to_dtype(DType::F32)?))
         })
         .collect()

@@ -1,0 +1,63 @@
+//! What to prune, as the planner takes it: one typed request, checked against the model's
+//! shape before anything runs.
+
+use super::modes::{Criterion, GqaMode, Reduction, Scope, Strategy};
+use super::PlannerError;
+use crate::ModelSpec;
+use std::ops::Range;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PruneRequest {
+    pub strategy: Strategy,
+    /// Share of each group's channels (of the layers in range, layer-wise) to remove.
+    pub ratio: f64,
+    /// Layers whose heads are pruned (block-wise), end exclusive.
+    pub attn_layers: Range<usize>,
+    /// Layers whose MLP neurons are pruned (block-wise), end exclusive.
+    pub mlp_layers: Range<usize>,
+    /// Layers that may be removed (layer-wise), end exclusive.
+    pub layers: Range<usize>,
+    pub criterion: Criterion,
+    pub reduction: Reduction,
+    pub scope: Scope,
+    /// With global scope: each group's scores divided by their mean before ranking.
+    pub normalize: bool,
+    pub gqa: GqaMode,
+    /// Kept MLP and hidden widths are rounded up to a multiple of this (1: as selected).
+    pub round_to: usize,
+    /// Step `k` of `steps` prunes toward `k/steps` of the ratio with fresh statistics.
+    pub steps: usize,
+    /// Seeds the random criterion's scores.
+    pub seed: u64,
+}
+
+impl PruneRequest {
+    /// Refuses requests that cannot run on a model of `spec`'s shape.
+    pub fn check(&self, spec: &ModelSpec) -> Result<(), PlannerError> {
+        let n = spec.n_layers();
+        for (what, r) in [("attention", &self.attn_layers), ("MLP", &self.mlp_layers), ("removable", &self.layers)] {
+            if r.start > r.end || r.end > n {
+                return Err(PlannerError::LayerRange { what, start: r.start, end: r.end, layers: n });
+            }
+        }
+        if !(self.ratio > 0.0 && self.ratio < 1.0) {
+            return Err(PlannerError::Ratio(self.ratio));
+        }
+        if self.steps == 0 {
+            return Err(PlannerError::AtLeastOne("iterative steps"));
+        }
+        if self.round_to == 0 {
+            return Err(PlannerError::AtLeastOne("rounding multiple"));
+        }
+        let unsupported = if self.gqa == GqaMode::QueryHeads && self.strategy != Strategy::Block {
+            Some("pruning query heads only (GQA) is a block-wise option")
+        } else if self.strategy == Strategy::Layer && self.scope != Scope::Local {
+            Some("layer-wise pruning ranks the layers of one range; global scope does not apply")
+        } else if self.gqa == GqaMode::QueryHeads && self.scope != Scope::Local {
+            Some("pruning query heads evenly per KV head needs local scope")
+        } else {
+            None
+        };
+        unsupported.map_or(Ok(()), |why| Err(PlannerError::Unsupported(why)))
+    }
+}

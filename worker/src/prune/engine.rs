@@ -1,0 +1,229 @@
+//! Scoring and cutting what one pipeline stage holds, for the planner's step loop: the
+//! worker runtime runs these for the coordinator's requests, and [`LocalEngine`] runs them
+//! on the whole model as a stage of one, so one process and a cluster execute the same code.
+//!
+//! A stage scores the candidate groups it holds members of: a group wholly inside it (heads
+//! and neurons of its layers) becomes unit scores here; of a group that spans stages (hidden
+//! channels reach every layer) it returns its members' folded scores for the coordinator to
+//! reduce in the group's member order. Layer candidates are scored by the stage that owns
+//! them. Cutting takes the whole step: each stage slices what it holds, drops its removed
+//! layers and renumbers the rest.
+
+use super::importance::{layer_score, member_scores};
+use super::slice::{layer_shape, remove_layers, slice_weights};
+use super::statistics::{all_reduce_stats, gradient_stats_with, GradientStats};
+use crate::cluster::shard::Collectives;
+use crate::collective::{part, SingleRank};
+use crate::error::{Error, Result};
+use crate::loader::InMemoryWeights;
+use crate::model::{Exec, LlamaModel, LoadOptions};
+use crate::stage::stage_backward;
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
+use llmprune_shared::depgraph::{Group, GroupMember};
+use llmprune_shared::layout::{layer_of_param, ShardLayout};
+use llmprune_shared::plan::PlanStep;
+use llmprune_shared::planner::{check_step, renumber_range, scored_member_count, unit_scores, Criterion, PruneEngine, Reduction, ScoreJob, Scores};
+use llmprune_shared::ModelSpec;
+use std::collections::{HashMap, HashSet};
+
+/// What one stage scores in a step.
+pub struct StageJob<'a> {
+    /// Candidate groups this stage holds members of.
+    pub groups: &'a [Group],
+    /// Candidate layers (current indices) this stage owns.
+    pub layers: &'a [usize],
+    pub criterion: Criterion,
+    pub reduction: Reduction,
+    /// All the step's windows; with replicas each copy takes its contiguous share.
+    pub windows: &'a [Vec<u32>],
+}
+
+/// A stage's scores of one candidate group.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GroupPart {
+    /// Unit scores: the stage owns every scored member.
+    Whole(Vec<f32>),
+    /// The folded scores of the scored members it owns, by index among the scored members.
+    Members(Vec<(usize, Vec<f32>)>),
+}
+
+pub struct StageScores {
+    pub groups: Vec<GroupPart>,
+    pub layers: Vec<f32>,
+}
+
+const EMBEDDING: &str = "model.embed_tokens.weight";
+
+/// Scores `job`'s candidates on this stage. Every stage of every replica calls this with the
+/// same windows and criterion, whether or not it has candidates: gradients flow through all
+/// of them. `progress` gets (passes done, passes in all).
+pub fn score_stage(
+    model: &mut LlamaModel,
+    layout: &ShardLayout,
+    comms: &mut Collectives,
+    job: &StageJob,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<StageScores> {
+    if let Some(&j) = job.layers.iter().find(|j| !layout.layers.contains(j)) {
+        return Err(Error::Invalid(format!("layer {j} is a candidate of rank {}, which holds layers {:?}", layout.rank, layout.layers)));
+    }
+    let layer_params = |name: &str| layer_of_param(name).is_some_and(|i| job.layers.contains(&i));
+    let member_params: HashSet<&str> = job.groups.iter().flat_map(|g| g.members.iter().map(|m| m.param.as_str())).collect();
+    let stats = if job.criterion.needs_gradient() {
+        statistics(model, comms, job, &|name: &str| member_params.contains(name) || layer_params(name), progress)?
+    } else {
+        GradientStats { grad: HashMap::new(), fisher: None }
+    };
+    let weights = model.weights_by_name();
+    let owned = |name: &str| layout.owns(name);
+    let groups = job
+        .groups
+        .iter()
+        .map(|g| {
+            let folded = member_scores(g, job.criterion, &weights, &stats, owned)?;
+            if folded.len() == scored_member_count(g) {
+                Ok(GroupPart::Whole(unit_scores(g, &folded.into_iter().map(|(_, f)| f).collect::<Vec<_>>(), job.reduction)?))
+            } else {
+                Ok(GroupPart::Members(folded))
+            }
+        })
+        .collect::<Result<_>>()?;
+    let layers = job
+        .layers
+        .iter()
+        .map(|&j| {
+            let prefix = format!("model.layers.{j}.");
+            let mut params: Vec<(&str, &Tensor)> = weights.iter().filter(|(n, _)| n.starts_with(&prefix)).map(|(n, w)| (n.as_str(), w)).collect();
+            params.sort_by_key(|(n, _)| *n);
+            layer_score(&params, job.criterion, &stats)
+        })
+        .collect::<Result<_>>()?;
+    Ok(StageScores { groups, layers })
+}
+
+/// The gradient statistics of the weights `wanted` accepts, through the pipeline, over this
+/// replica's share of the windows, all-reduced over the replicas.
+fn statistics(
+    model: &mut LlamaModel,
+    comms: &mut Collectives,
+    job: &StageJob,
+    wanted: &dyn Fn(&str) -> bool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<GradientStats> {
+    let (replica, copies) = (comms.replicas.rank(), comms.replicas.world_size());
+    if job.windows.len() < copies {
+        return Err(Error::Invalid(format!("{} calibration windows for {copies} replicas: each needs at least one", job.windows.len())));
+    }
+    let windows = &job.windows[part(job.windows.len(), copies, replica)];
+    let vars = model.make_trainable(wanted)?;
+    // A tied embedding is also the last stage's head: its gradient has a part on each end of
+    // the pipeline, joined on the first stage after every pass.
+    let tied = model.spec.tie_word_embeddings && comms.pipeline.world_size() > 1;
+    let tied_var = vars.iter().find(|(n, _)| tied && n == EMBEDDING).map(|(_, v)| v.clone());
+    let passes = 1 + if job.criterion.needs_fisher() { windows.len() } else { 0 };
+    let mut done = 0;
+    let (model, pipeline) = (&*model, comms.pipeline.as_mut());
+    let mut backward = |ids: &Tensor| -> Result<GradStore> {
+        let mut store = stage_backward(model, pipeline, ids, |out| model.loss_from_hidden(out, ids, Exec::Differentiable))?;
+        if let Some(var) = &tied_var {
+            join_tied_gradient(pipeline, &mut store, var)?;
+        }
+        done += 1;
+        progress(done, passes);
+        Ok(store)
+    };
+    let local = gradient_stats_with(model.device(), &vars, windows, job.criterion.needs_fisher(), &mut backward)?;
+    all_reduce_stats(local, windows.len(), job.windows.len(), comms.replicas.as_mut())
+}
+
+/// The last stage sends its head's gradient of the tied embedding to the first, which adds
+/// it to the embedding's own. In one process autograd sums the same two terms; a sum of two
+/// floats does not depend on their order, so the bits are the single process's.
+fn join_tied_gradient(pipeline: &mut dyn crate::collective::Communicator, store: &mut GradStore, var: &Var) -> Result<()> {
+    let (rank, last) = (pipeline.rank(), pipeline.world_size() - 1);
+    let comm = |e: crate::collective::CommError| Error::Invalid(format!("pipeline: the tied embedding's gradient: {e}"));
+    if rank == last {
+        let g = store.get(var.as_tensor()).ok_or_else(|| Error::Invalid("the tied head received no gradient".into()))?;
+        pipeline.send(&g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?, 0).map_err(comm)?;
+    } else if rank == 0 {
+        let head = pipeline.recv(last).map_err(comm)?;
+        let own = store.get(var.as_tensor()).ok_or_else(|| Error::Invalid("the embedding received no gradient".into()))?;
+        if head.len() != own.elem_count() {
+            return Err(Error::Invalid(format!("pipeline: the tied head's gradient has {} values, the embedding {}", head.len(), own.elem_count())));
+        }
+        let head = Tensor::from_vec(head, own.shape(), own.device())?.to_dtype(own.dtype())?;
+        let joined = (own + head)?;
+        store.insert(var.as_tensor(), joined);
+    }
+    Ok(())
+}
+
+/// Cuts this stage by the whole `step` (checked against `model.spec`): every group member it
+/// holds keeps its group's kept units, its removed layers go and the rest are renumbered,
+/// and the stage is reloaded with the model's new shape `after`. Returns the new layout.
+pub fn cut_stage(model: &mut LlamaModel, layout: &ShardLayout, step: &PlanStep, after: &ModelSpec) -> Result<ShardLayout> {
+    let weights = model.weights_by_name();
+    let (groups, kept): (Vec<Group>, Vec<Vec<usize>>) = check_step(&model.spec, step)?
+        .into_iter()
+        .map(|(g, kept)| {
+            // Only the members this stage holds (a tied embedding is held by both ends).
+            let members: Vec<GroupMember> = g.members.iter().filter(|m| weights.contains_key(&m.param)).cloned().collect();
+            (Group { members, ..g }, kept)
+        })
+        .unzip();
+    let sliced = slice_weights(&weights, &groups, &kept)?;
+    let (_, sliced) = if step.removed_layers.is_empty() { (model.spec.clone(), sliced) } else { remove_layers(&model.spec, &sliced, &step.removed_layers)? };
+    let layers = renumber_range(&layout.layers, &step.removed_layers);
+    for i in layers.clone() {
+        let shape = layer_shape(&sliced, after.head_dim, i)?;
+        if shape != after.layers[i] {
+            return Err(Error::Plan(format!("rank {}: layer {i} sliced to {shape:?}, the plan expects {:?}", layout.rank, after.layers[i])));
+        }
+    }
+    let layout = ShardLayout { layers, ..layout.clone() };
+    let opts = LoadOptions { layers: layout.layers.clone(), embeddings: layout.embeddings, head: layout.head, dtype: DType::F32 };
+    let device = model.device().clone();
+    let source = InMemoryWeights { label: format!("rank {} after slicing", layout.rank).into(), tensors: sliced };
+    *model = LlamaModel::load(after.clone(), &source, &opts, &device)?;
+    Ok(layout)
+}
+
+/// The whole model in this process as the planner's engine: a pipeline of one stage and one
+/// replica, scored and cut by the same code as a worker's shard.
+pub struct LocalEngine {
+    pub model: LlamaModel,
+    pub layout: ShardLayout,
+    comms: Collectives,
+}
+
+impl LocalEngine {
+    pub fn new(model: LlamaModel) -> Self {
+        let layout = ShardLayout::whole(model.spec.n_layers());
+        Self { model, layout, comms: Collectives { pipeline: Box::new(SingleRank), replicas: Box::new(SingleRank) } }
+    }
+}
+
+impl PruneEngine for LocalEngine {
+    type Error = Error;
+
+    async fn score(&mut self, job: ScoreJob<'_>) -> Result<Scores> {
+        let stage = StageJob { groups: job.groups, layers: job.layers, criterion: job.criterion, reduction: job.reduction, windows: job.windows };
+        let scores = score_stage(&mut self.model, &self.layout, &mut self.comms, &stage, &mut |_, _| {})?;
+        let groups = scores
+            .groups
+            .into_iter()
+            .zip(job.groups)
+            .map(|(part, g)| match part {
+                GroupPart::Whole(s) => Ok(s),
+                GroupPart::Members(_) => Err(Error::Invalid(format!("group `{}` is not wholly inside the model", g.root))),
+            })
+            .collect::<Result<_>>()?;
+        Ok(Scores { groups, layers: scores.layers })
+    }
+
+    async fn apply(&mut self, _spec: &ModelSpec, step: &PlanStep, after: &ModelSpec) -> Result<()> {
+        self.layout = cut_stage(&mut self.model, &self.layout, step, after)?;
+        Ok(())
+    }
+}
