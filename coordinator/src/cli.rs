@@ -31,6 +31,10 @@ pub struct GlobalArgs {
     /// Address the coordinator listens on for workers, HOST:PORT [config: cluster.listen; default 127.0.0.1:0].
     #[arg(long, global = true)]
     pub listen: Option<String>,
+    /// Where this process computes when it runs a phase itself, cpu or cuda:N [config: device;
+    /// default cpu]. Workers take their own --device.
+    #[arg(long, global = true, value_name = "DEVICE")]
+    pub device: Option<String>,
     /// Sets any configuration key above the file and the environment, e.g.
     /// `--set prune.ratio=0.2` (repeatable).
     #[arg(long = "set", global = true, value_name = "KEY=VALUE", value_parser = parse_key_value)]
@@ -53,6 +57,7 @@ impl GlobalArgs {
             log_format: self.log_format,
             token: self.token.clone(),
             listen: self.listen.clone(),
+            device: self.device.clone(),
             sets: self.sets.clone(),
         }
     }

@@ -5,6 +5,7 @@
 use anyhow::{bail, Context, Result};
 use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Serialize};
+use llmprune_worker::collective::WorkerDevice;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -21,6 +22,9 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// The Python interpreter whose pip downloads registry packages.
     pub python: String,
+    /// Where this process computes when it runs a phase itself: `cpu` or `cuda:N` (workers
+    /// take their own `--device`).
+    pub device: String,
     pub cluster: ClusterSettings,
     /// `llmprune run`: the model to compress (a path or alias).
     pub model: Option<String>,
@@ -82,6 +86,7 @@ pub struct CliOverrides {
     pub log_format: Option<LogFormat>,
     pub token: Option<String>,
     pub listen: Option<String>,
+    pub device: Option<String>,
     /// `--set KEY=VALUE`: any key, above the file and the environment.
     pub sets: Vec<(String, String)>,
 }
@@ -101,6 +106,7 @@ impl Settings {
             .set_default("cache_dir", default_cache_dir())?
             .set_default("log_format", "text")?
             .set_default("python", "python3")?
+            .set_default("device", "cpu")?
             .set_default("cluster.listen", "127.0.0.1:0")?
             .set_default("cluster.heartbeat_ms", 500)?
             .set_default("cluster.heartbeat_timeout_ms", 10_000)?
@@ -126,10 +132,17 @@ impl Settings {
         }
         b = b.set_override_option("cluster.token", cli.token.clone())?;
         b = b.set_override_option("cluster.listen", cli.listen.clone())?;
+        b = b.set_override_option("device", cli.device.clone())?;
         let settings: Settings =
             b.build().context("reading configuration")?.try_deserialize().context("invalid configuration (check --config, LLMPRUNE_* variables and flags)")?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// The device this process computes on (`device`, `--device`).
+    pub fn compute_device(&self) -> Result<candle_core::Device> {
+        let device = WorkerDevice::parse(&self.device).map_err(|e| anyhow::anyhow!("device (--device) {e}"))?;
+        device.compute_device().map_err(|e| anyhow::anyhow!("--device {e}"))
     }
 
     fn validate(&self) -> Result<()> {
@@ -139,6 +152,7 @@ impl Settings {
         if self.python.trim().is_empty() {
             bail!("python: must not be empty");
         }
+        WorkerDevice::parse(&self.device).map_err(|e| anyhow::anyhow!("device (--device) {e}"))?;
         let c = &self.cluster;
         if c.listen.parse::<std::net::SocketAddr>().is_err() {
             bail!("cluster.listen (--listen) `{}`: expected HOST:PORT with an IP address, e.g. 0.0.0.0:7070", c.listen);

@@ -36,6 +36,23 @@ fn ppl_argument_errors_exit_non_zero() {
 }
 
 #[test]
+fn the_device_is_a_parameter_and_a_missing_backend_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir("tiny_gqa", tmp.path());
+    let ptb = format!("ptb={}", data_dir().join("ptb/ptb.valid.txt").display());
+    let base = ["ppl", "--model", model.to_str().unwrap(), "--data", &ptb, "--max-chunks", "1", "--seq-len", "32"];
+    let out = llmprune(&[&base[..], &["--device", "gpu"]].concat(), &[]);
+    fails_with(&out, &["device (--device) `gpu`: expected cpu or cuda:N"]);
+    // This build has no CUDA backend: the device is refused by name, not ignored.
+    let out = llmprune(&[&base[..], &["--device", "cuda:0"]].concat(), &[]);
+    fails_with(&out, &["--device cuda:0", "CPU only"]);
+    let out = llmprune(&base, &[("LLMPRUNE_DEVICE", "cuda:1")]);
+    fails_with(&out, &["--device cuda:1"]);
+    let out = llmprune(&[&base[..], &["--device", "cpu"]].concat(), &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn ppl_writes_json_and_a_failed_run_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tiny_model_dir("tiny_gqa", tmp.path());

@@ -5,7 +5,6 @@ use crate::cli::ApplyPlanArgs;
 use crate::fetch::resolve_model;
 use crate::settings::Settings;
 use anyhow::{anyhow, Context, Result};
-use candle_core::Device;
 use llmprune_shared::plan::Plan;
 use llmprune_worker::export::export_model;
 use llmprune_worker::loader::model_checksum;
@@ -15,6 +14,7 @@ use serde_json::json;
 use std::time::Instant;
 
 pub fn run(settings: &Settings, run_id: &str, args: ApplyPlanArgs) -> Result<()> {
+    let device = settings.compute_device()?;
     let span = tracing::info_span!("apply_plan", run_id, phase = "slicing", rank = 0);
     let _enter = span.enter();
     if args.out.exists() {
@@ -35,7 +35,7 @@ pub fn run(settings: &Settings, run_id: &str, args: ApplyPlanArgs) -> Result<()>
     }
     let t = Instant::now();
     // Loaded exactly as `prune` loads it, so the replay starts from the same weights.
-    let loaded = load_model(&model_path, LoadOptions::full, &Device::Cpu).with_context(|| format!("loading {}", model_path.display()))?;
+    let loaded = load_model(&model_path, LoadOptions::full, &device).with_context(|| format!("loading {}", model_path.display()))?;
     let before = loaded.model.spec.clone();
     let mut spec = before.clone();
     let mut weights = loaded.model.weights_by_name();

@@ -13,15 +13,16 @@ use serde_json::json;
 use std::time::Instant;
 
 pub fn run(settings: &Settings, args: BenchArgs) -> Result<()> {
+    let device = settings.compute_device()?;
     let model_path = resolve_model(&args.model, &settings.cache_dir, &settings.python)?;
-    let mut loaded = load_model(&model_path, LoadOptions::full, &Device::Cpu)?;
+    let mut loaded = load_model(&model_path, LoadOptions::full, &device)?;
     let raw = std::fs::read_to_string(&args.text).with_context(|| format!("--text {}", args.text.display()))?;
     let ids = loaded.tokenizer.encode(&CorpusKind::Wikitext2.joined_text(&raw))?;
     let n = args.batch * args.seq_len;
     if ids.len() < n {
         return Err(anyhow!("--text {}: {} tokens, need {n}", args.text.display(), ids.len()));
     }
-    let input = Tensor::from_vec(ids[..n].to_vec(), (args.batch, args.seq_len), &Device::Cpu)?;
+    let input = Tensor::from_vec(ids[..n].to_vec(), (args.batch, args.seq_len), &device)?;
     let vars = loaded.model.make_trainable(|_| true)?;
     let model = &loaded.model;
     let step = || -> Result<()> {
@@ -46,7 +47,7 @@ pub fn run(settings: &Settings, args: BenchArgs) -> Result<()> {
     let median = times[times.len() / 2];
     let passes = if args.mode == BenchMode::Fwdbwd { 3.0 } else { 1.0 };
     let flops = passes * model.spec.forward_flops(args.batch, args.seq_len);
-    let peak = matmul_gflops(args.batch * args.seq_len, model.spec.hidden_size)?;
+    let peak = matmul_gflops(args.batch * args.seq_len, model.spec.hidden_size, &device)?;
     let mode = match args.mode {
         BenchMode::Fwd => "fwd",
         BenchMode::Fwdbwd => "fwdbwd",
@@ -66,9 +67,9 @@ pub fn run(settings: &Settings, args: BenchArgs) -> Result<()> {
 /// What this machine's matmul sustains, in GFLOP/s: the physical ceiling of a step that is
 /// all matmuls. Measured on a `[tokens, hidden] × [hidden, 4·hidden]` product, the shape of
 /// an MLP projection, best of several runs.
-fn matmul_gflops(tokens: usize, hidden: usize) -> Result<f64> {
-    let a = Tensor::ones((tokens, hidden), candle_core::DType::F32, &Device::Cpu)?;
-    let b = Tensor::ones((hidden, 4 * hidden), candle_core::DType::F32, &Device::Cpu)?;
+fn matmul_gflops(tokens: usize, hidden: usize, device: &Device) -> Result<f64> {
+    let a = Tensor::ones((tokens, hidden), candle_core::DType::F32, device)?;
+    let b = Tensor::ones((hidden, 4 * hidden), candle_core::DType::F32, device)?;
     let mut best = f64::INFINITY;
     for _ in 0..20 {
         let t = Instant::now();

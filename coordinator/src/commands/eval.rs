@@ -12,7 +12,6 @@ use crate::fetch::resolve_model;
 use crate::progress::Progress;
 use crate::settings::Settings;
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::Device;
 use llmprune_shared::proto::EvaluateRequest;
 use llmprune_worker::eval::job::{eval_job, evaluate_share, load_tasks, measure_latency, EvalShare};
 use llmprune_worker::eval::zeroshot::metrics::{task_scores, DocResult};
@@ -64,6 +63,7 @@ pub(crate) fn check_args(args: &EvalArgs) -> Result<()> {
 }
 
 pub fn run(settings: &Settings, run_id: &str, args: EvalArgs, shared: Option<&mut ClusterSession>) -> Result<()> {
+    let device = settings.compute_device()?;
     let span = tracing::info_span!("eval", run_id, phase = "evaluating", rank = 0);
     let _enter = span.enter();
     args.cluster.check()?;
@@ -91,7 +91,7 @@ pub fn run(settings: &Settings, run_id: &str, args: EvalArgs, shared: Option<&mu
     } else {
         let t = Instant::now();
         let model =
-            LlamaModel::load(spec.clone(), opened.weights.as_ref(), &LoadOptions { dtype: args.dtype.into(), ..LoadOptions::full(&spec) }, &Device::Cpu)
+            LlamaModel::load(spec.clone(), opened.weights.as_ref(), &LoadOptions { dtype: args.dtype.into(), ..LoadOptions::full(&spec) }, &device)
                 .with_context(|| format!("loading {}", model_path.display()))?;
         let load_s = t.elapsed().as_secs_f64();
         let mut bar = Progress::new("evaluating", units as u64, "documents");

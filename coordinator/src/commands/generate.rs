@@ -6,17 +6,17 @@ use crate::commands::write_json_atomic;
 use crate::fetch::resolve_model;
 use crate::settings::Settings;
 use anyhow::{Context, Result};
-use candle_core::Device;
 use llmprune_worker::generate::{generate, Sampling};
 use llmprune_worker::{load_model, LoadOptions};
 use serde_json::json;
 use std::time::Instant;
 
 pub fn run(settings: &Settings, args: GenerateArgs) -> Result<()> {
+    let device = settings.compute_device()?;
     let sampling = Sampling { max_new_tokens: args.max_new_tokens, temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed };
     sampling.validate()?;
     let model_path = resolve_model(&args.model, &settings.cache_dir, &settings.python)?;
-    let loaded = load_model(&model_path, LoadOptions::full, &Device::Cpu).with_context(|| format!("loading {}", model_path.display()))?;
+    let loaded = load_model(&model_path, LoadOptions::full, &device).with_context(|| format!("loading {}", model_path.display()))?;
     let mut cases = Vec::new();
     for prompt in &args.prompt {
         let t = Instant::now();

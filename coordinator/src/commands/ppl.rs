@@ -4,7 +4,6 @@ use crate::fetch::resolve_model;
 use crate::progress::Progress;
 use crate::settings::Settings;
 use anyhow::{anyhow, Context, Result};
-use candle_core::Device;
 use llmprune_worker::eval::perplexity::{evaluate, CorpusKind, PplCorpus};
 use llmprune_worker::loader::TextTokenizer;
 use llmprune_worker::{load_model, LlamaModel, LoadOptions};
@@ -28,6 +27,7 @@ pub(crate) fn parse_data(args: &[String]) -> Result<Vec<(CorpusKind, PathBuf)>> 
 }
 
 pub fn run(settings: &Settings, run_id: &str, args: PplArgs) -> Result<()> {
+    let device = settings.compute_device()?;
     let span = tracing::info_span!("ppl", run_id, phase = "ppl", rank = 0);
     let _enter = span.enter();
     let data = parse_data(&args.data)?;
@@ -39,7 +39,7 @@ pub fn run(settings: &Settings, run_id: &str, args: PplArgs) -> Result<()> {
     }
     let model_path = resolve_model(&args.model, &settings.cache_dir, &settings.python)?;
     let t0 = Instant::now();
-    let loaded = load_model(&model_path, |s| LoadOptions { dtype: args.dtype.into(), ..LoadOptions::full(s) }, &Device::Cpu)
+    let loaded = load_model(&model_path, |s| LoadOptions { dtype: args.dtype.into(), ..LoadOptions::full(s) }, &device)
         .with_context(|| format!("loading {}", model_path.display()))?;
     let load_s = t0.elapsed().as_secs_f64();
     tracing::info!(model = %model_path.display(), params = loaded.model.spec.n_params(), load_s, "model loaded");

@@ -11,7 +11,6 @@ use crate::commands::cluster::{on_cluster, ClusterSession};
 use crate::fetch::resolve_model;
 use crate::settings::Settings;
 use anyhow::{anyhow, Context, Result};
-use candle_core::Device;
 use llmprune_shared::plan::{Plan, PlanModel, PlanStep};
 use llmprune_shared::planner::{prune_steps, Criterion, ModeName, PruneRequest};
 use llmprune_shared::{ModelSpec, PyRandom};
@@ -103,6 +102,7 @@ pub(crate) fn check_args(args: &PruneArgs) -> Result<()> {
 }
 
 pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&mut ClusterSession>) -> Result<()> {
+    let device = settings.compute_device()?;
     let span = tracing::info_span!("prune", run_id, phase = "prune", rank = 0);
     let _enter = span.enter();
     check_args(&args)?;
@@ -193,11 +193,11 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
         let pruned = if eval_data.is_empty() {
             None
         } else {
-            Some(load_model(out.path(), LoadOptions::full, &Device::Cpu).context("loading the assembled model for --eval-ppl")?.model)
+            Some(load_model(out.path(), LoadOptions::full, &device).context("loading the assembled model for --eval-ppl")?.model)
         };
         (outcome.spec, outcome.steps, pruned)
     } else {
-        let model = load_model(&model_path, LoadOptions::full, &Device::Cpu).with_context(|| format!("loading {}", model_path.display()))?.model;
+        let model = load_model(&model_path, LoadOptions::full, &device).with_context(|| format!("loading {}", model_path.display()))?.model;
         let latency_before = match latency_data {
             Some((kind, path)) => Some(llmprune_worker::eval::perplexity::latency(&model, &tokenizer, *kind, path, args.eval_seq_len, args.latency_chunks)?),
             None => None,
@@ -219,7 +219,7 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
             None
         } else {
             let source = InMemoryWeights { label: "pruned model".into(), tensors: outcome.weights };
-            Some(LlamaModel::load(outcome.spec.clone(), &source, &LoadOptions::full(&outcome.spec), &Device::Cpu)?)
+            Some(LlamaModel::load(outcome.spec.clone(), &source, &LoadOptions::full(&outcome.spec), &device)?)
         };
         (outcome.spec, outcome.steps, pruned)
     };

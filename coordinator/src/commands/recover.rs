@@ -10,7 +10,6 @@ use crate::commands::cluster::{on_cluster, ClusterSession};
 use crate::progress::Progress;
 use crate::settings::Settings;
 use anyhow::{anyhow, Context, Result};
-use candle_core::Device;
 use llmprune_shared::proto::{RecoverReply, RecoverRequest};
 use llmprune_worker::collective::SingleRank;
 use llmprune_worker::export::ModelDir;
@@ -104,6 +103,7 @@ fn check_args(args: &RecoverArgs) -> Result<()> {
 }
 
 pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs, shared: Option<&mut ClusterSession>) -> Result<()> {
+    let device = settings.compute_device()?;
     let span = tracing::info_span!("recover", run_id, phase = "recovering", rank = 0);
     let _enter = span.enter();
     let t0 = Instant::now();
@@ -128,7 +128,7 @@ pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs, shared: Option<
         (done.reply, Some(report), done.load_s)
     } else {
         let t = Instant::now();
-        let mut model = LlamaModel::load(spec.clone(), weights.as_ref(), &LoadOptions::full(&spec), &Device::Cpu)
+        let mut model = LlamaModel::load(spec.clone(), weights.as_ref(), &LoadOptions::full(&spec), &device)
             .with_context(|| format!("loading {}", args.model.display()))?;
         let load_s = t.elapsed().as_secs_f64();
         let mut bar: Option<Progress> = None;
@@ -150,7 +150,7 @@ pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs, shared: Option<
     // The merged model as written (by this process or the first worker), for the perplexity.
     let mut ppl = serde_json::Map::new();
     if !eval_data.is_empty() {
-        let merged = load_model(out.path(), LoadOptions::full, &Device::Cpu).context("loading the merged model")?;
+        let merged = load_model(out.path(), LoadOptions::full, &device).context("loading the merged model")?;
         // The reference's 128-token chunks (shorter only for toy models that cannot take 128).
         let seq_len = 128.min(spec.max_position_embeddings);
         ppl = crate::commands::ppl::perplexities(&merged.model, &tokenizer, &eval_data, seq_len, 4, args.eval_max_chunks)?;

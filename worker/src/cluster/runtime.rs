@@ -12,7 +12,6 @@ use crate::prune::engine::{GroupPart, StageJob};
 use crate::train::job::run_recovery;
 use crate::train::recover::StepReport;
 use crate::train::TrainGroups;
-use candle_core::Device;
 use llmprune_shared::planner::{criterion_from_wire, plan_groups, reduction_from_wire, spec_after_step, step_from_wire};
 use llmprune_shared::proto::{
     ApplyPlanReply, ApplyPlanRequest, EvaluateReply, EvaluateRequest, GroupScores, LayerScore, LayerShape, LoadShardReply, LoadShardRequest, MemberScores,
@@ -207,7 +206,8 @@ impl Runtime {
             replica,
             replicas,
         };
-        let shard = ShardModel::load(path, layout, &Device::Cpu)?;
+        let device = self.opts.device.compute_device().map_err(Error::Invalid)?;
+        let shard = ShardModel::load(path, layout, &device)?;
         let params = shard.owned_weights().values().map(|t| t.elem_count() as u64).sum();
         self.span.record("rank", rank).record("replica", replica);
         tracing::info!(world, replicas, layers = ?shard.layout.layers, params, "shard loaded");

@@ -69,6 +69,15 @@ impl WorkerDevice {
         }
     }
 
+    /// The device tensors live on. `cuda:N` needs a build with candle's CUDA backend; other
+    /// builds refuse it here, naming the device.
+    pub fn compute_device(&self) -> Result<candle_core::Device, String> {
+        match self {
+            Self::Cpu => Ok(candle_core::Device::Cpu),
+            Self::Cuda(n) => candle_core::Device::new_cuda(*n).map_err(|e| format!("cuda:{n}: {e} (this build computes on the CPU only)")),
+        }
+    }
+
     /// As workers report it to the coordinator.
     pub fn kind(&self) -> String {
         match self {

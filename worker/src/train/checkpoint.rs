@@ -143,10 +143,13 @@ pub fn restore(tensors: &HashMap<String, Tensor>, vars: &[(String, Var)], opt: &
         if t.dims() != var.as_tensor().dims() {
             return Err(Error::Invalid(format!("checkpoint tensor `{name}` has shape {:?}, the adapter {:?}", t.dims(), var.as_tensor().dims())));
         }
-        var.set(t)?;
+        var.set(&t.to_device(var.device())?)?;
     }
-    let m = (0..vars.len()).map(|i| get(&format!("optimizer.m.{i}")).cloned()).collect::<Result<Vec<_>>>()?;
-    let v = (0..vars.len()).map(|i| get(&format!("optimizer.v.{i}")).cloned()).collect::<Result<Vec<_>>>()?;
+    // Checkpoints are read onto the CPU; the optimizer's state lives beside its adapter.
+    let on_device = |prefix: &str| -> Result<Vec<Tensor>> {
+        vars.iter().enumerate().map(|(i, (_, var))| Ok(get(&format!("{prefix}.{i}"))?.to_device(var.device())?)).collect()
+    };
+    let (m, v) = (on_device("optimizer.m")?, on_device("optimizer.v")?);
     let step = get("optimizer.step")?.to_vec1::<f64>()?.first().copied().unwrap_or(0.0) as u64;
     opt.restore(m, v, step)
 }
@@ -155,7 +158,7 @@ pub fn restore(tensors: &HashMap<String, Tensor>, vars: &[(String, Var)], opt: &
 pub fn restore_adapters(tensors: &HashMap<String, Tensor>, vars: &[(String, Var)]) -> Result<()> {
     for (name, var) in vars {
         let t = tensors.get(name).ok_or_else(|| Error::Invalid(format!("the checkpoint has no `{name}`")))?;
-        var.set(t)?;
+        var.set(&t.to_device(var.device())?)?;
     }
     Ok(())
 }
