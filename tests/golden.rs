@@ -25,9 +25,15 @@ fn check_tiny(name: &str) {
     }
     let vars = model.make_trainable(|_| true).unwrap();
     let grads = model.loss(&ids, Exec::Differentiable).unwrap().backward().unwrap();
+    let canonical: std::collections::HashMap<String, Tensor> = vars
+        .iter()
+        .map(|(param, var)| (param.clone(), grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient for {param}")).clone()))
+        .collect();
+    // Gradients in the family's own names and layouts (fused gate_up, interleaved rotary
+    // rows), through the exporter's conversion.
+    let family = llmprune_worker::loader::family_tensors(&model.spec, &canonical).unwrap();
     let mut checked = 0;
-    for (param, var) in &vars {
-        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient for {param}"));
+    for (param, g) in &family {
         let want = golden.get(&format!("grad.{param}")).unwrap_or_else(|| panic!("{name}: no golden gradient for {param}"));
         let e = rel_err(g, want);
         assert!(e <= 1e-3, "{name}: gradient of {param} has relative error {e}");
@@ -51,6 +57,20 @@ fn tiny_tied_mha_with_llama3_rope_scaling_matches_transformers() {
 fn tiny_qwen2_with_qkv_biases_matches_transformers() {
     // Qwen2ForCausalLM: q/k/v biases (gradients checked too), GQA, tied head, rope_theta 1e6.
     check_tiny("tiny_qwen2");
+}
+
+#[test]
+fn tiny_qwen3_with_qk_norms_matches_transformers() {
+    // Qwen3ForCausalLM: RMSNorm over each head's q and k channels before the rotary
+    // embedding, GQA, untied head, rope_parameters (transformers 5).
+    check_tiny("tiny_qwen3");
+}
+
+#[test]
+fn tiny_glm_with_partial_interleaved_rotary_and_fused_gate_up_matches_transformers() {
+    // GlmForCausalLM (the ChatGLM line): half of each head rotated, channels in interleaved
+    // pairs, gate and up fused in one gate_up_proj, q/k/v biases.
+    check_tiny("tiny_glm");
 }
 
 #[test]

@@ -59,7 +59,7 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
 pub fn tiny_model(name: &str) -> LlamaModel {
     let dir = fixture(name);
     let spec = ModelSpec::from_hf_config_file(&dir.join("config.json")).unwrap();
-    let weights = HfWeights::open(&dir).unwrap();
+    let weights = llmprune_worker::loader::CanonicalWeights::new(HfWeights::open(&dir).unwrap(), &spec);
     let opts = LoadOptions::full(&spec);
     LlamaModel::load(spec, &weights, &opts, &Device::Cpu).unwrap()
 }

@@ -4,8 +4,8 @@
 
 use anyhow::{bail, Context, Result};
 use config::{Config, Environment, File, FileFormat};
-use serde::{Deserialize, Serialize};
 use llmprune_worker::collective::WorkerDevice;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]

@@ -4,6 +4,7 @@
 //! query heads, KV heads and MLP width; `head_dim` and the hidden size stay global.
 //! A Hugging Face `config.json` is parsed into this, and written back from it.
 
+use crate::family::{self, Family, QkvBias};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
@@ -29,33 +30,47 @@ pub enum SpecError {
     },
     #[error("{path}: field `{field}`: {reason}")]
     Field { path: PathBuf, field: String, reason: String },
-    #[error("{path}: unsupported model_type `{model_type}` (supported: llama, mistral, qwen2, smollm)")]
+    #[error("{path}: unsupported model_type `{model_type}` (supported: llama, mistral, qwen2, qwen3, glm, smollm)")]
     UnsupportedModelType { path: PathBuf, model_type: String },
 }
 
-/// Which family member the weights come from; decides naming details such as biases.
+/// Which family the weights come from; its [`Family`] descriptor says how it differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Architecture {
     Llama,
     Mistral,
     Qwen2,
+    Qwen3,
+    Glm,
 }
 
 impl Architecture {
-    pub fn model_type(self) -> &'static str {
+    pub const ALL: [Architecture; 5] = [Architecture::Llama, Architecture::Mistral, Architecture::Qwen2, Architecture::Qwen3, Architecture::Glm];
+
+    pub fn family(self) -> &'static Family {
         match self {
-            Architecture::Llama => "llama",
-            Architecture::Mistral => "mistral",
-            Architecture::Qwen2 => "qwen2",
+            Architecture::Llama => &family::LLAMA,
+            Architecture::Mistral => &family::MISTRAL,
+            Architecture::Qwen2 => &family::QWEN2,
+            Architecture::Qwen3 => &family::QWEN3,
+            Architecture::Glm => &family::GLM,
         }
     }
 
+    pub fn model_type(self) -> &'static str {
+        self.family().model_type
+    }
+
     fn hf_class(self) -> &'static str {
-        match self {
-            Architecture::Llama => "LlamaForCausalLM",
-            Architecture::Mistral => "MistralForCausalLM",
-            Architecture::Qwen2 => "Qwen2ForCausalLM",
+        self.family().hf_class
+    }
+
+    /// The family a config's `model_type` names (`smollm` is LLaMA's layout).
+    fn from_model_type(model_type: &str) -> Option<Self> {
+        match model_type {
+            "smollm" => Some(Architecture::Llama),
+            t => Self::ALL.into_iter().find(|a| a.model_type() == t),
         }
     }
 }
@@ -93,9 +108,12 @@ pub struct ModelSpec {
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
     pub rope_scaling: Option<RopeScaling>,
+    /// Channels of each head the rotary embedding rotates (the first ones; `head_dim` unless
+    /// the config's `partial_rotary_factor` says less).
+    pub rotary_dim: usize,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
-    /// Biases on q/k/v projections (Qwen2).
+    /// Biases on q/k/v projections (Qwen2, GLM).
     pub attention_bias: bool,
     /// Mistral's (or Qwen2's, when enabled) attention window. llmprune attends to every
     /// earlier position, which equals windowed attention only for sequences up to this long;
@@ -103,6 +121,10 @@ pub struct ModelSpec {
     pub sliding_window: Option<usize>,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
+    /// Written back so that transformers does not fall back to its class default (GLM's
+    /// default pad id lies outside a pruned or small vocabulary).
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
 }
 
 fn field_err(path: &Path, field: &str, reason: impl Into<String>) -> SpecError {
@@ -190,12 +212,9 @@ impl ModelSpec {
     pub fn from_hf_config(value: &Value, path: &Path) -> Result<Self, SpecError> {
         let obj = value.as_object().ok_or_else(|| field_err(path, "(root)", "expected a JSON object"))?;
         let model_type = obj.get("model_type").and_then(|v| v.as_str()).ok_or_else(|| field_err(path, "model_type", "missing"))?;
-        let architecture = match model_type {
-            "llama" | "smollm" => Architecture::Llama,
-            "mistral" => Architecture::Mistral,
-            "qwen2" => Architecture::Qwen2,
-            other => return Err(SpecError::UnsupportedModelType { path: path.to_path_buf(), model_type: other.to_string() }),
-        };
+        let architecture = Architecture::from_model_type(model_type)
+            .ok_or_else(|| SpecError::UnsupportedModelType { path: path.to_path_buf(), model_type: model_type.to_string() })?;
+        let family = architecture.family();
         let hidden_size = req_usize(obj, path, "hidden_size")?;
         let n_layers = req_usize(obj, path, "num_hidden_layers")?;
         let n_heads = req_usize(obj, path, "num_attention_heads")?;
@@ -221,20 +240,44 @@ impl ModelSpec {
         let kv_heads = get_usize_array(obj, path, KV_HEADS_PER_LAYER_KEY, n_layers)?.unwrap_or_else(|| vec![n_kv_heads; n_layers]);
         let widths = get_usize_array(obj, path, INTERMEDIATE_PER_LAYER_KEY, n_layers)?.unwrap_or_else(|| vec![intermediate; n_layers]);
         let layers = (0..n_layers).map(|i| LayerShape { n_heads: heads[i], n_kv_heads: kv_heads[i], intermediate_size: widths[i] }).collect();
-        let rope_scaling = match obj.get("rope_scaling") {
-            Some(v) => parse_rope_scaling(v, path)?,
-            None => None,
+        // transformers 5 writes `rope_parameters` (theta, type, partial share); older configs
+        // `rope_theta`, `rope_scaling` and `partial_rotary_factor` at the top.
+        let rope = match obj.get("rope_parameters") {
+            Some(Value::Object(r)) => r,
+            Some(Value::Null) | None => obj,
+            Some(v) => return Err(field_err(path, "rope_parameters", format!("expected an object, found {v}"))),
         };
-        // Qwen2 always has q/k/v biases. LLaMA's `attention_bias` also puts one on o_proj, and
+        let rope_scaling = match (obj.get("rope_parameters"), obj.get("rope_scaling")) {
+            (Some(v @ Value::Object(_)), _) => parse_rope_scaling(v, path)?,
+            (_, Some(v)) => parse_rope_scaling(v, path)?,
+            _ => None,
+        };
+        let partial = get_f64(rope, path, "partial_rotary_factor")?.unwrap_or(1.0);
+        if !(partial > 0.0 && partial <= 1.0) {
+            return Err(field_err(path, "partial_rotary_factor", format!("{partial} is outside (0, 1]")));
+        }
+        if partial < 1.0 && !family.partial_rotary {
+            return Err(field_err(path, "partial_rotary_factor", format!("{model_type} rotates every channel of a head")));
+        }
+        let rotary_dim = (head_dim as f64 * partial) as usize;
+        // Biases are where the family puts them: on q/k/v always (Qwen2), as configured
+        // (GLM), or never. LLaMA's and Qwen3's `attention_bias` also puts one on o_proj, and
         // `mlp_bias` on the MLP: loading such weights without them would be silently wrong.
-        let attention_bias = architecture == Architecture::Qwen2;
-        for field in ["attention_bias", "mlp_bias"] {
-            match obj.get(field) {
-                Some(Value::Bool(false)) | Some(Value::Null) | None => {}
-                Some(Value::Bool(true)) if attention_bias && field == "attention_bias" => {}
-                Some(Value::Bool(true)) => return Err(field_err(path, field, "biases on o_proj or the MLP are not supported")),
-                Some(v) => return Err(field_err(path, field, format!("expected a boolean, found {v}"))),
-            }
+        let configured = match obj.get("attention_bias") {
+            Some(Value::Bool(b)) => Some(*b),
+            Some(Value::Null) | None => None,
+            Some(v) => return Err(field_err(path, "attention_bias", format!("expected a boolean, found {v}"))),
+        };
+        let attention_bias = match family.qkv_bias {
+            QkvBias::Always => true,
+            QkvBias::FromConfig => configured.unwrap_or(true),
+            QkvBias::Never if configured == Some(true) => return Err(field_err(path, "attention_bias", "biases on o_proj are not supported")),
+            QkvBias::Never => false,
+        };
+        match obj.get("mlp_bias") {
+            Some(Value::Bool(false)) | Some(Value::Null) | None => {}
+            Some(Value::Bool(true)) => return Err(field_err(path, "mlp_bias", "biases on the MLP are not supported")),
+            Some(v) => return Err(field_err(path, "mlp_bias", format!("expected a boolean, found {v}"))),
         }
         let tie_word_embeddings = match obj.get("tie_word_embeddings") {
             Some(Value::Bool(b)) => *b,
@@ -248,8 +291,9 @@ impl ModelSpec {
             head_dim,
             layers,
             rms_norm_eps: get_f64(obj, path, "rms_norm_eps")?.unwrap_or(1e-6),
-            rope_theta: get_f64(obj, path, "rope_theta")?.unwrap_or(10_000.0),
+            rope_theta: get_f64(rope, path, "rope_theta")?.or(get_f64(obj, path, "rope_theta")?).unwrap_or(10_000.0),
             rope_scaling,
+            rotary_dim,
             max_position_embeddings: get_usize(obj, path, "max_position_embeddings")?.unwrap_or(2048),
             tie_word_embeddings,
             attention_bias,
@@ -260,6 +304,7 @@ impl ModelSpec {
             },
             bos_token_id: get_token_id(obj, path, "bos_token_id")?,
             eos_token_id: get_token_id(obj, path, "eos_token_id")?,
+            pad_token_id: get_token_id(obj, path, "pad_token_id")?,
         };
         spec.validate().map_err(|(field, reason)| field_err(path, &field, reason))?;
         Ok(spec)
@@ -276,6 +321,12 @@ impl ModelSpec {
         }
         if self.head_dim % 2 != 0 {
             return Err(("head_dim".into(), format!("{} is odd; rotary embeddings need an even head_dim", self.head_dim)));
+        }
+        if self.rotary_dim == 0 || self.rotary_dim % 2 != 0 || self.rotary_dim > self.head_dim {
+            return Err((
+                "partial_rotary_factor".into(),
+                format!("rotates {} of {} channels; need an even number, at least 2", self.rotary_dim, self.head_dim),
+            ));
         }
         for (i, l) in self.layers.iter().enumerate() {
             if l.n_heads == 0 || l.n_kv_heads == 0 {
@@ -316,7 +367,6 @@ impl ModelSpec {
             "num_key_value_heads": if uniform { first.n_kv_heads } else { max_kv },
             "intermediate_size": if uniform { first.intermediate_size } else { max_inter },
             "rms_norm_eps": self.rms_norm_eps,
-            "rope_theta": self.rope_theta,
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
             "attention_bias": self.attention_bias,
@@ -324,11 +374,24 @@ impl ModelSpec {
             "torch_dtype": "float32",
         });
         let obj = cfg.as_object_mut().expect("json! of an object literal is an object");
+        let family = self.architecture.family();
+        if family.rope_parameters {
+            let mut rope = json!({"rope_type": "default", "rope_theta": self.rope_theta});
+            if family.partial_rotary {
+                rope["partial_rotary_factor"] = json!(self.rotary_dim as f64 / self.head_dim as f64);
+            }
+            obj.insert("rope_parameters".into(), rope);
+        } else {
+            obj.insert("rope_theta".into(), json!(self.rope_theta));
+        }
         if let Some(b) = self.bos_token_id {
             obj.insert("bos_token_id".into(), json!(b));
         }
         if let Some(e) = self.eos_token_id {
             obj.insert("eos_token_id".into(), json!(e));
+        }
+        if let Some(p) = self.pad_token_id {
+            obj.insert("pad_token_id".into(), json!(p));
         }
         if let Some(w) = self.sliding_window {
             obj.insert("sliding_window".into(), json!(w));
@@ -360,6 +423,19 @@ impl ModelSpec {
         h * (q + 2 * kv) + q * h + 3 * h * l.intermediate_size
     }
 
+    /// Parameters of decoder layer `i`: projections, norms, biases.
+    pub fn layer_params(&self, i: usize) -> usize {
+        let l = &self.layers[i];
+        let mut n = self.projection_weights(l) + 2 * self.hidden_size;
+        if self.architecture.family().qk_norm {
+            n += 2 * self.head_dim;
+        }
+        if self.attention_bias {
+            n += (l.n_heads + 2 * l.n_kv_heads) * self.head_dim;
+        }
+        n
+    }
+
     /// Parameters of the full model (embedding counted once when tied).
     pub fn n_params(&self) -> usize {
         let h = self.hidden_size;
@@ -367,13 +443,7 @@ impl ModelSpec {
         if !self.tie_word_embeddings {
             n += self.vocab_size * h;
         }
-        for l in &self.layers {
-            n += self.projection_weights(l) + 2 * h;
-            if self.attention_bias {
-                n += (l.n_heads + 2 * l.n_kv_heads) * self.head_dim;
-            }
-        }
-        n
+        n + (0..self.n_layers()).map(|i| self.layer_params(i)).sum::<usize>()
     }
 
     /// Multiply-add FLOPs (2 per MAC) of one forward pass over `batch` sequences of `seq`
@@ -473,10 +543,10 @@ mod tests {
         let mut v = base();
         v["vocab_size"] = json!("big");
         assert!(err_of(v).contains("cfg.json: field `vocab_size`"));
-        for field in ["attention_bias", "mlp_bias"] {
+        for (field, what) in [("attention_bias", "o_proj"), ("mlp_bias", "the MLP")] {
             let mut v = base();
             v[field] = json!(true);
-            assert!(err_of(v).contains(&format!("field `{field}`: biases on o_proj or the MLP are not supported")));
+            assert!(err_of(v).contains(&format!("field `{field}`: biases on {what} are not supported")));
         }
     }
 

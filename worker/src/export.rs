@@ -7,7 +7,7 @@
 //! looks complete.
 
 use crate::error::{Error, Result};
-use crate::loader::TextTokenizer;
+use crate::loader::{family_tensors, TextTokenizer};
 use candle_core::Tensor;
 use llmprune_shared::ModelSpec;
 use std::collections::HashMap;
@@ -51,8 +51,8 @@ impl ModelDir {
 
     /// The weights, in shards of at most `max_shard_bytes` (a tensor larger than that gets a
     /// shard of its own).
-    pub fn write_weights(&self, weights: &HashMap<String, Tensor>, max_shard_bytes: u64) -> Result<()> {
-        write_weights_into(self.tmp.path(), weights, max_shard_bytes)
+    pub fn write_weights(&self, spec: &ModelSpec, weights: &HashMap<String, Tensor>, max_shard_bytes: u64) -> Result<()> {
+        write_weights_into(self.tmp.path(), spec, weights, max_shard_bytes)
     }
 
     /// Hugging Face's `model.safetensors.index.json` for shard files already written.
@@ -78,9 +78,21 @@ impl ModelDir {
     }
 }
 
+/// One file of canonical tensors (a model's or a stage's) in the family's names and layouts
+/// ([`family_tensors`]); returns the names written and their bytes.
+pub fn write_tensor_file(path: &Path, spec: &ModelSpec, weights: &HashMap<String, Tensor>) -> Result<(Vec<String>, u64)> {
+    let weights = family_tensors(spec, weights)?;
+    candle_core::safetensors::save(&weights, path).map_err(|e| Error::file(path, e))?;
+    let mut names: Vec<String> = weights.keys().cloned().collect();
+    names.sort();
+    Ok((names, weights.values().map(tensor_bytes).sum()))
+}
+
 /// The weights as `model.safetensors`, or shards of at most `max_shard_bytes` with their
-/// index, into an existing directory (a [`ModelDir`]'s, or a cluster's temporary output).
-pub fn write_weights_into(dir: &Path, weights: &HashMap<String, Tensor>, max_shard_bytes: u64) -> Result<()> {
+/// index, into an existing directory (a [`ModelDir`]'s, or a cluster's temporary output), in
+/// the family's names and layouts.
+pub fn write_weights_into(dir: &Path, spec: &ModelSpec, weights: &HashMap<String, Tensor>, max_shard_bytes: u64) -> Result<()> {
+    let weights = &family_tensors(spec, weights)?;
     let shards = shard(weights, max_shard_bytes);
     if shards.len() == 1 {
         let path = dir.join("model.safetensors");
@@ -124,7 +136,7 @@ pub fn export_model(
     max_shard_bytes: u64,
 ) -> Result<()> {
     let out = ModelDir::create(dir)?;
-    out.write_weights(weights, max_shard_bytes)?;
+    out.write_weights(spec, weights, max_shard_bytes)?;
     out.write_model_files(spec, tokenizer)?;
     for (file, value) in reports {
         out.write_json(file, value)?;

@@ -14,11 +14,7 @@ fn shard_bytes(spec: &ModelSpec, layers: Range<usize>, first: bool, last: bool) 
 }
 
 fn layer_params(spec: &ModelSpec, i: usize) -> u64 {
-    let (h, d) = (spec.hidden_size as u64, spec.head_dim as u64);
-    let l = &spec.layers[i];
-    let attn = h * d * (2 * l.n_heads as u64 + 2 * l.n_kv_heads as u64);
-    let bias = if spec.attention_bias { d * (l.n_heads as u64 + 2 * l.n_kv_heads as u64) } else { 0 };
-    attn + bias + 3 * h * l.intermediate_size as u64 + 2 * h
+    spec.layer_params(i) as u64
 }
 
 /// Layer ranges by rank for workers with `memories` bytes each: rank r's share of the model's

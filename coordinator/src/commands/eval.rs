@@ -90,9 +90,8 @@ pub fn run(settings: &Settings, run_id: &str, args: EvalArgs, shared: Option<&mu
         (done.share, workers, Some(json!({"workers": workers, "ranks": done.ranks})), done.load_s)
     } else {
         let t = Instant::now();
-        let model =
-            LlamaModel::load(spec.clone(), opened.weights.as_ref(), &LoadOptions { dtype: args.dtype.into(), ..LoadOptions::full(&spec) }, &device)
-                .with_context(|| format!("loading {}", model_path.display()))?;
+        let model = LlamaModel::load(spec.clone(), opened.weights.as_ref(), &LoadOptions { dtype: args.dtype.into(), ..LoadOptions::full(&spec) }, &device)
+            .with_context(|| format!("loading {}", model_path.display()))?;
         let load_s = t.elapsed().as_secs_f64();
         let mut bar = Progress::new("evaluating", units as u64, "documents");
         let mut share =

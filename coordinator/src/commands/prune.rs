@@ -213,7 +213,7 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
         if let Some(b) = latency_before {
             report.insert("latency_before".into(), json!(b));
         }
-        out.write_weights(&outcome.weights, args.output.max_shard_size)?;
+        out.write_weights(&outcome.spec, &outcome.weights, args.output.max_shard_size)?;
         out.write_model_files(&outcome.spec, &tokenizer)?;
         let pruned = if eval_data.is_empty() {
             None

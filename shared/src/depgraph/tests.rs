@@ -184,3 +184,49 @@ fn every_group_has_a_known_structure() {
     assert_eq!(structure("layers.x.k"), None);
     assert_eq!(structure("layers.1.v"), None);
 }
+
+/// Every parameter name of a layer-0 head group, sorted.
+fn head_members(s: &ModelSpec) -> Vec<String> {
+    let groups = llama_graph(s, Fusion::Separate).groups().unwrap();
+    let mut params: Vec<String> = find(&groups, "layers.0.k").members.iter().map(|m| format!("{} {:?}", m.param, m.axis)).collect();
+    params.sort();
+    params
+}
+
+#[test]
+fn qwen3_heads_leave_their_qk_norms_whole() {
+    // Qwen3's q/k norms act on the channels inside every head alike: removing whole heads
+    // never touches them, so they are in no group (and channels inside a head are never units).
+    let s = spec(json!({"model_type": "qwen3", "num_key_value_heads": 2}));
+    let members = head_members(&s);
+    assert!(members.iter().all(|m| !m.contains("norm")), "{members:?}");
+    assert_eq!(members.len(), 4, "q rows, k rows, v rows, o columns: {members:?}");
+    let groups = llama_graph(&s, Fusion::Separate).groups().unwrap();
+    assert!(groups.iter().all(|g| g.members.iter().all(|m| !m.param.contains("q_norm") && !m.param.contains("k_norm"))));
+    // The hidden channels reach the same weights as LLaMA's.
+    let llama = spec(json!({"num_key_value_heads": 2}));
+    let hidden = |s: &ModelSpec| find(&llama_graph(s, Fusion::Separate).groups().unwrap(), "embed_tokens.out").members.len();
+    assert_eq!(hidden(&s), hidden(&llama));
+    assert_eq!(s.n_params(), llama.n_params() + 2 * 2 * 2, "two head_dim-wide norms per layer");
+}
+
+#[test]
+fn glm_heads_carry_their_qkv_biases_and_rotate_half_their_channels() {
+    let s = spec(json!({"model_type": "glm", "num_key_value_heads": 2, "head_dim": 4, "partial_rotary_factor": 0.5}));
+    assert!(s.attention_bias, "GLM's attention_bias defaults to true: q/k/v biases");
+    assert_eq!(s.rotary_dim, 2);
+    let members = head_members(&s);
+    for bias in ["q_proj.bias", "k_proj.bias", "v_proj.bias"] {
+        assert!(members.iter().any(|m| m.contains(bias)), "{bias} in {members:?}");
+    }
+    assert!(members.iter().all(|m| !m.contains("o_proj.bias")));
+    let off = spec(json!({"model_type": "glm", "attention_bias": false}));
+    assert!(!off.attention_bias);
+    let err = ModelSpec::from_hf_config(
+        &json!({"model_type": "qwen3", "vocab_size": 11, "hidden_size": 8, "num_hidden_layers": 1,
+        "num_attention_heads": 4, "intermediate_size": 6, "partial_rotary_factor": 0.5}),
+        Path::new("c.json"),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("partial_rotary_factor"), "{err}");
+}

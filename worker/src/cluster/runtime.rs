@@ -6,6 +6,7 @@ use super::shard::{Collectives, ShardLayout, ShardModel};
 use crate::collective::{group_id, nccl_group, Communicator, RingOptions, TcpRing, WorkerDevice};
 use crate::error::{Error, Result};
 use crate::eval::job::{eval_job, evaluate_share, load_tasks, measure_latency};
+use crate::export::write_tensor_file;
 use crate::loader::model_checksum;
 use crate::memory::peak_rss_bytes;
 use crate::prune::engine::{GroupPart, StageJob};
@@ -366,11 +367,8 @@ impl Runtime {
         let target = dir.join(&req.file_name);
         // Written under a hidden name and renamed: a crash leaves no file that looks whole.
         let partial = dir.join(format!(".{}.partial", req.file_name));
-        candle_core::safetensors::save(&weights, &partial).map_err(|e| Error::file(&partial, e))?;
+        let (tensor_names, bytes) = write_tensor_file(&partial, shard.spec(), &weights)?;
         std::fs::rename(&partial, &target).map_err(|e| Error::io(&target, e))?;
-        let mut tensor_names: Vec<String> = weights.keys().cloned().collect();
-        tensor_names.sort();
-        let bytes = weights.values().map(|t| (t.elem_count() * t.dtype().size_in_bytes()) as u64).sum();
         Ok(SaveShardReply { tensor_names, bytes })
     }
 }

@@ -245,6 +245,7 @@ impl Metadata<'_> {
             rms_norm_eps: self.float(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
             rope_theta: self.float(&key("rope.freq_base"))?.unwrap_or(10_000.0),
             rope_scaling: None,
+            rotary_dim: head_dim,
             max_position_embeddings: self.uint(&key("context_length"))?.unwrap_or(2048),
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             attention_bias: self.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
@@ -252,6 +253,7 @@ impl Metadata<'_> {
             sliding_window: None,
             bos_token_id: self.uint("tokenizer.ggml.bos_token_id")?.map(|x| x as u32),
             eos_token_id: self.uint("tokenizer.ggml.eos_token_id")?.map(|x| x as u32),
+            pad_token_id: None,
         };
         spec.validate().map_err(|(field, reason)| Error::file(self.path, format!("{field}: {reason}")))?;
         Ok(spec)

@@ -2,11 +2,13 @@
 //! (dequantised to f32), both yielding weights under Hugging Face tensor names.
 
 mod checksum;
+pub mod family;
 mod gguf;
 mod hf;
 mod tokenizer;
 
 pub use checksum::{model_checksum, sha256_file};
+pub use family::{family_tensors, CanonicalWeights};
 pub use gguf::{GgufModel, GgufWeights};
 pub use hf::HfWeights;
 pub use tokenizer::TextTokenizer;
@@ -46,7 +48,7 @@ pub fn open_model(path: &Path) -> Result<OpenedModel> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     let opened = if meta.is_dir() {
         let spec = ModelSpec::from_hf_config_file(&path.join("config.json"))?;
-        let weights = HfWeights::open(path)?;
+        let weights = CanonicalWeights::new(HfWeights::open(path)?, &spec);
         let tokenizer = TextTokenizer::from_file(&path.join("tokenizer.json"))?;
         OpenedModel { spec, weights: Box::new(weights), tokenizer, path: path.to_path_buf() }
     } else {

@@ -15,6 +15,8 @@ pub struct Attention {
     pub o: Tensor,
     /// q/k/v biases (Qwen2-style), all or none.
     pub qkv_bias: Option<[Tensor; 3]>,
+    /// RMSNorm weights over each head's channels of q and k (Qwen3), both or none.
+    pub qk_norm: Option<[Tensor; 2]>,
 }
 
 pub struct Mlp {
@@ -89,6 +91,8 @@ pub struct DecoderLayer {
     pub index: usize,
     pub shape: LayerShape,
     pub head_dim: usize,
+    /// The first channels of each head the rotary embedding rotates; the rest pass.
+    pub rotary_dim: usize,
     pub input_norm: Tensor,
     pub attn: Attention,
     pub post_norm: Tensor,
@@ -186,10 +190,12 @@ impl DecoderLayer {
         } else {
             None
         };
+        let qk_norm = if spec.architecture.family().qk_norm { Some([w("self_attn.q_norm.weight", &[d])?, w("self_attn.k_norm.weight", &[d])?]) } else { None };
         Ok(Self {
             index,
             shape,
             head_dim: d,
+            rotary_dim: spec.rotary_dim,
             input_norm: w("input_layernorm.weight", &[h])?,
             attn: Attention {
                 q: w("self_attn.q_proj.weight", &[q_out, h])?,
@@ -197,6 +203,7 @@ impl DecoderLayer {
                 v: w("self_attn.v_proj.weight", &[kv_out, h])?,
                 o: w("self_attn.o_proj.weight", &[h, q_out])?,
                 qkv_bias,
+                qk_norm,
             },
             post_norm: w("post_attention_layernorm.weight", &[h])?,
             mlp: Mlp {
@@ -253,71 +260,79 @@ impl DecoderLayer {
         })
     }
 
-    fn names(&self) -> [String; 12] {
-        let p = format!("model.layers.{}", self.index);
-        [
-            format!("{p}.input_layernorm.weight"),
-            format!("{p}.self_attn.q_proj.weight"),
-            format!("{p}.self_attn.k_proj.weight"),
-            format!("{p}.self_attn.v_proj.weight"),
-            format!("{p}.self_attn.o_proj.weight"),
-            format!("{p}.post_attention_layernorm.weight"),
-            format!("{p}.mlp.gate_proj.weight"),
-            format!("{p}.mlp.up_proj.weight"),
-            format!("{p}.mlp.down_proj.weight"),
-            format!("{p}.self_attn.q_proj.bias"),
-            format!("{p}.self_attn.k_proj.bias"),
-            format!("{p}.self_attn.v_proj.bias"),
-        ]
+    /// Every weight of the layer with its canonical name, in a fixed order.
+    fn weights_in_order(&self) -> Vec<(&'static str, &Tensor)> {
+        let mut out = vec![
+            ("input_layernorm.weight", &self.input_norm),
+            ("self_attn.q_proj.weight", &self.attn.q),
+            ("self_attn.k_proj.weight", &self.attn.k),
+            ("self_attn.v_proj.weight", &self.attn.v),
+            ("self_attn.o_proj.weight", &self.attn.o),
+            ("post_attention_layernorm.weight", &self.post_norm),
+            ("mlp.gate_proj.weight", &self.mlp.gate),
+            ("mlp.up_proj.weight", &self.mlp.up),
+            ("mlp.down_proj.weight", &self.mlp.down),
+        ];
+        if let Some([bq, bk, bv]) = &self.attn.qkv_bias {
+            out.extend([("self_attn.q_proj.bias", bq), ("self_attn.k_proj.bias", bk), ("self_attn.v_proj.bias", bv)]);
+        }
+        if let Some([nq, nk]) = &self.attn.qk_norm {
+            out.extend([("self_attn.q_norm.weight", nq), ("self_attn.k_norm.weight", nk)]);
+        }
+        out
     }
 
     pub fn named_weights(&self) -> Vec<(String, &Tensor)> {
-        let [n0, n1, n2, n3, n4, n5, n6, n7, n8, b0, b1, b2] = self.names();
-        let mut out = vec![
-            (n0, &self.input_norm),
-            (n1, &self.attn.q),
-            (n2, &self.attn.k),
-            (n3, &self.attn.v),
-            (n4, &self.attn.o),
-            (n5, &self.post_norm),
-            (n6, &self.mlp.gate),
-            (n7, &self.mlp.up),
-            (n8, &self.mlp.down),
-        ];
-        if let Some([bq, bk, bv]) = &self.attn.qkv_bias {
-            out.extend([(b0, bq), (b1, bk), (b2, bv)]);
-        }
-        out
+        let p = format!("model.layers.{}", self.index);
+        self.weights_in_order().into_iter().map(|(n, t)| (format!("{p}.{n}"), t)).collect()
     }
 
     pub fn named_weights_mut(&mut self) -> Vec<(String, &mut Tensor)> {
-        let [n0, n1, n2, n3, n4, n5, n6, n7, n8, b0, b1, b2] = self.names();
+        let p = format!("model.layers.{}", self.index);
         let mut out = vec![
-            (n0, &mut self.input_norm),
-            (n1, &mut self.attn.q),
-            (n2, &mut self.attn.k),
-            (n3, &mut self.attn.v),
-            (n4, &mut self.attn.o),
-            (n5, &mut self.post_norm),
-            (n6, &mut self.mlp.gate),
-            (n7, &mut self.mlp.up),
-            (n8, &mut self.mlp.down),
+            ("input_layernorm.weight", &mut self.input_norm),
+            ("self_attn.q_proj.weight", &mut self.attn.q),
+            ("self_attn.k_proj.weight", &mut self.attn.k),
+            ("self_attn.v_proj.weight", &mut self.attn.v),
+            ("self_attn.o_proj.weight", &mut self.attn.o),
+            ("post_attention_layernorm.weight", &mut self.post_norm),
+            ("mlp.gate_proj.weight", &mut self.mlp.gate),
+            ("mlp.up_proj.weight", &mut self.mlp.up),
+            ("mlp.down_proj.weight", &mut self.mlp.down),
         ];
         if let Some([bq, bk, bv]) = &mut self.attn.qkv_bias {
-            out.extend([(b0, bq), (b1, bk), (b2, bv)]);
+            out.extend([("self_attn.q_proj.bias", bq), ("self_attn.k_proj.bias", bk), ("self_attn.v_proj.bias", bv)]);
         }
-        out
+        if let Some([nq, nk]) = &mut self.attn.qk_norm {
+            out.extend([("self_attn.q_norm.weight", nq), ("self_attn.k_norm.weight", nk)]);
+        }
+        out.into_iter().map(|(n, t)| (format!("{p}.{n}"), t)).collect()
+    }
+
+    /// q or k `[…, heads, d]`-shaped with heads last-but-one: its per-head RMSNorm (Qwen3),
+    /// then the rotary embedding `rope` on the first `rotary_dim` channels of each head.
+    fn position(&self, x: &Tensor, norm: Option<&Tensor>, eps: f64, exec: Exec, rope: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        let x = match norm {
+            Some(w) => rms_norm(x, w, eps, exec)?,
+            None => x.clone(),
+        };
+        let d = x.dim(candle_core::D::Minus1)?;
+        if self.rotary_dim == d {
+            return rope(&x);
+        }
+        let rotated = rope(&x.narrow(candle_core::D::Minus1, 0, self.rotary_dim)?.contiguous()?)?;
+        Ok(Tensor::cat(&[&rotated, &x.narrow(candle_core::D::Minus1, self.rotary_dim, d - self.rotary_dim)?], candle_core::D::Minus1)?.contiguous()?)
     }
 
     /// `x` is `[B, T, H]`; `cos`/`sin` are the tables for positions `0..T`.
     pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, eps: f64, exec: Exec) -> Result<Tensor> {
         let h = rms_norm(x, &self.input_norm, eps, exec)?;
-        let x = (x + self.attention(&h, cos, sin, exec)?)?;
+        let x = (x + self.attention(&h, cos, sin, eps, exec)?)?;
         let h = rms_norm(&x, &self.post_norm, eps, exec)?;
         Ok((&x + self.mlp(&h, exec)?)?)
     }
 
-    fn attention(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, exec: Exec) -> Result<Tensor> {
+    fn attention(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, eps: f64, exec: Exec) -> Result<Tensor> {
         let (b, t, hidden) = x.dims3()?;
         let (d, nh, nkv) = (self.head_dim, self.shape.n_heads, self.shape.n_kv_heads);
         let rep = self.shape.n_rep();
@@ -326,10 +341,15 @@ impl DecoderLayer {
         let q = heads(Projection::Q, nh)?;
         let k = heads(Projection::K, nkv)?;
         let v = heads(Projection::V, nkv)?;
-        let (q, k) = match exec {
-            Exec::Inference => (candle_nn::rotary_emb::rope(&q, cos, sin)?, candle_nn::rotary_emb::rope(&k, cos, sin)?),
-            Exec::Differentiable => (ops::rope(&q, cos, sin)?, ops::rope(&k, cos, sin)?),
+        let rope = |x: &Tensor| -> Result<Tensor> {
+            Ok(match exec {
+                Exec::Inference => candle_nn::rotary_emb::rope(x, cos, sin)?,
+                Exec::Differentiable => ops::rope(x, cos, sin)?,
+            })
         };
+        let [q_norm, k_norm] = self.attn.qk_norm.as_ref().map_or([None, None], |[a, b]| [Some(a), Some(b)]);
+        let q = self.position(&q, q_norm, eps, exec, rope)?;
+        let k = self.position(&k, k_norm, eps, exec, rope)?;
         // The n_rep query heads of a KV head are adjacent: fold them into the row axis so
         // one batched matmul serves the group and KV heads are never copied.
         let q = q.reshape((b, nkv, rep * t, d))?;
@@ -371,11 +391,13 @@ impl DecoderLayer {
         let n = pack.len();
         let (d, nh, nkv) = (self.head_dim, self.shape.n_heads, self.shape.n_kv_heads);
         let h = rms_norm(x, &self.input_norm, eps, exec)?;
-        let roped = |p: Projection, heads: usize| -> Result<Tensor> {
+        let [q_norm, k_norm] = self.attn.qk_norm.as_ref().map_or([None, None], |[a, b]| [Some(a), Some(b)]);
+        let roped = |p: Projection, heads: usize, norm: Option<&Tensor>| -> Result<Tensor> {
             let y = self.project(&h, p)?.reshape((1, n, heads, d))?;
-            Ok(candle_nn::rotary_emb::rope_thd(&y, cos, sin)?.reshape((n, heads * d))?)
+            let rope = |x: &Tensor| -> Result<Tensor> { Ok(candle_nn::rotary_emb::rope_thd(x, cos, sin)?) };
+            Ok(self.position(&y, norm, eps, exec, rope)?.reshape((n, heads * d))?)
         };
-        let (q, k, v) = (roped(Projection::Q, nh)?, roped(Projection::K, nkv)?, self.project(&h, Projection::V)?);
+        let (q, k, v) = (roped(Projection::Q, nh, q_norm)?, roped(Projection::K, nkv, k_norm)?, self.project(&h, Projection::V)?);
         let scale = 1.0 / (d as f64).sqrt();
         let (out, kv) = match path {
             AttentionPath::Packed => {

@@ -5,14 +5,15 @@ use candle_core::{Device, Result, Tensor};
 use llmprune_shared::{ModelSpec, RopeScaling};
 
 pub struct RopeTables {
-    /// `[max_positions, head_dim / 2]`
+    /// `[max_positions, rotary_dim / 2]`
     pub cos: Tensor,
     pub sin: Tensor,
 }
 
-/// Inverse frequencies `1 / θ^(2i/d)`, then the config's scaling.
+/// Inverse frequencies `1 / θ^(2i/d)` over the `d` rotated channels of a head, then the
+/// config's scaling.
 pub fn inverse_frequencies(spec: &ModelSpec) -> Vec<f32> {
-    let d = spec.head_dim;
+    let d = spec.rotary_dim;
     let theta = spec.rope_theta as f32;
     let base: Vec<f32> = (0..d).step_by(2).map(|i| 1.0 / theta.powf(i as f32 / d as f32)).collect();
     match &spec.rope_scaling {
@@ -76,12 +77,14 @@ mod tests {
             rms_norm_eps: 1e-5,
             rope_theta: 10_000.0,
             rope_scaling: scaling,
+            rotary_dim: 8,
             max_position_embeddings: 16,
             tie_word_embeddings: true,
             attention_bias: false,
             sliding_window: None,
             bos_token_id: None,
             eos_token_id: None,
+            pad_token_id: None,
         }
     }
 

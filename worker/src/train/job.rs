@@ -10,7 +10,7 @@ use super::recover::{recover, RecoverOptions, StepReport};
 use super::TrainGroups;
 use crate::error::{Error, Result};
 use crate::eval::perplexity::parse_corpus_spec;
-use crate::export::write_weights_into;
+use crate::export::{write_tensor_file, write_weights_into};
 use crate::loader::TextTokenizer;
 use crate::lora::{self, peft, LoraConfig, Projection};
 use crate::model::LlamaModel;
@@ -69,6 +69,14 @@ pub fn run_recovery(
     report: &mut dyn FnMut(&StepReport),
 ) -> Result<RecoverReply> {
     let config = lora_config(req)?;
+    let family = model.spec.architecture.family();
+    if family.fused_gate_up && config.targets.iter().any(|t| matches!(t, Projection::Gate | Projection::Up)) {
+        // PEFT would need one adapter on the fused gate_up_proj; ours are per projection.
+        return Err(Error::Invalid(format!(
+            "{} stores gate and up fused (gate_up_proj): adapters on gate_proj/up_proj cannot be written for PEFT yet; leave them out of the LoRA targets",
+            family.model_type
+        )));
+    }
     let opts = recover_options(req, model.spec.eos_token_id)?;
     let format = Format::from_name(&req.format)?;
     let data = Path::new(&req.data_path);
@@ -102,13 +110,9 @@ pub fn run_recovery(
     if let Some(out) = out {
         let weights: HashMap<String, Tensor> = model.weights_by_name().into_iter().filter(|(n, _)| owns(n)).collect();
         if stages > 1 {
-            let path = out.join(&weights_file);
-            candle_core::safetensors::save(&weights, &path).map_err(|e| Error::file(&path, e))?;
-            tensor_names = weights.keys().cloned().collect();
-            tensor_names.sort();
-            weight_bytes = weights.values().map(|t| (t.elem_count() * t.dtype().size_in_bytes()) as u64).sum();
+            (tensor_names, weight_bytes) = write_tensor_file(&out.join(&weights_file), &model.spec, &weights)?;
         } else {
-            write_weights_into(out, &weights, req.max_shard_bytes.max(1))?;
+            write_weights_into(out, &model.spec, &weights, req.max_shard_bytes.max(1))?;
         }
     }
     let steps = outcome
