@@ -9,6 +9,8 @@ pub mod plan;
 pub mod planner;
 pub mod proto;
 pub mod py_random;
+pub mod results;
+pub mod safetensors_index;
 pub mod selection;
 
 pub use model_spec::{Architecture, LayerShape, ModelSpec, RopeScaling, SpecError};

@@ -9,6 +9,7 @@
 use crate::error::{Error, Result};
 use crate::loader::{family_tensors, TextTokenizer};
 use candle_core::Tensor;
+use llmprune_shared::safetensors_index::{write_index, IndexError};
 use llmprune_shared::ModelSpec;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -112,18 +113,10 @@ pub fn write_weights_into(dir: &Path, spec: &ModelSpec, weights: &HashMap<String
 
 /// `model.safetensors.index.json` in `dir` for shard files already written there.
 pub fn write_index_into(dir: &Path, shards: &[(String, Vec<String>)], total_bytes: u64) -> Result<()> {
-    let mut weight_map = serde_json::Map::new();
-    for (file, names) in shards {
-        for n in names {
-            if weight_map.insert(n.clone(), file.clone().into()).is_some() {
-                return Err(Error::Invalid(format!("tensor `{n}` is in two shards")));
-            }
-        }
-    }
-    let path = dir.join("model.safetensors.index.json");
-    let doc = serde_json::json!({"metadata": {"total_size": total_bytes}, "weight_map": weight_map});
-    let text = serde_json::to_string_pretty(&doc).map_err(|e| Error::file(&path, e))?;
-    std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))
+    write_index(dir, shards, total_bytes).map_err(|e| match e {
+        IndexError::Io { path, source } => Error::io(path, source),
+        duplicate => Error::Invalid(duplicate.to_string()),
+    })
 }
 
 /// Writes `dir` (which must not exist yet) in one go. `reports` are extra JSON files by name.

@@ -6,8 +6,8 @@ use super::driver::{Cluster, Phase};
 use super::load::{load_layout, RankReport};
 use anyhow::{bail, Result};
 use llmprune_shared::proto::{EvaluateReply, EvaluateRequest};
+use llmprune_shared::results::EvalShare;
 use llmprune_shared::ModelSpec;
-use llmprune_worker::eval::job::EvalShare;
 use std::path::Path;
 
 pub struct DistributedEval {

@@ -9,10 +9,8 @@ use super::driver::{Cluster, Phase};
 use super::load::{load_layout, RankReport};
 use anyhow::{Context, Result};
 use llmprune_shared::proto::{RecoverReply, RecoverRequest};
+use llmprune_shared::safetensors_index::write_index;
 use llmprune_shared::ModelSpec;
-use llmprune_worker::export::write_index_into;
-use llmprune_worker::lora::peft;
-use llmprune_worker::train::job::lora_config;
 use std::path::Path;
 
 pub struct DistributedRecovery {
@@ -55,7 +53,7 @@ pub async fn recover_on_cluster(
     }
     let firsts: Vec<&RecoverReply> = firsts.into_iter().flatten().collect();
     if stages > 1 {
-        join_stage_outputs(Path::new(&req.out_dir), &firsts, req)?;
+        index_stage_outputs(Path::new(&req.out_dir), &firsts)?;
     }
     let stage_adapter_sha256: Vec<String> = firsts.iter().map(|r| r.adapter_sha256.clone()).collect();
     let trainable_params = firsts.iter().map(|r| r.trainable_params).sum();
@@ -68,13 +66,11 @@ pub async fn recover_on_cluster(
     Ok(DistributedRecovery { reply, ranks, load_s: layout.load_s, stage_adapter_sha256 })
 }
 
-/// The stages' weight shards indexed as one Hugging Face model, and their adapter parts
-/// joined into one PEFT adapter.
-fn join_stage_outputs(out: &Path, stages: &[&RecoverReply], req: &RecoverRequest) -> Result<()> {
+/// The stages' weight shards indexed as one Hugging Face model (the first stage has joined
+/// their adapter parts).
+fn index_stage_outputs(out: &Path, stages: &[&RecoverReply]) -> Result<()> {
     let shards: Vec<(String, Vec<String>)> = stages.iter().map(|r| (r.weights_file.clone(), r.tensor_names.clone())).collect();
     let bytes = stages.iter().map(|r| r.weight_bytes).sum();
-    write_index_into(out, &shards, bytes).context("indexing the stages' weights")?;
-    let parts: Vec<String> = stages.iter().map(|r| r.adapter_part.clone()).collect();
-    peft::join_parts(&out.join("adapter"), &parts, &lora_config(req)?, &req.base_model).context("joining the stages' adapters")?;
+    write_index(out, &shards, bytes).context("indexing the stages' weights")?;
     Ok(())
 }

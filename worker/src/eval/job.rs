@@ -55,15 +55,7 @@ pub fn eval_job(req: &EvaluateRequest) -> Result<EvalJob> {
 }
 
 /// One rank's share of the work.
-#[derive(Debug, Clone, Default)]
-pub struct EvalShare {
-    /// Log-likelihoods of each choice, by unit (document of all tasks, in order), sorted.
-    pub lls: Vec<(usize, Vec<f64>)>,
-    /// Summed NLL and predictions counted, by text.
-    pub ppl: Vec<(String, f64, u64)>,
-    /// Seconds per chunk of the first text, batch 1, when the job timed it.
-    pub latency_s_per_chunk: Option<f64>,
-}
+pub use llmprune_shared::results::EvalShare;
 
 /// The job's documents, task by task.
 pub fn load_tasks(job: &EvalJob) -> Result<Vec<TaskDocs>> {

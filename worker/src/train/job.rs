@@ -59,7 +59,8 @@ pub fn stage_files(stage: usize, stages: usize) -> (String, String) {
 /// Runs `req` on `model` (adapters are attached here and merged at the end on every rank, so
 /// the model leaves recovered). The first data-parallel rank writes into `req.out_dir`: the
 /// whole model's `adapter/` and merged weights or, for a pipeline stage, the weights it `owns`
-/// as one shard file and its adapters as one part, which the coordinator indexes and joins.
+/// as one shard file and its adapters as one part; the first stage joins the parts into the
+/// adapter and the coordinator indexes the shards.
 pub fn run_recovery(
     model: &mut LlamaModel,
     tok: &TextTokenizer,
@@ -101,7 +102,16 @@ pub fn run_recovery(
     }
     let (weights_file, adapter_part) = if stages > 1 { stage_files(stage, stages) } else { Default::default() };
     match &adapter {
-        Some(dir) if stages > 1 => peft::write_tensors(&dir.join(&adapter_part), &vars)?,
+        Some(dir) if stages > 1 => {
+            peft::write_tensors(&dir.join(&adapter_part), &vars)?;
+            // Once the first replica's stages all meet here every part is written; the first
+            // stage joins them into one PEFT adapter (the coordinator only indexes the shards).
+            groups.pipeline.barrier().map_err(|e| Error::Invalid(format!("pipeline: waiting for the stages' adapters: {e}")))?;
+            if stage == 0 {
+                let parts: Vec<String> = (0..stages).map(|s| stage_files(s, stages).1).collect();
+                peft::join_parts(dir, &parts, &config, &req.base_model)?;
+            }
+        }
         Some(dir) => peft::write(dir, &config, &req.base_model, &vars)?,
         None => {}
     }
