@@ -19,7 +19,6 @@ import sys
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM
 from transformers.models.glm import modeling_glm as mg
 from transformers.models.qwen3 import modeling_qwen3 as mq3
 
@@ -57,18 +56,13 @@ def config_json(model_type: str, kwargs: dict) -> dict:
 
 
 def build(cfg_json: dict, seed: int):
-    cfg = transformers.CONFIG_MAPPING[cfg_json["model_type"]].from_dict(dict(cfg_json))
-    cfg._attn_implementation = "eager"
-    cfg.use_cache = False
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg).float().eval()
-    gen = torch.Generator().manual_seed(seed)
+    """gen_golden's random model, with Qwen3's q/k norm weights drawn like the other norms."""
+    model = gg.build_tiny(cfg_json, seed)
+    gen = torch.Generator().manual_seed(seed + 7)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
                 p.copy_(0.5 + torch.rand(p.shape, generator=gen, dtype=torch.float32))
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen, dtype=torch.float32))
     return model
 
 

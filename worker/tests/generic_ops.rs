@@ -6,22 +6,8 @@
 use candle_core::{DType, Device, Tensor, Var};
 use llmprune_worker::ops::{self, generic};
 
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    // splitmix64, so failures reproduce.
-    let n: usize = shape.iter().product();
-    let mut s = seed;
-    let data: Vec<f32> = (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E3779B97F4A7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-            z ^= z >> 31;
-            (z as f64 / u64::MAX as f64 * 2.0 - 1.0) as f32
-        })
-        .collect();
-    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
-}
+mod common;
+use common::randn;
 
 /// Forward value and the gradients of `Σ f(inputs) ⊙ r` (a fixed random `r`), all in f32,
 /// with the inputs given to `f` in `dtype`.
@@ -114,7 +100,7 @@ fn linear_ops_compose_off_their_kernels() {
     let (a, b) = (randn(&[4, 24], 11), randn(&[12, 4], 12));
     let frozen = |t: &[Tensor]| ops::frozen_linear(&t[0], &w.to_dtype(t[0].dtype()).unwrap()).unwrap();
     let plain = |t: &[Tensor]| t[0].matmul(&w.to_dtype(t[0].dtype()).unwrap().t().unwrap()).unwrap();
-    check("frozen_linear", &frozen, &plain, &[x.clone()], 1e-6, 2e-2);
+    check("frozen_linear", &frozen, &plain, std::slice::from_ref(&x), 1e-6, 2e-2);
     let lora = |t: &[Tensor]| ops::lora_linear(&t[0], &w.to_dtype(t[0].dtype()).unwrap(), &t[1], &t[2], 2.0, None).unwrap();
     let composed = |t: &[Tensor]| {
         let w = w.to_dtype(t[0].dtype()).unwrap();

@@ -12,8 +12,9 @@ use llmprune_shared::depgraph::Group;
 use llmprune_shared::layout::ShardLayout;
 use llmprune_shared::plan::PlanStep;
 use llmprune_shared::planner::{assemble_members, renumber_range, step_to_wire, PruneEngine, ScoreJob, Scores};
-use llmprune_shared::proto::{self, GroupScores, SaveShardRequest, ScoreReply, ScoreRequest, TokenWindow};
+use llmprune_shared::proto::{self, SaveShardRequest, ScoreReply, ScoreRequest, TokenWindow};
 use llmprune_shared::ModelSpec;
+use prost::Message;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -238,13 +239,8 @@ impl PruneEngine for ClusterEngine<'_> {
 /// (which all-reduced the same statistics) agree with it to the bit.
 fn first_replicas(members: &[Member], replies: Vec<ScoreReply>, world: usize) -> Result<Vec<ScoreReply>, String> {
     let mut first: Vec<Option<ScoreReply>> = vec![None; world];
-    let bits = |r: &ScoreReply| -> (Vec<(String, Vec<u32>, Vec<(u32, Vec<u32>)>)>, Vec<(u32, u32)>) {
-        let group = |g: &GroupScores| {
-            let members = g.members.iter().map(|m| (m.member, m.folded.iter().map(|x| x.to_bits()).collect())).collect();
-            (g.root.clone(), g.scores.iter().map(|x| x.to_bits()).collect(), members)
-        };
-        (r.groups.iter().map(group).collect(), r.layers.iter().map(|l| (l.layer, l.score.to_bits())).collect())
-    };
+    // The scores as protobuf encodes them (floats by their bits), timings and memory left out.
+    let bits = |r: &ScoreReply| ScoreReply { groups: r.groups.clone(), layers: r.layers.clone(), ..Default::default() }.encode_to_vec();
     for (m, reply) in members.iter().zip(replies) {
         match &first[m.stage] {
             Some(f) if bits(f) != bits(&reply) => {
