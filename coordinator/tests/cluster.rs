@@ -261,6 +261,22 @@ fn smollm2_on_three_workers_equals_one_process() {
 }
 
 #[test]
+fn smollm2_hidden_channels_on_two_workers_equal_one_process() {
+    // SmolLM2 ties its head to the embedding: each calibration pass the last stage's head
+    // gradient is joined with the first stage's lookup gradient in one process's order
+    // (repeated tokens make the order visible in the last bits of the scores).
+    let tmp = tempfile::tempdir().unwrap();
+    let model = llmprune_tests::smollm2_gguf();
+    let ids = llmprune_tests::data_dir().join("calib/smollm2_calib_ids.json");
+    let base = ["prune", "--model", model.to_str().unwrap(), "--calibration-ids", ids.to_str().unwrap(), "--strategy", "channel", "--ratio", "0.2"];
+    let (single, two) = (tmp.path().join("single"), tmp.path().join("two"));
+    ok(&llmprune(&[&base[..], &["--out", single.to_str().unwrap()]].concat()));
+    ok(&llmprune(&[&base[..], &["--local-workers", "2", "--out", two.to_str().unwrap()]].concat()));
+    assert_eq!(plan_groups(&two), plan_groups(&single), "the plan, scores included");
+    assert!(model_tensors(&two) == model_tensors(&single), "the weights");
+}
+
+#[test]
 fn gpu_workers_without_nccl_fail_the_run_with_a_clear_message() {
     let (setup, model, ids) = Setup::new("tiny_gqa");
     let out = setup.root.join("pruned");

@@ -54,13 +54,27 @@ pub fn stage_forward<T>(
 /// states into the scalar to differentiate (on the last rank), then the gradient of each
 /// stage's input sent back to the previous rank. Returns this rank's gradients.
 pub fn stage_backward(model: &LlamaModel, comm: &mut dyn Communicator, ids: &Tensor, head: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<GradStore> {
+    Ok(stage_backward_to_embeddings(model, comm, ids, head, false)?.0)
+}
+
+/// [`stage_backward`]; with `embedding_leaf` the first rank's embedded tokens are a leaf of
+/// the graph and their gradient `[B·T, H]` comes back beside the store (the embedding weight
+/// then gets none from this pass: the caller accumulates it, as for a tied head).
+pub fn stage_backward_to_embeddings(
+    model: &LlamaModel,
+    comm: &mut dyn Communicator,
+    ids: &Tensor,
+    head: impl FnOnce(&Tensor) -> Result<Tensor>,
+    embedding_leaf: bool,
+) -> Result<(GradStore, Option<Tensor>)> {
     let (b, t) = ids.dims2()?;
     let h = model.spec.hidden_size;
     let device = model.device();
     let first = comm.rank() == 0;
     let x = stage_input(model, comm, ids)?;
-    // Received hidden states are a leaf whose gradient goes back to the previous rank.
-    let input: Option<Var> = if first { None } else { Some(Var::from_tensor(&x)?) };
+    // Received hidden states (or, asked for, the embedded tokens) are a leaf whose gradient
+    // goes back to the previous rank (or to the caller).
+    let input: Option<Var> = if first && !embedding_leaf { None } else { Some(Var::from_tensor(&x)?) };
     let x = match &input {
         Some(v) => v.as_tensor().clone(),
         None => x,
@@ -77,12 +91,22 @@ pub fn stage_backward(model: &LlamaModel, comm: &mut dyn Communicator, ids: &Ten
         // d(Σ out·g)/d(out) = g exactly: the gradient the full model's graph would carry here.
         (out * Tensor::from_vec(g, (b, t, h), device)?)?.sum_all()?.backward()?
     };
-    if let Some(v) = &input {
-        let gx = match store.get(v.as_tensor()) {
-            Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
-            None => vec![0.0; b * t * h],
-        };
-        comm.send(&gx, comm.rank() - 1).map_err(comm_err)?;
+    match &input {
+        Some(v) if first => {
+            let gx = match store.get(v.as_tensor()) {
+                Some(g) => g.reshape((b * t, h))?,
+                None => Tensor::zeros((b * t, h), v.as_tensor().dtype(), device)?,
+            };
+            return Ok((store, Some(gx)));
+        }
+        Some(v) => {
+            let gx = match store.get(v.as_tensor()) {
+                Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
+                None => vec![0.0; b * t * h],
+            };
+            comm.send(&gx, comm.rank() - 1).map_err(comm_err)?;
+        }
+        None => {}
     }
-    Ok(store)
+    Ok((store, None))
 }

@@ -13,11 +13,11 @@ use super::importance::{layer_score, member_scores};
 use super::slice::{layer_shape, remove_layers, slice_weights};
 use super::statistics::{all_reduce_stats, gradient_stats_with, GradientStats};
 use crate::cluster::shard::Collectives;
-use crate::collective::{part, SingleRank};
+use crate::collective::{part, Communicator, SingleRank};
 use crate::error::{Error, Result};
 use crate::loader::InMemoryWeights;
 use crate::model::{Exec, LlamaModel, LoadOptions};
-use crate::stage::stage_backward;
+use crate::stage::stage_backward_to_embeddings;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use llmprune_shared::depgraph::{Group, GroupMember};
@@ -125,9 +125,11 @@ fn statistics(
     let mut done = 0;
     let (model, pipeline) = (&*model, comms.pipeline.as_mut());
     let mut backward = |ids: &Tensor| -> Result<GradStore> {
-        let mut store = stage_backward(model, pipeline, ids, |out| model.loss_from_hidden(out, ids, Exec::Differentiable))?;
+        let leaf = tied_var.is_some() && pipeline.rank() == 0;
+        let loss = |out: &Tensor| model.loss_from_hidden(out, ids, Exec::Differentiable);
+        let (mut store, d_embedded) = stage_backward_to_embeddings(model, pipeline, ids, loss, leaf)?;
         if let Some(var) = &tied_var {
-            join_tied_gradient(pipeline, &mut store, var)?;
+            join_tied_gradient(pipeline, &mut store, var, ids, d_embedded)?;
         }
         done += 1;
         progress(done, passes);
@@ -138,9 +140,10 @@ fn statistics(
 }
 
 /// The last stage sends its head's gradient of the tied embedding to the first, which adds
-/// it to the embedding's own. In one process autograd sums the same two terms; a sum of two
-/// floats does not depend on their order, so the bits are the single process's.
-fn join_tied_gradient(pipeline: &mut dyn crate::collective::Communicator, store: &mut GradStore, var: &Var) -> Result<()> {
+/// the lookup's part onto it as autograd does in one process: the head's gradient first (it
+/// is nearer the loss), then `index_add` of the embedded tokens' gradient `d_embedded`, token
+/// by token, so the bits are the single process's.
+fn join_tied_gradient(pipeline: &mut dyn Communicator, store: &mut GradStore, var: &Var, ids: &Tensor, d_embedded: Option<Tensor>) -> Result<()> {
     let (rank, last) = (pipeline.rank(), pipeline.world_size() - 1);
     let comm = |e: crate::collective::CommError| Error::Invalid(format!("pipeline: the tied embedding's gradient: {e}"));
     if rank == last {
@@ -148,13 +151,14 @@ fn join_tied_gradient(pipeline: &mut dyn crate::collective::Communicator, store:
         pipeline.send(&g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?, 0).map_err(comm)?;
     } else if rank == 0 {
         let head = pipeline.recv(last).map_err(comm)?;
-        let own = store.get(var.as_tensor()).ok_or_else(|| Error::Invalid("the embedding received no gradient".into()))?;
-        if head.len() != own.elem_count() {
-            return Err(Error::Invalid(format!("pipeline: the tied head's gradient has {} values, the embedding {}", head.len(), own.elem_count())));
+        let w = var.as_tensor();
+        if head.len() != w.elem_count() {
+            return Err(Error::Invalid(format!("pipeline: the tied head's gradient has {} values, the embedding {}", head.len(), w.elem_count())));
         }
-        let head = Tensor::from_vec(head, own.shape(), own.device())?.to_dtype(own.dtype())?;
-        let joined = (own + head)?;
-        store.insert(var.as_tensor(), joined);
+        let d_embedded = d_embedded.ok_or_else(|| Error::Invalid("the first stage kept no gradient of its embedded tokens".into()))?;
+        let head = Tensor::from_vec(head, w.shape(), w.device())?.to_dtype(w.dtype())?;
+        let joined = head.index_add(&ids.flatten_all()?.contiguous()?, &d_embedded.to_dtype(w.dtype())?, 0)?;
+        store.insert(w, joined);
     }
     Ok(())
 }
