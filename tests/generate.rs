@@ -36,6 +36,13 @@ fn cached_greedy_decoding_equals_recomputing_and_sampling_is_seeded() {
     let got = generate_ids(&model, &prompt, &greedy(12)).unwrap();
     assert_eq!(got, greedy_without_cache(&model, &prompt, 12));
 
+    // The families whose cached path differs (q/k norms, partial interleaved rotary).
+    for name in ["tiny_qwen3", "tiny_glm"] {
+        let family = load_model(&tiny_model_dir(name, tmp.path()), LoadOptions::full, &Device::Cpu).unwrap().model;
+        let prompt = [5, 17, 33, 2, 61, 9];
+        assert_eq!(generate_ids(&family, &prompt, &greedy(12)).unwrap(), greedy_without_cache(&family, &prompt, 12), "{name}");
+    }
+
     let s = |seed, top_k, top_p| Sampling { max_new_tokens: 10, temperature: 0.8, top_k, top_p, seed };
     assert_eq!(generate_ids(&model, &prompt, &s(7, 0, 0.9)).unwrap(), generate_ids(&model, &prompt, &s(7, 0, 0.9)).unwrap());
     assert_eq!(generate_ids(&model, &prompt, &s(7, 1, 1.0)).unwrap(), generate_ids(&model, &prompt, &greedy(10)).unwrap(), "top-k 1 is greedy");

@@ -27,9 +27,18 @@ fn choice(ids: &[u32], scored: usize) -> TokenChoice {
 
 #[test]
 fn prefix_reuse_and_batching_equal_plain_forward_passes() {
+    // LLaMA's layout, and the families whose cached path differs: Qwen3's q/k norms and GLM's
+    // partial interleaved rotary embedding applied to packed tokens after cached ones.
+    for name in ["tiny_gqa", "tiny_qwen3", "tiny_glm"] {
+        check_prefix_reuse(name);
+    }
+}
+
+fn check_prefix_reuse(name: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    let model = load_model(&tiny_model_dir("tiny_gqa", tmp.path()), LoadOptions::full, &Device::Cpu).unwrap().model;
-    let seq = |start: u32, n: usize| -> Vec<u32> { (0..n as u32).map(|i| 1 + (start + i * 7) % 95).collect() };
+    let model = load_model(&tiny_model_dir(name, tmp.path()), LoadOptions::full, &Device::Cpu).unwrap().model;
+    let top = model.spec.vocab_size as u32 - 1;
+    let seq = |start: u32, n: usize| -> Vec<u32> { (0..n as u32).map(|i| 1 + (start + i * 7) % top).collect() };
     let with = |ctx: &[u32], cont: &[u32]| -> Vec<u32> { ctx.iter().chain(cont).copied().collect() };
     let (long, short) = (seq(3, 20), seq(40, 5));
     let units = vec![
@@ -50,14 +59,14 @@ fn prefix_reuse_and_batching_equal_plain_forward_passes() {
     let together = score_batch(&model, &all).unwrap();
     for (u, (got, want)) in together.iter().zip(&want).enumerate() {
         for (g, w) in got.iter().zip(want) {
-            assert!((g - w).abs() < 1e-4 * w.abs().max(1.0), "unit {u}: {g} vs plain {w}");
+            assert!((g - w).abs() < 1e-4 * w.abs().max(1.0), "{name} unit {u}: {g} vs plain {w}");
         }
     }
     // A unit scores the same alone as in any batch (up to float rounding).
     for (u, unit) in units.iter().enumerate() {
         let alone = score_batch(&model, &[unit]).unwrap().remove(0);
         for (a, b) in alone.iter().zip(&together[u]) {
-            assert!((a - b).abs() < 1e-4, "unit {u}: alone {a} vs batched {b}");
+            assert!((a - b).abs() < 1e-4, "{name} unit {u}: alone {a} vs batched {b}");
         }
     }
     // Batches: longest first, within the budget (a unit alone when it exceeds it).
