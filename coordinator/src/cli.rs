@@ -461,6 +461,8 @@ pub struct ApplyPlanArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 #[derive(Args)]

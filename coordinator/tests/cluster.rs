@@ -75,6 +75,25 @@ fn one_two_and_three_workers_equal_one_process() {
     }
 }
 
+#[test]
+fn plans_replay_on_workers_to_the_model_prune_wrote() {
+    // apply-plan through the cluster engine: every stage cuts by the whole step (hidden
+    // channels on every stage, layers removed and renumbered), as prune's steps did.
+    for extra in [vec!["--strategy", "channel", "--iterative-steps", "2"], vec!["--strategy", "layer"], vec!["--gqa", "query-heads"]] {
+        let (setup, model, ids) = Setup::new("tiny_gqa");
+        let (m, i) = (model.to_str().unwrap(), ids.to_str().unwrap());
+        let pruned = setup.root.join("pruned");
+        let base = [&["prune", "--model", m, "--calibration-ids", i, "--ratio", "0.5", "--criterion", "param-first"][..], &extra[..]].concat();
+        ok(&llmprune(&[&base[..], &["--out", pruned.to_str().unwrap()]].concat()));
+        let plan = pruned.join("plan.json");
+        for workers in ["2", "3"] {
+            let out = setup.root.join(format!("replayed{workers}"));
+            ok(&llmprune(&["apply-plan", "--model", m, "--plan", plan.to_str().unwrap(), "--local-workers", workers, "--out", out.to_str().unwrap()]));
+            assert!(model_tensors(&out) == model_tensors(&pruned), "{extra:?}: the plan replayed on {workers} workers");
+        }
+    }
+}
+
 /// Each step's groups with their kept units, without the scores (replicas sum the windows'
 /// statistics in another order, so scores may differ in their last bits).
 fn kept_units(dir: &Path) -> Vec<Vec<(String, serde_json::Value)>> {

@@ -38,12 +38,19 @@ pub struct ScoreCheckpoints {
     pub fingerprint: String,
 }
 
+impl ScoreCheckpoints {
+    fn path(&self, step: usize) -> PathBuf {
+        self.dir.join(format!("scores-step{step}.json"))
+    }
+}
+
 pub struct ClusterEngine<'a> {
     cluster: &'a mut Cluster,
     world: usize,
     replicas: usize,
     tied_embeddings: bool,
-    checkpoints: ScoreCheckpoints,
+    /// Where scores are checkpointed (none for a replay, which scores nothing).
+    checkpoints: Option<ScoreCheckpoints>,
     pub ranks: Vec<RankReport>,
     pub load_s: f64,
 }
@@ -56,10 +63,12 @@ impl<'a> ClusterEngine<'a> {
         model_path: &Path,
         model_sha256: &str,
         replicas: usize,
-        checkpoints: ScoreCheckpoints,
+        checkpoints: Option<ScoreCheckpoints>,
     ) -> Result<Self> {
         let Layout { world, ranks, load_s } = load_layout(cluster, spec, model_path, model_sha256, replicas).await?;
-        std::fs::create_dir_all(&checkpoints.dir).with_context(|| format!("creating {}", checkpoints.dir.display()))?;
+        if let Some(c) = &checkpoints {
+            std::fs::create_dir_all(&c.dir).with_context(|| format!("creating {}", c.dir.display()))?;
+        }
         Ok(Self { cluster, world, replicas, tied_embeddings: spec.tie_word_embeddings, checkpoints, ranks, load_s })
     }
 
@@ -115,19 +124,13 @@ impl<'a> ClusterEngine<'a> {
         found.unwrap_or(&self.cluster.members[0])
     }
 
-    fn checkpoint_path(&self, step: usize) -> PathBuf {
-        self.checkpoints.dir.join(format!("scores-step{step}.json"))
-    }
-
     /// The checkpointed scores of `job`'s step, when resuming a run with the same fingerprint
     /// and candidates.
     fn resumed(&self, job: &ScoreJob) -> Option<Scores> {
-        if !self.checkpoints.resume {
-            return None;
-        }
-        let path = self.checkpoint_path(job.step);
+        let checkpoints = self.checkpoints.as_ref().filter(|c| c.resume)?;
+        let path = checkpoints.path(job.step);
         let cp: ScoresCheckpoint = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
-        let fits = cp.fingerprint == self.checkpoints.fingerprint
+        let fits = cp.fingerprint == checkpoints.fingerprint
             && cp.step == job.step
             && cp.scores.len() == job.groups.len()
             && cp.scores.iter().zip(job.groups).all(|(s, g)| s.len() == g.units)
@@ -182,13 +185,11 @@ impl PruneEngine for ClusterEngine<'_> {
             Err(msg) => return Err(self.cluster.fail(&format!("scoring: {msg}")).await),
         };
         let scores = merge_stages(&job, by_stage)?;
-        let cp = ScoresCheckpoint {
-            fingerprint: self.checkpoints.fingerprint.clone(),
-            step: job.step,
-            scores: scores.groups.clone(),
-            layer_scores: scores.layers.clone(),
-        };
-        crate::commands::write_json_atomic(&self.checkpoint_path(job.step), &serde_json::to_value(&cp)?)?;
+        if let Some(c) = &self.checkpoints {
+            let cp =
+                ScoresCheckpoint { fingerprint: c.fingerprint.clone(), step: job.step, scores: scores.groups.clone(), layer_scores: scores.layers.clone() };
+            crate::commands::write_json_atomic(&c.path(job.step), &serde_json::to_value(&cp)?)?;
+        }
         Ok(scores)
     }
 

@@ -1,14 +1,20 @@
-//! `llmprune apply-plan`: replays a `plan.json` on the model it was made for, through the
-//! same step application `prune` uses, so the output is the model `prune` wrote.
+//! `llmprune apply-plan`: replays a `plan.json` on the model it was made for, in this process
+//! or on a cluster (`--local-workers`, `--workers`), through the planner's replay over the
+//! same engines and stage code `prune` cuts with, so the output is the model `prune` wrote.
 
 use crate::cli::ApplyPlanArgs;
+use crate::cluster::driver::Cluster;
+use crate::cluster::prune::ClusterEngine;
+use crate::commands::cluster::on_cluster;
 use crate::fetch::resolve_model;
 use crate::settings::Settings;
 use anyhow::{anyhow, Context, Result};
 use llmprune_shared::plan::Plan;
-use llmprune_worker::export::export_model;
-use llmprune_worker::loader::model_checksum;
-use llmprune_worker::prune::apply::apply_step;
+use llmprune_shared::planner::{replay_steps, run_ready};
+use llmprune_shared::ModelSpec;
+use llmprune_worker::export::ModelDir;
+use llmprune_worker::loader::{model_checksum, open_model};
+use llmprune_worker::prune::engine::LocalEngine;
 use llmprune_worker::{load_model, LoadOptions};
 use serde_json::json;
 use std::time::Instant;
@@ -17,6 +23,10 @@ pub fn run(settings: &Settings, run_id: &str, args: ApplyPlanArgs) -> Result<()>
     let device = settings.compute_device()?;
     let span = tracing::info_span!("apply_plan", run_id, phase = "slicing", rank = 0);
     let _enter = span.enter();
+    args.cluster.check()?;
+    if args.cluster.replicas != 1 || args.cluster.resume {
+        return Err(anyhow!("apply-plan scores nothing: --replicas and --resume do not apply"));
+    }
     if args.out.exists() {
         return Err(anyhow!("--out {}: already exists; remove it or choose another directory", args.out.display()));
     }
@@ -34,16 +44,31 @@ pub fn run(settings: &Settings, run_id: &str, args: ApplyPlanArgs) -> Result<()>
         ));
     }
     let t = Instant::now();
-    // Loaded exactly as `prune` loads it, so the replay starts from the same weights.
-    let loaded = load_model(&model_path, LoadOptions::full, &device).with_context(|| format!("loading {}", model_path.display()))?;
-    let before = loaded.model.spec.clone();
-    let mut spec = before.clone();
-    let mut weights = loaded.model.weights_by_name();
-    for (k, step) in plan.steps.iter().enumerate() {
-        let (s, w) = apply_step(&spec, &weights, step).map_err(|e| anyhow!("--plan {} step {}: {e}", args.plan.display(), k + 1))?;
-        spec = s;
-        weights = w;
-    }
+    let opened = open_model(&model_path).with_context(|| format!("opening {}", model_path.display()))?;
+    let (before, tokenizer) = (opened.spec.clone(), opened.tokenizer);
+    drop(opened.weights);
+    let failed = |(k, e): (usize, anyhow::Error)| anyhow!("--plan {} step {}: {e:#}", args.plan.display(), k + 1);
+    let out = ModelDir::create(&args.out)?;
+    let spec: ModelSpec = if args.cluster.distributed() {
+        let shards = on_cluster(None, settings, &args.cluster, run_id, async |cluster: &mut Cluster| {
+            let mut engine = ClusterEngine::load(cluster, &before, &model_path, &checksum, 1, None).await?;
+            let spec = replay_steps(&mut engine, &before, &plan.steps).await.map_err(failed)?;
+            Ok((spec, engine.save(out.path()).await?))
+        })?;
+        let (spec, shards) = shards;
+        if shards.len() > 1 {
+            let files: Vec<(String, Vec<String>)> = shards.iter().map(|(f, names, _)| (f.clone(), names.clone())).collect();
+            out.write_index(&files, shards.iter().map(|s| s.2).sum())?;
+        }
+        spec
+    } else {
+        // Loaded exactly as `prune` loads it, so the replay starts from the same weights.
+        let loaded = load_model(&model_path, LoadOptions::full, &device).with_context(|| format!("loading {}", model_path.display()))?;
+        let mut engine = LocalEngine::new(loaded.model);
+        let spec = run_ready(replay_steps(&mut engine, &before, &plan.steps))?.map_err(|(k, e)| failed((k, e.into())))?;
+        out.write_weights(&spec, &engine.model.weights_by_name(), args.output.max_shard_size)?;
+        spec
+    };
     let report = json!({
         "plan": args.plan.display().to_string(),
         "params_before": before.n_params(),
@@ -51,9 +76,10 @@ pub fn run(settings: &Settings, run_id: &str, args: ApplyPlanArgs) -> Result<()>
         "statistics": {"before": crate::commands::prune::table3(&before), "after": crate::commands::prune::table3(&spec)},
         "seconds": t.elapsed().as_secs_f64(),
     });
-    let plan_json = serde_json::to_value(&plan)?;
-    let reports = [("plan.json", &plan_json), ("apply_report.json", &report)];
-    export_model(&args.out, &spec, &weights, &loaded.tokenizer, &reports, args.output.max_shard_size)?;
+    out.write_model_files(&spec, &tokenizer)?;
+    out.write_json("plan.json", &serde_json::to_value(&plan)?)?;
+    out.write_json("apply_report.json", &report)?;
+    out.commit()?;
     crate::commands::prune::print_shapes(&before, &spec);
     println!("model: {}", args.out.display());
     Ok(())

@@ -290,7 +290,7 @@ fn run_on_cluster(
 ) -> Result<DistributedOutcome> {
     on_cluster(shared, settings, &args.cluster, run_id, async |cluster: &mut Cluster| {
         let checkpoints = ScoreCheckpoints { dir: checkpoint, resume: args.cluster.resume, fingerprint };
-        let mut engine = ClusterEngine::load(cluster, spec, model_path, checksum, args.cluster.replicas, checkpoints).await?;
+        let mut engine = ClusterEngine::load(cluster, spec, model_path, checksum, args.cluster.replicas, Some(checkpoints)).await?;
         let outcome = prune_steps(&mut engine, spec, req, calibration).await?;
         let shards = engine.save(out.path()).await?;
         let s = outcome.seconds;

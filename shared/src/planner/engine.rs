@@ -129,13 +129,27 @@ where
     Ok(StepsOutcome { spec, steps, seconds })
 }
 
+/// Replays a plan's `steps` on the engine's model (shaped `spec`): each step checked against
+/// the model as it is then and cut by the engine, as `prune_steps` cut it. Returns the final
+/// shape, or the 0-based index of the step that failed with its error.
+pub async fn replay_steps<E: PruneEngine>(engine: &mut E, spec: &ModelSpec, steps: &[PlanStep]) -> Result<ModelSpec, (usize, E::Error)> {
+    let mut spec = spec.clone();
+    for (k, step) in steps.iter().enumerate() {
+        check_step(&spec, step).map_err(|e| (k, e.into()))?;
+        let after = spec_after_step(&spec, step).map_err(|e| (k, e.into()))?;
+        engine.apply(&spec, step, &after).await.map_err(|e| (k, e))?;
+        spec = after;
+    }
+    Ok(spec)
+}
+
 /// Runs an engine future that never waits (an engine in this process computes while it is
-/// polled): its result, or an error if it would have waited for something.
-pub fn run_ready<T, E: From<PlannerError>>(future: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+/// polled): its output, or an error if it would have waited for something.
+pub fn run_ready<T>(future: impl Future<Output = T>) -> Result<T, PlannerError> {
     let mut future = std::pin::pin!(future);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     match future.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(out) => out,
-        std::task::Poll::Pending => Err(PlannerError::Unsupported("an in-process engine waited on something; run it on an async runtime").into()),
+        std::task::Poll::Ready(out) => Ok(out),
+        std::task::Poll::Pending => Err(PlannerError::Unsupported("an in-process engine waited on something; run it on an async runtime")),
     }
 }

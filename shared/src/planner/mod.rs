@@ -12,7 +12,7 @@ mod scores;
 mod select;
 mod wire;
 
-pub use engine::{prune_steps, run_ready, PruneEngine, ScoreJob, Scores, StepSeconds, StepsOutcome};
+pub use engine::{prune_steps, replay_steps, run_ready, PruneEngine, ScoreJob, Scores, StepSeconds, StepsOutcome};
 pub use groups::{candidate_groups, check_step, plan_groups, renumber_range, spec_after_step};
 pub use modes::{Criterion, GqaMode, ModeName, Reduction, Scope, Strategy};
 pub use request::PruneRequest;

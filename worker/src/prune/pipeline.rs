@@ -26,6 +26,6 @@ pub type Calibration<'a> = dyn FnMut(usize) -> Result<Vec<Vec<u32>>> + 'a;
 pub fn prune(model: LlamaModel, calibration: &mut Calibration, req: &PruneRequest) -> Result<PruneOutcome> {
     let spec = model.spec.clone();
     let mut engine = LocalEngine::new(model);
-    let outcome = run_ready(prune_steps(&mut engine, &spec, req, calibration))?;
+    let outcome = run_ready(prune_steps(&mut engine, &spec, req, calibration))??;
     Ok(PruneOutcome { spec: outcome.spec, weights: engine.model.weights_by_name(), steps: outcome.steps, seconds: outcome.seconds })
 }
