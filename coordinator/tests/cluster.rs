@@ -161,7 +161,7 @@ fn a_worker_lost_during_scoring_fails_cleanly_and_resume_completes() {
     let res = llmprune(&[&args[..], &["--inject-fault", "1:exit-during-score"]].concat());
     assert!(!res.status.success(), "the run must fail");
     let err = String::from_utf8_lossy(&res.stderr);
-    assert_contains(&err, &["scoring", "worker local-1 (rank 1, layers"]);
+    assert_contains(&err, &["scoring", "worker local-1 (rank 1, layers", "may succeed again", "--resume"]);
     assert!(!out.exists(), "no output after a failure");
     let leftovers: Vec<String> = std::fs::read_dir(&setup.root)
         .unwrap()

@@ -11,7 +11,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
 fn comm_err(e: CommError) -> Error {
-    Error::Invalid(format!("pipeline: {e}"))
+    Error::collective("pipeline", e)
 }
 
 fn is_last(comm: &dyn Communicator) -> bool {

@@ -59,6 +59,10 @@ pub struct Member {
     pub rpc: WorkerRpc,
 }
 
+/// Said after failures of another process or of the network, which a rerun may not meet.
+const RETRYABLE: &str =
+    " (a worker or the network failed: the same command may succeed again; prune and recover continue from their checkpoints with --resume)";
+
 impl Member {
     fn describe(&self) -> String {
         let copy = if self.replica > 0 { format!(", replica {}", self.replica) } else { String::new() };
@@ -268,11 +272,13 @@ impl Cluster {
                 joined = set.join_next() => match joined {
                     Some(Ok((rank, Ok(reply)))) => { replies.insert(rank, reply); }
                     Some(Ok((rank, Err(status)))) => {
-                        let mut msg = format!("{what}: {} failed: {}", self.members[rank].describe(), status.message());
+                        // A worker's failed peer or link (gRPC `unavailable`) may pass on a rerun.
+                        let retry = if status.code() == tonic::Code::Unavailable { RETRYABLE } else { "" };
+                        let mut msg = format!("{what}: {} failed: {}{retry}", self.members[rank].describe(), status.message());
                         // A collective error often means that a peer died: give its exit a moment
                         // to be noticed and name it as the cause.
                         if let Ok(Some(cause)) = tokio::time::timeout(Duration::from_millis(500), self.failures.recv()).await {
-                            msg = format!("{what}: {}; then {} failed: {}", self.name_failure(&cause), self.members[rank].describe(), status.message());
+                            msg = format!("{what}: {}; then {} failed: {}{RETRYABLE}", self.name_failure(&cause), self.members[rank].describe(), status.message());
                         }
                         return Err(self.fail(&msg).await);
                     }
@@ -281,7 +287,7 @@ impl Cluster {
                 },
                 Some(msg) = self.failures.recv() => {
                     let named = self.name_failure(&msg);
-                    return Err(self.fail(&format!("{what}: {named}")).await);
+                    return Err(self.fail(&format!("{what}: {named}{RETRYABLE}")).await);
                 }
             }
         }

@@ -168,7 +168,7 @@ impl Runtime {
         if self.opts.device == WorkerDevice::Cpu {
             return Err(Error::Invalid("NCCL ids come from GPU workers; this one runs on the CPU".into()));
         }
-        group_id().map_err(|e| Error::Invalid(format!("creating an NCCL id: {e}")))
+        group_id().map_err(|e| Error::collective("creating an NCCL id", e))
     }
 
     fn load(&mut self, req: LoadShardRequest) -> Result<LoadShardReply> {
@@ -374,7 +374,7 @@ impl Runtime {
 }
 
 fn join_nccl(what: &str, ordinal: usize, rank: usize, world: usize, id: &[u8]) -> Result<Box<dyn Communicator>> {
-    nccl_group(ordinal, rank, world, id).map_err(|e| Error::Invalid(format!("joining the {what} NCCL group on cuda:{ordinal}: {e}")))
+    nccl_group(ordinal, rank, world, id).map_err(|e| Error::collective(format!("joining the {what} NCCL group on cuda:{ordinal}"), e))
 }
 
 /// Joins one ring as `rank` of `world`, given every member's address by rank.
@@ -389,5 +389,5 @@ fn join_ring(what: &str, rank: usize, world: usize, addresses: &[String], listen
         addresses.iter().map(|a| a.parse().map_err(|_| Error::Invalid(format!("bad {what} ring address `{a}`")))).collect::<Result<_>>()?
     };
     let listener = listener.try_clone().map_err(|e| Error::io(format!("{what} ring socket"), e))?;
-    TcpRing::connect(rank, &addrs, listener, opts).map_err(|e| Error::Invalid(format!("joining the {what} ring: {e}")))
+    TcpRing::connect(rank, &addrs, listener, opts).map_err(|e| Error::collective(format!("joining the {what} ring"), e))
 }

@@ -145,7 +145,7 @@ fn statistics(
 /// by token, so the bits are the single process's.
 fn join_tied_gradient(pipeline: &mut dyn Communicator, store: &mut GradStore, var: &Var, ids: &Tensor, d_embedded: Option<Tensor>) -> Result<()> {
     let (rank, last) = (pipeline.rank(), pipeline.world_size() - 1);
-    let comm = |e: crate::collective::CommError| Error::Invalid(format!("pipeline: the tied embedding's gradient: {e}"));
+    let comm = |e: crate::collective::CommError| Error::collective("pipeline: the tied embedding's gradient", e);
     if rank == last {
         let g = store.get(var.as_tensor()).ok_or_else(|| Error::Invalid("the tied head received no gradient".into()))?;
         pipeline.send(&g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?, 0).map_err(comm)?;

@@ -87,7 +87,7 @@ pub fn all_reduce_stats(stats: GradientStats, local: usize, total: usize, comm: 
             .map(|name| {
                 let t = map.remove(&name).ok_or_else(|| Error::Invalid(format!("{name} vanished")))?;
                 let mut data = (t.flatten_all()? * scale)?.to_vec1::<f32>()?;
-                comm.all_reduce_sum(&mut data).map_err(|e| Error::Invalid(format!("all-reducing the statistics of {name}: {e}")))?;
+                comm.all_reduce_sum(&mut data).map_err(|e| Error::collective(format!("all-reducing the statistics of {name}"), e))?;
                 Ok((name, Tensor::from_vec(data, t.shape(), t.device())?))
             })
             .collect()

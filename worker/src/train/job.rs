@@ -106,7 +106,7 @@ pub fn run_recovery(
             peft::write_tensors(&dir.join(&adapter_part), &vars)?;
             // Once the first replica's stages all meet here every part is written; the first
             // stage joins them into one PEFT adapter (the coordinator only indexes the shards).
-            groups.pipeline.barrier().map_err(|e| Error::Invalid(format!("pipeline: waiting for the stages' adapters: {e}")))?;
+            groups.pipeline.barrier().map_err(|e| Error::collective("pipeline: waiting for the stages' adapters", e))?;
             if stage == 0 {
                 let parts: Vec<String> = (0..stages).map(|s| stage_files(s, stages).1).collect();
                 peft::join_parts(dir, &parts, &config, &req.base_model)?;

@@ -32,7 +32,7 @@ impl TrainGroups<'_> {
     /// Sums `values` over the whole run: the last stage's (the others hold zeros, which adds
     /// nothing exactly) summed over the data-parallel ranks.
     pub fn sum_from_last_stage(&mut self, values: &mut [f32], what: &str) -> Result<()> {
-        let err = |e: crate::collective::CommError| Error::Invalid(format!("all-reducing {what}: {e}"));
+        let err = |e: crate::collective::CommError| Error::collective(format!("all-reducing {what}"), e);
         if self.pipeline.world_size() > 1 {
             self.pipeline.all_reduce_sum(values).map_err(err)?;
         }
@@ -140,7 +140,7 @@ pub fn train_step(
     // that the norm has the single process's bits.
     let mut squares = squared_norms(&grads)?;
     if groups.pipeline.world_size() > 1 {
-        let all = groups.pipeline.all_gather(&squares).map_err(|e| Error::Invalid(format!("gathering the gradient norm over the stages: {e}")))?;
+        let all = groups.pipeline.all_gather(&squares).map_err(|e| Error::collective("gathering the gradient norm over the stages", e))?;
         squares = all.concat();
     }
     let grad_norm = squares.iter().map(|&s| s as f64).sum::<f64>().sqrt();
@@ -157,7 +157,7 @@ fn all_reduce(grads: Vec<Tensor>, comm: &mut dyn Communicator) -> Result<Vec<Ten
     for g in &grads {
         flat.extend(g.flatten_all()?.to_vec1::<f32>()?);
     }
-    comm.all_reduce_sum(&mut flat).map_err(|e| Error::Invalid(format!("all-reducing the adapter gradients: {e}")))?;
+    comm.all_reduce_sum(&mut flat).map_err(|e| Error::collective("all-reducing the adapter gradients", e))?;
     let mut at = 0;
     grads
         .iter()

@@ -179,7 +179,7 @@ fn resume_point(c: &Checkpoints, pipeline: &mut dyn Communicator) -> Result<Opti
     }
     // -1: none; steps are exact in f32 far beyond any run's length.
     let mine = latest.as_ref().map_or(-1.0, |(s, _)| s.step as f32);
-    let all = pipeline.all_gather(&[mine]).map_err(|e| Error::Invalid(format!("agreeing on a checkpoint with the other stages: {e}")))?;
+    let all = pipeline.all_gather(&[mine]).map_err(|e| Error::collective("agreeing on a checkpoint with the other stages", e))?;
     let common = all.iter().map(|v| v.first().copied().unwrap_or(-1.0)).fold(f32::INFINITY, f32::min);
     match latest {
         _ if common < 0.0 => Ok(None),
@@ -195,7 +195,7 @@ fn same_adapters_everywhere(vars: &[(String, Var)], comm: &mut dyn Communicator)
     if comm.world_size() > 1 {
         // The digest as 16-bit pieces: exact in f32.
         let mine: Vec<f32> = sum.as_bytes().chunks(4).map(|c| u16::from_str_radix(std::str::from_utf8(c).unwrap_or("0"), 16).unwrap_or(0) as f32).collect();
-        let all = comm.all_gather(&mine).map_err(|e| Error::Invalid(format!("comparing adapters across ranks: {e}")))?;
+        let all = comm.all_gather(&mine).map_err(|e| Error::collective("comparing adapters across ranks", e))?;
         if let Some(r) = all.iter().position(|theirs| *theirs != mine) {
             return Err(Error::Invalid(format!("the adapters of rank {r} differ from rank {}'s: the replicas diverged", comm.rank())));
         }
