@@ -5,6 +5,9 @@
 
 use std::ops::Range;
 
+/// The token embedding's parameter, which a tied model also uses as its output head.
+pub const EMBEDDING: &str = "model.embed_tokens.weight";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardLayout {
     /// The pipeline stage.
@@ -32,9 +35,15 @@ impl ShardLayout {
     pub fn owns(&self, param: &str) -> bool {
         match layer_of_param(param) {
             Some(i) => self.layers.contains(&i),
-            None if param == "model.embed_tokens.weight" => self.embeddings,
+            None if param == EMBEDDING => self.embeddings,
             None => self.head,
         }
+    }
+
+    /// Whether the stage holds a parameter's weights: the ones it owns, and a tied embedding
+    /// on the last stage, where it is the head.
+    pub fn holds(&self, param: &str, tied_embeddings: bool) -> bool {
+        self.owns(param) || (tied_embeddings && self.head && param == EMBEDDING)
     }
 
     /// Whether the stage owns no parameter at all (every one of its layers was removed).

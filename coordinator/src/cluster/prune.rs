@@ -13,6 +13,7 @@ use llmprune_shared::layout::ShardLayout;
 use llmprune_shared::plan::PlanStep;
 use llmprune_shared::planner::{assemble_members, renumber_range, step_to_wire, PruneEngine, ScoreJob, Scores};
 use llmprune_shared::proto::{self, SaveShardRequest, ScoreReply, ScoreRequest, TokenWindow};
+use llmprune_shared::safetensors_index::write_index;
 use llmprune_shared::ModelSpec;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -84,15 +85,15 @@ impl<'a> ClusterEngine<'a> {
         }
     }
 
-    /// Whether a stage takes part in scoring `g`: it owns a member, or (as the last stage)
-    /// holds a tied embedding as its head, whose gradient it adds to the first stage's.
+    /// Whether a stage takes part in scoring `g`: it holds a member (a tied embedding on the
+    /// last stage too, whose head gradient goes to the first stage).
     fn holds(&self, layout: &ShardLayout, g: &Group) -> bool {
-        g.members.iter().any(|m| layout.owns(&m.param) || (self.tied_embeddings && layout.head && m.param == "model.embed_tokens.weight"))
+        g.members.iter().any(|m| layout.holds(&m.param, self.tied_embeddings))
     }
 
-    /// Has the first replica of every stage that owns weights write them into `out_dir`:
-    /// (file, tensor names, bytes) by stage.
-    pub async fn save(&mut self, out_dir: &Path) -> Result<Vec<(String, Vec<String>, u64)>> {
+    /// Has the first replica of every stage that owns weights write them into `out_dir`, and
+    /// indexes the files when there are several.
+    pub async fn save(&mut self, out_dir: &Path) -> Result<()> {
         self.cluster.enter(Phase::Saving);
         let writers: Vec<usize> = (0..self.world).filter(|&s| !self.layout(self.stage_member(s)).owns_nothing()).collect();
         let file = |s: usize| {
@@ -116,7 +117,11 @@ impl<'a> ClusterEngine<'a> {
                 },
             )
             .await?;
-        Ok(writers.iter().zip(saved).map(|(&s, r)| (file(s), r.tensor_names, r.bytes)).collect())
+        if writers.len() > 1 {
+            let files: Vec<(String, Vec<String>)> = writers.iter().zip(&saved).map(|(&s, r)| (file(s), r.tensor_names.clone())).collect();
+            write_index(out_dir, &files, saved.iter().map(|r| r.bytes).sum()).context("indexing the stages' weights")?;
+        }
+        Ok(())
     }
 
     fn stage_member(&self, stage: usize) -> &Member {

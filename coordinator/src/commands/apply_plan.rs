@@ -50,17 +50,12 @@ pub fn run(settings: &Settings, run_id: &str, args: ApplyPlanArgs) -> Result<()>
     let failed = |(k, e): (usize, anyhow::Error)| anyhow!("--plan {} step {}: {e:#}", args.plan.display(), k + 1);
     let out = ModelDir::create(&args.out)?;
     let spec: ModelSpec = if args.cluster.distributed() {
-        let shards = on_cluster(None, settings, &args.cluster, run_id, async |cluster: &mut Cluster| {
+        on_cluster(None, settings, &args.cluster, run_id, async |cluster: &mut Cluster| {
             let mut engine = ClusterEngine::load(cluster, &before, &model_path, &checksum, 1, None).await?;
             let spec = replay_steps(&mut engine, &before, &plan.steps).await.map_err(failed)?;
-            Ok((spec, engine.save(out.path()).await?))
-        })?;
-        let (spec, shards) = shards;
-        if shards.len() > 1 {
-            let files: Vec<(String, Vec<String>)> = shards.iter().map(|(f, names, _)| (f.clone(), names.clone())).collect();
-            out.write_index(&files, shards.iter().map(|s| s.2).sum())?;
-        }
-        spec
+            engine.save(out.path()).await?;
+            Ok(spec)
+        })?
     } else {
         // Loaded exactly as `prune` loads it, so the replay starts from the same weights.
         let loaded = load_model(&model_path, LoadOptions::full, &device).with_context(|| format!("loading {}", model_path.display()))?;

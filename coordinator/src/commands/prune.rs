@@ -12,7 +12,7 @@ use crate::fetch::resolve_model;
 use crate::settings::Settings;
 use anyhow::{anyhow, Context, Result};
 use llmprune_shared::plan::{Plan, PlanModel, PlanStep};
-use llmprune_shared::planner::{prune_steps, Criterion, ModeName, PruneRequest};
+use llmprune_shared::planner::{prune_steps, Criterion, ModeName, PruneRequest, StepSeconds};
 use llmprune_shared::{ModelSpec, PyRandom};
 use llmprune_worker::calibration::{read_rows, read_token_ids, sample_windows_with};
 use llmprune_worker::export::ModelDir;
@@ -161,7 +161,7 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
     let distributed = shared.is_some() || args.cluster.distributed();
     let latency_data = eval_data.first().filter(|_| args.latency_chunks > 0 && !distributed);
     let mut report = serde_json::Map::new();
-    let (spec_after, steps, pruned) = if distributed {
+    let (spec_after, steps, pruned, [load_s, total_s], seconds) = if distributed {
         let checkpoint = checkpoint_dir(&args.out);
         let fingerprint = format!("{checksum} {settings_json}");
         let outcome = run_on_cluster(
@@ -178,24 +178,15 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
             checkpoint.clone(),
             fingerprint,
         )?;
-        let [load_s, scoring_s, planning_s, slicing_s] = outcome.seconds;
-        report.insert(
-            "seconds".into(),
-            json!({"load": load_s, "scoring": scoring_s, "planning": planning_s, "slicing": slicing_s,
-                                                "total": t0.elapsed().as_secs_f64()}),
-        );
+        let total_s = t0.elapsed().as_secs_f64();
         report.insert("cluster".into(), json!({"workers": outcome.ranks.len(), "replicas": args.cluster.replicas, "ranks": outcome.ranks}));
-        let files: Vec<(String, Vec<String>)> = outcome.shards.iter().map(|(f, names, _)| (f.clone(), names.clone())).collect();
-        if files.len() > 1 {
-            out.write_index(&files, outcome.shards.iter().map(|s| s.2).sum())?;
-        }
         out.write_model_files(&outcome.spec, &tokenizer)?;
         let pruned = if eval_data.is_empty() {
             None
         } else {
             Some(load_model(out.path(), LoadOptions::full, &device).context("loading the assembled model for --eval-ppl")?.model)
         };
-        (outcome.spec, outcome.steps, pruned)
+        (outcome.spec, outcome.steps, pruned, [outcome.load_s, total_s], outcome.seconds)
     } else {
         let model = load_model(&model_path, LoadOptions::full, &device).with_context(|| format!("loading {}", model_path.display()))?.model;
         let latency_before = match latency_data {
@@ -204,12 +195,7 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
         };
         let load_s = t0.elapsed().as_secs_f64();
         let outcome = prune(model, &mut *calibration, &req)?;
-        let s = outcome.seconds;
-        report.insert(
-            "seconds".into(),
-            json!({"load": load_s, "scoring": s.scoring, "planning": s.planning, "slicing": s.slicing,
-                                                "total": t0.elapsed().as_secs_f64()}),
-        );
+        let total_s = t0.elapsed().as_secs_f64();
         if let Some(b) = latency_before {
             report.insert("latency_before".into(), json!(b));
         }
@@ -221,8 +207,13 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
             let source = InMemoryWeights { label: "pruned model".into(), tensors: outcome.weights };
             Some(LlamaModel::load(outcome.spec.clone(), &source, &LoadOptions::full(&outcome.spec), &device)?)
         };
-        (outcome.spec, outcome.steps, pruned)
+        (outcome.spec, outcome.steps, pruned, [load_s, total_s], outcome.seconds)
     };
+    // Total: until the cluster's shards are saved, or until one process has pruned.
+    report.insert(
+        "seconds".into(),
+        json!({"load": load_s, "scoring": seconds.scoring, "planning": seconds.planning, "slicing": seconds.slicing, "total": total_s}),
+    );
     let model = PlanModel { path: model_path.display().to_string(), sha256: checksum, params: spec_before.n_params() };
     let plan = Plan::new(model, settings_json, steps);
     let mut before = table3(&spec_before);
@@ -260,14 +251,12 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
     Ok(())
 }
 
-/// What a cluster's prune produced.
+/// What a cluster's prune produced (its shards are written and indexed in the output).
 struct DistributedOutcome {
     spec: ModelSpec,
     steps: Vec<PlanStep>,
-    /// Seconds of loading, scoring (gradients included), planning and slicing.
-    seconds: [f64; 4],
-    /// Shard files written into the output directory: (file, tensor names, bytes).
-    shards: Vec<(String, Vec<String>, u64)>,
+    load_s: f64,
+    seconds: StepSeconds,
     ranks: Vec<RankReport>,
 }
 
@@ -292,14 +281,7 @@ fn run_on_cluster(
         let checkpoints = ScoreCheckpoints { dir: checkpoint, resume: args.cluster.resume, fingerprint };
         let mut engine = ClusterEngine::load(cluster, spec, model_path, checksum, args.cluster.replicas, Some(checkpoints)).await?;
         let outcome = prune_steps(&mut engine, spec, req, calibration).await?;
-        let shards = engine.save(out.path()).await?;
-        let s = outcome.seconds;
-        Ok(DistributedOutcome {
-            spec: outcome.spec,
-            steps: outcome.steps,
-            seconds: [engine.load_s, s.scoring, s.planning, s.slicing],
-            shards,
-            ranks: engine.ranks,
-        })
+        engine.save(out.path()).await?;
+        Ok(DistributedOutcome { spec: outcome.spec, steps: outcome.steps, load_s: engine.load_s, seconds: outcome.seconds, ranks: engine.ranks })
     })
 }

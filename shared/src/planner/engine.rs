@@ -3,7 +3,7 @@
 //! model in this process, or the workers of a cluster, each scoring and cutting what it
 //! holds; the loop, the random scores and every decision live here and nowhere else.
 
-use super::groups::{candidate_groups, check_step, spec_after_step};
+use super::groups::{candidate_groups, spec_after_step};
 use super::modes::{Criterion, Reduction, Strategy};
 use super::request::PruneRequest;
 use super::scores::random_scores;
@@ -87,34 +87,33 @@ where
         let target = req.ratio * k as f64 / req.steps as f64;
         let t = Instant::now();
         let windows = if req.criterion.needs_gradient() { calibration(k - 1)? } else { Vec::new() };
-        let job = |groups, layers| ScoreJob { step: k, groups, layers, criterion: req.criterion, reduction: req.reduction, windows: &windows };
-        let step = if req.strategy == Strategy::Layer {
-            let candidates: Vec<usize> = (0..original.len()).filter(|&j| req.layers.contains(&original[j])).collect();
-            if candidates.is_empty() {
+        // Layer-wise steps rank layers, the others groups; the other list stays empty.
+        let layer_wise = req.strategy == Strategy::Layer;
+        let (groups, layers) = if layer_wise {
+            let layers: Vec<usize> = (0..original.len()).filter(|&j| req.layers.contains(&original[j])).collect();
+            if layers.is_empty() {
                 return Err(PlannerError::NoCandidates("no layer to remove: the layer range is empty").into());
             }
-            let scores = match req.criterion {
-                Criterion::Random => candidates.iter().map(|_| rng.random() as f32).collect(),
-                _ => engine.score(job(&[], &candidates)).await?.layers,
-            };
-            seconds.scoring += t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            let step = select_layers(&candidates, scores, req, target)?;
-            seconds.planning += t.elapsed().as_secs_f64();
-            step
+            (Vec::new(), layers)
         } else {
-            let groups = candidate_groups(&spec, req)?;
-            let scores = match req.criterion {
-                Criterion::Random => random_scores(&groups, &mut rng),
-                _ => engine.score(job(&groups, &[])).await?.groups,
-            };
-            seconds.scoring += t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            let step = select_units(&spec, &groups, scores, req, target, &mut initial_units)?;
-            seconds.planning += t.elapsed().as_secs_f64();
-            step
+            (candidate_groups(&spec, req)?, Vec::new())
         };
-        check_step(&spec, &step)?;
+        let scores = match req.criterion {
+            Criterion::Random => Scores { groups: random_scores(&groups, &mut rng), layers: layers.iter().map(|_| rng.random() as f32).collect() },
+            _ => {
+                let job = ScoreJob { step: k, groups: &groups, layers: &layers, criterion: req.criterion, reduction: req.reduction, windows: &windows };
+                engine.score(job).await?
+            }
+        };
+        seconds.scoring += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let step = if layer_wise {
+            select_layers(&layers, scores.layers, req, target)?
+        } else {
+            select_units(&spec, &groups, scores.groups, req, target, &mut initial_units)?
+        };
+        seconds.planning += t.elapsed().as_secs_f64();
+        // The new shape, after checking that the step fits the model.
         let after = spec_after_step(&spec, &step)?;
         let t = Instant::now();
         engine.apply(&spec, &step, &after).await?;
@@ -135,7 +134,6 @@ where
 pub async fn replay_steps<E: PruneEngine>(engine: &mut E, spec: &ModelSpec, steps: &[PlanStep]) -> Result<ModelSpec, (usize, E::Error)> {
     let mut spec = spec.clone();
     for (k, step) in steps.iter().enumerate() {
-        check_step(&spec, step).map_err(|e| (k, e.into()))?;
         let after = spec_after_step(&spec, step).map_err(|e| (k, e.into()))?;
         engine.apply(&spec, step, &after).await.map_err(|e| (k, e))?;
         spec = after;

@@ -93,7 +93,8 @@ pub fn check_step(spec: &ModelSpec, step: &PlanStep) -> Result<Vec<(Group, Vec<u
 
 /// The model's shape after `step`: each cut group's structure narrowed to its kept units,
 /// then the removed layers dropped (later layers renumbered). The same shape the sliced
-/// weights have; workers and the coordinator compute it without them.
+/// weights have; workers and the coordinator compute it without them. A step that does not
+/// fit the model ([`check_step`]) is refused.
 pub fn spec_after_step(spec: &ModelSpec, step: &PlanStep) -> Result<ModelSpec, PlannerError> {
     let mut out = spec.clone();
     for (g, kept) in check_step(spec, step)? {

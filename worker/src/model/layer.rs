@@ -260,53 +260,43 @@ impl DecoderLayer {
         })
     }
 
-    /// Every weight of the layer with its canonical name, in a fixed order.
-    fn weights_in_order(&self) -> Vec<(&'static str, &Tensor)> {
-        let mut out = vec![
-            ("input_layernorm.weight", &self.input_norm),
-            ("self_attn.q_proj.weight", &self.attn.q),
-            ("self_attn.k_proj.weight", &self.attn.k),
-            ("self_attn.v_proj.weight", &self.attn.v),
-            ("self_attn.o_proj.weight", &self.attn.o),
-            ("post_attention_layernorm.weight", &self.post_norm),
-            ("mlp.gate_proj.weight", &self.mlp.gate),
-            ("mlp.up_proj.weight", &self.mlp.up),
-            ("mlp.down_proj.weight", &self.mlp.down),
+    /// The canonical names of the layer's weights, in the order `named_weights` and
+    /// `named_weights_mut` list the tensors.
+    fn names(&self) -> Vec<String> {
+        const ALWAYS: [&str; 9] = [
+            "input_layernorm.weight",
+            "self_attn.q_proj.weight",
+            "self_attn.k_proj.weight",
+            "self_attn.v_proj.weight",
+            "self_attn.o_proj.weight",
+            "post_attention_layernorm.weight",
+            "mlp.gate_proj.weight",
+            "mlp.up_proj.weight",
+            "mlp.down_proj.weight",
         ];
-        if let Some([bq, bk, bv]) = &self.attn.qkv_bias {
-            out.extend([("self_attn.q_proj.bias", bq), ("self_attn.k_proj.bias", bk), ("self_attn.v_proj.bias", bv)]);
-        }
-        if let Some([nq, nk]) = &self.attn.qk_norm {
-            out.extend([("self_attn.q_norm.weight", nq), ("self_attn.k_norm.weight", nk)]);
-        }
-        out
+        const BIASES: [&str; 3] = ["self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"];
+        const QK_NORMS: [&str; 2] = ["self_attn.q_norm.weight", "self_attn.k_norm.weight"];
+        let biases = self.attn.qkv_bias.as_ref().map_or(&[][..], |_| &BIASES[..]);
+        let norms = self.attn.qk_norm.as_ref().map_or(&[][..], |_| &QK_NORMS[..]);
+        ALWAYS.iter().chain(biases).chain(norms).map(|n| format!("model.layers.{}.{n}", self.index)).collect()
     }
 
     pub fn named_weights(&self) -> Vec<(String, &Tensor)> {
-        let p = format!("model.layers.{}", self.index);
-        self.weights_in_order().into_iter().map(|(n, t)| (format!("{p}.{n}"), t)).collect()
+        let a = &self.attn;
+        let mut tensors = vec![&self.input_norm, &a.q, &a.k, &a.v, &a.o, &self.post_norm, &self.mlp.gate, &self.mlp.up, &self.mlp.down];
+        tensors.extend(a.qkv_bias.iter().flatten());
+        tensors.extend(a.qk_norm.iter().flatten());
+        self.names().into_iter().zip(tensors).collect()
     }
 
     pub fn named_weights_mut(&mut self) -> Vec<(String, &mut Tensor)> {
-        let p = format!("model.layers.{}", self.index);
-        let mut out = vec![
-            ("input_layernorm.weight", &mut self.input_norm),
-            ("self_attn.q_proj.weight", &mut self.attn.q),
-            ("self_attn.k_proj.weight", &mut self.attn.k),
-            ("self_attn.v_proj.weight", &mut self.attn.v),
-            ("self_attn.o_proj.weight", &mut self.attn.o),
-            ("post_attention_layernorm.weight", &mut self.post_norm),
-            ("mlp.gate_proj.weight", &mut self.mlp.gate),
-            ("mlp.up_proj.weight", &mut self.mlp.up),
-            ("mlp.down_proj.weight", &mut self.mlp.down),
-        ];
-        if let Some([bq, bk, bv]) = &mut self.attn.qkv_bias {
-            out.extend([("self_attn.q_proj.bias", bq), ("self_attn.k_proj.bias", bk), ("self_attn.v_proj.bias", bv)]);
-        }
-        if let Some([nq, nk]) = &mut self.attn.qk_norm {
-            out.extend([("self_attn.q_norm.weight", nq), ("self_attn.k_norm.weight", nk)]);
-        }
-        out.into_iter().map(|(n, t)| (format!("{p}.{n}"), t)).collect()
+        let names = self.names();
+        let a = &mut self.attn;
+        let mut tensors =
+            vec![&mut self.input_norm, &mut a.q, &mut a.k, &mut a.v, &mut a.o, &mut self.post_norm, &mut self.mlp.gate, &mut self.mlp.up, &mut self.mlp.down];
+        tensors.extend(a.qkv_bias.iter_mut().flatten());
+        tensors.extend(a.qk_norm.iter_mut().flatten());
+        names.into_iter().zip(tensors).collect()
     }
 
     /// q or k `[…, heads, d]`-shaped with heads last-but-one: its per-head RMSNorm (Qwen3),

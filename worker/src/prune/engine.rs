@@ -9,7 +9,7 @@
 //! them. Cutting takes the whole step: each stage slices what it holds, drops its removed
 //! layers and renumbers the rest.
 
-use super::importance::{layer_score, member_scores};
+use super::importance::{group_scores, layer_score, member_scores};
 use super::slice::{layer_shape, remove_layers, slice_weights};
 use super::statistics::{all_reduce_stats, gradient_stats_with, GradientStats};
 use crate::cluster::shard::Collectives;
@@ -21,9 +21,9 @@ use crate::stage::stage_backward_to_embeddings;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use llmprune_shared::depgraph::{Group, GroupMember};
-use llmprune_shared::layout::{layer_of_param, ShardLayout};
+use llmprune_shared::layout::{layer_of_param, ShardLayout, EMBEDDING};
 use llmprune_shared::plan::PlanStep;
-use llmprune_shared::planner::{check_step, renumber_range, scored_member_count, unit_scores, Criterion, PruneEngine, Reduction, ScoreJob, Scores};
+use llmprune_shared::planner::{check_step, renumber_range, scored_members, Criterion, PruneEngine, Reduction, ScoreJob, Scores};
 use llmprune_shared::ModelSpec;
 use std::collections::{HashMap, HashSet};
 
@@ -53,8 +53,6 @@ pub struct StageScores {
     pub layers: Vec<f32>,
 }
 
-const EMBEDDING: &str = "model.embed_tokens.weight";
-
 /// Scores `job`'s candidates on this stage. Every stage of every replica calls this with the
 /// same windows and criterion, whether or not it has candidates: gradients flow through all
 /// of them. `progress` gets (passes done, passes in all).
@@ -81,12 +79,11 @@ pub fn score_stage(
         .groups
         .iter()
         .map(|g| {
-            let folded = member_scores(g, job.criterion, &weights, &stats, owned)?;
-            if folded.len() == scored_member_count(g) {
-                Ok(GroupPart::Whole(unit_scores(g, &folded.into_iter().map(|(_, f)| f).collect::<Vec<_>>(), job.reduction)?))
+            Ok(if scored_members(g).all(|(_, m)| owned(&m.param)) {
+                GroupPart::Whole(group_scores(g, job.criterion, job.reduction, &weights, &stats)?)
             } else {
-                Ok(GroupPart::Members(folded))
-            }
+                GroupPart::Members(member_scores(g, job.criterion, &weights, &stats, owned)?)
+            })
         })
         .collect::<Result<_>>()?;
     let layers = job
@@ -177,7 +174,7 @@ pub fn cut_stage(model: &mut LlamaModel, layout: &ShardLayout, step: &PlanStep, 
         })
         .unzip();
     let sliced = slice_weights(&weights, &groups, &kept)?;
-    let (_, sliced) = if step.removed_layers.is_empty() { (model.spec.clone(), sliced) } else { remove_layers(&model.spec, &sliced, &step.removed_layers)? };
+    let sliced = if step.removed_layers.is_empty() { sliced } else { remove_layers(&model.spec, &sliced, &step.removed_layers)?.1 };
     let layers = renumber_range(&layout.layers, &step.removed_layers);
     for i in layers.clone() {
         let shape = layer_shape(&sliced, after.head_dim, i)?;
