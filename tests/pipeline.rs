@@ -70,7 +70,7 @@ fn replicated(dir: &Path, cuts: &[usize], replicas: usize, windows: &[Vec<u32>],
                 let mut comms = Collectives { pipeline, replicas: replicas_ring };
                 let layers = cuts[rank]..cuts[rank + 1];
                 let layout = ShardLayout { rank, world, layers, embeddings: rank == 0, head: rank + 1 == world, replica, replicas };
-                let mut shard = ShardModel::load(&dir, layout, &Device::Cpu).unwrap();
+                let mut shard = ShardModel::load(&dir, layout, Default::default(), &Device::Cpu).unwrap();
                 let mine: Vec<Group> = candidates(&dir).into_iter().filter(|g| g.members.iter().all(|m| shard.owns(&m.param))).collect();
                 let job = StageJob { groups: &mine, layers: &[], criterion, reduction: Reduction::Sum, windows: &windows };
                 let scores = shard.score(&mut comms, &job, &mut |_, _| {}).unwrap();

@@ -151,6 +151,7 @@ fn smollm2_scores_the_first_documents_as_lm_evaluation_harness_does() {
         ppl: vec![],
         ppl_max_chunks: None,
         seq_len: 128,
+        ppl_batch_size: 4,
         latency_chunks: None,
     };
     let loaded = load_model(&smollm2_gguf(), LoadOptions::full, &Device::Cpu).unwrap();

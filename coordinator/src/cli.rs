@@ -162,6 +162,8 @@ pub struct GenerateArgs {
     /// Also write the prompts and continuations as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 #[derive(Args)]
@@ -494,24 +496,11 @@ pub struct PplArgs {
     /// The weights' dtype in memory (f16/bf16 halve it; on the CPU they are slower than f32).
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: WeightDtype,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
-pub enum WeightDtype {
-    F32,
-    F16,
-    Bf16,
-}
-
-impl From<WeightDtype> for candle_core::DType {
-    fn from(d: WeightDtype) -> Self {
-        match d {
-            WeightDtype::F32 => Self::F32,
-            WeightDtype::F16 => Self::F16,
-            WeightDtype::Bf16 => Self::BF16,
-        }
-    }
-}
+pub use llmprune_shared::dtype::WeightDtype;
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum BenchMode {

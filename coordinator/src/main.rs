@@ -44,7 +44,7 @@ fn run(cli: cli::Cli) -> Result<()> {
         cli::Command::Recover(args) => commands::recover::run(&settings, &run_id, args, None),
         cli::Command::Eval(args) => commands::eval::run(&settings, &run_id, args, None),
         cli::Command::Table(args) => commands::table::run(args),
-        cli::Command::Generate(args) => commands::generate::run(&settings, args),
+        cli::Command::Generate(args) => commands::generate::run(&settings, &run_id, args),
         cli::Command::Run(args) => commands::run::run(&settings, &run_id, args),
     }
 }

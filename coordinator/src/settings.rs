@@ -145,6 +145,11 @@ impl Settings {
         device.compute_device().map_err(|e| anyhow::anyhow!("--device {e}"))
     }
 
+    /// The device as a worker takes it, for the worker a command runs in this process.
+    pub fn worker_device(&self) -> Result<WorkerDevice> {
+        WorkerDevice::parse(&self.device).map_err(|e| anyhow::anyhow!("device (--device) {e}"))
+    }
+
     fn validate(&self) -> Result<()> {
         if self.cache_dir.as_os_str().is_empty() {
             bail!("cache_dir: must not be empty");

@@ -335,3 +335,46 @@ fn a_plan_replays_to_the_same_model_and_refuses_other_models() {
     fails_with(&run(&["--ratio", "0.5", "--max-shard-size", "5XB"]), &["--max-shard-size", "unknown unit `xb`"]);
     assert!(!std::path::Path::new(&other).exists(), "failed runs leave no output");
 }
+
+/// `ppl` and `generate` take the same path on one in-process worker and on worker processes:
+/// the same perplexity (the chunks' NLL sums added in another order) and the same texts.
+#[test]
+fn ppl_and_generate_on_two_workers_equal_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tiny_model_dir("tiny_gqa", tmp.path());
+    let m = dir.to_str().unwrap();
+    let text = tmp.path().join("words.txt");
+    let words: Vec<String> = (0..300).map(|i| format!("w{}", (i * 41) % 96)).collect();
+    std::fs::write(&text, words.join(" ") + "\n").unwrap();
+    let data = format!("ptb={}", text.display());
+    let ppl = |name: &str, extra: &[&str]| -> serde_json::Value {
+        let json = tmp.path().join(name);
+        let args = [&["ppl", "--model", m, "--data", &data, "--seq-len", "16", "--batch-size", "3", "--json", json.to_str().unwrap()][..], extra].concat();
+        let out = llmprune(&args, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+    };
+    let (one, two) = (ppl("one.json", &[]), ppl("two.json", &["--local-workers", "2"]));
+    assert_eq!((one["workers"].as_u64(), two["workers"].as_u64()), (Some(1), Some(2)));
+    let (a, b) = (&one["results"]["ptb"], &two["results"]["ptb"]);
+    assert_eq!((&a["chunks"], &a["scored_tokens"]), (&b["chunks"], &b["scored_tokens"]));
+    assert_eq!(a["chunks"], 18, "300 tokens make 18 chunks of 16");
+    let (pa, pb) = (a["ppl"].as_f64().unwrap(), b["ppl"].as_f64().unwrap());
+    assert!((pa - pb).abs() <= 1e-12 * pa, "ppl {pa} in one process, {pb} on 2 workers");
+
+    let generate = |name: &str, extra: &[&str]| -> Vec<String> {
+        let json = tmp.path().join(name);
+        let prompts = ["--prompt", "w1 w2", "--prompt", "w40", "--prompt", "w7 w8 w9"];
+        let sampling = ["--max-new-tokens", "6", "--temperature", "0.9", "--top-k", "20", "--seed", "7"];
+        let args = [&["generate", "--model", m, "--json", json.to_str().unwrap()][..], &prompts, &sampling, extra].concat();
+        let out = llmprune(&args, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        doc["cases"].as_array().unwrap().iter().map(|c| c["continuation"].as_str().unwrap().to_string()).collect()
+    };
+    let one = generate("gen1.json", &[]);
+    assert_eq!(one.len(), 3);
+    assert!(one.iter().any(|t| !t.is_empty()), "something was generated: {one:?}");
+    assert_eq!(one, generate("gen2.json", &["--local-workers", "2"]), "prompt i runs on worker i mod 2 from the same seed");
+    fails_with(&llmprune(&["generate", "--model", m, "--prompt", "w1", "--replicas", "2"], &[]), &["--replicas"]);
+}

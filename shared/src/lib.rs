@@ -2,6 +2,7 @@
 //! coordinator that only plans must not pay for a tensor library.
 
 pub mod depgraph;
+pub mod dtype;
 pub mod family;
 pub mod layout;
 pub mod model_spec;

@@ -35,6 +35,9 @@ pub enum Error {
         #[source]
         source: crate::collective::CommError,
     },
+    /// The coordinator could not be reached, refused this worker, or went silent.
+    #[error("{context}: {reason}")]
+    Coordinator { context: String, reason: String },
 }
 
 /// What a failure asks of its caller.
@@ -73,7 +76,7 @@ impl Error {
             Error::Io { .. } | Error::Compute(_) => ErrorClass::Fault,
             // Asked for what this build or group cannot do (NCCL missing, no such peer).
             Error::Collective { source: crate::collective::CommError::Usage { .. }, .. } => ErrorClass::BadInput,
-            Error::Collective { .. } => ErrorClass::Retryable,
+            Error::Collective { .. } | Error::Coordinator { .. } => ErrorClass::Retryable,
         }
     }
 }

@@ -89,6 +89,31 @@ pub fn write_tensor_file(path: &Path, spec: &ModelSpec, weights: &HashMap<String
     Ok((names, weights.values().map(tensor_bytes).sum()))
 }
 
+/// A stage's canonical tensors as files `STEM-00001.safetensors`, … of at most
+/// `max_shard_bytes` each (in model order), each written under a hidden name and renamed so
+/// that a crash leaves no file that looks whole. Returns (file, tensor names, bytes) per file.
+pub fn write_tensor_parts(
+    dir: &Path,
+    stem: &str,
+    spec: &ModelSpec,
+    weights: &HashMap<String, Tensor>,
+    max_shard_bytes: u64,
+) -> Result<Vec<(String, Vec<String>, u64)>> {
+    let weights = &family_tensors(spec, weights)?;
+    let mut written = Vec::new();
+    for (k, names) in shard(weights, max_shard_bytes).into_iter().enumerate() {
+        let file = format!("{stem}-{:05}.safetensors", k + 1);
+        let part: HashMap<&str, Tensor> = names.iter().map(|n| (n.as_str(), weights[n].clone())).collect();
+        let (partial, target) = (dir.join(format!(".{file}.partial")), dir.join(&file));
+        candle_core::safetensors::save(&part, &partial).map_err(|e| Error::file(&partial, e))?;
+        std::fs::rename(&partial, &target).map_err(|e| Error::io(&target, e))?;
+        let bytes = part.values().map(tensor_bytes).sum();
+        drop(part);
+        written.push((file, names, bytes));
+    }
+    Ok(written)
+}
+
 /// The weights as `model.safetensors`, or shards of at most `max_shard_bytes` with their
 /// index, into an existing directory (a [`ModelDir`]'s, or a cluster's temporary output), in
 /// the family's names and layouts.

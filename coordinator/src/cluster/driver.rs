@@ -9,10 +9,11 @@ use super::launcher::LocalWorkers;
 use super::registry::{CoordinatorService, Registry};
 use crate::progress::Progress;
 use crate::settings::ClusterSettings;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use llmprune_shared::proto::coordinator_server::CoordinatorServer;
 use llmprune_shared::proto::worker_client::WorkerClient;
 use llmprune_shared::proto::{attach_token, require_token, ShutdownRequest, TokenInterceptor, MAX_MESSAGE_BYTES};
+use llmprune_worker::collective::WorkerDevice;
 use std::collections::HashMap;
 use std::future::Future;
 use std::ops::Range;
@@ -36,6 +37,7 @@ pub enum Phase {
     Saving,
     Recovering,
     Evaluating,
+    Generating,
     Done,
     Failed,
 }
@@ -59,6 +61,29 @@ pub struct Member {
     pub rpc: WorkerRpc,
 }
 
+/// Why a run failed, as the commands see it: whether the same command may succeed again
+/// (a worker or the network failed) decides whether its checkpoints are worth keeping.
+#[derive(Debug)]
+pub struct RunFailed {
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl std::fmt::Display for RunFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RunFailed {}
+
+impl RunFailed {
+    /// Whether `e` is a failure a rerun (`--resume`) may not meet.
+    pub fn is_retryable(e: &anyhow::Error) -> bool {
+        e.downcast_ref::<RunFailed>().is_some_and(|f| f.retryable)
+    }
+}
+
 /// Said after failures of another process or of the network, which a rerun may not meet.
 const RETRYABLE: &str =
     " (a worker or the network failed: the same command may succeed again; prune and recover continue from their checkpoints with --resume)";
@@ -74,11 +99,30 @@ impl Member {
     }
 }
 
+/// Who the members of a run are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Members {
+    /// One worker inside this process, computing on the coordinator's `--device`: a command
+    /// run without `--local-workers`/`--workers` (one process is a cluster of one member).
+    InProcess(WorkerDevice),
+    /// `--local-workers N`: worker processes started on this machine.
+    Processes(usize),
+    /// `--workers N`: workers started elsewhere, which register themselves.
+    Remote(usize),
+}
+
+impl Members {
+    pub fn count(&self) -> usize {
+        match *self {
+            Members::InProcess(_) => 1,
+            Members::Processes(n) | Members::Remote(n) => n,
+        }
+    }
+}
+
 pub struct ClusterConfig {
     pub settings: ClusterSettings,
-    /// Workers to start on this machine; `None` waits for `remote_workers`.
-    pub local_workers: Option<usize>,
-    pub remote_workers: Option<usize>,
+    pub members: Members,
     pub worker_binary: PathBuf,
     /// Testing only: (local worker index, fault name).
     pub faults: Vec<(usize, String)>,
@@ -108,16 +152,18 @@ impl Cluster {
     /// Serves the coordinator, starts or awaits the workers, and connects to each.
     pub async fn start(config: ClusterConfig, run_id: &str) -> Result<Self> {
         let s = &config.settings;
-        let expected = match (config.local_workers, config.remote_workers) {
-            (Some(n), None) | (None, Some(n)) if n > 0 => n,
-            _ => bail!("give --local-workers N or --workers N (N > 0)"),
-        };
-        let token = match (&s.token, config.local_workers) {
+        let expected = config.members.count();
+        if expected == 0 {
+            bail!("give --local-workers N or --workers N (N > 0)");
+        }
+        let token = match (&s.token, config.members) {
             (Some(t), _) => t.clone(),
-            (None, Some(_)) => random_hex()?,
-            (None, None) => bail!("remote workers need a cluster token: --token or cluster.token"),
+            (None, Members::Remote(_)) => bail!("remote workers need a cluster token: --token or cluster.token"),
+            (None, _) => random_hex()?,
         };
-        let listener = tokio::net::TcpListener::bind(&s.listen).await.with_context(|| format!("--listen {}", s.listen))?;
+        // A worker inside this process talks to it over loopback only.
+        let listen = if matches!(config.members, Members::InProcess(_)) { "127.0.0.1:0" } else { s.listen.as_str() };
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("--listen {listen}"))?;
         let addr = listener.local_addr()?;
         let (progress_tx, progress_rx) = mpsc::unbounded_channel();
         let registry = Arc::new(Registry::new(run_id.to_string(), expected, Duration::from_millis(s.heartbeat_ms), progress_tx));
@@ -146,27 +192,31 @@ impl Cluster {
         background.push(tokio::spawn(render_progress(progress_rx).instrument(span.clone())));
 
         let (fail_tx, failures) = mpsc::unbounded_channel();
-        let local = match config.local_workers {
-            Some(n) => {
-                let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
-                let url = format!("http://{host}:{}", addr.port());
-                let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(String, String)>();
+        let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+        let url = format!("http://{host}:{}", addr.port());
+        let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(String, String)>();
+        let local = match config.members {
+            Members::Processes(n) => {
                 let workers = LocalWorkers::start(n, &config.worker_binary, &url, &token, &config.faults, config.log_format, exit_tx)?;
                 tracing::info!(workers = n, pids = ?workers.pids(), coordinator = %url, "local workers started");
-                let tx = fail_tx.clone();
-                background.push(tokio::spawn(async move {
-                    while let Some((name, status)) = exit_rx.recv().await {
-                        let _ = tx.send(format!("worker {name} exited ({status})"));
-                    }
-                }));
                 Some(workers)
             }
-            None => {
+            Members::InProcess(device) => {
+                tracing::debug!(device = %device.kind(), coordinator = %url, "in-process worker started");
+                Some(LocalWorkers::in_process(&url, &token, device, exit_tx))
+            }
+            Members::Remote(_) => {
                 tracing::info!(workers = expected, address = %addr, "waiting for workers: llmprune-worker --coordinator http://HOST:{} --token ...", addr.port());
                 eprintln!("coordinator listening on {addr}; waiting for {expected} workers");
                 None
             }
         };
+        let tx = fail_tx.clone();
+        background.push(tokio::spawn(async move {
+            while let Some((name, status)) = exit_rx.recv().await {
+                let _ = tx.send(format!("worker {name} exited ({status})"));
+            }
+        }));
         // Silent workers fail the run.
         let (reg, tx) = (registry.clone(), fail_tx);
         let (period, timeout) = (Duration::from_millis(s.heartbeat_ms), Duration::from_millis(s.heartbeat_timeout_ms));
@@ -273,21 +323,23 @@ impl Cluster {
                     Some(Ok((rank, Ok(reply)))) => { replies.insert(rank, reply); }
                     Some(Ok((rank, Err(status)))) => {
                         // A worker's failed peer or link (gRPC `unavailable`) may pass on a rerun.
-                        let retry = if status.code() == tonic::Code::Unavailable { RETRYABLE } else { "" };
+                        let mut retryable = status.code() == tonic::Code::Unavailable;
+                        let retry = if retryable { RETRYABLE } else { "" };
                         let mut msg = format!("{what}: {} failed: {}{retry}", self.members[rank].describe(), status.message());
                         // A collective error often means that a peer died: give its exit a moment
                         // to be noticed and name it as the cause.
                         if let Ok(Some(cause)) = tokio::time::timeout(Duration::from_millis(500), self.failures.recv()).await {
                             msg = format!("{what}: {}; then {} failed: {}{RETRYABLE}", self.name_failure(&cause), self.members[rank].describe(), status.message());
+                            retryable = true;
                         }
-                        return Err(self.fail(&msg).await);
+                        return Err(self.fail_with(&msg, retryable).await);
                     }
                     Some(Err(e)) => return Err(self.fail(&format!("{what}: a request task failed: {e}")).await),
                     None => break,
                 },
                 Some(msg) = self.failures.recv() => {
                     let named = self.name_failure(&msg);
-                    return Err(self.fail(&format!("{what}: {named}{RETRYABLE}")).await);
+                    return Err(self.fail_with(&format!("{what}: {named}{RETRYABLE}"), true).await);
                 }
             }
         }
@@ -304,10 +356,15 @@ impl Cluster {
 
     /// Marks the run failed, tells the workers to stop, and returns the error to report.
     pub async fn fail(&mut self, msg: &str) -> anyhow::Error {
+        self.fail_with(msg, false).await
+    }
+
+    /// [`Cluster::fail`], saying whether a rerun may succeed.
+    async fn fail_with(&mut self, msg: &str, retryable: bool) -> anyhow::Error {
         self.phase = Phase::Failed;
-        tracing::error!(error = %msg, "run failed");
+        tracing::error!(error = %msg, retryable, "run failed");
         self.stop("the run failed").await;
-        anyhow!("{msg}")
+        anyhow::Error::new(RunFailed { message: msg.to_string(), retryable })
     }
 
     /// Stops the workers (Shutdown, and the heartbeat's stop flag for those that miss it).
@@ -360,11 +417,12 @@ async fn render_progress(mut rx: mpsc::UnboundedReceiver<llmprune_shared::proto:
         let total = ranks.iter().map(|e| e.total).max().unwrap_or(0);
         let rate = ranks.iter().map(|e| e.tokens_per_s).fold(f64::INFINITY, f64::min);
         let eta = ranks.iter().map(|e| e.eta_s).fold(0.0, f64::max);
-        let bar = bars.entry(phase.clone()).or_insert_with(|| Progress::new(&phase, total, "passes"));
+        let unit = ranks.first().map_or("steps", |e| e.unit.as_str()).to_string();
+        let bar = bars.entry(phase.clone()).or_insert_with(|| Progress::new(&phase, total, &unit));
         bar.set(done);
         if last_log.elapsed() >= Duration::from_secs(5) || done == total {
             last_log = std::time::Instant::now();
-            tracing::info!(phase = %phase, workers = ranks.len(), done, total, tokens_per_s = format!("{rate:.0}"), eta_s = format!("{eta:.0}"), "cluster progress");
+            tracing::info!(phase = %phase, workers = ranks.len(), done, total, unit = %unit, tokens_per_s = format!("{rate:.0}"), eta_s = format!("{eta:.0}"), "cluster progress");
         }
     }
 }

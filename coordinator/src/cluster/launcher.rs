@@ -1,11 +1,18 @@
-//! `--local-workers N`: worker processes on this machine, started with the coordinator's
-//! address and token, watched so that one exiting fails the run at once, and killed when the
-//! coordinator is done or fails.
+//! Workers this coordinator starts itself: `--local-workers N` worker processes on this
+//! machine, or (a command without `--local-workers`/`--workers`) one worker inside this
+//! process running the same worker code over loopback gRPC. Either is watched so that its end
+//! fails the run at once, and stopped when the coordinator is done or fails.
 
 use anyhow::{Context, Result};
+use llmprune_worker::cluster::serve::{serve, ServeOptions};
+use llmprune_worker::collective::WorkerDevice;
 use std::path::Path;
+use std::time::Duration;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
+
+/// The name of the worker a command runs in its own process.
+pub const IN_PROCESS: &str = "in-process";
 
 pub struct LocalWorkers {
     pids: Vec<u32>,
@@ -50,6 +57,31 @@ impl LocalWorkers {
             }));
         }
         Ok(Self { pids, watchers })
+    }
+
+    /// One worker in this process on `device`, serving on a loopback port. Its end (the
+    /// coordinator's Shutdown, or an error) is reported on `exited`.
+    pub fn in_process(coordinator: &str, token: &str, device: WorkerDevice, exited: mpsc::UnboundedSender<(String, String)>) -> Self {
+        let opts = ServeOptions {
+            coordinator: coordinator.to_string(),
+            token: token.to_string(),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise_host: None,
+            peer_timeout: Duration::from_secs(600),
+            connect_timeout: Duration::from_secs(30),
+            missed_heartbeats: 5,
+            device,
+            name: IN_PROCESS.to_string(),
+            fault: None,
+        };
+        let watcher = tokio::spawn(async move {
+            let status = match serve(opts).await {
+                Ok(()) => "stopped".to_string(),
+                Err(e) => format!("failed: {e}"),
+            };
+            let _ = exited.send((IN_PROCESS.to_string(), status));
+        });
+        Self { pids: Vec::new(), watchers: vec![watcher] }
     }
 
     pub fn pids(&self) -> &[u32] {

@@ -7,7 +7,8 @@
 use super::driver::{random_hex, Cluster, Member, Phase};
 use super::shards::assign_shards;
 use anyhow::{bail, Result};
-use llmprune_shared::proto::{LoadShardRequest, NcclUniqueIdRequest, ShardSpec};
+use llmprune_shared::dtype::WeightDtype;
+use llmprune_shared::proto::{self, LoadShardRequest, NcclUniqueIdRequest, ShardSpec};
 use llmprune_shared::ModelSpec;
 use serde::Serialize;
 use std::path::Path;
@@ -32,8 +33,18 @@ pub struct Layout {
     pub load_s: f64,
 }
 
+/// The model a phase loads: its files, their checksum, and the dtype workers hold it in.
+#[derive(Clone, Copy)]
+pub struct ModelFiles<'a> {
+    pub spec: &'a ModelSpec,
+    pub path: &'a Path,
+    pub sha256: &'a str,
+    pub dtype: WeightDtype,
+}
+
 /// Assigns stages, replicas and layers to the cluster's members and has them load.
-pub async fn load_layout(cluster: &mut Cluster, spec: &ModelSpec, model_path: &Path, model_sha256: &str, replicas: usize) -> Result<Layout> {
+pub async fn load_layout(cluster: &mut Cluster, model: ModelFiles<'_>, replicas: usize) -> Result<Layout> {
+    let ModelFiles { spec, path: model_path, sha256: model_sha256, dtype } = model;
     let workers = cluster.members.len();
     if replicas == 0 || !workers.is_multiple_of(replicas) {
         bail!("--replicas {replicas}: the {workers} workers must split into equal replicas (a divisor of {workers})");
@@ -82,6 +93,7 @@ pub async fn load_layout(cluster: &mut Cluster, spec: &ModelSpec, model_path: &P
                 worker_id: m.id.clone(),
                 pipeline_nccl_id: pipeline_ids[m.replica].clone(),
                 replica_nccl_id: replica_ids[m.stage].clone(),
+                dtype: proto::WeightDtype::from(dtype) as i32,
             };
             async move { Ok(rpc.load_shard(req).await?.into_inner()) }
         })

@@ -6,13 +6,14 @@
 //! cuts by the whole step, so plans and weights equal the single-process run's.
 
 use super::driver::{Cluster, Member, Phase};
-use super::load::{load_layout, Layout, RankReport};
+use super::evaluate::time_latency;
+use super::load::{load_layout, Layout, ModelFiles, RankReport};
 use anyhow::{bail, Context, Result};
 use llmprune_shared::depgraph::Group;
 use llmprune_shared::layout::ShardLayout;
 use llmprune_shared::plan::PlanStep;
 use llmprune_shared::planner::{assemble_members, renumber_range, step_to_wire, PruneEngine, ScoreJob, Scores};
-use llmprune_shared::proto::{self, SaveShardRequest, ScoreReply, ScoreRequest, TokenWindow};
+use llmprune_shared::proto::{self, SaveShardRequest, SavedFile, ScoreReply, ScoreRequest, TokenWindow};
 use llmprune_shared::safetensors_index::write_index;
 use llmprune_shared::ModelSpec;
 use prost::Message;
@@ -58,15 +59,9 @@ pub struct ClusterEngine<'a> {
 
 impl<'a> ClusterEngine<'a> {
     /// Lays the model out on the workers (stages × `replicas`) and has them load it.
-    pub async fn load(
-        cluster: &'a mut Cluster,
-        spec: &ModelSpec,
-        model_path: &Path,
-        model_sha256: &str,
-        replicas: usize,
-        checkpoints: Option<ScoreCheckpoints>,
-    ) -> Result<Self> {
-        let Layout { world, ranks, load_s } = load_layout(cluster, spec, model_path, model_sha256, replicas).await?;
+    pub async fn load(cluster: &'a mut Cluster, model: ModelFiles<'_>, replicas: usize, checkpoints: Option<ScoreCheckpoints>) -> Result<Self> {
+        let spec = model.spec;
+        let Layout { world, ranks, load_s } = load_layout(cluster, model, replicas).await?;
         if let Some(c) = &checkpoints {
             std::fs::create_dir_all(&c.dir).with_context(|| format!("creating {}", c.dir.display()))?;
         }
@@ -91,19 +86,24 @@ impl<'a> ClusterEngine<'a> {
         g.members.iter().any(|m| layout.holds(&m.param, self.tied_embeddings))
     }
 
+    /// The paper's Table 3 latency of the model as loaded (`req` names the text, chunks and
+    /// length), timed by the first worker alone; `None` when the model is split into stages
+    /// (no worker holds all of it).
+    pub async fn latency(&mut self, req: &proto::EvaluateRequest) -> Result<Option<f64>> {
+        if self.world > 1 {
+            return Ok(None);
+        }
+        time_latency(self.cluster, req).await
+    }
+
     /// Has the first replica of every stage that owns weights write them into `out_dir`, and
     /// indexes the files when there are several.
-    pub async fn save(&mut self, out_dir: &Path) -> Result<()> {
+    /// Has the first replica of every stage that owns weights write them into `out_dir`, in
+    /// files of at most `max_shard_bytes`, then names them as one Hugging Face model
+    /// (`model.safetensors`, or numbered shards with their index).
+    pub async fn save(&mut self, out_dir: &Path, max_shard_bytes: u64) -> Result<()> {
         self.cluster.enter(Phase::Saving);
         let writers: Vec<usize> = (0..self.world).filter(|&s| !self.layout(self.stage_member(s)).owns_nothing()).collect();
-        let file = |s: usize| {
-            let k = writers.iter().position(|&w| w == s).unwrap_or(0);
-            if writers.len() == 1 {
-                "model.safetensors".to_string()
-            } else {
-                format!("model-{:05}-of-{:05}.safetensors", k + 1, writers.len())
-            }
-        };
         let dir = out_dir.display().to_string();
         let saved = self
             .cluster
@@ -112,14 +112,21 @@ impl<'a> ClusterEngine<'a> {
                 |m| m.replica == 0 && writers.contains(&m.stage),
                 |m| {
                     let mut rpc = m.rpc.clone();
-                    let req = SaveShardRequest { directory: dir.clone(), file_name: file(m.stage) };
+                    let req = SaveShardRequest { directory: dir.clone(), file_stem: format!("stage-{:05}", m.stage), max_shard_bytes };
                     async move { Ok(rpc.save_shard(req).await?.into_inner()) }
                 },
             )
             .await?;
-        if writers.len() > 1 {
-            let files: Vec<(String, Vec<String>)> = writers.iter().zip(&saved).map(|(&s, r)| (file(s), r.tensor_names.clone())).collect();
-            write_index(out_dir, &files, saved.iter().map(|r| r.bytes).sum()).context("indexing the stages' weights")?;
+        let parts: Vec<&SavedFile> = saved.iter().flat_map(|r| &r.files).collect();
+        let name = |k: usize| if parts.len() == 1 { "model.safetensors".to_string() } else { format!("model-{:05}-of-{:05}.safetensors", k + 1, parts.len()) };
+        let mut files = Vec::with_capacity(parts.len());
+        for (k, part) in parts.iter().enumerate() {
+            let (from, to) = (out_dir.join(&part.file_name), out_dir.join(name(k)));
+            std::fs::rename(&from, &to).with_context(|| format!("naming {} as {}", from.display(), to.display()))?;
+            files.push((name(k), part.tensor_names.clone()));
+        }
+        if parts.len() > 1 {
+            write_index(out_dir, &files, parts.iter().map(|p| p.bytes).sum()).context("indexing the stages' weights")?;
         }
         Ok(())
     }

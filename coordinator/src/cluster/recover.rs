@@ -6,11 +6,10 @@
 //! coordinator then indexes the weight shards and joins the adapter parts.
 
 use super::driver::{Cluster, Phase};
-use super::load::{load_layout, RankReport};
+use super::load::{load_layout, ModelFiles, RankReport};
 use anyhow::{Context, Result};
 use llmprune_shared::proto::{RecoverReply, RecoverRequest};
 use llmprune_shared::safetensors_index::write_index;
-use llmprune_shared::ModelSpec;
 use std::path::Path;
 
 pub struct DistributedRecovery {
@@ -21,16 +20,9 @@ pub struct DistributedRecovery {
     pub stage_adapter_sha256: Vec<String>,
 }
 
-pub async fn recover_on_cluster(
-    cluster: &mut Cluster,
-    spec: &ModelSpec,
-    model_path: &Path,
-    model_sha256: &str,
-    req: &RecoverRequest,
-    stages: usize,
-) -> Result<DistributedRecovery> {
+pub async fn recover_on_cluster(cluster: &mut Cluster, model: ModelFiles<'_>, req: &RecoverRequest, stages: usize) -> Result<DistributedRecovery> {
     let replicas = cluster.members.len() / stages.max(1);
-    let layout = load_layout(cluster, spec, model_path, model_sha256, replicas).await?;
+    let layout = load_layout(cluster, model, replicas).await?;
     cluster.enter(Phase::Recovering);
     let replies = cluster
         .each("recovering", |m| {

@@ -1,26 +1,25 @@
-//! `llmprune apply-plan`: replays a `plan.json` on the model it was made for, in this process
-//! or on a cluster (`--local-workers`, `--workers`), through the planner's replay over the
-//! same engines and stage code `prune` cuts with, so the output is the model `prune` wrote.
+//! `llmprune apply-plan`: replays a `plan.json` on the model it was made for, on the run's
+//! workers (one in this process by default), through the planner's replay over the same engine
+//! and stage code `prune` cuts with, so the output is the model `prune` wrote.
 
 use crate::cli::ApplyPlanArgs;
 use crate::cluster::driver::Cluster;
+use crate::cluster::load::ModelFiles;
 use crate::cluster::prune::ClusterEngine;
 use crate::commands::cluster::on_cluster;
 use crate::fetch::resolve_model;
 use crate::settings::Settings;
 use anyhow::{anyhow, Context, Result};
+use llmprune_shared::dtype::WeightDtype;
 use llmprune_shared::plan::Plan;
-use llmprune_shared::planner::{replay_steps, run_ready};
+use llmprune_shared::planner::replay_steps;
 use llmprune_shared::ModelSpec;
 use llmprune_worker::export::ModelDir;
 use llmprune_worker::loader::{model_checksum, open_model};
-use llmprune_worker::prune::engine::LocalEngine;
-use llmprune_worker::{load_model, LoadOptions};
 use serde_json::json;
 use std::time::Instant;
 
 pub fn run(settings: &Settings, run_id: &str, args: ApplyPlanArgs) -> Result<()> {
-    let device = settings.compute_device()?;
     let span = tracing::info_span!("apply_plan", run_id, phase = "slicing", rank = 0);
     let _enter = span.enter();
     args.cluster.check()?;
@@ -49,21 +48,14 @@ pub fn run(settings: &Settings, run_id: &str, args: ApplyPlanArgs) -> Result<()>
     drop(opened.weights);
     let failed = |(k, e): (usize, anyhow::Error)| anyhow!("--plan {} step {}: {e:#}", args.plan.display(), k + 1);
     let out = ModelDir::create(&args.out)?;
-    let spec: ModelSpec = if args.cluster.distributed() {
-        on_cluster(None, settings, &args.cluster, run_id, async |cluster: &mut Cluster| {
-            let mut engine = ClusterEngine::load(cluster, &before, &model_path, &checksum, 1, None).await?;
-            let spec = replay_steps(&mut engine, &before, &plan.steps).await.map_err(failed)?;
-            engine.save(out.path()).await?;
-            Ok(spec)
-        })?
-    } else {
-        // Loaded exactly as `prune` loads it, so the replay starts from the same weights.
-        let loaded = load_model(&model_path, LoadOptions::full, &device).with_context(|| format!("loading {}", model_path.display()))?;
-        let mut engine = LocalEngine::new(loaded.model);
-        let spec = run_ready(replay_steps(&mut engine, &before, &plan.steps))?.map_err(|(k, e)| failed((k, e.into())))?;
-        out.write_weights(&spec, &engine.model.weights_by_name(), args.output.max_shard_size)?;
-        spec
-    };
+    // Loaded exactly as `prune` loads it, so the replay starts from the same weights.
+    let model = ModelFiles { spec: &before, path: &model_path, sha256: &checksum, dtype: WeightDtype::F32 };
+    let spec: ModelSpec = on_cluster(None, settings, &args.cluster, run_id, async |cluster: &mut Cluster| {
+        let mut engine = ClusterEngine::load(cluster, model, 1, None).await?;
+        let spec = replay_steps(&mut engine, &before, &plan.steps).await.map_err(failed)?;
+        engine.save(out.path(), args.output.max_shard_size).await?;
+        Ok(spec)
+    })?;
     let report = json!({
         "plan": args.plan.display().to_string(),
         "params_before": before.n_params(),

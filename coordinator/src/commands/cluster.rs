@@ -3,16 +3,26 @@
 //! cluster kept across the phases of `llmprune run`.
 
 use crate::cli::ClusterArgs;
-use crate::cluster::driver::{Cluster, ClusterConfig, Phase};
+use crate::cluster::driver::{Cluster, ClusterConfig, Members, Phase};
 use crate::settings::Settings;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 pub fn cluster_config(settings: &Settings, args: &ClusterArgs) -> Result<ClusterConfig> {
     let worker_binary = match &settings.cluster.worker_binary {
         Some(p) => p.clone(),
         None => std::env::current_exe().context("locating llmprune")?.with_file_name("llmprune-worker"),
     };
+    let members = match (args.local_workers, args.workers) {
+        (Some(n), _) => Members::Processes(n),
+        (None, Some(n)) => Members::Remote(n),
+        (None, None) => {
+            // Refused here, naming the flag, when this build cannot compute there.
+            settings.compute_device()?;
+            Members::InProcess(settings.worker_device()?)
+        }
+    };
     let faults = match &args.inject_fault {
+        Some(_) if matches!(members, Members::InProcess(_)) => bail!("--inject-fault needs --local-workers N (it stops a worker process)"),
         Some(f) => {
             let (i, fault) = f.split_once(':').ok_or_else(|| anyhow!("--inject-fault {f}: expected WORKER:FAULT"))?;
             vec![(i.parse::<usize>().map_err(|_| anyhow!("--inject-fault {f}: bad worker index"))?, fault.to_string())]
@@ -21,8 +31,7 @@ pub fn cluster_config(settings: &Settings, args: &ClusterArgs) -> Result<Cluster
     };
     Ok(ClusterConfig {
         settings: settings.cluster.clone(),
-        local_workers: args.local_workers,
-        remote_workers: args.workers,
+        members,
         worker_binary,
         faults,
         log_format: match settings.log_format {

@@ -1,23 +1,22 @@
-//! `llmprune eval`: zero-shot tasks with lm-evaluation-harness's semantics and perplexity, in
-//! this process or sharded over workers (the same job either way), written as `results.json`
+//! `llmprune eval`: zero-shot tasks with lm-evaluation-harness's semantics and perplexity,
+//! sharded over the run's workers (one in this process by default), written as `results.json`
 //! (the harness's layout), the per-document predictions beside it, and the paper's table.
 
 use crate::cli::EvalArgs;
 use crate::cluster::driver::Cluster;
 use crate::cluster::evaluate::evaluate_on_cluster;
+use crate::cluster::load::ModelFiles;
 use crate::commands::cluster::{on_cluster, ClusterSession};
 use crate::commands::table::paper_table;
 use crate::commands::write_json_atomic;
 use crate::fetch::resolve_model;
-use crate::progress::Progress;
 use crate::settings::Settings;
 use anyhow::{anyhow, bail, Context, Result};
 use llmprune_shared::proto::EvaluateRequest;
-use llmprune_worker::eval::job::{eval_job, evaluate_share, load_tasks, measure_latency, EvalShare};
+use llmprune_worker::eval::job::{eval_job, load_tasks, EvalShare};
 use llmprune_worker::eval::zeroshot::metrics::{task_scores, DocResult};
 use llmprune_worker::eval::zeroshot::tasks::Task;
 use llmprune_worker::loader::{model_checksum, open_model};
-use llmprune_worker::{LlamaModel, LoadOptions};
 use serde_json::{json, Map, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -52,6 +51,7 @@ fn request(args: &EvalArgs) -> Result<EvaluateRequest> {
         ppl_max_chunks: args.ppl_max_chunks.unwrap_or(0) as u64,
         seq_len: args.seq_len as u32,
         latency_chunks: args.latency_chunks as u32,
+        ppl_batch_size: 4,
     };
     eval_job(&req)?;
     Ok(req)
@@ -63,7 +63,6 @@ pub(crate) fn check_args(args: &EvalArgs) -> Result<()> {
 }
 
 pub fn run(settings: &Settings, run_id: &str, args: EvalArgs, shared: Option<&mut ClusterSession>) -> Result<()> {
-    let device = settings.compute_device()?;
     let span = tracing::info_span!("eval", run_id, phase = "evaluating", rank = 0);
     let _enter = span.enter();
     args.cluster.check()?;
@@ -79,27 +78,13 @@ pub fn run(settings: &Settings, run_id: &str, args: EvalArgs, shared: Option<&mu
     let opened = open_model(&model_path).with_context(|| format!("opening {}", model_path.display()))?;
     opened.tokenizer.check_fits(&opened.spec)?;
     let spec = opened.spec.clone();
+    drop(opened);
     let units: usize = tasks.iter().map(|t| t.docs.len()).sum();
-    let (share, workers, cluster_report, load_s) = if shared.is_some() || args.cluster.distributed() {
-        drop(opened);
-        let sha = model_checksum(&model_path)?;
-        let done = on_cluster(shared, settings, &args.cluster, run_id, async |cluster: &mut Cluster| {
-            evaluate_on_cluster(cluster, &spec, &model_path, &sha, &req).await
-        })?;
-        let workers = done.ranks.len();
-        (done.share, workers, Some(json!({"workers": workers, "ranks": done.ranks})), done.load_s)
-    } else {
-        let t = Instant::now();
-        let model = LlamaModel::load(spec.clone(), opened.weights.as_ref(), &LoadOptions { dtype: args.dtype.into(), ..LoadOptions::full(&spec) }, &device)
-            .with_context(|| format!("loading {}", model_path.display()))?;
-        let load_s = t.elapsed().as_secs_f64();
-        let mut bar = Progress::new("evaluating", units as u64, "documents");
-        let mut share =
-            evaluate_share(&model, &opened.tokenizer, &job, &tasks, 0, 1, &mut |done, total, tokens| bar.update(done as u64, total as u64, tokens))?;
-        bar.finish();
-        share.latency_s_per_chunk = measure_latency(&model, &opened.tokenizer, &job)?;
-        (share, 1, None, load_s)
-    };
+    let sha = model_checksum(&model_path)?;
+    let model = ModelFiles { spec: &spec, path: &model_path, sha256: &sha, dtype: args.dtype };
+    let done = on_cluster(shared, settings, &args.cluster, run_id, async |cluster: &mut Cluster| evaluate_on_cluster(cluster, model, &req).await)?;
+    let (share, workers, load_s) = (done.share, done.ranks.len(), done.load_s);
+    let cluster_report = Some(json!({"workers": workers, "ranks": done.ranks}));
     let seconds = t0.elapsed().as_secs_f64();
     if share.lls.len() != units || share.lls.iter().enumerate().any(|(i, (u, _))| *u != i) {
         bail!("scores came back for {} of {units} documents", share.lls.len());
@@ -141,8 +126,8 @@ fn results_json(
         results.insert(task.name().into(), entry);
         samples.insert(task.name().into(), json!({"effective": docs.len()}));
     }
-    for (text, nll, count) in &share.ppl {
-        results.insert(text.clone(), json!({"ppl": (nll / (*count).max(1) as f64).exp(), "mean_nll": nll / (*count).max(1) as f64, "scored_tokens": count}));
+    for p in &share.ppl {
+        results.insert(p.name.clone(), json!({"ppl": p.ppl(), "mean_nll": p.mean_nll(), "scored_tokens": p.count}));
     }
     let average = (!reported.is_empty()).then(|| reported.iter().sum::<f64>() / reported.len() as f64);
     let mut doc = json!({
@@ -154,7 +139,7 @@ fn results_json(
             "num_fewshot": 0,
             "limit": args.limit,
             "batch_tokens": args.batch_tokens,
-            "dtype": candle_core::DType::from(args.dtype).as_str(),
+            "dtype": args.dtype.name(),
             "data_dir": args.data_dir.as_ref().map(|d| d.display().to_string()),
             "ppl_seq_len": args.seq_len,
             "ppl_max_chunks": args.ppl_max_chunks,
@@ -166,7 +151,7 @@ fn results_json(
         "documents_per_s": units as f64 / seconds.max(1e-9),
     });
     if let (Some(s), Some(text)) = (share.latency_s_per_chunk, share.ppl.first()) {
-        doc["latency"] = json!({"s_per_chunk": s, "dataset": text.0, "chunks": args.latency_chunks, "seq_len": args.seq_len, "batch": 1});
+        doc["latency"] = json!({"s_per_chunk": s, "dataset": text.name, "chunks": args.latency_chunks, "seq_len": args.seq_len, "batch": 1});
     }
     if let Some(c) = cluster {
         doc["cluster"] = c;

@@ -1,24 +1,25 @@
-//! `llmprune prune`: pruning a model, in this process or on a cluster of workers
-//! (`--local-workers`, `--workers`), into a new model directory with its `plan.json` and
-//! `prune_report.json`.
+//! `llmprune prune`: pruning a model on the run's workers (one in this process by default, or
+//! `--local-workers`/`--workers` as pipeline stages × replicas) into a new model directory with
+//! its `plan.json` and `prune_report.json`.
 
 use crate::cli::PruneArgs;
-use crate::cluster::driver::Cluster;
-use crate::cluster::load::RankReport;
+use crate::cluster::driver::{Cluster, RunFailed};
+use crate::cluster::evaluate::{perplexities_on_cluster, Perplexities, PplJob};
+use crate::cluster::load::{ModelFiles, RankReport};
 use crate::cluster::prune::{ClusterEngine, ScoreCheckpoints};
 use crate::commands::checkpoint_dir;
 use crate::commands::cluster::{on_cluster, ClusterSession};
 use crate::fetch::resolve_model;
 use crate::settings::Settings;
 use anyhow::{anyhow, Context, Result};
+use llmprune_shared::dtype::WeightDtype;
 use llmprune_shared::plan::{Plan, PlanModel, PlanStep};
 use llmprune_shared::planner::{prune_steps, Criterion, ModeName, PruneRequest, StepSeconds};
 use llmprune_shared::{ModelSpec, PyRandom};
 use llmprune_worker::calibration::{read_rows, read_token_ids, sample_windows_with};
 use llmprune_worker::export::ModelDir;
-use llmprune_worker::loader::{model_checksum, open_model, InMemoryWeights};
-use llmprune_worker::prune::pipeline::{prune, Calibration};
-use llmprune_worker::{load_model, LlamaModel, LoadOptions};
+use llmprune_worker::loader::{model_checksum, open_model, TextTokenizer};
+use llmprune_worker::prune::pipeline::Calibration;
 use serde_json::json;
 use std::ops::Range;
 use std::time::Instant;
@@ -89,12 +90,10 @@ pub(crate) fn check_args(args: &PruneArgs) -> Result<()> {
         (r, Some(n)) if !n.is_multiple_of(r) => return Err(anyhow!("--replicas {r} must divide the {n} workers (N/R pipeline stages × R replicas)")),
         _ => {}
     }
-    if let Some(list) = &args.eval_ppl {
-        crate::commands::ppl::parse_data(&list.split(',').map(str::to_string).collect::<Vec<_>>()).map_err(|e| anyhow!("--eval-ppl: {e:#}"))?;
-    }
     if args.eval_seq_len < 2 {
         return Err(anyhow!("--eval-seq-len must be at least 2, got {}", args.eval_seq_len));
     }
+    eval_ppl_job(args)?;
     if args.criterion.needs_gradient() && args.calibration.is_empty() && args.calibration_ids.is_none() {
         return Err(anyhow!("--criterion {} needs calibration data: --calibration FILE (text) or --calibration-ids FILE", args.criterion.name()));
     }
@@ -102,17 +101,13 @@ pub(crate) fn check_args(args: &PruneArgs) -> Result<()> {
 }
 
 pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&mut ClusterSession>) -> Result<()> {
-    let device = settings.compute_device()?;
     let span = tracing::info_span!("prune", run_id, phase = "prune", rank = 0);
     let _enter = span.enter();
     check_args(&args)?;
     if args.out.exists() {
         return Err(anyhow!("--out {}: already exists; remove it or choose another directory", args.out.display()));
     }
-    let eval_data = match &args.eval_ppl {
-        Some(list) => crate::commands::ppl::parse_data(&list.split(',').map(str::to_string).collect::<Vec<_>>()).map_err(|e| anyhow!("--eval-ppl: {e:#}"))?,
-        None => Vec::new(),
-    };
+    let eval_ppl = eval_ppl_job(&args)?;
     let model_path = resolve_model(&args.model, &settings.cache_dir, &settings.python)?;
     let t0 = Instant::now();
     let opened = open_model(&model_path).with_context(|| format!("opening {}", model_path.display()))?;
@@ -158,77 +153,48 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
         "calibration": calibration_json,
     });
     let out = ModelDir::create(&args.out)?;
-    let distributed = shared.is_some() || args.cluster.distributed();
-    let latency_data = eval_data.first().filter(|_| args.latency_chunks > 0 && !distributed);
-    let mut report = serde_json::Map::new();
-    let (spec_after, steps, pruned, [load_s, total_s], seconds) = if distributed {
-        let checkpoint = checkpoint_dir(&args.out);
-        let fingerprint = format!("{checksum} {settings_json}");
-        let outcome = run_on_cluster(
-            shared,
-            settings,
-            run_id,
-            &args,
-            &model_path,
-            &checksum,
-            &spec_before,
-            &req,
-            &mut *calibration,
-            &out,
-            checkpoint.clone(),
-            fingerprint,
-        )?;
-        let total_s = t0.elapsed().as_secs_f64();
-        report.insert("cluster".into(), json!({"workers": outcome.ranks.len(), "replicas": args.cluster.replicas, "ranks": outcome.ranks}));
-        out.write_model_files(&outcome.spec, &tokenizer)?;
-        let pruned = if eval_data.is_empty() {
-            None
-        } else {
-            Some(load_model(out.path(), LoadOptions::full, &device).context("loading the assembled model for --eval-ppl")?.model)
-        };
-        (outcome.spec, outcome.steps, pruned, [outcome.load_s, total_s], outcome.seconds)
-    } else {
-        let model = load_model(&model_path, LoadOptions::full, &device).with_context(|| format!("loading {}", model_path.display()))?.model;
-        let latency_before = match latency_data {
-            Some((kind, path)) => Some(llmprune_worker::eval::perplexity::latency(&model, &tokenizer, *kind, path, args.eval_seq_len, args.latency_chunks)?),
-            None => None,
-        };
-        let load_s = t0.elapsed().as_secs_f64();
-        let outcome = prune(model, &mut *calibration, &req)?;
-        let total_s = t0.elapsed().as_secs_f64();
-        if let Some(b) = latency_before {
-            report.insert("latency_before".into(), json!(b));
-        }
-        out.write_weights(&outcome.spec, &outcome.weights, args.output.max_shard_size)?;
-        out.write_model_files(&outcome.spec, &tokenizer)?;
-        let pruned = if eval_data.is_empty() {
-            None
-        } else {
-            let source = InMemoryWeights { label: "pruned model".into(), tensors: outcome.weights };
-            Some(LlamaModel::load(outcome.spec.clone(), &source, &LoadOptions::full(&outcome.spec), &device)?)
-        };
-        (outcome.spec, outcome.steps, pruned, [load_s, total_s], outcome.seconds)
+    let job = PruneJob {
+        model: ModelFiles { spec: &spec_before, path: &model_path, sha256: &checksum, dtype: WeightDtype::F32 },
+        req: &req,
+        checkpoints: ScoreCheckpoints { dir: checkpoint_dir(&args.out), resume: args.cluster.resume, fingerprint: format!("{checksum} {settings_json}") },
+        replicas: args.cluster.replicas,
+        max_shard_bytes: args.output.max_shard_size,
+        eval_ppl: eval_ppl.as_ref(),
+        out: &out,
+        tokenizer: &tokenizer,
+        started: t0,
     };
-    // Total: until the cluster's shards are saved, or until one process has pruned.
+    let outcome = on_cluster(shared, settings, &args.cluster, run_id, async |cluster: &mut Cluster| prune_on_cluster(cluster, job, &mut *calibration).await)
+        .inspect_err(|e| {
+            // Scores are kept for `--resume` only where a rerun may get further.
+            if !RunFailed::is_retryable(e) {
+                let _ = std::fs::remove_dir_all(checkpoint_dir(&args.out));
+            }
+        })?;
+    let spec_after = &outcome.spec;
+    let seconds = &outcome.seconds;
+    let mut report = serde_json::Map::new();
+    report.insert("cluster".into(), json!({"workers": outcome.ranks.len(), "replicas": args.cluster.replicas, "ranks": outcome.ranks}));
+    // Total: until the workers' shards are saved.
     report.insert(
         "seconds".into(),
-        json!({"load": load_s, "scoring": seconds.scoring, "planning": seconds.planning, "slicing": seconds.slicing, "total": total_s}),
+        json!({"load": outcome.load_s, "scoring": seconds.scoring, "planning": seconds.planning, "slicing": seconds.slicing, "total": outcome.total_s}),
     );
     let model = PlanModel { path: model_path.display().to_string(), sha256: checksum, params: spec_before.n_params() };
-    let plan = Plan::new(model, settings_json, steps);
+    let plan = Plan::new(model, settings_json, outcome.steps);
     let mut before = table3(&spec_before);
-    let mut after = table3(&spec_after);
+    let mut after = table3(spec_after);
     let mut ppl = serde_json::Map::new();
-    if let Some(pruned) = &pruned {
-        if let (Some((kind, path)), Some(b)) = (latency_data, report.remove("latency_before")) {
-            let a = llmprune_worker::eval::perplexity::latency(pruned, &tokenizer, *kind, path, args.eval_seq_len, args.latency_chunks)?;
-            let what = json!({"dataset": kind.name(), "chunks": args.latency_chunks, "seq_len": args.eval_seq_len, "batch": 1});
-            before["latency_s_per_chunk"] = b;
+    if let (Some(job), Some(measured)) = (&eval_ppl, outcome.measured) {
+        if let (Some(b), Some(a)) = (outcome.latency_before, measured.latency_s_per_chunk) {
+            let dataset = job.data.first().map(|(name, _)| name.clone());
+            let what = json!({"dataset": dataset, "chunks": job.latency_chunks, "seq_len": job.seq_len, "batch": 1});
+            before["latency_s_per_chunk"] = json!(b);
             after["latency_s_per_chunk"] = json!(a);
             before["latency_measured_on"] = what.clone();
             after["latency_measured_on"] = what;
         }
-        ppl = crate::commands::ppl::perplexities(pruned, &tokenizer, &eval_data, args.eval_seq_len, 4, args.eval_max_chunks)?;
+        ppl = measured.results;
     }
     report.insert("ppl".into(), json!(ppl));
     report.insert("statistics".into(), json!({"before": before, "after": after}));
@@ -236,52 +202,80 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
     report.insert("params_after".into(), json!(spec_after.n_params()));
     report.insert("criterion".into(), json!(criterion));
     report.insert("ratio".into(), json!(args.ratio));
-    // This process's peak: the whole job in one process, the coordinator's share on a cluster.
+    // This process's peak: with its in-process worker, the whole job; beside worker processes,
+    // the coordinator's share (theirs are under `cluster.ranks`).
     report.insert("peak_rss_mib".into(), json!(llmprune_worker::memory::peak_rss_mb()));
     out.write_json("plan.json", &serde_json::to_value(&plan)?)?;
     out.write_json("prune_report.json", &serde_json::Value::Object(report))?;
     out.commit()?;
-    if distributed {
-        // The run is complete: its score checkpoints are no longer needed for --resume.
-        let _ = std::fs::remove_dir_all(checkpoint_dir(&args.out));
-    }
+    // The run is complete: its score checkpoints are no longer needed for --resume.
+    let _ = std::fs::remove_dir_all(checkpoint_dir(&args.out));
     tracing::info!(params_before = spec_before.n_params(), params_after = spec_after.n_params(), out = %args.out.display(), "pruned");
-    print_shapes(&spec_before, &spec_after);
+    print_shapes(&spec_before, spec_after);
     println!("model: {}", args.out.display());
     Ok(())
 }
 
-/// What a cluster's prune produced (its shards are written and indexed in the output).
-struct DistributedOutcome {
+/// `--eval-ppl` (with `--latency-chunks`): the pruned model's perplexity and latency.
+fn eval_ppl_job(args: &PruneArgs) -> Result<Option<PplJob>> {
+    let Some(list) = &args.eval_ppl else { return Ok(None) };
+    let data: Vec<String> = list.split(',').map(str::to_string).collect();
+    let job = crate::commands::ppl::ppl_job("--eval-ppl", &data, args.eval_seq_len, 4, args.eval_max_chunks)?;
+    Ok(Some(PplJob { latency_chunks: args.latency_chunks, ..job }))
+}
+
+/// What a prune runs on the cluster.
+struct PruneJob<'a> {
+    model: ModelFiles<'a>,
+    req: &'a PruneRequest,
+    checkpoints: ScoreCheckpoints,
+    replicas: usize,
+    max_shard_bytes: u64,
+    eval_ppl: Option<&'a PplJob>,
+    out: &'a ModelDir,
+    tokenizer: &'a TextTokenizer,
+    /// When the command started: the report's total runs from here to the saved shards.
+    started: Instant,
+}
+
+/// What the cluster's prune produced (its shards written and indexed in the output).
+struct PruneOutcome {
     spec: ModelSpec,
     steps: Vec<PlanStep>,
     load_s: f64,
+    total_s: f64,
     seconds: StepSeconds,
     ranks: Vec<RankReport>,
+    /// The model's latency before pruning, when measured (the whole model on a worker).
+    latency_before: Option<f64>,
+    /// `--eval-ppl` of the pruned model as written.
+    measured: Option<Perplexities>,
 }
 
-/// The distributed path: the planner's step loop over a cluster of local or remote workers,
-/// which then write their shards into `out`.
-#[allow(clippy::too_many_arguments)]
-fn run_on_cluster(
-    shared: Option<&mut ClusterSession>,
-    settings: &Settings,
-    run_id: &str,
-    args: &PruneArgs,
-    model_path: &std::path::Path,
-    checksum: &str,
-    spec: &ModelSpec,
-    req: &PruneRequest,
-    calibration: &mut Calibration,
-    out: &ModelDir,
-    checkpoint: std::path::PathBuf,
-    fingerprint: String,
-) -> Result<DistributedOutcome> {
-    on_cluster(shared, settings, &args.cluster, run_id, async |cluster: &mut Cluster| {
-        let checkpoints = ScoreCheckpoints { dir: checkpoint, resume: args.cluster.resume, fingerprint };
-        let mut engine = ClusterEngine::load(cluster, spec, model_path, checksum, args.cluster.replicas, Some(checkpoints)).await?;
-        let outcome = prune_steps(&mut engine, spec, req, calibration).await?;
-        engine.save(out.path()).await?;
-        Ok(DistributedOutcome { spec: outcome.spec, steps: outcome.steps, load_s: engine.load_s, seconds: outcome.seconds, ranks: engine.ranks })
-    })
+/// The planner's step loop over the cluster's workers, which then write their shards into the
+/// output; then, with `--eval-ppl`, the written model's perplexity on the same workers.
+async fn prune_on_cluster(cluster: &mut Cluster, job: PruneJob<'_>, calibration: &mut Calibration<'_>) -> Result<PruneOutcome> {
+    let latency_req = job.eval_ppl.filter(|j| j.latency_chunks > 0).map(PplJob::request);
+    let mut engine = ClusterEngine::load(cluster, job.model, job.replicas, Some(job.checkpoints)).await?;
+    let latency_before = match &latency_req {
+        Some(req) => engine.latency(req).await?,
+        None => None,
+    };
+    let outcome = prune_steps(&mut engine, job.model.spec, job.req, calibration).await?;
+    engine.save(job.out.path(), job.max_shard_bytes).await?;
+    let total_s = job.started.elapsed().as_secs_f64();
+    let (load_s, ranks) = (engine.load_s, std::mem::take(&mut engine.ranks));
+    drop(engine);
+    job.out.write_model_files(&outcome.spec, job.tokenizer)?;
+    let measured = match job.eval_ppl {
+        Some(ppl) => {
+            let sha = model_checksum(job.out.path())?;
+            let pruned = ModelFiles { spec: &outcome.spec, path: job.out.path(), sha256: &sha, dtype: job.model.dtype };
+            // Latency after only where it was timed before, on the same kind of worker.
+            let ppl = PplJob { latency_chunks: if latency_before.is_some() { ppl.latency_chunks } else { 0 }, data: ppl.data.clone(), ..*ppl };
+            Some(perplexities_on_cluster(cluster, pruned, &ppl).await?)
+        }
+        None => None,
+    };
+    Ok(PruneOutcome { spec: outcome.spec, steps: outcome.steps, load_s, total_s, seconds: outcome.seconds, ranks, latency_before, measured })
 }

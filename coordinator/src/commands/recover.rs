@@ -1,25 +1,23 @@
-//! `llmprune recover`: LoRA recovery of a pruned model on instruction data (reference §4.2),
-//! in this process or on a cluster of data-parallel workers (the same job either way), then the
-//! merged model, the PEFT adapter and a report, written in one go.
+//! `llmprune recover`: LoRA recovery of a pruned model on instruction data (reference §4.2) on
+//! the run's workers (one in this process by default; more are data-parallel replicas or
+//! pipeline stages), then the merged model, the PEFT adapter and a report, written in one go.
 
 use crate::cli::RecoverArgs;
 use crate::cluster::driver::Cluster;
+use crate::cluster::evaluate::{perplexities_on_cluster, PplJob};
+use crate::cluster::load::ModelFiles;
 use crate::cluster::recover::recover_on_cluster;
 use crate::commands::checkpoint_dir;
 use crate::commands::cluster::{on_cluster, ClusterSession};
-use crate::progress::Progress;
 use crate::settings::Settings;
 use anyhow::{anyhow, Context, Result};
+use llmprune_shared::dtype::WeightDtype;
 use llmprune_shared::proto::{RecoverReply, RecoverRequest};
-use llmprune_worker::collective::SingleRank;
 use llmprune_worker::export::ModelDir;
 use llmprune_worker::loader::{model_checksum, open_model, sha256_file};
 use llmprune_worker::lora::Projection;
-use llmprune_worker::train::job::{lora_config, recover_options, run_recovery};
+use llmprune_worker::train::job::{lora_config, recover_options};
 use llmprune_worker::train::records::Format;
-use llmprune_worker::train::recover::StepReport;
-use llmprune_worker::train::TrainGroups;
-use llmprune_worker::{load_model, LlamaModel, LoadOptions};
 use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
@@ -73,6 +71,14 @@ fn request(args: &RecoverArgs, out_dir: &Path, model_sha256: &str) -> Result<Rec
     Ok(req)
 }
 
+/// `--eval-ppl`: the merged model's perplexity with the reference's protocol (128-token
+/// chunks, batch 4).
+fn eval_ppl_job(args: &RecoverArgs) -> Result<Option<PplJob>> {
+    let Some(list) = &args.eval_ppl else { return Ok(None) };
+    let data: Vec<String> = list.split(',').map(str::to_string).collect();
+    crate::commands::ppl::ppl_job("--eval-ppl", &data, 128, 4, args.eval_max_chunks).map(Some)
+}
+
 /// The checks of the flags alone (the model directory aside), before anything runs.
 pub(crate) fn check_flags(args: &RecoverArgs) -> Result<()> {
     if args.cluster.replicas != 1 {
@@ -86,6 +92,7 @@ pub(crate) fn check_flags(args: &RecoverArgs) -> Result<()> {
         return Err(anyhow!("--stages {}: the {workers} workers must split into equal pipelines (a divisor of {workers})", args.stages));
     }
     args.cluster.check()?;
+    eval_ppl_job(args)?;
     request(args, Path::new(""), "").map(|_| ())
 }
 
@@ -103,66 +110,44 @@ fn check_args(args: &RecoverArgs) -> Result<()> {
 }
 
 pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs, shared: Option<&mut ClusterSession>) -> Result<()> {
-    let device = settings.compute_device()?;
     let span = tracing::info_span!("recover", run_id, phase = "recovering", rank = 0);
     let _enter = span.enter();
     let t0 = Instant::now();
     check_args(&args)?;
-    let eval_data = match &args.eval_ppl {
-        Some(list) => crate::commands::ppl::parse_data(&list.split(',').map(str::to_string).collect::<Vec<_>>()).map_err(|e| anyhow!("--eval-ppl: {e:#}"))?,
-        None => Vec::new(),
-    };
+    // The reference's 128-token chunks (shorter only for toy models that cannot take 128).
+    let eval_ppl = eval_ppl_job(&args)?;
     let out = ModelDir::create(&args.out)?;
     let sha = model_checksum(&args.model)?;
     let req = request(&args, out.path(), &sha)?;
     let opened = open_model(&args.model).with_context(|| format!("opening {}", args.model.display()))?;
-    let (spec, tokenizer, weights) = (opened.spec, opened.tokenizer, opened.weights);
-    let (reply, cluster_report, load_s) = if shared.is_some() || args.cluster.distributed() {
-        drop(weights); // the workers read their own copies
-        let stages = args.stages;
-        let done = on_cluster(shared, settings, &args.cluster, run_id, async |cluster: &mut Cluster| {
-            recover_on_cluster(cluster, &spec, &args.model, &sha, &req, stages).await
-        })?;
-        let report = json!({"workers": done.ranks.len(), "stages": stages, "replicas": done.ranks.len() / stages,
-                            "stage_adapter_sha256": done.stage_adapter_sha256, "ranks": done.ranks});
-        (done.reply, Some(report), done.load_s)
-    } else {
-        let t = Instant::now();
-        let mut model = LlamaModel::load(spec.clone(), weights.as_ref(), &LoadOptions::full(&spec), &device)
-            .with_context(|| format!("loading {}", args.model.display()))?;
-        let load_s = t.elapsed().as_secs_f64();
-        let mut bar: Option<Progress> = None;
-        let mut last_log = Instant::now();
-        let mut on_step = |r: &StepReport| {
-            bar.get_or_insert_with(|| Progress::new("recovering", r.total_steps, "steps")).set(r.step);
-            if last_log.elapsed().as_secs() >= 10 || r.val_loss.is_some() || r.step == r.total_steps {
-                last_log = Instant::now();
-                tracing::info!(step = r.step, total = r.total_steps, epoch = r.epoch, loss = format!("{:.4}", r.loss), lr = r.lr,
-                               tokens_per_s = format!("{:.0}", r.tokens_per_s), eta_s = format!("{:.0}", r.eta_s), val_loss = ?r.val_loss, "step");
+    let (spec, tokenizer) = (opened.spec, opened.tokenizer);
+    drop(opened.weights); // the workers read their own copies
+    let stages = args.stages;
+    let pruned = ModelFiles { spec: &spec, path: &args.model, sha256: &sha, dtype: WeightDtype::F32 };
+    let eval_ppl = eval_ppl.map(|job| PplJob { seq_len: job.seq_len.min(spec.max_position_embeddings), ..job });
+    let (done, ppl) = on_cluster(shared, settings, &args.cluster, run_id, async |cluster: &mut Cluster| {
+        let done = recover_on_cluster(cluster, pruned, &req, stages).await?;
+        // The merged model as the workers wrote it, for the perplexity.
+        out.write_model_files(&spec, &tokenizer)?;
+        let ppl = match &eval_ppl {
+            Some(job) => {
+                let sha = model_checksum(out.path())?;
+                let merged = ModelFiles { spec: &spec, path: out.path(), sha256: &sha, dtype: WeightDtype::F32 };
+                perplexities_on_cluster(cluster, merged, job).await?.results
             }
+            None => serde_json::Map::new(),
         };
-        let mut groups = TrainGroups { data: &mut SingleRank, pipeline: &mut SingleRank };
-        let reply = run_recovery(&mut model, &tokenizer, &req, &mut groups, &|_| true, &mut on_step)?;
-        (reply, None, load_s)
-    };
-
-    out.write_model_files(&spec, &tokenizer)?;
-    // The merged model as written (by this process or the first worker), for the perplexity.
-    let mut ppl = serde_json::Map::new();
-    if !eval_data.is_empty() {
-        let merged = load_model(out.path(), LoadOptions::full, &device).context("loading the merged model")?;
-        // The reference's 128-token chunks (shorter only for toy models that cannot take 128).
-        let seq_len = 128.min(spec.max_position_embeddings);
-        ppl = crate::commands::ppl::perplexities(&merged.model, &tokenizer, &eval_data, seq_len, 4, args.eval_max_chunks)?;
-    }
+        Ok((done, ppl))
+    })?;
+    let cluster_report = json!({"workers": done.ranks.len(), "stages": stages, "replicas": done.ranks.len() / stages,
+                                "stage_adapter_sha256": done.stage_adapter_sha256, "ranks": done.ranks});
+    let (reply, load_s) = (done.reply, done.load_s);
     let plan_path = args.model.join("plan.json");
     let plan: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&plan_path)?).with_context(|| format!("{}", plan_path.display()))?;
     out.write_json("plan.json", &plan)?;
     let mut report = report_json(&args, &req, &reply, t0, load_s);
     report["ppl"] = json!(ppl);
-    if let Some(c) = cluster_report {
-        report["cluster"] = c;
-    }
+    report["cluster"] = cluster_report;
     out.write_json("recover_report.json", &report)?;
     out.commit()?;
     // The output is in place: the checkpoints have served.

@@ -6,17 +6,20 @@ use super::shard::{Collectives, ShardLayout, ShardModel};
 use crate::collective::{group_id, nccl_group, Communicator, RingOptions, TcpRing, WorkerDevice};
 use crate::error::{Error, Result};
 use crate::eval::job::{eval_job, evaluate_share, load_tasks, measure_latency};
-use crate::export::write_tensor_file;
+use crate::export::write_tensor_parts;
+use crate::generate::{generate, Sampling};
 use crate::loader::model_checksum;
 use crate::memory::peak_rss_bytes;
 use crate::prune::engine::{GroupPart, StageJob};
 use crate::train::job::run_recovery;
 use crate::train::recover::StepReport;
 use crate::train::TrainGroups;
+use llmprune_shared::dtype::WeightDtype;
 use llmprune_shared::planner::{criterion_from_wire, plan_groups, reduction_from_wire, spec_after_step, step_from_wire};
 use llmprune_shared::proto::{
-    ApplyPlanReply, ApplyPlanRequest, EvaluateReply, EvaluateRequest, GroupScores, LayerScore, LayerShape, LoadShardReply, LoadShardRequest, MemberScores,
-    PplSum, ProgressEvent, RecoverReply, RecoverRequest, SaveShardReply, SaveShardRequest, ScoreReply, ScoreRequest, UnitScores,
+    ApplyPlanReply, ApplyPlanRequest, Continuation, EvaluateReply, EvaluateRequest, GenerateReply, GenerateRequest, GroupScores, LayerScore, LayerShape,
+    LoadShardReply, LoadShardRequest, MemberScores, PplSum, ProgressEvent, RecoverReply, RecoverRequest, SaveShardReply, SaveShardRequest, SavedFile,
+    ScoreReply, ScoreRequest, UnitScores,
 };
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -34,6 +37,7 @@ enum Command {
     Save(SaveShardRequest, Reply<SaveShardReply>),
     Recover(Box<RecoverRequest>, Reply<RecoverReply>),
     Evaluate(EvaluateRequest, Reply<EvaluateReply>),
+    Generate(GenerateRequest, Reply<GenerateReply>),
 }
 
 impl Command {
@@ -46,6 +50,7 @@ impl Command {
             Command::Save(..) => "saving",
             Command::Recover(..) => "recovering",
             Command::Evaluate(..) => "evaluating",
+            Command::Generate(..) => "generating",
         }
     }
 }
@@ -112,6 +117,9 @@ impl RuntimeHandle {
     pub async fn evaluate(&self, req: EvaluateRequest) -> Result<EvaluateReply> {
         self.call(|r| Command::Evaluate(req, r)).await
     }
+    pub async fn generate(&self, req: GenerateRequest) -> Result<GenerateReply> {
+        self.call(|r| Command::Generate(req, r)).await
+    }
 }
 
 /// Starts the runtime thread.
@@ -141,6 +149,7 @@ pub fn spawn_runtime(opts: RuntimeOptions) -> Result<RuntimeHandle> {
                     Command::Save(req, reply) => drop(reply.send(rt.save(req))),
                     Command::Recover(req, reply) => drop(reply.send(rt.recover(*req))),
                     Command::Evaluate(req, reply) => drop(reply.send(rt.evaluate(req))),
+                    Command::Generate(req, reply) => drop(reply.send(rt.generate(req))),
                 }
             }
         })
@@ -208,7 +217,8 @@ impl Runtime {
             replicas,
         };
         let device = self.opts.device.compute_device().map_err(Error::Invalid)?;
-        let shard = ShardModel::load(path, layout, &device)?;
+        let dtype = WeightDtype::from_wire(req.dtype).map_err(Error::Invalid)?;
+        let shard = ShardModel::load(path, layout, dtype, &device)?;
         let params = shard.owned_weights().values().map(|t| t.elem_count() as u64).sum();
         self.span.record("rank", rank).record("replica", replica);
         tracing::info!(world, replicas, layers = ?shard.layout.layers, params, "shard loaded");
@@ -312,14 +322,35 @@ impl Runtime {
         run_recovery(&mut shard.model, &shard.tokenizer, &req, &mut groups, &owns, &mut report)
     }
 
-    fn evaluate(&mut self, req: EvaluateRequest) -> Result<EvaluateReply> {
-        let t = Instant::now();
-        let progress_tx = self.opts.progress.clone();
+    /// The loaded shard when it is the whole model (evaluation and generation need it).
+    fn whole_model(&mut self, what: &str) -> Result<&ShardModel> {
         let (shard, _) = self.parts()?;
         let l = &shard.layout;
         if !(l.embeddings && l.head && l.layers == (0..shard.model.spec.n_layers())) {
-            return Err(Error::Invalid(format!("evaluation needs the whole model on every worker; rank {} holds layers {:?}", l.rank, l.layers)));
+            return Err(Error::Invalid(format!("{what} needs the whole model on every worker; rank {} holds layers {:?}", l.rank, l.layers)));
         }
+        Ok(shard)
+    }
+
+    fn generate(&mut self, req: GenerateRequest) -> Result<GenerateReply> {
+        let sampling =
+            Sampling { max_new_tokens: req.max_new_tokens as usize, temperature: req.temperature, top_k: req.top_k as usize, top_p: req.top_p, seed: req.seed };
+        sampling.validate()?;
+        let shard = self.whole_model("generation")?;
+        let mut continuations = Vec::with_capacity(req.prompts.len());
+        for prompt in &req.prompts {
+            let t = Instant::now();
+            let text = generate(&shard.model, &shard.tokenizer, prompt, &sampling)?;
+            continuations.push(Continuation { text, seconds: t.elapsed().as_secs_f64() });
+        }
+        Ok(GenerateReply { continuations })
+    }
+
+    fn evaluate(&mut self, req: EvaluateRequest) -> Result<EvaluateReply> {
+        let t = Instant::now();
+        let progress_tx = self.opts.progress.clone();
+        let shard = self.whole_model("evaluation")?;
+        let l = &shard.layout;
         let (rank, world) = (l.replica, l.replicas);
         let job = eval_job(&req)?;
         if job.latency_chunks.is_some() {
@@ -350,7 +381,7 @@ impl Runtime {
         tracing::info!(documents = share.lls.len(), seconds = t.elapsed().as_secs_f64(), "evaluated");
         Ok(EvaluateReply {
             units: share.lls.into_iter().map(|(unit, lls)| UnitScores { unit: unit as u64, lls }).collect(),
-            ppl: share.ppl.into_iter().map(|(name, nll, count)| PplSum { name, nll, count }).collect(),
+            ppl: share.ppl.into_iter().map(PplSum::from).collect(),
             seconds: t.elapsed().as_secs_f64(),
             peak_rss_bytes: peak_rss_bytes(),
             latency_s_per_chunk: 0.0,
@@ -359,17 +390,12 @@ impl Runtime {
 
     fn save(&mut self, req: SaveShardRequest) -> Result<SaveShardReply> {
         let (shard, _) = self.parts()?;
-        if req.file_name.contains('/') || req.file_name.starts_with('.') {
-            return Err(Error::Invalid(format!("bad shard file name `{}`", req.file_name)));
+        if req.file_stem.is_empty() || req.file_stem.contains('/') || req.file_stem.starts_with('.') {
+            return Err(Error::Invalid(format!("bad shard file stem `{}`", req.file_stem)));
         }
-        let weights = shard.owned_weights();
-        let dir = Path::new(&req.directory);
-        let target = dir.join(&req.file_name);
-        // Written under a hidden name and renamed: a crash leaves no file that looks whole.
-        let partial = dir.join(format!(".{}.partial", req.file_name));
-        let (tensor_names, bytes) = write_tensor_file(&partial, shard.spec(), &weights)?;
-        std::fs::rename(&partial, &target).map_err(|e| Error::io(&target, e))?;
-        Ok(SaveShardReply { tensor_names, bytes })
+        let max_bytes = if req.max_shard_bytes == 0 { u64::MAX } else { req.max_shard_bytes };
+        let files = write_tensor_parts(Path::new(&req.directory), &req.file_stem, shard.spec(), &shard.owned_weights(), max_bytes)?;
+        Ok(SaveShardReply { files: files.into_iter().map(|(file_name, tensor_names, bytes)| SavedFile { file_name, tensor_names, bytes }).collect() })
     }
 }
 

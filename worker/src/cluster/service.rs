@@ -3,8 +3,8 @@
 use super::runtime::RuntimeHandle;
 use llmprune_shared::proto::worker_server::Worker;
 use llmprune_shared::proto::{
-    ApplyPlanReply, ApplyPlanRequest, EvaluateReply, EvaluateRequest, LoadShardReply, LoadShardRequest, NcclUniqueIdReply, NcclUniqueIdRequest, RecoverReply,
-    RecoverRequest, SaveShardReply, SaveShardRequest, ScoreReply, ScoreRequest, ShutdownReply, ShutdownRequest,
+    ApplyPlanReply, ApplyPlanRequest, EvaluateReply, EvaluateRequest, GenerateReply, GenerateRequest, LoadShardReply, LoadShardRequest, NcclUniqueIdReply,
+    NcclUniqueIdRequest, RecoverReply, RecoverRequest, SaveShardReply, SaveShardRequest, ScoreReply, ScoreRequest, ShutdownReply, ShutdownRequest,
 };
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
@@ -43,6 +43,10 @@ impl Worker for WorkerService {
 
     async fn evaluate(&self, req: Request<EvaluateRequest>) -> Result<Response<EvaluateReply>, Status> {
         Ok(Response::new(self.runtime.evaluate(req.into_inner()).await?))
+    }
+
+    async fn generate(&self, req: Request<GenerateRequest>) -> Result<Response<GenerateReply>, Status> {
+        Ok(Response::new(self.runtime.generate(req.into_inner()).await?))
     }
 
     async fn shutdown(&self, req: Request<ShutdownRequest>) -> Result<Response<ShutdownReply>, Status> {

@@ -5,9 +5,10 @@
 use crate::collective::Communicator;
 use crate::error::Result;
 use crate::loader::{load_model, TextTokenizer};
-use crate::model::{LlamaModel, LoadOptions};
+use crate::model::{candle_dtype, LlamaModel, LoadOptions};
 use crate::prune::engine::{cut_stage, score_stage, StageJob, StageScores};
 use candle_core::{Device, Tensor};
+use llmprune_shared::dtype::WeightDtype;
 pub use llmprune_shared::layout::ShardLayout;
 use llmprune_shared::plan::PlanStep;
 use llmprune_shared::{LayerShape, ModelSpec};
@@ -29,9 +30,9 @@ pub struct ShardModel {
 
 impl ShardModel {
     /// Loads only this shard's weights from a model file or directory, in f32.
-    pub fn load(path: &Path, layout: ShardLayout, device: &Device) -> Result<Self> {
+    pub fn load(path: &Path, layout: ShardLayout, dtype: WeightDtype, device: &Device) -> Result<Self> {
         let l = layout.clone();
-        let loaded = load_model(path, |_| LoadOptions { layers: l.layers, embeddings: l.embeddings, head: l.head, dtype: candle_core::DType::F32 }, device)?;
+        let loaded = load_model(path, |_| LoadOptions { layers: l.layers, embeddings: l.embeddings, head: l.head, dtype: candle_dtype(dtype) }, device)?;
         Ok(Self { layout, model: loaded.model, tokenizer: loaded.tokenizer })
     }
 

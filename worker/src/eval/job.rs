@@ -24,6 +24,8 @@ pub struct EvalJob {
     pub ppl: Vec<(CorpusKind, PathBuf)>,
     pub ppl_max_chunks: Option<usize>,
     pub seq_len: usize,
+    /// Chunks per forward pass of the perplexity texts.
+    pub ppl_batch_size: usize,
     /// Time this many chunks of the first perplexity text ([`measure_latency`]); a worker
     /// asked for it times and does not evaluate.
     pub latency_chunks: Option<usize>,
@@ -50,12 +52,13 @@ pub fn eval_job(req: &EvaluateRequest) -> Result<EvalJob> {
         ppl,
         ppl_max_chunks: (req.ppl_max_chunks > 0).then_some(req.ppl_max_chunks as usize),
         seq_len: req.seq_len as usize,
+        ppl_batch_size: if req.ppl_batch_size == 0 { 4 } else { req.ppl_batch_size as usize },
         latency_chunks: (req.latency_chunks > 0).then_some(req.latency_chunks as usize),
     })
 }
 
 /// One rank's share of the work.
-pub use llmprune_shared::results::EvalShare;
+pub use llmprune_shared::results::{EvalShare, PplPart};
 
 /// The job's documents, task by task.
 pub fn load_tasks(job: &EvalJob) -> Result<Vec<TaskDocs>> {
@@ -96,8 +99,11 @@ pub fn evaluate_share(
     for (kind, path) in &job.ppl {
         let corpus = PplCorpus::load(*kind, path, tok, job.seq_len)?;
         let share = corpus.share(job.ppl_max_chunks, rank, world);
-        let (nll, count) = nll_sum(model, &mut SingleRank, &share, corpus.seq_len, 4, &mut |_, _| {})?;
-        ppl.push((kind.name().to_string(), nll, count as u64));
+        let t = std::time::Instant::now();
+        let (nll, count) = nll_sum(model, &mut SingleRank, &share, corpus.seq_len, job.ppl_batch_size, &mut |_, _| {})?;
+        let (chunks, tokens, seconds) = (share.len() as u64, corpus.n_tokens as u64, t.elapsed().as_secs_f64());
+        tracing::info!(dataset = kind.name(), chunks, seconds, "perplexity share");
+        ppl.push(PplPart { name: kind.name().to_string(), nll, count: count as u64, chunks, tokens, seconds });
     }
     Ok(EvalShare { lls, ppl, latency_s_per_chunk: None })
 }

@@ -242,6 +242,15 @@ fn shifted_targets(ids: &Tensor) -> Result<Vec<u32>> {
     Ok(rows.iter().flat_map(|r| r.iter().skip(1).copied().chain(std::iter::once(IGNORE_TARGET))).collect())
 }
 
+/// The candle dtype weights of `dtype` are held in.
+pub fn candle_dtype(dtype: llmprune_shared::dtype::WeightDtype) -> DType {
+    match dtype {
+        llmprune_shared::dtype::WeightDtype::F32 => DType::F32,
+        llmprune_shared::dtype::WeightDtype::F16 => DType::F16,
+        llmprune_shared::dtype::WeightDtype::Bf16 => DType::BF16,
+    }
+}
+
 pub(crate) fn load_checked(src: &dyn WeightSource, name: &str, shape: &[usize], device: &Device, dtype: DType) -> Result<Tensor> {
     let t = src.load(name, device)?;
     if t.dims() != shape {

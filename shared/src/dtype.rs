@@ -1,0 +1,68 @@
+//! The dtype weights are held in, defined once: the CLI parses it (with the `clap` feature),
+//! the protocol carries it, workers load by it. Statistics and sums stay f32/f64 whatever it is.
+
+use crate::proto;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum WeightDtype {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl WeightDtype {
+    /// As PyTorch and `config.json` spell it.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            WeightDtype::F32 => "float32",
+            WeightDtype::F16 => "float16",
+            WeightDtype::Bf16 => "bfloat16",
+        }
+    }
+
+    /// As the CLI spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightDtype::F32 => "f32",
+            WeightDtype::F16 => "f16",
+            WeightDtype::Bf16 => "bf16",
+        }
+    }
+
+    /// The dtype a request's enum field carries (an unknown value is refused by name).
+    pub fn from_wire(value: i32) -> Result<Self, String> {
+        match proto::WeightDtype::try_from(value) {
+            Ok(proto::WeightDtype::F32) => Ok(WeightDtype::F32),
+            Ok(proto::WeightDtype::F16) => Ok(WeightDtype::F16),
+            Ok(proto::WeightDtype::Bf16) => Ok(WeightDtype::Bf16),
+            Err(_) => Err(format!("weight dtype {value} is not one this worker knows")),
+        }
+    }
+}
+
+impl From<WeightDtype> for proto::WeightDtype {
+    fn from(d: WeightDtype) -> Self {
+        match d {
+            WeightDtype::F32 => proto::WeightDtype::F32,
+            WeightDtype::F16 => proto::WeightDtype::F16,
+            WeightDtype::Bf16 => proto::WeightDtype::Bf16,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_dtype_survives_the_wire() {
+        for d in [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16] {
+            assert_eq!(WeightDtype::from_wire(proto::WeightDtype::from(d) as i32), Ok(d));
+        }
+        assert!(WeightDtype::from_wire(17).is_err());
+    }
+}
