@@ -2,7 +2,7 @@
 
 use crate::settings::{CliOverrides, LogFormat};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use llmprune_shared::planner::{Criterion, GqaMode, Reduction, Scope, Strategy};
+use llmprune_shared::jobs::{EvalSettings, PruneSettings, RecoverSettings};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -171,35 +171,8 @@ pub struct EvalArgs {
     /// Hugging Face directory, `.gguf` file, or a known alias (`smollm2`, fetched if missing).
     #[arg(long)]
     pub model: String,
-    /// Comma-separated lm-evaluation-harness task names [default: boolq, piqa, hellaswag,
-    /// winogrande, arc_easy, arc_challenge, openbookqa]; '' for perplexity only.
-    #[arg(long)]
-    pub tasks: Option<String>,
-    /// The directory holding the tasks' JSON Lines files (`boolq.validation.jsonl`, …).
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// The first N documents of each task.
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// Perplexity texts, NAME=FILE comma-separated (NAME: wikitext2, ptb).
-    #[arg(long, value_name = "NAME=FILE,...")]
-    pub ppl: Option<String>,
-    /// Chunks of each perplexity text at most [default: all].
-    #[arg(long)]
-    pub ppl_max_chunks: Option<usize>,
-    /// Perplexity chunk length (the reference's 128).
-    #[arg(long, default_value_t = 128)]
-    pub seq_len: usize,
-    /// Tokens per forward pass at most: documents of similar length are batched up to it.
-    #[arg(long, default_value_t = 2048)]
-    pub batch_tokens: usize,
-    /// Table 3 latency: after the evaluation, time the first N chunks of the first --ppl text
-    /// (batch 1, --seq-len tokens) on one otherwise idle worker; 0 turns it off.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub latency_chunks: usize,
-    /// The weights' dtype in memory.
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: WeightDtype,
+    #[command(flatten)]
+    pub job: EvalSettings,
     /// The model's name in the table [default: the model directory's name].
     #[arg(long)]
     pub name: Option<String>,
@@ -225,77 +198,8 @@ pub struct RecoverArgs {
     /// A directory written by `llmprune prune` (config.json, weights, tokenizer, plan.json).
     #[arg(long)]
     pub model: PathBuf,
-    /// Instruction data: a JSON array or JSON Lines file.
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Record fields: alpaca (instruction, input, output) or lamini (instruction, response).
-    #[arg(long, default_value = "alpaca")]
-    pub format: String,
-    #[arg(long, default_value_t = 2)]
-    pub epochs: usize,
-    /// Stop after this many optimizer steps.
-    #[arg(long)]
-    pub max_steps: Option<u64>,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 1e-4)]
-    pub lr: f64,
-    #[arg(long, default_value_t = 100)]
-    pub warmup_steps: u64,
-    /// Records per optimizer step (over all workers).
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
-    #[arg(long, default_value_t = 4)]
-    pub micro_batch_size: usize,
-    /// Tokens per record at most (longer ones lose their end).
-    #[arg(long, default_value_t = 256)]
-    pub cutoff_len: usize,
-    #[arg(long, default_value_t = 8)]
-    pub lora_r: usize,
-    #[arg(long, default_value_t = 16.0)]
-    pub lora_alpha: f64,
-    #[arg(long, default_value_t = 0.05)]
-    pub lora_dropout: f32,
-    /// Projections given adapters, comma-separated.
-    #[arg(long, default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")]
-    pub lora_targets: String,
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f64,
-    /// Gradient-norm clipping (0: none).
-    #[arg(long, default_value_t = 1.0)]
-    pub max_grad_norm: f64,
-    /// Records held out for the validation loss.
-    #[arg(long, default_value_t = 2000)]
-    pub val_size: usize,
-    /// Validation loss (and a checkpoint) every N steps.
-    #[arg(long, default_value_t = 100)]
-    pub eval_steps: u64,
-    /// A checkpoint every N steps besides those at evaluations [default: at evaluations only].
-    #[arg(long)]
-    pub save_steps: Option<u64>,
-    /// Train on the prompt's tokens too (default: only the response's).
-    #[arg(long)]
-    pub train_on_inputs: bool,
-    /// Do not append EOS to each record.
-    #[arg(long)]
-    pub no_eos: bool,
-    /// Skip malformed records (counted in the report) instead of failing.
-    #[arg(long)]
-    pub skip_bad_records: bool,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Perplexity at every evaluation step, adapters active (NAME=FILE, comma-separated; the
-    /// reference's --extra_val_dataset).
-    #[arg(long, value_name = "NAME=FILE,...")]
-    pub extra_val: Option<String>,
-    /// Chunks of each --extra-val text at most [default: all].
-    #[arg(long)]
-    pub extra_val_chunks: Option<usize>,
-    /// Perplexity of the merged model on these texts (NAME=FILE, comma-separated).
-    #[arg(long, value_name = "NAME=FILE,...")]
-    pub eval_ppl: Option<String>,
-    /// Perplexity chunks per dataset at most [default: all].
-    #[arg(long)]
-    pub eval_max_chunks: Option<usize>,
+    #[command(flatten)]
+    pub job: RecoverSettings,
     /// Output directory (must not exist).
     #[arg(long)]
     pub out: PathBuf,
@@ -304,104 +208,21 @@ pub struct RecoverArgs {
     #[arg(long, value_name = "S", default_value_t = 1)]
     pub stages: usize,
     #[command(flatten)]
-    pub output: OutputArgs,
-    #[command(flatten)]
     pub cluster: ClusterArgs,
 }
 
-/// A byte size such as `5GB`, `500MB`, `2MiB` or `1000` (bytes).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "kb" => 1e3,
-        "mb" => 1e6,
-        "gb" => 1e9,
-        "kib" => 1024.0,
-        "mib" => 1048576.0,
-        "gib" => 1073741824.0,
-        other => return Err(format!("unknown unit `{other}` (use B, KB, MB, GB, KiB, MiB or GiB)")),
-    };
-    let n: f64 = number.parse().map_err(|_| format!("`{text}` is not a size such as 5GB"))?;
-    let bytes = (n * scale) as u64;
-    if bytes == 0 {
-        return Err(format!("`{text}`: a shard must hold at least one byte"));
-    }
-    Ok(bytes)
-}
+pub use llmprune_shared::jobs::parse_size;
 
 #[derive(Args)]
 pub struct PruneArgs {
     /// Hugging Face directory, `.gguf` file, or `smollm2`.
     #[arg(long)]
     pub model: String,
-    #[arg(long, value_enum, default_value = "block")]
-    pub strategy: Strategy,
-    /// Share of each group's channels to remove, in (0, 1); heads are removed whole (floored).
-    #[arg(long)]
-    pub ratio: f64,
-    /// Layers whose attention heads are pruned, START:END (end exclusive; N:N for none) [default: all].
-    #[arg(long, value_name = "START:END")]
-    pub attn_layers: Option<String>,
-    /// Layers whose MLP neurons are pruned, START:END (end exclusive; N:N for none) [default: all].
-    #[arg(long, value_name = "START:END")]
-    pub mlp_layers: Option<String>,
-    /// With --strategy layer: the layers that may be removed, START:END [default: all].
-    #[arg(long, value_name = "START:END")]
-    pub layers: Option<String>,
-    /// Under GQA: what a pruned head is.
-    #[arg(long, value_enum, default_value = "kv-groups")]
-    pub gqa: GqaMode,
-    /// Round kept MLP and hidden widths up to a multiple of N (e.g. 8 or 64) for fast kernels.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub round_to: usize,
-    /// Prune in K steps toward the ratio (step k: k/K of it), with fresh gradients each step.
-    #[arg(long, value_name = "K", default_value_t = 1)]
-    pub iterative_steps: usize,
-    /// How a unit's importance is estimated (paper: Element¹ = param-first, Element² =
-    /// param-second, Vector = vectorize).
-    #[arg(long, value_enum, default_value = "param-first")]
-    pub criterion: Criterion,
-    /// How member scores combine [default: mean for l1/l2, sum otherwise, as the reference].
-    #[arg(long, value_enum)]
-    pub reduction: Option<Reduction>,
-    /// Whether each group loses the same share (local) or all units are ranked together (global).
-    #[arg(long, value_enum, default_value = "local")]
-    pub scope: Scope,
-    /// With --scope global: divide each group's scores by their mean before ranking.
-    #[arg(long)]
-    pub normalize: bool,
-    /// Calibration text files (paragraphs are rows), sampled the BookCorpus way.
-    #[arg(long, conflicts_with = "calibration_ids")]
-    pub calibration: Vec<PathBuf>,
-    /// Calibration windows as a JSON array of token-id arrays.
-    #[arg(long)]
-    pub calibration_ids: Option<PathBuf>,
-    #[arg(long, default_value_t = 10)]
-    pub samples: usize,
-    #[arg(long, default_value_t = 64)]
-    pub seq_len: usize,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub job: PruneSettings,
     /// Output directory (must not exist).
     #[arg(long)]
     pub out: PathBuf,
-    /// Perplexity of the pruned model, NAME=FILE[,NAME=FILE] with NAME in {wikitext2, ptb}.
-    #[arg(long, value_name = "NAME=FILE,...")]
-    pub eval_ppl: Option<String>,
-    /// Evaluate only the first K chunks of each --eval-ppl dataset.
-    #[arg(long)]
-    pub eval_max_chunks: Option<usize>,
-    #[arg(long, default_value_t = 128)]
-    pub eval_seq_len: usize,
-    /// Table 3 latency: time the first N chunks of the first --eval-ppl dataset (batch 1),
-    /// before and after pruning; 0 turns it off.
-    #[arg(long, value_name = "N", default_value_t = 32)]
-    pub latency_chunks: usize,
-    #[command(flatten)]
-    pub output: OutputArgs,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }

@@ -34,8 +34,9 @@ pub struct Settings {
     pub seed: Option<u64>,
     #[serde(default)]
     pub workers: WorkersSettings,
-    /// `llmprune run`: each phase's options, by the phase command's flag names (`ratio`,
-    /// `attn_layers`, …), checked when the run is planned.
+    /// `llmprune run`: each phase's job settings by key (`ratio`, `attn_layers`, …: the
+    /// fields of `llmprune_shared::jobs::{PruneSettings, RecoverSettings, EvalSettings}`,
+    /// which the phase commands flatten into their flags), typed when the run is planned.
     #[serde(default)]
     pub prune: PhaseOptions,
     #[serde(default)]
@@ -44,7 +45,8 @@ pub struct Settings {
     pub eval: PhaseOptions,
 }
 
-/// A phase's options as given (TOML values, or strings from the environment and `--set`).
+/// A phase's settings as given (TOML values, or strings from the environment and `--set`),
+/// typed by `llmprune run` against the phase's settings struct.
 pub type PhaseOptions = std::collections::BTreeMap<String, serde_json::Value>;
 
 /// Who runs `llmprune run` (`[workers]`): local worker processes or remote ones, and their layout.

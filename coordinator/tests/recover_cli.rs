@@ -183,7 +183,7 @@ fn recover_refuses_bad_input_and_writes_nothing() {
     fails(with(recover_args(p, d, o), "--batch-size", "5"), &["--batch-size 5", "--micro-batch-size 2"]);
     fails(with(recover_args(p, d, o), "--val-size", "30"), &["--val-size 30", "nothing to train"]);
     fails(with(recover_args(p, d, o), "--lora-targets", "q_proj,qkv"), &["--lora-targets", "qkv"]);
-    fails(with(recover_args(p, d, o), "--format", "sharegpt"), &["--format sharegpt"]);
+    fails(with(recover_args(p, d, o), "--format", "sharegpt"), &["--format", "sharegpt", "alpaca, lamini"]);
     // Not a pruned model directory.
     let plain = tiny_model_dir("tiny_tied_mha", &tmp.path().join("plain"));
     fails(recover_args(plain.to_str().unwrap(), d, o), &["no plan.json", "llmprune prune"]);

@@ -4,6 +4,7 @@
 pub mod depgraph;
 pub mod dtype;
 pub mod family;
+pub mod jobs;
 pub mod layout;
 pub mod model_spec;
 pub mod plan;

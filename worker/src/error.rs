@@ -26,6 +26,9 @@ pub enum Error {
     Plan(String),
     #[error(transparent)]
     Planner(#[from] llmprune_shared::planner::PlannerError),
+    /// A job's setting is wrong (named by its key).
+    #[error(transparent)]
+    Job(#[from] llmprune_shared::jobs::JobError),
     #[error("tensor computation: {0}")]
     Compute(#[from] candle_core::Error),
     /// A peer of a collective, or the link to it, failed (or broke its protocol).
@@ -67,9 +70,14 @@ impl Error {
     pub fn class(&self) -> ErrorClass {
         use std::io::ErrorKind;
         match self {
-            Error::Spec(_) | Error::File { .. } | Error::Tensor { .. } | Error::Tokenizer { .. } | Error::Invalid(_) | Error::Plan(_) | Error::Planner(_) => {
-                ErrorClass::BadInput
-            }
+            Error::Spec(_)
+            | Error::File { .. }
+            | Error::Tensor { .. }
+            | Error::Tokenizer { .. }
+            | Error::Invalid(_)
+            | Error::Plan(_)
+            | Error::Planner(_)
+            | Error::Job(_) => ErrorClass::BadInput,
             Error::Io { source, .. } if matches!(source.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied | ErrorKind::AlreadyExists) => {
                 ErrorClass::BadInput
             }

@@ -24,33 +24,29 @@ use std::time::Instant;
 
 /// The request every process runs, checked before any model is loaded or worker started.
 fn request(args: &EvalArgs) -> Result<EvaluateRequest> {
-    let tasks: Vec<String> = match &args.tasks {
-        Some(list) => list.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
-        None => Task::ALL.iter().map(|t| t.name().to_string()).collect(),
-    };
+    let job = &args.job;
+    job.validate().map_err(|e| anyhow!(e.as_flag()))?;
+    let all: Vec<&str> = Task::ALL.iter().map(|t| t.name()).collect();
+    let tasks = job.task_names(&all);
     for t in &tasks {
         Task::from_name(t).map_err(|e| anyhow!("--tasks: {e}"))?;
     }
     if !tasks.is_empty() {
-        let dir = args.data_dir.as_ref().ok_or_else(|| anyhow!("--data-dir is needed for the zero-shot tasks (or give --tasks '' with --ppl)"))?;
+        let dir = job.data_dir.as_ref().ok_or_else(|| anyhow!("--data-dir is needed for the zero-shot tasks (or give --tasks '' with --ppl)"))?;
         if !dir.is_dir() {
             bail!("--data-dir {}: not a directory", dir.display());
         }
     }
-    let ppl: Vec<String> = args.ppl.as_deref().map(|l| l.split(',').map(str::to_string).collect()).unwrap_or_default();
-    crate::commands::ppl::parse_data(&ppl).map_err(|e| anyhow!("--ppl: {e:#}"))?;
-    if args.batch_tokens == 0 {
-        bail!("--batch-tokens must be positive");
-    }
+    crate::commands::ppl::parse_data(&job.ppl).map_err(|e| anyhow!("--ppl: {e:#}"))?;
     let req = EvaluateRequest {
         tasks,
-        data_dir: args.data_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(),
-        limit: args.limit.unwrap_or(0) as u64,
-        batch_tokens: args.batch_tokens as u32,
-        ppl,
-        ppl_max_chunks: args.ppl_max_chunks.unwrap_or(0) as u64,
-        seq_len: args.seq_len as u32,
-        latency_chunks: args.latency_chunks as u32,
+        data_dir: job.data_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(),
+        limit: job.limit.unwrap_or(0) as u64,
+        batch_tokens: job.batch_tokens as u32,
+        ppl: job.ppl.clone(),
+        ppl_max_chunks: job.ppl_max_chunks.unwrap_or(0) as u64,
+        seq_len: job.seq_len as u32,
+        latency_chunks: job.latency_chunks as u32,
         ppl_batch_size: 4,
     };
     eval_job(&req)?;
@@ -81,7 +77,7 @@ pub fn run(settings: &Settings, run_id: &str, args: EvalArgs, shared: Option<&mu
     drop(opened);
     let units: usize = tasks.iter().map(|t| t.docs.len()).sum();
     let sha = model_checksum(&model_path)?;
-    let model = ModelFiles { spec: &spec, path: &model_path, sha256: &sha, dtype: args.dtype };
+    let model = ModelFiles { spec: &spec, path: &model_path, sha256: &sha, dtype: args.job.dtype };
     let done = on_cluster(shared, settings, &args.cluster, run_id, async |cluster: &mut Cluster| evaluate_on_cluster(cluster, model, &req).await)?;
     let (share, workers, load_s) = (done.share, done.ranks.len(), done.load_s);
     let cluster_report = Some(json!({"workers": workers, "ranks": done.ranks}));
@@ -137,12 +133,12 @@ fn results_json(
         "config": {
             "model": model_path.display().to_string(),
             "num_fewshot": 0,
-            "limit": args.limit,
-            "batch_tokens": args.batch_tokens,
-            "dtype": args.dtype.name(),
-            "data_dir": args.data_dir.as_ref().map(|d| d.display().to_string()),
-            "ppl_seq_len": args.seq_len,
-            "ppl_max_chunks": args.ppl_max_chunks,
+            "limit": args.job.limit,
+            "batch_tokens": args.job.batch_tokens,
+            "dtype": args.job.dtype.name(),
+            "data_dir": args.job.data_dir.as_ref().map(|d| d.display().to_string()),
+            "ppl_seq_len": args.job.seq_len,
+            "ppl_max_chunks": args.job.ppl_max_chunks,
             "workers": workers,
         },
         "n-samples": samples,
@@ -151,7 +147,7 @@ fn results_json(
         "documents_per_s": units as f64 / seconds.max(1e-9),
     });
     if let (Some(s), Some(text)) = (share.latency_s_per_chunk, share.ppl.first()) {
-        doc["latency"] = json!({"s_per_chunk": s, "dataset": text.name, "chunks": args.latency_chunks, "seq_len": args.seq_len, "batch": 1});
+        doc["latency"] = json!({"s_per_chunk": s, "dataset": text.name, "chunks": args.job.latency_chunks, "seq_len": args.job.seq_len, "batch": 1});
     }
     if let Some(c) = cluster {
         doc["cluster"] = c;

@@ -13,6 +13,7 @@ use crate::fetch::resolve_model;
 use crate::settings::Settings;
 use anyhow::{anyhow, Context, Result};
 use llmprune_shared::dtype::WeightDtype;
+use llmprune_shared::jobs::PruneSettings;
 use llmprune_shared::plan::{Plan, PlanModel, PlanStep};
 use llmprune_shared::planner::{prune_steps, Criterion, ModeName, PruneRequest, StepSeconds};
 use llmprune_shared::{ModelSpec, PyRandom};
@@ -21,38 +22,7 @@ use llmprune_worker::export::ModelDir;
 use llmprune_worker::loader::{model_checksum, open_model, TextTokenizer};
 use llmprune_worker::prune::pipeline::Calibration;
 use serde_json::json;
-use std::ops::Range;
 use std::time::Instant;
-
-/// `START:END` (end exclusive) within `n` layers; `None` is all of them, `N:N` none.
-fn layer_range(flag: &str, value: Option<&str>, n: usize) -> Result<Range<usize>> {
-    let Some(v) = value else { return Ok(0..n) };
-    let parsed = v.split_once(':').and_then(|(a, b)| Some((a.trim().parse::<usize>().ok()?, b.trim().parse::<usize>().ok()?)));
-    let (start, end) = parsed.ok_or_else(|| anyhow!("{flag} {v}: expected START:END, e.g. 3:27"))?;
-    if start > end || end > n {
-        return Err(anyhow!("{flag} {v}: must satisfy START <= END <= {n} (the model's layers)"));
-    }
-    Ok(start..end)
-}
-
-/// The prune the flags ask for, as the planner takes it.
-fn request(args: &PruneArgs, n_layers: usize) -> Result<PruneRequest> {
-    Ok(PruneRequest {
-        strategy: args.strategy,
-        ratio: args.ratio,
-        attn_layers: layer_range("--attn-layers", args.attn_layers.as_deref(), n_layers)?,
-        mlp_layers: layer_range("--mlp-layers", args.mlp_layers.as_deref(), n_layers)?,
-        layers: layer_range("--layers", args.layers.as_deref(), n_layers)?,
-        criterion: args.criterion,
-        reduction: args.reduction.unwrap_or(args.criterion.default_reduction()),
-        scope: args.scope,
-        normalize: args.normalize,
-        gqa: args.gqa,
-        round_to: args.round_to,
-        steps: args.iterative_steps,
-        seed: args.seed,
-    })
-}
 
 /// The paper's Table 3 columns that need no timing: parameters, MACs of one 64-token
 /// sequence, f32 weight memory.
@@ -73,15 +43,7 @@ pub(crate) fn print_shapes(before: &ModelSpec, after: &ModelSpec) {
 
 /// The checks of the flags alone, before any model is opened.
 pub(crate) fn check_args(args: &PruneArgs) -> Result<()> {
-    if !(args.ratio > 0.0 && args.ratio < 1.0) {
-        return Err(anyhow!("--ratio {}: must be in (0, 1)", args.ratio));
-    }
-    if args.iterative_steps == 0 {
-        return Err(anyhow!("--iterative-steps must be at least 1"));
-    }
-    if args.round_to == 0 {
-        return Err(anyhow!("--round-to must be at least 1"));
-    }
+    args.job.validate().map_err(|e| anyhow!(e.as_flag()))?;
     args.cluster.check()?;
     let workers = args.cluster.local_workers.or(args.cluster.workers);
     match (args.cluster.replicas, workers) {
@@ -90,13 +52,7 @@ pub(crate) fn check_args(args: &PruneArgs) -> Result<()> {
         (r, Some(n)) if !n.is_multiple_of(r) => return Err(anyhow!("--replicas {r} must divide the {n} workers (N/R pipeline stages × R replicas)")),
         _ => {}
     }
-    if args.eval_seq_len < 2 {
-        return Err(anyhow!("--eval-seq-len must be at least 2, got {}", args.eval_seq_len));
-    }
-    eval_ppl_job(args)?;
-    if args.criterion.needs_gradient() && args.calibration.is_empty() && args.calibration_ids.is_none() {
-        return Err(anyhow!("--criterion {} needs calibration data: --calibration FILE (text) or --calibration-ids FILE", args.criterion.name()));
-    }
+    eval_ppl_job(&args.job)?;
     Ok(())
 }
 
@@ -107,7 +63,7 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
     if args.out.exists() {
         return Err(anyhow!("--out {}: already exists; remove it or choose another directory", args.out.display()));
     }
-    let eval_ppl = eval_ppl_job(&args)?;
+    let eval_ppl = eval_ppl_job(&args.job)?;
     let model_path = resolve_model(&args.model, &settings.cache_dir, &settings.python)?;
     let t0 = Instant::now();
     let opened = open_model(&model_path).with_context(|| format!("opening {}", model_path.display()))?;
@@ -115,22 +71,23 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
     let spec_before = opened.spec.clone();
     let tokenizer = opened.tokenizer;
     drop(opened.weights);
-    let req = request(&args, spec_before.n_layers())?;
-    let (mut calibration, calibration_json): (Box<Calibration>, _) = match &args.calibration_ids {
+    let job = &args.job;
+    let req = job.request(spec_before.n_layers()).map_err(|e| anyhow!(e.as_flag()))?;
+    let (mut calibration, calibration_json): (Box<Calibration>, _) = match &job.calibration_ids {
         Some(path) => {
             let w = read_token_ids(path, spec_before.vocab_size)?;
             // Verbatim windows: every step uses them.
             (Box::new(move |_step| Ok(w.clone())), json!({"ids": path.display().to_string()}))
         }
-        None if !args.calibration.is_empty() => {
-            let rows = read_rows(&args.calibration)?;
-            let files: Vec<String> = args.calibration.iter().map(|p| p.display().to_string()).collect();
-            let (samples, seq_len) = (args.samples, args.seq_len);
+        None if !job.calibration.is_empty() => {
+            let rows = read_rows(&job.calibration)?;
+            let files: Vec<String> = job.calibration.iter().map(|p| p.display().to_string()).collect();
+            let (samples, seq_len) = (job.samples, job.seq_len);
             // One seeded stream for all steps: each step draws fresh windows, as the reference.
-            let mut rng = PyRandom::new(args.seed);
+            let mut rng = PyRandom::new(job.seed);
             let tokenizer = &tokenizer;
             let draw = move |_step| Ok(sample_windows_with(&rows, tokenizer, samples, seq_len, &mut rng)?.into_iter().map(|w| w.ids).collect());
-            (Box::new(draw), json!({"text": files, "samples": args.samples, "seq_len": args.seq_len, "seed": args.seed}))
+            (Box::new(draw), json!({"text": files, "samples": job.samples, "seq_len": job.seq_len, "seed": job.seed}))
         }
         None => (Box::new(|_step| Ok(Vec::new())), serde_json::Value::Null),
     };
@@ -138,39 +95,39 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
     let reduction = (req.criterion != Criterion::Random).then(|| req.reduction.name());
     let settings_json = json!({
         "strategy": req.strategy.name(),
-        "ratio": args.ratio,
+        "ratio": job.ratio,
         "attn_layers": [req.attn_layers.start, req.attn_layers.end],
         "mlp_layers": [req.mlp_layers.start, req.mlp_layers.end],
         "layers": [req.layers.start, req.layers.end],
         "criterion": criterion,
         "reduction": reduction,
         "scope": req.scope.name(),
-        "normalize": args.normalize,
+        "normalize": job.normalize,
         "gqa": req.gqa.name(),
-        "round_to": args.round_to,
-        "iterative_steps": args.iterative_steps,
-        "seed": args.seed,
+        "round_to": job.round_to,
+        "iterative_steps": job.iterative_steps,
+        "seed": job.seed,
         "calibration": calibration_json,
     });
     let out = ModelDir::create(&args.out)?;
-    let job = PruneJob {
+    let work = PruneJob {
         model: ModelFiles { spec: &spec_before, path: &model_path, sha256: &checksum, dtype: WeightDtype::F32 },
         req: &req,
         checkpoints: ScoreCheckpoints { dir: checkpoint_dir(&args.out), resume: args.cluster.resume, fingerprint: format!("{checksum} {settings_json}") },
         replicas: args.cluster.replicas,
-        max_shard_bytes: args.output.max_shard_size,
+        max_shard_bytes: job.max_shard_size,
         eval_ppl: eval_ppl.as_ref(),
         out: &out,
         tokenizer: &tokenizer,
         started: t0,
     };
-    let outcome = on_cluster(shared, settings, &args.cluster, run_id, async |cluster: &mut Cluster| prune_on_cluster(cluster, job, &mut *calibration).await)
+    let outcome = on_cluster(shared, settings, &args.cluster, run_id, async |cluster: &mut Cluster| prune_on_cluster(cluster, work, &mut *calibration).await)
         .inspect_err(|e| {
-            // Scores are kept for `--resume` only where a rerun may get further.
-            if !RunFailed::is_retryable(e) {
-                let _ = std::fs::remove_dir_all(checkpoint_dir(&args.out));
-            }
-        })?;
+        // Scores are kept for `--resume` only where a rerun may get further.
+        if !RunFailed::is_retryable(e) {
+            let _ = std::fs::remove_dir_all(checkpoint_dir(&args.out));
+        }
+    })?;
     let spec_after = &outcome.spec;
     let seconds = &outcome.seconds;
     let mut report = serde_json::Map::new();
@@ -201,7 +158,7 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
     report.insert("params_before".into(), json!(spec_before.n_params()));
     report.insert("params_after".into(), json!(spec_after.n_params()));
     report.insert("criterion".into(), json!(criterion));
-    report.insert("ratio".into(), json!(args.ratio));
+    report.insert("ratio".into(), json!(job.ratio));
     // This process's peak: with its in-process worker, the whole job; beside worker processes,
     // the coordinator's share (theirs are under `cluster.ranks`).
     report.insert("peak_rss_mib".into(), json!(llmprune_worker::memory::peak_rss_mb()));
@@ -217,11 +174,12 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
 }
 
 /// `--eval-ppl` (with `--latency-chunks`): the pruned model's perplexity and latency.
-fn eval_ppl_job(args: &PruneArgs) -> Result<Option<PplJob>> {
-    let Some(list) = &args.eval_ppl else { return Ok(None) };
-    let data: Vec<String> = list.split(',').map(str::to_string).collect();
-    let job = crate::commands::ppl::ppl_job("--eval-ppl", &data, args.eval_seq_len, 4, args.eval_max_chunks)?;
-    Ok(Some(PplJob { latency_chunks: args.latency_chunks, ..job }))
+fn eval_ppl_job(job: &PruneSettings) -> Result<Option<PplJob>> {
+    if job.eval_ppl.is_empty() {
+        return Ok(None);
+    }
+    let ppl = crate::commands::ppl::ppl_job("--eval-ppl", &job.eval_ppl, job.eval_seq_len, 4, job.eval_max_chunks)?;
+    Ok(Some(PplJob { latency_chunks: job.latency_chunks, ..ppl }))
 }
 
 /// What a prune runs on the cluster.

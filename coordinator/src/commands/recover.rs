@@ -12,71 +12,40 @@ use crate::commands::cluster::{on_cluster, ClusterSession};
 use crate::settings::Settings;
 use anyhow::{anyhow, Context, Result};
 use llmprune_shared::dtype::WeightDtype;
+use llmprune_shared::jobs::RecoverSettings;
 use llmprune_shared::proto::{RecoverReply, RecoverRequest};
 use llmprune_worker::export::ModelDir;
 use llmprune_worker::loader::{model_checksum, open_model, sha256_file};
-use llmprune_worker::lora::Projection;
-use llmprune_worker::train::job::{lora_config, recover_options};
-use llmprune_worker::train::records::Format;
 use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
 
 /// The job every process runs, from the flags; checked here so that bad flags fail before any
-/// model is loaded or worker started.
+/// model is loaded or worker started. The settings travel as they are.
 fn request(args: &RecoverArgs, out_dir: &Path, model_sha256: &str) -> Result<RecoverRequest> {
-    let targets: Vec<String> = args.lora_targets.split(',').map(|t| t.trim().to_string()).collect();
-    for t in &targets {
-        Projection::from_name(t).map_err(|e| anyhow!("--lora-targets: {e}"))?;
-    }
-    Format::from_name(&args.format)?;
-    let mut req = RecoverRequest {
-        data_path: args.data.display().to_string(),
-        format: args.format.clone(),
-        skip_bad_records: args.skip_bad_records,
-        lora_r: args.lora_r as u32,
-        lora_alpha: args.lora_alpha,
-        lora_dropout: args.lora_dropout,
-        lora_targets: targets,
-        epochs: args.epochs as u32,
-        max_steps: args.max_steps.unwrap_or(0),
-        lr: args.lr,
-        warmup_steps: args.warmup_steps,
-        batch_size: args.batch_size as u32,
-        micro_batch_size: args.micro_batch_size as u32,
-        weight_decay: args.weight_decay,
-        max_grad_norm: args.max_grad_norm,
-        seed: args.seed,
-        val_size: args.val_size as u32,
-        eval_every: args.eval_steps.max(1),
-        save_every: args.save_steps.unwrap_or(0),
-        cutoff_len: args.cutoff_len as u32,
-        train_on_inputs: args.train_on_inputs,
-        add_eos: !args.no_eos,
+    let job = &args.job;
+    job.validate().map_err(|e| anyhow!(e.as_flag()))?;
+    let settings_json = serde_json::to_string(job)?;
+    let data_sha256 = sha256_file(&job.data).map_err(|e| anyhow!("--data: {e}"))?;
+    Ok(RecoverRequest {
+        // The same model, data and settings (not where they are written), or a checkpoint is
+        // not this run's.
+        fingerprint: format!("{model_sha256} {data_sha256} {settings_json}"),
+        settings_json,
         checkpoint_dir: checkpoint_dir(&args.out).display().to_string(),
         resume: args.cluster.resume,
-        fingerprint: String::new(),
         out_dir: out_dir.display().to_string(),
-        max_shard_bytes: args.output.max_shard_size,
         base_model: args.model.display().to_string(),
-        extra_val: args.extra_val.as_deref().map(|l| l.split(',').map(str::to_string).collect()).unwrap_or_default(),
-        extra_val_chunks: args.extra_val_chunks.unwrap_or(0) as u32,
-    };
-    lora_config(&req)?;
-    recover_options(&req, None)?;
-    // The same model, data and settings (not where they are written), or a checkpoint is not
-    // this run's.
-    let same = RecoverRequest { checkpoint_dir: String::new(), resume: false, out_dir: String::new(), ..req.clone() };
-    req.fingerprint = format!("{model_sha256} {} {same:?}", sha256_file(&args.data).map_err(|e| anyhow!("--data: {e}"))?);
-    Ok(req)
+    })
 }
 
 /// `--eval-ppl`: the merged model's perplexity with the reference's protocol (128-token
 /// chunks, batch 4).
-fn eval_ppl_job(args: &RecoverArgs) -> Result<Option<PplJob>> {
-    let Some(list) = &args.eval_ppl else { return Ok(None) };
-    let data: Vec<String> = list.split(',').map(str::to_string).collect();
-    crate::commands::ppl::ppl_job("--eval-ppl", &data, 128, 4, args.eval_max_chunks).map(Some)
+fn eval_ppl_job(job: &RecoverSettings) -> Result<Option<PplJob>> {
+    if job.eval_ppl.is_empty() {
+        return Ok(None);
+    }
+    crate::commands::ppl::ppl_job("--eval-ppl", &job.eval_ppl, 128, 4, job.eval_max_chunks).map(Some)
 }
 
 /// The checks of the flags alone (the model directory aside), before anything runs.
@@ -92,7 +61,7 @@ pub(crate) fn check_flags(args: &RecoverArgs) -> Result<()> {
         return Err(anyhow!("--stages {}: the {workers} workers must split into equal pipelines (a divisor of {workers})", args.stages));
     }
     args.cluster.check()?;
-    eval_ppl_job(args)?;
+    eval_ppl_job(&args.job)?;
     request(args, Path::new(""), "").map(|_| ())
 }
 
@@ -115,7 +84,7 @@ pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs, shared: Option<
     let t0 = Instant::now();
     check_args(&args)?;
     // The reference's 128-token chunks (shorter only for toy models that cannot take 128).
-    let eval_ppl = eval_ppl_job(&args)?;
+    let eval_ppl = eval_ppl_job(&args.job)?;
     let out = ModelDir::create(&args.out)?;
     let sha = model_checksum(&args.model)?;
     let req = request(&args, out.path(), &sha)?;
@@ -145,7 +114,7 @@ pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs, shared: Option<
     let plan_path = args.model.join("plan.json");
     let plan: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&plan_path)?).with_context(|| format!("{}", plan_path.display()))?;
     out.write_json("plan.json", &plan)?;
-    let mut report = report_json(&args, &req, &reply, t0, load_s);
+    let mut report = report_json(&args, &reply, t0, load_s);
     report["ppl"] = json!(ppl);
     report["cluster"] = cluster_report;
     out.write_json("recover_report.json", &report)?;
@@ -162,15 +131,16 @@ pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs, shared: Option<
     Ok(())
 }
 
-fn report_json(args: &RecoverArgs, req: &RecoverRequest, r: &RecoverReply, t0: Instant, load_s: f64) -> serde_json::Value {
+fn report_json(args: &RecoverArgs, r: &RecoverReply, t0: Instant, load_s: f64) -> serde_json::Value {
+    let s = &args.job;
     json!({
         "model": args.model.display().to_string(),
-        "data": args.data.display().to_string(),
+        "data": args.job.data.display().to_string(),
         "records": {"train": r.train_records, "validation": r.val_records, "skipped_malformed": r.skipped_records, "truncated": r.truncated_records},
-        "lora": {"r": req.lora_r, "alpha": req.lora_alpha, "dropout": req.lora_dropout, "targets": req.lora_targets, "trainable_params": r.trainable_params},
-        "optimizer": {"lr": req.lr, "warmup_steps": req.warmup_steps, "batch_size": req.batch_size, "micro_batch_size": req.micro_batch_size,
-                      "weight_decay": req.weight_decay, "max_grad_norm": req.max_grad_norm, "epochs": req.epochs, "max_steps": req.max_steps,
-                      "cutoff_len": req.cutoff_len, "train_on_inputs": req.train_on_inputs, "seed": req.seed},
+        "lora": {"r": s.lora_r, "alpha": s.lora_alpha, "dropout": s.lora_dropout, "targets": s.lora_targets, "trainable_params": r.trainable_params},
+        "optimizer": {"lr": s.lr, "warmup_steps": s.warmup_steps, "batch_size": s.batch_size, "micro_batch_size": s.micro_batch_size,
+                      "weight_decay": s.weight_decay, "max_grad_norm": s.max_grad_norm, "epochs": s.epochs, "max_steps": s.max_steps.unwrap_or(0),
+                      "cutoff_len": s.cutoff_len, "train_on_inputs": s.train_on_inputs, "seed": s.seed},
         "loss_curve_fields": ["step", "loss", "lr", "grad_norm", "seconds", "trained_tokens"],
         "loss_curve": r.steps.iter().map(|s| json!([s.step, s.loss, s.lr, s.grad_norm, s.seconds, s.trained_tokens])).collect::<Vec<_>>(),
         "val_losses": r.val_steps.iter().zip(&r.val_losses).map(|(s, l)| json!([s, l])).collect::<Vec<_>>(),

@@ -1,112 +1,73 @@
 //! `llmprune run`: the whole job from one configuration: the dense model evaluated, pruned,
 //! the pruned model evaluated, recovered with LoRA, the recovered model evaluated, and a report,
-//! on one cluster (or in this process). Each phase's options are the phase command's flags,
-//! given as keys of its section (`[prune] ratio = 0.25` is `llmprune prune --ratio 0.25`), so
-//! every phase is planned and checked before anything runs. Each phase writes its own
-//! subdirectory; `--resume` skips the finished ones and continues an interrupted prune or
-//! recovery from its checkpoint.
+//! on one cluster (or one worker in this process). Each phase's section holds its typed job
+//! settings (`[prune]` is `PruneSettings`, the settings `llmprune prune` flattens into its
+//! flags), read with the configuration's type conversions, so every phase is planned and
+//! checked before anything runs. Each phase writes its own subdirectory; `--resume` skips the
+//! finished ones and continues an interrupted prune or recovery from its checkpoint.
 
 use crate::cli::{ClusterArgs, EvalArgs, PruneArgs, RecoverArgs, RunArgs};
 use crate::commands::cluster::{cluster_config, ClusterSession};
 use crate::report::{write_report, RunOutputs};
 use crate::settings::{PhaseOptions, Settings};
 use anyhow::{anyhow, bail, Context, Result};
-use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::{Args, FromArgMatches};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Options whose values are comma-separated lists (a TOML array is joined).
-const COMMA_LISTS: [&str; 5] = ["tasks", "ppl", "extra_val", "eval_ppl", "lora_targets"];
-
-/// Flags the run sets itself, by phase.
+/// Keys the run sets itself (`model`, `out`, `seed`, `[workers]`, `--resume`), never a section.
 const RESERVED: [&str; 9] = ["model", "out", "seed", "local_workers", "workers", "resume", "inject_fault", "replicas", "stages"];
 
-/// A phase's command-line arguments from its section, each remembered with its key.
-struct PhaseArgv {
-    section: &'static str,
-    argv: Vec<String>,
-    /// (flag, key) of every option from the configuration.
-    keys: Vec<(String, String)>,
+/// A phase's settings from its section: every key known to the phase's command, values
+/// converted to their types as the configuration converts them (`"0.4"` from the environment
+/// is a number); an error names the key.
+fn phase_settings<T: clap::Args + DeserializeOwned>(section: &'static str, options: &PhaseOptions) -> Result<T> {
+    let known: Vec<String> = T::augment_args(clap::Command::new(section)).get_arguments().map(|a| a.get_id().to_string()).collect();
+    for key in options.keys() {
+        if RESERVED.contains(&key.as_str()) {
+            bail!("{section}.{key}: set by the run itself (top-level `model`, `out`, `seed`, `[workers]`, or `llmprune run --resume`)");
+        }
+        if !known.contains(key) {
+            bail!("{section}.{key}: not an option of `llmprune {section}` (its options: {})", known.join(", "));
+        }
+    }
+    let source = config::Config::try_from(options).with_context(|| format!("[{section}]"))?;
+    source.try_deserialize::<T>().map_err(|e| {
+        // The configuration names the key within the section; say the section too.
+        let msg = e.to_string().replace("for key `", &format!("for key `{section}."));
+        anyhow!("[{section}]: {msg}")
+    })
 }
 
-impl PhaseArgv {
-    fn new(section: &'static str, options: &PhaseOptions, fixed: &[(&str, String)]) -> Result<Self> {
-        let mut argv = Vec::new();
-        for (flag, value) in fixed {
-            argv.push(format!("--{flag}"));
-            if !value.is_empty() {
-                argv.push(value.clone());
-            }
-        }
-        let mut keys = Vec::new();
-        for (key, value) in options {
-            if RESERVED.contains(&key.as_str()) {
-                bail!("{section}.{key}: set by the run itself (top-level `model`, `out`, `seed`, `[workers]`, or `llmprune run --resume`)");
-            }
-            let flag = format!("--{}", key.replace('_', "-"));
-            keys.push((flag.clone(), format!("{section}.{key}")));
-            let scalar = |v: &Value| -> Result<String> {
-                match v {
-                    Value::String(s) => Ok(s.clone()),
-                    Value::Number(n) => Ok(n.to_string()),
-                    Value::Bool(b) => Ok(b.to_string()),
-                    _ => Err(anyhow!("{section}.{key}: expected a string, number or boolean")),
-                }
-            };
-            match value {
-                // Flags: true sets them (from TOML, or "true" from the environment or --set).
-                Value::Bool(true) => argv.push(flag),
-                Value::Bool(false) => {}
-                Value::String(s) if s == "true" || s == "false" => {
-                    if s == "true" {
-                        argv.push(flag);
-                    }
-                }
-                Value::Array(items) if COMMA_LISTS.contains(&key.as_str()) => {
-                    let parts = items.iter().map(scalar).collect::<Result<Vec<_>>>()?;
-                    argv.extend([flag, parts.join(",")]);
-                }
-                Value::Array(items) => {
-                    for item in items {
-                        argv.extend([flag.clone(), scalar(item)?]);
-                    }
-                }
-                v => argv.extend([flag, scalar(v)?]),
-            }
-        }
-        Ok(Self { section, argv, keys })
-    }
-
-    /// The phase command's arguments, checked by its own parser; an error names the key.
-    fn parse<T: Args + FromArgMatches>(&self) -> Result<T> {
-        let cmd = T::augment_args(clap::Command::new(self.section).no_binary_name(true));
-        let matches = cmd.try_get_matches_from(&self.argv).map_err(|e| self.key_error(e))?;
-        T::from_arg_matches(&matches).map_err(|e| self.key_error(e))
-    }
-
-    fn key_error(&self, e: clap::Error) -> anyhow::Error {
-        let arg = match e.get(ContextKind::InvalidArg) {
-            Some(ContextValue::String(s)) => s.clone(),
-            Some(ContextValue::Strings(v)) => v.join(" "),
-            _ => String::new(),
-        };
-        let first = e.render().to_string().lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
-        let key = self.keys.iter().find(|(flag, _)| arg.split([' ', '=']).next() == Some(flag.as_str())).map(|(_, k)| k.clone());
-        match (e.kind(), key) {
-            (ErrorKind::UnknownArgument, _) => {
-                let unknown = self.keys.iter().find(|(flag, _)| first.contains(&format!("'{flag}'"))).map_or(arg.clone(), |(_, k)| k.clone());
-                anyhow!("{unknown}: not an option of `llmprune {}` ({first})", self.section)
-            }
-            (ErrorKind::MissingRequiredArgument, _) => {
-                let flag = arg.split([' ', '=']).next().unwrap_or_default().trim_start_matches("--").replace('-', "_");
-                anyhow!("{}.{flag}: required ({first})", self.section)
-            }
-            (_, Some(k)) => anyhow!("{k}: {first}"),
-            (_, None) => anyhow!("[{}]: {first}", self.section),
+/// The command a phase runs, for `--dry-run`: its fixed flags and every setting that differs
+/// from the default.
+fn command_line<T: Serialize + Default>(section: &str, fixed: &[(&str, String)], settings: &T) -> Result<String> {
+    let mut line = format!("llmprune {section}");
+    for (flag, value) in fixed {
+        line.push_str(&format!(" --{flag}"));
+        if !value.is_empty() {
+            line.push_str(&format!(" {value}"));
         }
     }
+    let (Value::Object(given), Value::Object(default)) = (serde_json::to_value(settings)?, serde_json::to_value(T::default())?) else {
+        bail!("[{section}]: settings are not a table");
+    };
+    for (key, value) in given.iter().filter(|(k, v)| default.get(*k) != Some(*v)) {
+        let flag = format!("--{}", key.replace('_', "-"));
+        match value {
+            Value::Bool(true) => line.push_str(&format!(" {flag}")),
+            Value::Bool(false) | Value::Null => {}
+            Value::Array(items) => {
+                let parts: Vec<String> = items.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).collect();
+                line.push_str(&format!(" {flag} {}", parts.join(",")));
+            }
+            Value::String(s) => line.push_str(&format!(" {flag} {s}")),
+            v => line.push_str(&format!(" {flag} {v}")),
+        }
+    }
+    Ok(line)
 }
 
 /// A phase command's error with its flags (`--ratio`) written as the run's keys (`prune.ratio`).
@@ -143,62 +104,63 @@ struct Plan {
 fn plan(settings: &Settings, args: &RunArgs) -> Result<Plan> {
     let model = settings.model.clone().ok_or_else(|| anyhow!("model: required (the model to compress: a path or `smollm2`)"))?;
     let out = settings.out.clone().ok_or_else(|| anyhow!("out: required (the run's output directory)"))?;
-    let seed = settings.seed.unwrap_or(42).to_string();
+    let seed = settings.seed.unwrap_or(42);
     let w = &settings.workers;
-    let resume = if args.resume { vec![("resume", String::new())] } else { vec![] };
     let pruned = out.join("pruned");
     let recovered = out.join("recovered");
     let path = |p: &Path| p.display().to_string();
-    // The phases' own checks see the run's workers (the run's cluster serves the phases).
-    let workers: Vec<(&str, String)> = match (w.local, w.remote) {
-        (Some(n), _) => vec![("local-workers", n.to_string())],
-        (_, Some(n)) => vec![("workers", n.to_string())],
-        _ => vec![],
-    };
     if let Some(stages) = w.stages {
         let n = w.local.or(w.remote).unwrap_or(1);
         if !n.is_multiple_of(stages) {
             bail!("workers.stages {stages}: the {n} workers must split into equal pipelines");
         }
     }
-    let mut fixed = vec![("model", model.clone()), ("out", path(&pruned)), ("seed", seed.clone())];
-    fixed.extend(resume.clone());
-    fixed.extend(workers.clone());
-    if let Some(r) = w.replicas {
-        fixed.push(("replicas", r.to_string()));
+    // The phases' own checks see the run's workers (the run's cluster serves the phases).
+    let phase_cluster = |replicas: usize| ClusterArgs { local_workers: w.local, workers: w.remote, replicas, resume: args.resume, inject_fault: None };
+    let mut fixed: Vec<(&str, String)> = match (w.local, w.remote) {
+        (Some(n), _) => vec![("local-workers", n.to_string())],
+        (_, Some(n)) => vec![("workers", n.to_string())],
+        _ => vec![],
+    };
+    if args.resume {
+        fixed.push(("resume", String::new()));
     }
     let mut commands = Vec::new();
-    let mut phase_argv = |section: &'static str, options: &PhaseOptions, fixed: &[(&str, String)]| -> Result<PhaseArgv> {
-        let p = PhaseArgv::new(section, options, fixed)?;
-        commands.push(format!("llmprune {section} {}", p.argv.join(" ")));
-        Ok(p)
-    };
-    let prune: PruneArgs = phase_argv("prune", &settings.prune, &fixed)?.parse()?;
+
+    let mut job: llmprune_shared::jobs::PruneSettings = phase_settings("prune", &settings.prune)?;
+    job.seed = seed;
+    let replicas = w.replicas.unwrap_or(1);
+    let prune = PruneArgs { model: model.clone(), job, out: pruned.clone(), cluster: phase_cluster(replicas) };
     crate::commands::prune::check_args(&prune).map_err(|e| in_keys("prune", e))?;
-    let mut fixed = vec![("model", path(&pruned)), ("out", path(&recovered)), ("seed", seed)];
-    fixed.extend(resume);
-    fixed.extend(workers);
-    if let Some(s) = w.stages {
-        fixed.push(("stages", s.to_string()));
+    let mut flags = vec![("model", model.clone()), ("out", path(&pruned))];
+    flags.extend(fixed.iter().cloned());
+    if replicas > 1 {
+        flags.push(("replicas", replicas.to_string()));
     }
-    let recover: RecoverArgs = phase_argv("recover", &settings.recover, &fixed)?.parse()?;
+    commands.push(command_line("prune", &flags, &prune.job)?);
+
+    let mut job: llmprune_shared::jobs::RecoverSettings = phase_settings("recover", &settings.recover)?;
+    job.seed = seed;
+    let stages = w.stages.unwrap_or(1);
+    let recover = RecoverArgs { model: pruned.clone(), job, out: recovered.clone(), stages, cluster: phase_cluster(1) };
     crate::commands::recover::check_flags(&recover).map_err(|e| in_keys("recover", e))?;
-    let evals = [("dense", model), ("pruned", path(&pruned)), ("recovered", path(&recovered))]
-        .into_iter()
-        .map(|(name, m)| {
-            let fixed = [("model", m), ("out", path(&out.join("eval").join(format!("{name}.json")))), ("name", name.to_string())];
-            let args: EvalArgs = phase_argv("eval", &settings.eval, &fixed)?.parse()?;
-            crate::commands::eval::check_args(&args).map_err(|e| in_keys("eval", e))?;
-            Ok((name.to_string(), args))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let cluster = (w.local.is_some() || w.remote.is_some()).then(|| ClusterArgs {
-        local_workers: w.local,
-        workers: w.remote,
-        replicas: 1,
-        resume: args.resume,
-        inject_fault: args.inject_fault.clone(),
-    });
+    let mut flags = vec![("model", path(&pruned)), ("out", path(&recovered))];
+    flags.extend(fixed.iter().cloned());
+    if stages > 1 {
+        flags.push(("stages", stages.to_string()));
+    }
+    commands.push(command_line("recover", &flags, &recover.job)?);
+
+    let job: llmprune_shared::jobs::EvalSettings = phase_settings("eval", &settings.eval)?;
+    let mut evals = Vec::new();
+    for (name, m) in [("dense", model), ("pruned", path(&pruned)), ("recovered", path(&recovered))] {
+        let eval_out = out.join("eval").join(format!("{name}.json"));
+        let args = EvalArgs { model: m.clone(), job: job.clone(), name: Some(name.to_string()), out: eval_out.clone(), cluster: phase_cluster(1) };
+        crate::commands::eval::check_args(&args).map_err(|e| in_keys("eval", e))?;
+        commands.push(command_line("eval", &[("model", m), ("out", path(&eval_out)), ("name", name.to_string())], &args.job)?);
+        evals.push((name.to_string(), args));
+    }
+    let cluster = (w.local.is_some() || w.remote.is_some()).then(|| ClusterArgs { inject_fault: args.inject_fault.clone(), ..phase_cluster(1) });
     Ok(Plan { out, commands, prune, recover, evals, cluster })
 }
 

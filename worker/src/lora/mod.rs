@@ -17,52 +17,8 @@ use std::cell::Cell;
 pub use dropout::dropout_mask;
 
 /// The seven linear projections of a LLaMA-family layer, by their Hugging Face names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Projection {
-    Q,
-    K,
-    V,
-    O,
-    Gate,
-    Up,
-    Down,
-}
-
-impl Projection {
-    pub const ALL: [Projection; 7] = [Self::Q, Self::K, Self::V, Self::O, Self::Gate, Self::Up, Self::Down];
-
-    /// PEFT's target-module name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Q => "q_proj",
-            Self::K => "k_proj",
-            Self::V => "v_proj",
-            Self::O => "o_proj",
-            Self::Gate => "gate_proj",
-            Self::Up => "up_proj",
-            Self::Down => "down_proj",
-        }
-    }
-
-    /// The module path inside a layer.
-    pub fn module(self) -> String {
-        match self {
-            Self::Q | Self::K | Self::V | Self::O => format!("self_attn.{}", self.name()),
-            Self::Gate | Self::Up | Self::Down => format!("mlp.{}", self.name()),
-        }
-    }
-
-    pub fn from_name(name: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|p| p.name() == name)
-            .ok_or_else(|| Error::Invalid(format!("unknown LoRA target `{name}` (expected q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)")))
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
+/// The projections adapters go on, named once in the shared crate's job settings.
+pub use llmprune_shared::jobs::Projection;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraConfig {

@@ -99,7 +99,11 @@ pub fn read(dir: &Path) -> Result<(LoraConfig, HashMap<String, Tensor>)> {
     let targets = match field("target_modules")? {
         Value::Array(a) => a
             .iter()
-            .map(|t| t.as_str().ok_or_else(|| Error::file(&path, "target_modules: expected names")).and_then(Projection::from_name))
+            .map(|t| {
+                t.as_str()
+                    .ok_or_else(|| Error::file(&path, "target_modules: expected names"))
+                    .and_then(|n| Projection::from_name(n).map_err(|e| Error::file(&path, e)))
+            })
             .collect::<Result<Vec<_>>>()?,
         _ => return Err(Error::file(&path, "target_modules: expected a list of projection names")),
     };

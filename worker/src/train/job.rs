@@ -5,7 +5,7 @@
 
 use super::data::TokenizeOptions;
 use super::optim::AdamWConfig;
-use super::records::{Format, RecordFile};
+use super::records::RecordFile;
 use super::recover::{recover, RecoverOptions, StepReport};
 use super::TrainGroups;
 use crate::error::{Error, Result};
@@ -15,37 +15,46 @@ use crate::loader::TextTokenizer;
 use crate::lora::{self, peft, LoraConfig, Projection};
 use crate::model::LlamaModel;
 use candle_core::Tensor;
+use llmprune_shared::jobs::RecoverSettings;
 use llmprune_shared::proto::{ExtraValPpl, RecoverReply, RecoverRequest, TrainStep};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-pub fn lora_config(req: &RecoverRequest) -> Result<LoraConfig> {
-    let targets = req.lora_targets.iter().map(|t| Projection::from_name(t.trim())).collect::<Result<Vec<_>>>()?;
-    let config = LoraConfig { r: req.lora_r as usize, alpha: req.lora_alpha, dropout: req.lora_dropout, targets };
+/// The settings a request carries, checked (every worker checks them again).
+pub fn recover_settings(req: &RecoverRequest) -> Result<RecoverSettings> {
+    let settings: RecoverSettings =
+        serde_json::from_str(&req.settings_json).map_err(|e| Error::Invalid(format!("the recovery request's settings do not parse: {e}")))?;
+    settings.validate()?;
+    Ok(settings)
+}
+
+pub fn lora_config(s: &RecoverSettings) -> Result<LoraConfig> {
+    let config = LoraConfig { r: s.lora_r, alpha: s.lora_alpha, dropout: s.lora_dropout, targets: s.lora_targets.clone() };
     config.validate()?;
     Ok(config)
 }
 
-pub fn recover_options(req: &RecoverRequest, eos: Option<u32>) -> Result<RecoverOptions> {
+/// The training loop's options: `s` and, from the request, where it checkpoints.
+pub fn recover_options(s: &RecoverSettings, req: &RecoverRequest, eos: Option<u32>) -> Result<RecoverOptions> {
     let opts = RecoverOptions {
-        adamw: AdamWConfig { weight_decay: req.weight_decay, ..Default::default() },
-        epochs: req.epochs as usize,
-        max_steps: (req.max_steps > 0).then_some(req.max_steps),
-        batch_size: req.batch_size as usize,
-        micro_batch_size: req.micro_batch_size as usize,
-        lr: req.lr,
-        warmup_steps: req.warmup_steps,
-        max_grad_norm: (req.max_grad_norm > 0.0).then_some(req.max_grad_norm),
-        seed: req.seed,
-        val_size: req.val_size as usize,
-        eval_every: req.eval_every.max(1),
-        save_every: if req.save_every == 0 { u64::MAX } else { req.save_every },
-        tokenize: TokenizeOptions { cutoff_len: req.cutoff_len as usize, train_on_inputs: req.train_on_inputs, add_eos: req.add_eos, eos },
+        adamw: AdamWConfig { weight_decay: s.weight_decay, ..Default::default() },
+        epochs: s.epochs,
+        max_steps: s.max_steps,
+        batch_size: s.batch_size,
+        micro_batch_size: s.micro_batch_size,
+        lr: s.lr,
+        warmup_steps: s.warmup_steps,
+        max_grad_norm: (s.max_grad_norm > 0.0).then_some(s.max_grad_norm),
+        seed: s.seed,
+        val_size: s.val_size,
+        eval_every: s.eval_steps.max(1),
+        save_every: s.save_steps.unwrap_or(u64::MAX),
+        tokenize: TokenizeOptions { cutoff_len: s.cutoff_len, train_on_inputs: s.train_on_inputs, add_eos: !s.no_eos, eos },
         checkpoint_dir: (!req.checkpoint_dir.is_empty()).then(|| PathBuf::from(&req.checkpoint_dir)),
         resume: req.resume,
         fingerprint: req.fingerprint.clone(),
-        extra_val: req.extra_val.iter().map(|spec| parse_corpus_spec(spec, "--extra-val")).collect::<Result<_>>()?,
-        extra_val_chunks: (req.extra_val_chunks > 0).then_some(req.extra_val_chunks as usize),
+        extra_val: s.extra_val.iter().map(|spec| parse_corpus_spec(spec, "extra_val")).collect::<Result<_>>()?,
+        extra_val_chunks: s.extra_val_chunks,
     };
     opts.validate()?;
     Ok(opts)
@@ -69,7 +78,8 @@ pub fn run_recovery(
     owns: &dyn Fn(&str) -> bool,
     report: &mut dyn FnMut(&StepReport),
 ) -> Result<RecoverReply> {
-    let config = lora_config(req)?;
+    let settings = recover_settings(req)?;
+    let config = lora_config(&settings)?;
     let family = model.spec.architecture.family();
     if family.fused_gate_up && config.targets.iter().any(|t| matches!(t, Projection::Gate | Projection::Up)) {
         // PEFT would need one adapter on the fused gate_up_proj; ours are per projection.
@@ -78,12 +88,10 @@ pub fn run_recovery(
             family.model_type
         )));
     }
-    let opts = recover_options(req, model.spec.eos_token_id)?;
-    let format = Format::from_name(&req.format)?;
-    let data = Path::new(&req.data_path);
-    let records = RecordFile::open(data, format, req.skip_bad_records)?;
+    let opts = recover_options(&settings, req, model.spec.eos_token_id)?;
+    let records = RecordFile::open(&settings.data, settings.format, settings.skip_bad_records)?;
     tracing::info!(records = records.len(), skipped = records.skipped, "data opened");
-    let vars = lora::attach(model, &config, req.seed)?;
+    let vars = lora::attach(model, &config, settings.seed)?;
     let trainable: u64 = vars.iter().map(|(_, v)| v.as_tensor().elem_count() as u64).sum();
     tracing::info!(trainable, adapters = vars.len() / 2, "adapters attached");
     let (stage, stages) = (groups.pipeline.rank(), groups.pipeline.world_size());
@@ -122,7 +130,7 @@ pub fn run_recovery(
         if stages > 1 {
             (tensor_names, weight_bytes) = write_tensor_file(&out.join(&weights_file), &model.spec, &weights)?;
         } else {
-            write_weights_into(out, &model.spec, &weights, req.max_shard_bytes.max(1))?;
+            write_weights_into(out, &model.spec, &weights, settings.max_shard_size.max(1))?;
         }
     }
     let steps = outcome

@@ -10,28 +10,14 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// `instruction`, `input` (optional), `output`.
-    Alpaca,
-    /// `instruction`, `response`.
-    Lamini,
-}
+/// A record's fields, named once in the shared crate's job settings.
+pub use llmprune_shared::jobs::RecordFormat as Format;
 
-impl Format {
-    pub fn from_name(name: &str) -> Result<Self> {
-        match name {
-            "alpaca" => Ok(Self::Alpaca),
-            "lamini" => Ok(Self::Lamini),
-            _ => Err(Error::Invalid(format!("--format {name}: expected alpaca or lamini"))),
-        }
-    }
-
-    fn output_field(self) -> &'static str {
-        match self {
-            Self::Alpaca => "output",
-            Self::Lamini => "response",
-        }
+/// The field holding a record's answer.
+fn output_field(format: Format) -> &'static str {
+    match format {
+        Format::Alpaca => "output",
+        Format::Lamini => "response",
     }
 }
 
@@ -60,7 +46,7 @@ fn record(v: serde_json::Value, format: Format) -> std::result::Result<Record, S
             Some(_) => Err(format!("field `{k}` is not a string")),
         }
     };
-    Ok(Record { instruction: text("instruction", true)?, input: text("input", false)?, output: text(format.output_field(), true)? })
+    Ok(Record { instruction: text("instruction", true)?, input: text("input", false)?, output: text(output_field(format), true)? })
 }
 
 impl RecordFile {
