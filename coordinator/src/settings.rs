@@ -4,7 +4,8 @@
 
 use anyhow::{bail, Context, Result};
 use config::{Config, Environment, File, FileFormat};
-use llmprune_worker::collective::WorkerDevice;
+use llmprune_shared::device::WorkerDevice;
+use llmprune_worker::collective::compute_device;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -144,7 +145,7 @@ impl Settings {
     /// The device this process computes on (`device`, `--device`).
     pub fn compute_device(&self) -> Result<candle_core::Device> {
         let device = WorkerDevice::parse(&self.device).map_err(|e| anyhow::anyhow!("device (--device) {e}"))?;
-        device.compute_device().map_err(|e| anyhow::anyhow!("--device {e}"))
+        compute_device(device).map_err(|e| anyhow::anyhow!("--device {e}"))
     }
 
     /// The device as a worker takes it, for the worker a command runs in this process.

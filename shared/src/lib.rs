@@ -2,6 +2,7 @@
 //! coordinator that only plans must not pay for a tensor library.
 
 pub mod depgraph;
+pub mod device;
 pub mod dtype;
 pub mod family;
 pub mod jobs;

@@ -5,7 +5,7 @@
 //! worker process that exits, or a worker that stops heartbeating. A failure names the worker,
 //! its rank and layers and the cause; the workers are then told to stop.
 
-use super::launcher::LocalWorkers;
+use super::launcher::{InProcessWorker, LocalWorkers};
 use super::registry::{CoordinatorService, Registry};
 use crate::progress::Progress;
 use crate::settings::ClusterSettings;
@@ -13,7 +13,6 @@ use anyhow::{bail, Context, Result};
 use llmprune_shared::proto::coordinator_server::CoordinatorServer;
 use llmprune_shared::proto::worker_client::WorkerClient;
 use llmprune_shared::proto::{attach_token, require_token, ShutdownRequest, TokenInterceptor, MAX_MESSAGE_BYTES};
-use llmprune_worker::collective::WorkerDevice;
 use std::collections::HashMap;
 use std::future::Future;
 use std::ops::Range;
@@ -100,11 +99,12 @@ impl Member {
 }
 
 /// Who the members of a run are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Members {
-    /// One worker inside this process, computing on the coordinator's `--device`: a command
-    /// run without `--local-workers`/`--workers` (one process is a cluster of one member).
-    InProcess(WorkerDevice),
+    /// One worker inside this process: a command run without `--local-workers`/`--workers`
+    /// (one process is a cluster of one member). The command supplies it (the worker's own
+    /// serve code, on its `--device`), so the cluster code holds no worker code.
+    InProcess(InProcessWorker),
     /// `--local-workers N`: worker processes started on this machine.
     Processes(usize),
     /// `--workers N`: workers started elsewhere, which register themselves.
@@ -156,7 +156,7 @@ impl Cluster {
         if expected == 0 {
             bail!("give --local-workers N or --workers N (N > 0)");
         }
-        let token = match (&s.token, config.members) {
+        let token = match (&s.token, &config.members) {
             (Some(t), _) => t.clone(),
             (None, Members::Remote(_)) => bail!("remote workers need a cluster token: --token or cluster.token"),
             (None, _) => random_hex()?,
@@ -195,15 +195,15 @@ impl Cluster {
         let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
         let url = format!("http://{host}:{}", addr.port());
         let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(String, String)>();
-        let local = match config.members {
-            Members::Processes(n) => {
+        let local = match &config.members {
+            &Members::Processes(n) => {
                 let workers = LocalWorkers::start(n, &config.worker_binary, &url, &token, &config.faults, config.log_format, exit_tx)?;
                 tracing::info!(workers = n, pids = ?workers.pids(), coordinator = %url, "local workers started");
                 Some(workers)
             }
-            Members::InProcess(device) => {
-                tracing::debug!(device = %device.kind(), coordinator = %url, "in-process worker started");
-                Some(LocalWorkers::in_process(&url, &token, device, exit_tx))
+            Members::InProcess(worker) => {
+                tracing::debug!(coordinator = %url, "in-process worker started");
+                Some(LocalWorkers::in_process(worker, &url, &token, exit_tx))
             }
             Members::Remote(_) => {
                 tracing::info!(workers = expected, address = %addr, "waiting for workers: llmprune-worker --coordinator http://HOST:{} --token ...", addr.port());

@@ -4,15 +4,19 @@
 //! fails the run at once, and stopped when the coordinator is done or fails.
 
 use anyhow::{Context, Result};
-use llmprune_worker::cluster::serve::{serve, ServeOptions};
-use llmprune_worker::collective::WorkerDevice;
+use std::future::Future;
 use std::path::Path;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::Arc;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 /// The name of the worker a command runs in its own process.
 pub const IN_PROCESS: &str = "in-process";
+
+/// Serves the in-process worker, given the coordinator's URL, the token and the worker's
+/// name, until the coordinator stops it (`Ok`) or it fails (the error, in words).
+pub type InProcessWorker = Arc<dyn Fn(String, String, String) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 pub struct LocalWorkers {
     pids: Vec<u32>,
@@ -59,23 +63,12 @@ impl LocalWorkers {
         Ok(Self { pids, watchers })
     }
 
-    /// One worker in this process on `device`, serving on a loopback port. Its end (the
-    /// coordinator's Shutdown, or an error) is reported on `exited`.
-    pub fn in_process(coordinator: &str, token: &str, device: WorkerDevice, exited: mpsc::UnboundedSender<(String, String)>) -> Self {
-        let opts = ServeOptions {
-            coordinator: coordinator.to_string(),
-            token: token.to_string(),
-            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            advertise_host: None,
-            peer_timeout: Duration::from_secs(600),
-            connect_timeout: Duration::from_secs(30),
-            missed_heartbeats: 5,
-            device,
-            name: IN_PROCESS.to_string(),
-            fault: None,
-        };
+    /// One worker in this process, serving on a loopback port. Its end (the coordinator's
+    /// Shutdown, or an error) is reported on `exited`.
+    pub fn in_process(worker: &InProcessWorker, coordinator: &str, token: &str, exited: mpsc::UnboundedSender<(String, String)>) -> Self {
+        let serving = worker(coordinator.to_string(), token.to_string(), IN_PROCESS.to_string());
         let watcher = tokio::spawn(async move {
-            let status = match serve(opts).await {
+            let status = match serving.await {
                 Ok(()) => "stopped".to_string(),
                 Err(e) => format!("failed: {e}"),
             };

@@ -4,8 +4,33 @@
 
 use crate::cli::ClusterArgs;
 use crate::cluster::driver::{Cluster, ClusterConfig, Members, Phase};
+use crate::cluster::launcher::InProcessWorker;
 use crate::settings::Settings;
 use anyhow::{anyhow, bail, Context, Result};
+use llmprune_shared::device::WorkerDevice;
+use llmprune_worker::cluster::serve::{serve, ServeOptions};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The worker a command runs inside this process: `llmprune-worker`'s own serve code on
+/// `device`, over loopback.
+fn in_process_worker(device: WorkerDevice) -> InProcessWorker {
+    Arc::new(move |coordinator: String, token: String, name: String| {
+        let opts = ServeOptions {
+            coordinator,
+            token,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise_host: None,
+            peer_timeout: Duration::from_secs(600),
+            connect_timeout: Duration::from_secs(30),
+            missed_heartbeats: 5,
+            device,
+            name,
+            fault: None,
+        };
+        Box::pin(async move { serve(opts).await.map_err(|e| e.to_string()) })
+    })
+}
 
 pub fn cluster_config(settings: &Settings, args: &ClusterArgs) -> Result<ClusterConfig> {
     let worker_binary = match &settings.cluster.worker_binary {
@@ -18,7 +43,7 @@ pub fn cluster_config(settings: &Settings, args: &ClusterArgs) -> Result<Cluster
         (None, None) => {
             // Refused here, naming the flag, when this build cannot compute there.
             settings.compute_device()?;
-            Members::InProcess(settings.worker_device()?)
+            Members::InProcess(in_process_worker(settings.worker_device()?))
         }
     };
     let faults = match &args.inject_fault {

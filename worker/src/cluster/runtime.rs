@@ -3,7 +3,7 @@
 //! they send the runtime a command and await the reply.
 
 use super::shard::{Collectives, ShardLayout, ShardModel};
-use crate::collective::{group_id, nccl_group, Communicator, RingOptions, TcpRing, WorkerDevice};
+use crate::collective::{compute_device, group_id, nccl_group, Communicator, RingOptions, TcpRing, WorkerDevice};
 use crate::error::{Error, Result};
 use crate::eval::job::{eval_job, evaluate_share, load_tasks, measure_latency};
 use crate::export::write_tensor_parts;
@@ -216,7 +216,7 @@ impl Runtime {
             replica,
             replicas,
         };
-        let device = self.opts.device.compute_device().map_err(Error::Invalid)?;
+        let device = compute_device(self.opts.device).map_err(Error::Invalid)?;
         let dtype = WeightDtype::from_wire(req.dtype).map_err(Error::Invalid)?;
         let shard = ShardModel::load(path, layout, dtype, &device)?;
         let params = shard.owned_weights().values().map(|t| t.elem_count() as u64).sum();

@@ -53,37 +53,15 @@ pub trait Communicator {
     fn barrier(&mut self) -> CommResult<()>;
 }
 
-/// Where a worker runs: its collectives take NCCL on a GPU and the TCP ring on a CPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkerDevice {
-    Cpu,
-    Cuda(usize),
-}
+/// Where a worker runs (`cpu`, `cuda:N`), named once in the shared crate.
+pub use llmprune_shared::device::WorkerDevice;
 
-impl WorkerDevice {
-    /// `cpu` or `cuda:N`.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "cpu" => Ok(Self::Cpu),
-            _ => s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(Self::Cuda).ok_or_else(|| format!("`{s}`: expected cpu or cuda:N")),
-        }
-    }
-
-    /// The device tensors live on. `cuda:N` needs a build with candle's CUDA backend; other
-    /// builds refuse it here, naming the device.
-    pub fn compute_device(&self) -> Result<candle_core::Device, String> {
-        match self {
-            Self::Cpu => Ok(candle_core::Device::Cpu),
-            Self::Cuda(n) => candle_core::Device::new_cuda(*n).map_err(|e| format!("cuda:{n}: {e} (this build computes on the CPU only)")),
-        }
-    }
-
-    /// As workers report it to the coordinator.
-    pub fn kind(&self) -> String {
-        match self {
-            Self::Cpu => "cpu".into(),
-            Self::Cuda(n) => format!("cuda:{n}"),
-        }
+/// The device tensors live on. `cuda:N` needs a build with candle's CUDA backend; other builds
+/// refuse it here, naming the device.
+pub fn compute_device(device: WorkerDevice) -> Result<candle_core::Device, String> {
+    match device {
+        WorkerDevice::Cpu => Ok(candle_core::Device::Cpu),
+        WorkerDevice::Cuda(n) => candle_core::Device::new_cuda(n).map_err(|e| format!("cuda:{n}: {e} (this build computes on the CPU only)")),
     }
 }
 
