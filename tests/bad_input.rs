@@ -139,7 +139,7 @@ fn differentiable_half_precision_on_cpu_is_refused() {
     let loaded = load_model(&dir, half, &Device::Cpu).unwrap();
     let ids = candle_core::Tensor::new(&[[1u32, 2, 3, 4]], &Device::Cpu).unwrap();
     assert!(loaded.model.loss(&ids, llmprune_worker::Exec::Inference).is_ok(), "bf16 inference runs");
-    let err = loaded.model.loss(&ids, llmprune_worker::Exec::Differentiable).err().expect("must fail").to_string();
+    let err = loaded.model.loss(&ids, llmprune_worker::Exec::Differentiable).expect_err("must fail").to_string();
     assert_contains(&err, &["differentiable", "f32", "BF16"]);
 }
 
@@ -150,6 +150,6 @@ fn sequences_longer_than_a_sliding_window_are_refused() {
     let fits = candle_core::Tensor::new(&[[1u32, 2, 3, 4]], &Device::Cpu).unwrap();
     assert!(model.loss(&fits, llmprune_worker::Exec::Inference).is_ok());
     let long = candle_core::Tensor::new(&[[1u32, 2, 3, 4, 5]], &Device::Cpu).unwrap();
-    let err = model.loss(&long, llmprune_worker::Exec::Inference).err().expect("must fail").to_string();
+    let err = model.loss(&long, llmprune_worker::Exec::Inference).expect_err("must fail").to_string();
     assert_contains(&err, &["5 tokens", "sliding window of 4"]);
 }

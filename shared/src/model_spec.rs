@@ -319,10 +319,10 @@ impl ModelSpec {
                 return Err((name.into(), "must be positive".into()));
             }
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(("head_dim".into(), format!("{} is odd; rotary embeddings need an even head_dim", self.head_dim)));
         }
-        if self.rotary_dim == 0 || self.rotary_dim % 2 != 0 || self.rotary_dim > self.head_dim {
+        if self.rotary_dim == 0 || !self.rotary_dim.is_multiple_of(2) || self.rotary_dim > self.head_dim {
             return Err((
                 "partial_rotary_factor".into(),
                 format!("rotates {} of {} channels; need an even number, at least 2", self.rotary_dim, self.head_dim),
@@ -339,10 +339,10 @@ impl ModelSpec {
                 return Err((format!("layer {i} intermediate_size"), "must be positive".into()));
             }
         }
-        if !(self.rms_norm_eps > 0.0) {
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
             return Err(("rms_norm_eps".into(), "must be positive".into()));
         }
-        if !(self.rope_theta > 0.0) {
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return Err(("rope_theta".into(), "must be positive".into()));
         }
         Ok(())

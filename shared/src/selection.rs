@@ -189,7 +189,7 @@ mod tests {
         let s = [0.4, 0.1, 0.3, 0.2, 0.5, 0.6];
         let g = Scored { name: "mlp", unit_width: 1, scores: &s, initial_units: 8 };
         // 8 -> int(8·0.5) = 4 kept: 2 of the 6 current go.
-        assert_eq!(keep_local(&[g.clone()], 0.5).unwrap(), vec![vec![0, 2, 4, 5]]);
+        assert_eq!(keep_local(std::slice::from_ref(&g), 0.5).unwrap(), vec![vec![0, 2, 4, 5]]);
         // Global: initial 8 + 2 = 10 units, target int(10·0.5) = 5 kept of 8 current: 3 go.
         let h = [0.05, 0.9];
         let groups = [g, Scored::new("b", 1, &h)];

@@ -69,8 +69,8 @@ pub fn sample_windows_with(rows: &[String], tokenizer: &TextTokenizer, n: usize,
     while windows.len() < n {
         let row = loop {
             let i = rng.randint(0, rows.len() as u64 - 1) as usize;
-            if !tokens.contains_key(&i) {
-                tokens.insert(i, tokenizer.encode(&rows[i])?);
+            if let std::collections::hash_map::Entry::Vacant(e) = tokens.entry(i) {
+                e.insert(tokenizer.encode(&rows[i])?);
                 if tokens.len() == rows.len() {
                     let long = tokens.values().filter(|t| t.len() >= len).count();
                     if long < n {

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::loader::TextTokenizer;
 use crate::model::{LlamaModel, Past};
 use candle_core::{DType, Tensor};
+use llmprune_shared::jobs::JobError;
 use llmprune_shared::PyRandom;
 
 #[derive(Debug, Clone)]
@@ -23,10 +24,10 @@ pub struct Sampling {
 impl Sampling {
     pub fn validate(&self) -> Result<()> {
         if self.temperature.is_nan() || self.temperature < 0.0 {
-            return Err(Error::Invalid(format!("--temperature must be ≥ 0, got {}", self.temperature)));
+            return Err(JobError::at("temperature", self.temperature, "must be ≥ 0").into());
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::Invalid(format!("--top-p must be in (0, 1], got {}", self.top_p)));
+            return Err(JobError::at("top_p", self.top_p, "must be in (0, 1]").into());
         }
         Ok(())
     }

@@ -49,8 +49,8 @@ fn rope_matches_composed() {
     let x = randn(&[2, 3, 7, 8], 4);
     let cos = randn(&[7, 4], 5);
     let sin = randn(&[7, 4], 6);
-    let ours = grads(|t| ops::rope(&t[0], &cos, &sin).unwrap(), &[x.clone()], 7);
-    let reference = grads(|t| candle_nn::rotary_emb::rope_slow(&t[0], &cos, &sin).unwrap(), &[x.clone()], 7);
+    let ours = grads(|t| ops::rope(&t[0], &cos, &sin).unwrap(), std::slice::from_ref(&x), 7);
+    let reference = grads(|t| candle_nn::rotary_emb::rope_slow(&t[0], &cos, &sin).unwrap(), std::slice::from_ref(&x), 7);
     assert_same("rope", ours, reference, 1e-5);
     let fused = candle_nn::rotary_emb::rope(&x, &cos, &sin).unwrap();
     assert!(max_abs_diff(&fused, &ops::rope(&x, &cos, &sin).unwrap()) < 1e-6);
@@ -83,8 +83,8 @@ fn composed_causal_softmax(scores: &Tensor, scale: f64, q_len: usize) -> Tensor 
 fn causal_softmax_matches_composed_with_gqa_rows() {
     // 2 query heads per KV head folded into rows: rows = 2 × 5 positions.
     let s = (randn(&[2, 3, 10, 5], 8) * 4.0).unwrap();
-    let ours = grads(|t| ops::causal_softmax(&t[0], 0.35, 5).unwrap(), &[s.clone()], 9);
-    let reference = grads(|t| composed_causal_softmax(&t[0], 0.35, 5), &[s.clone()], 9);
+    let ours = grads(|t| ops::causal_softmax(&t[0], 0.35, 5).unwrap(), std::slice::from_ref(&s), 9);
+    let reference = grads(|t| composed_causal_softmax(&t[0], 0.35, 5), std::slice::from_ref(&s), 9);
     assert_same("causal_softmax", ours, reference, 1e-5);
 }
 
@@ -92,8 +92,8 @@ fn causal_softmax_matches_composed_with_gqa_rows() {
 fn causal_softmax_with_cached_keys() {
     // 3 new queries against 7 keys: query i sees keys 0..=4+i.
     let s = randn(&[1, 2, 3, 7], 10);
-    let ours = grads(|t| ops::causal_softmax(&t[0], 1.0, 3).unwrap(), &[s.clone()], 11);
-    let reference = grads(|t| composed_causal_softmax(&t[0], 1.0, 3), &[s.clone()], 11);
+    let ours = grads(|t| ops::causal_softmax(&t[0], 1.0, 3).unwrap(), std::slice::from_ref(&s), 11);
+    let reference = grads(|t| composed_causal_softmax(&t[0], 1.0, 3), std::slice::from_ref(&s), 11);
     assert_same("causal_softmax(cache)", ours, reference, 1e-5);
     // Row 0 of both heads must put zero weight on keys 5 and 6.
     let row0: Vec<f32> = ops::causal_softmax(&s, 1.0, 3).unwrap().narrow(2, 0, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();

@@ -49,7 +49,7 @@ fn request(args: &EvalArgs) -> Result<EvaluateRequest> {
         latency_chunks: job.latency_chunks as u32,
         ppl_batch_size: 4,
     };
-    eval_job(&req)?;
+    eval_job(&req).map_err(crate::commands::in_flags)?;
     Ok(req)
 }
 
@@ -67,7 +67,7 @@ pub fn run(settings: &Settings, run_id: &str, args: EvalArgs, shared: Option<&mu
     }
     let t0 = Instant::now();
     let req = request(&args)?;
-    let job = eval_job(&req)?;
+    let job = eval_job(&req).map_err(crate::commands::in_flags)?;
     // Bad documents fail here, before any model is loaded.
     let tasks = load_tasks(&job)?;
     let model_path = resolve_model(&args.model, &settings.cache_dir, &settings.python)?;

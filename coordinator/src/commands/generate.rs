@@ -20,7 +20,7 @@ pub fn run(settings: &Settings, run_id: &str, args: GenerateArgs) -> Result<()> 
     let span = tracing::info_span!("generate", run_id, phase = "generating", rank = 0);
     let _enter = span.enter();
     let sampling = Sampling { max_new_tokens: args.max_new_tokens, temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed };
-    sampling.validate()?;
+    sampling.validate().map_err(crate::commands::in_flags)?;
     args.cluster.check()?;
     if args.cluster.replicas != 1 || args.cluster.resume {
         bail!("generate: --replicas and --resume do not apply (every worker holds the whole model)");

@@ -15,6 +15,25 @@ use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// A worker-library error as the command line says it: a job setting named by its flag.
+pub fn in_flags(e: llmprune_worker::Error) -> anyhow::Error {
+    match e {
+        llmprune_worker::Error::Job(job) => anyhow::anyhow!(job.as_flag()),
+        other => other.into(),
+    }
+}
+
+/// A worker's failure about one of the job's settings `T` (the worker names it by its key,
+/// `val_size 30: leaves nothing to train on`) as the command line says it (`--val-size 30`).
+pub fn worker_settings_in_flags<T: clap::Args>(e: anyhow::Error) -> anyhow::Error {
+    let msg = format!("{e:#}");
+    let keys: Vec<String> = T::augment_args(clap::Command::new("job")).get_arguments().map(|a| a.get_id().to_string()).collect();
+    match keys.iter().find(|k| msg.contains(&format!("failed: {k} ")) || msg.contains(&format!("failed: {k}:"))) {
+        Some(key) => anyhow::anyhow!(msg.replacen(&format!("failed: {key}"), &format!("failed: --{}", key.replace('_', "-")), 1)),
+        None => e,
+    }
+}
+
 /// Writes JSON to a temporary file beside `path`, then renames it: a crash never leaves a
 /// half-written file that looks complete.
 pub fn write_json_atomic(path: &Path, value: &serde_json::Value) -> Result<()> {

@@ -7,8 +7,8 @@ use crate::cluster::driver::Cluster;
 use crate::cluster::evaluate::{perplexities_on_cluster, PplJob};
 use crate::cluster::load::ModelFiles;
 use crate::cluster::recover::recover_on_cluster;
-use crate::commands::checkpoint_dir;
 use crate::commands::cluster::{on_cluster, ClusterSession};
+use crate::commands::{checkpoint_dir, worker_settings_in_flags};
 use crate::settings::Settings;
 use anyhow::{anyhow, Context, Result};
 use llmprune_shared::dtype::WeightDtype;
@@ -107,7 +107,8 @@ pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs, shared: Option<
             None => serde_json::Map::new(),
         };
         Ok((done, ppl))
-    })?;
+    })
+    .map_err(worker_settings_in_flags::<RecoverSettings>)?;
     let cluster_report = json!({"workers": done.ranks.len(), "stages": stages, "replicas": done.ranks.len() / stages,
                                 "stage_adapter_sha256": done.stage_adapter_sha256, "ranks": done.ranks});
     let (reply, load_s) = (done.reply, done.load_s);

@@ -189,7 +189,7 @@ impl Communicator for TcpRing {
             let recv = part(len, n, (r + 2 * n - s - 1) % n);
             let got = self.shift(&data[send], Some(recv.len()))?;
             for (d, x) in data[recv].iter_mut().zip(got) {
-                *d = x + *d;
+                *d += x;
             }
         }
         // All-gather the finished chunks.

@@ -7,9 +7,10 @@ use super::perplexity::{latency, nll_sum, parse_corpus_spec, CorpusKind, PplCorp
 use super::zeroshot::tasks::Task;
 use super::zeroshot::{batches, score_share, units, TaskDocs};
 use crate::collective::SingleRank;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::loader::TextTokenizer;
 use crate::model::LlamaModel;
+use llmprune_shared::jobs::JobError;
 use llmprune_shared::proto::EvaluateRequest;
 use std::path::PathBuf;
 
@@ -34,15 +35,15 @@ pub struct EvalJob {
 /// The job a request describes, checked.
 pub fn eval_job(req: &EvaluateRequest) -> Result<EvalJob> {
     let tasks = req.tasks.iter().map(|t| Task::from_name(t.trim())).collect::<Result<Vec<_>>>()?;
-    let ppl = req.ppl.iter().map(|spec| parse_corpus_spec(spec, "--ppl")).collect::<Result<_>>()?;
+    let ppl = req.ppl.iter().map(|spec| parse_corpus_spec(spec, "ppl")).collect::<Result<_>>()?;
     if tasks.is_empty() && req.ppl.is_empty() {
-        return Err(Error::Invalid("nothing to evaluate: give --tasks or --ppl".into()));
+        return Err(JobError::new("tasks", "nothing to evaluate: give {tasks} or {ppl}").into());
     }
     if req.seq_len < 2 {
-        return Err(Error::Invalid(format!("--seq-len must be at least 2, got {}", req.seq_len)));
+        return Err(JobError::at("seq_len", req.seq_len, "must be at least 2").into());
     }
     if req.latency_chunks > 0 && req.ppl.is_empty() {
-        return Err(Error::Invalid("--latency-chunks times chunks of the first --ppl text: give --ppl".into()));
+        return Err(JobError::new("latency_chunks", "times chunks of the first {ppl} text: give {ppl}").into());
     }
     Ok(EvalJob {
         tasks,

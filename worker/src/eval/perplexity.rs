@@ -8,6 +8,7 @@ use crate::loader::TextTokenizer;
 use crate::model::{Exec, LlamaModel};
 use crate::stage::stage_forward;
 use candle_core::{DType, Tensor};
+use llmprune_shared::jobs::JobError;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -34,10 +35,10 @@ impl FromStr for CorpusKind {
     }
 }
 
-/// A `NAME=FILE` text given with `flag` (`--ppl`, `--extra-val`), checked.
-pub fn parse_corpus_spec(spec: &str, flag: &str) -> Result<(CorpusKind, PathBuf)> {
-    let (name, file) = spec.split_once('=').ok_or_else(|| Error::Invalid(format!("{flag} {spec}: expected NAME=FILE")))?;
-    let kind: CorpusKind = name.parse().map_err(|e| Error::Invalid(format!("{flag} {spec}: {e}")))?;
+/// A `NAME=FILE` text given as the setting `key` (`ppl`, `extra_val`), checked.
+pub fn parse_corpus_spec(spec: &str, key: &'static str) -> Result<(CorpusKind, PathBuf)> {
+    let (name, file) = spec.split_once('=').ok_or_else(|| JobError::at(key, spec, "expected NAME=FILE"))?;
+    let kind: CorpusKind = name.parse().map_err(|e: String| JobError::at(key, spec, e))?;
     Ok((kind, PathBuf::from(file)))
 }
 
@@ -78,7 +79,7 @@ impl PplCorpus {
 
     pub fn load(kind: CorpusKind, path: &Path, tokenizer: &TextTokenizer, seq_len: usize) -> Result<Self> {
         if seq_len < 2 {
-            return Err(Error::Invalid(format!("--seq-len must be at least 2, got {seq_len}")));
+            return Err(llmprune_shared::jobs::JobError::at("seq_len", seq_len, "must be at least 2").into());
         }
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let raw = String::from_utf8(bytes).map_err(|e| Error::file(path, format!("not UTF-8 text: {e}")))?;

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::model::LlamaModel;
 use crate::ops::{lora_linear, Dropout};
 use candle_core::{DType, Tensor, Var};
+use llmprune_shared::jobs::JobError;
 use llmprune_shared::PyRandom;
 use std::cell::Cell;
 
@@ -37,16 +38,16 @@ impl LoraConfig {
 
     pub fn validate(&self) -> Result<()> {
         if self.r == 0 {
-            return Err(Error::Invalid("--lora-r must be at least 1".into()));
+            return Err(JobError::new("lora_r", "must be at least 1").into());
         }
         if self.alpha.is_nan() || self.alpha <= 0.0 {
-            return Err(Error::Invalid(format!("--lora-alpha must be positive, got {}", self.alpha)));
+            return Err(JobError::at("lora_alpha", self.alpha, "must be positive").into());
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::Invalid(format!("--lora-dropout must be in [0, 1), got {}", self.dropout)));
+            return Err(JobError::at("lora_dropout", self.dropout, "must be in [0, 1)").into());
         }
         if self.targets.is_empty() {
-            return Err(Error::Invalid("--lora-targets names no projection".into()));
+            return Err(JobError::new("lora_targets", "names no projection").into());
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ use crate::loader::TextTokenizer;
 use crate::model::{Exec, LlamaModel};
 use crate::stage::stage_forward;
 use candle_core::{Tensor, Var};
+use llmprune_shared::jobs::JobError;
 use llmprune_shared::PyRandom;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -54,19 +55,17 @@ pub struct RecoverOptions {
 impl RecoverOptions {
     pub fn validate(&self) -> Result<()> {
         if self.micro_batch_size == 0 || self.batch_size == 0 || !self.batch_size.is_multiple_of(self.micro_batch_size) {
-            return Err(Error::Invalid(format!(
-                "--batch-size {} must be a positive multiple of --micro-batch-size {}",
-                self.batch_size, self.micro_batch_size
-            )));
+            let msg = format!("must be a positive multiple of {{micro_batch_size}} {}", self.micro_batch_size);
+            return Err(JobError::at("batch_size", self.batch_size, msg).into());
         }
         if self.epochs == 0 && self.max_steps.is_none() {
-            return Err(Error::Invalid("--epochs must be at least 1".into()));
+            return Err(JobError::new("epochs", "must be at least 1").into());
         }
         if self.lr.is_nan() || self.lr <= 0.0 {
-            return Err(Error::Invalid(format!("--lr must be positive, got {}", self.lr)));
+            return Err(JobError::at("lr", self.lr, "must be positive").into());
         }
         if self.tokenize.cutoff_len < 2 {
-            return Err(Error::Invalid("--cutoff-len must be at least 2".into()));
+            return Err(JobError::new("cutoff_len", "must be at least 2").into());
         }
         Ok(())
     }
@@ -116,7 +115,7 @@ pub struct RecoverOutcome {
 /// Training and validation indices: a seeded shuffle, the first `val_size` for validation.
 pub fn split(n: usize, val_size: usize, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
     if val_size >= n {
-        return Err(Error::Invalid(format!("--val-size {val_size} leaves nothing to train on ({n} records)")));
+        return Err(JobError::at("val_size", val_size, format!("leaves nothing to train on ({n} records)")).into());
     }
     let order = shuffled(n, seed);
     Ok((order[val_size..].to_vec(), order[..val_size].to_vec()))
