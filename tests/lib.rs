@@ -150,12 +150,7 @@ fn gguf_name(hf: &str) -> String {
 
 /// A word-level `tokenizer.json` with `n` tokens.
 pub fn write_word_tokenizer(path: &Path, n: usize) {
-    let vocab: serde_json::Map<String, serde_json::Value> = (0..n).map(|i| (format!("w{i}"), serde_json::json!(i))).collect();
-    let doc = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w0"}
-    });
+    let doc = llmprune_worker::synth::word_tokenizer(n);
     std::fs::write(path, serde_json::to_string(&doc).unwrap()).unwrap();
 }
 

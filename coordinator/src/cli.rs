@@ -73,7 +73,10 @@ pub enum Command {
     Bench(BenchArgs),
     /// Show the merged configuration.
     Config(ConfigArgs),
-    /// Prune a model (one process): calibration statistics, importance, selection, slicing, export.
+    /// Write a model of a real architecture with seeded random weights (speed and memory
+    /// tests only: the config says so).
+    Synth(SynthArgs),
+    /// Prune a model: calibration statistics, importance, selection, slicing, export.
     Prune(PruneArgs),
     /// Replay a saved plan.json on the model it was made for (same plan, same model).
     ApplyPlan(ApplyPlanArgs),
@@ -286,6 +289,23 @@ pub struct ApplyPlanArgs {
     pub output: OutputArgs,
     #[command(flatten)]
     pub cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+pub struct SynthArgs {
+    #[arg(long, value_enum)]
+    pub shape: llmprune_worker::synth::Shape,
+    /// The weights' dtype in the files.
+    #[arg(long, value_enum, default_value_t = WeightDtype::Bf16)]
+    pub dtype: WeightDtype,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Output directory (must not exist).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Weights above this size are written as Hugging Face shards with an index.
+    #[arg(long, value_name = "SIZE", default_value = "5GB", value_parser = parse_size)]
+    pub max_shard_size: u64,
 }
 
 #[derive(Args)]

@@ -39,6 +39,7 @@ fn run(cli: cli::Cli) -> Result<()> {
         cli::Command::Ppl(args) => commands::ppl::run(&settings, &run_id, args),
         cli::Command::Bench(args) => commands::bench::run(&settings, args),
         cli::Command::Config(args) => commands::config::run(&settings, args),
+        cli::Command::Synth(args) => commands::synth::run(args),
         cli::Command::Prune(args) => commands::prune::run(&settings, &run_id, args, None),
         cli::Command::ApplyPlan(args) => commands::apply_plan::run(&settings, &run_id, args),
         cli::Command::Recover(args) => commands::recover::run(&settings, &run_id, args, None),

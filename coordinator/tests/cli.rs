@@ -378,3 +378,46 @@ fn ppl_and_generate_on_two_workers_equal_one_process() {
     assert_eq!(one, generate("gen2.json", &["--local-workers", "2"]), "prompt i runs on worker i mod 2 from the same seed");
     fails_with(&llmprune(&["generate", "--model", m, "--prompt", "w1", "--replicas", "2"], &[]), &["--replicas"]);
 }
+
+/// `synth`: the architecture's shape and parameter count, weights that depend on the seed only
+/// (not on the sharding), a config that says they are random, and a model that loads and
+/// predicts as a random one does (perplexity near the vocabulary size).
+#[test]
+fn synth_writes_a_seeded_random_model_of_the_architecture() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, extra: &[&str]| -> std::path::PathBuf {
+        let out = tmp.path().join(name);
+        let args = [&["synth", "--shape", "smollm2", "--out", out.to_str().unwrap()][..], extra].concat();
+        let res = llmprune(&args, &[]);
+        assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+        out
+    };
+    let (sharded, whole, other) = (write("a", &["--max-shard-size", "100MB"]), write("b", &["--max-shard-size", "1GB"]), write("c", &["--seed", "7"]));
+    assert!(sharded.join("model.safetensors.index.json").is_file() && whole.join("model.safetensors").is_file());
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(whole.join("config.json")).unwrap()).unwrap();
+    assert_eq!((config["llmprune_synthetic"]["seed"].as_u64(), config["torch_dtype"].as_str()), (Some(42), Some("bfloat16")));
+    let opened = |d: &std::path::Path| llmprune_worker::loader::open_model(d).unwrap();
+    let (a, b, c) = (opened(&sharded), opened(&whole), opened(&other));
+    assert_eq!(a.spec.n_params(), 134_515_008);
+    for name in ["model.embed_tokens.weight", "model.layers.17.self_attn.k_proj.weight", "model.layers.29.mlp.down_proj.weight", "model.norm.weight"] {
+        let values = |o: &llmprune_worker::loader::OpenedModel| -> Vec<f32> {
+            let t = o.weights.load(name, &candle_core::Device::Cpu).unwrap();
+            t.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        };
+        assert_eq!(values(&a), values(&b), "{name}: the same seed gives the same weights however sharded");
+        if name != "model.norm.weight" {
+            assert_ne!(values(&a), values(&c), "{name}: another seed, other weights");
+        }
+    }
+    fails_with(&llmprune(&["synth", "--shape", "smollm2", "--out", whole.to_str().unwrap()], &[]), &["--out", "already exists"]);
+    // Uniform guesses over 49,152 tokens: perplexity ≈ 49,152.
+    let text = tmp.path().join("words.txt");
+    std::fs::write(&text, (0..200).map(|i| format!("w{}", i * 97 % 49152)).collect::<Vec<_>>().join(" ")).unwrap();
+    let json = tmp.path().join("ppl.json");
+    let data = format!("ptb={}", text.display());
+    let res = llmprune(&["ppl", "--model", whole.to_str().unwrap(), "--data", &data, "--seq-len", "32", "--json", json.to_str().unwrap()], &[]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let ppl = doc["results"]["ptb"]["ppl"].as_f64().unwrap();
+    assert!((ppl / 49152.0 - 1.0).abs() < 0.2, "a random model's perplexity {ppl} is near the vocabulary size");
+}

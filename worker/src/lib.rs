@@ -15,6 +15,7 @@ pub mod model;
 pub mod ops;
 pub mod prune;
 pub mod stage;
+pub mod synth;
 pub mod train;
 
 pub use error::{Error, Result};

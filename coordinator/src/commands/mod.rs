@@ -9,6 +9,7 @@ pub mod ppl;
 pub mod prune;
 pub mod recover;
 pub mod run;
+pub mod synth;
 pub mod table;
 
 use anyhow::{Context, Result};
