@@ -9,7 +9,7 @@
 use crate::error::{Error, Result};
 use crate::loader::{family_tensors, TextTokenizer};
 use candle_core::Tensor;
-use llmprune_shared::safetensors_index::{write_index, IndexError};
+use llmprune_shared::safetensors_index::{name_as_model, write_index, IndexError};
 use llmprune_shared::ModelSpec;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -118,30 +118,21 @@ pub fn write_tensor_parts(
 /// index, into an existing directory (a [`ModelDir`]'s, or a cluster's temporary output), in
 /// the family's names and layouts.
 pub fn write_weights_into(dir: &Path, spec: &ModelSpec, weights: &HashMap<String, Tensor>, max_shard_bytes: u64) -> Result<()> {
-    let weights = &family_tensors(spec, weights)?;
-    let shards = shard(weights, max_shard_bytes);
-    if shards.len() == 1 {
-        let path = dir.join("model.safetensors");
-        return candle_core::safetensors::save(weights, &path).map_err(|e| Error::file(&path, e));
-    }
-    let mut files = Vec::with_capacity(shards.len());
-    for (i, names) in shards.iter().enumerate() {
-        let file = format!("model-{:05}-of-{:05}.safetensors", i + 1, shards.len());
-        let part: HashMap<&str, Tensor> = names.iter().map(|n| (n.as_str(), weights[n].clone())).collect();
-        let path = dir.join(&file);
-        candle_core::safetensors::save(&part, &path).map_err(|e| Error::file(&path, e))?;
-        files.push((file, names.clone()));
-    }
-    let total: u64 = weights.values().map(tensor_bytes).sum();
-    write_index_into(dir, &files, total)
+    let parts = write_tensor_parts(dir, "part", spec, weights, max_shard_bytes)?;
+    name_as_model(dir, &parts).map_err(index_error)
 }
 
 /// `model.safetensors.index.json` in `dir` for shard files already written there.
 pub fn write_index_into(dir: &Path, shards: &[(String, Vec<String>)], total_bytes: u64) -> Result<()> {
-    write_index(dir, shards, total_bytes).map_err(|e| match e {
+    write_index(dir, shards, total_bytes).map_err(index_error)
+}
+
+/// An index or naming failure as the worker's error (I/O by its path).
+pub(crate) fn index_error(e: IndexError) -> Error {
+    match e {
         IndexError::Io { path, source } => Error::io(path, source),
         duplicate => Error::Invalid(duplicate.to_string()),
-    })
+    }
 }
 
 /// Writes `dir` (which must not exist yet) in one go. `reports` are extra JSON files by name.
@@ -173,10 +164,15 @@ fn shard(weights: &HashMap<String, Tensor>, max_bytes: u64) -> Vec<Vec<String>> 
         |name: &str| -> Vec<(u64, String)> { name.split('.').map(|p| p.parse::<u64>().map_or((u64::MAX, p.to_string()), |n| (n, String::new()))).collect() };
     let mut names: Vec<&String> = weights.keys().collect();
     names.sort_by_cached_key(|n| key(n));
+    cut_by_bytes(names.into_iter().map(|n| (n.clone(), tensor_bytes(&weights[n]))), max_bytes)
+}
+
+/// Tensors (name, bytes), in order, cut into consecutive shards of at most `max_bytes` (a
+/// larger tensor alone in its shard).
+pub(crate) fn cut_by_bytes(tensors: impl IntoIterator<Item = (String, u64)>, max_bytes: u64) -> Vec<Vec<String>> {
     let mut shards: Vec<Vec<String>> = vec![Vec::new()];
     let mut size = 0u64;
-    for name in names {
-        let bytes = tensor_bytes(&weights[name]);
+    for (name, bytes) in tensors {
         let last = shards.len() - 1;
         if size + bytes > max_bytes && !shards[last].is_empty() {
             shards.push(Vec::new());
@@ -184,7 +180,7 @@ fn shard(weights: &HashMap<String, Tensor>, max_bytes: u64) -> Vec<Vec<String>> 
         }
         size += bytes;
         let last = shards.len() - 1;
-        shards[last].push(name.clone());
+        shards[last].push(name);
     }
     shards
 }

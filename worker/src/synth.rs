@@ -5,10 +5,11 @@
 //! the model is sharded, and the model is written shard by shard (memory: one shard).
 
 use crate::error::{Error, Result};
-use crate::export::{write_index_into, ModelDir};
+use crate::export::{cut_by_bytes, index_error, ModelDir};
 use crate::model::candle_dtype;
 use candle_core::{Device, Tensor};
 use llmprune_shared::dtype::WeightDtype;
+use llmprune_shared::safetensors_index::name_as_model;
 use llmprune_shared::ModelSpec;
 use rayon::prelude::*;
 use serde_json::json;
@@ -132,40 +133,25 @@ pub fn synthesize(out: &Path, shape: Shape, dtype: WeightDtype, seed: u64, max_s
     let dir = ModelDir::create(out)?;
     let tensors = tensor_shapes(&spec);
     let bytes_per = candle_dtype(dtype).size_in_bytes() as u64;
-    // Consecutive tensors up to `max_shard_bytes` per file, in file order.
-    let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
-    let mut size = 0u64;
-    for (k, (_, dims)) in tensors.iter().enumerate() {
-        let bytes = dims.iter().product::<usize>() as u64 * bytes_per;
-        if size + bytes > max_shard_bytes && !shards[shards.len() - 1].is_empty() {
-            shards.push(Vec::new());
-            size = 0;
-        }
-        size += bytes;
-        let last = shards.len() - 1;
-        shards[last].push(k);
-    }
-    let mut files = Vec::new();
-    let mut total = 0u64;
-    for (s, members) in shards.iter().enumerate() {
-        let file = if shards.len() == 1 { "model.safetensors".to_string() } else { format!("model-{:05}-of-{:05}.safetensors", s + 1, shards.len()) };
+    let numel = |dims: &[usize]| dims.iter().product::<usize>();
+    let index: HashMap<&str, (usize, &[usize])> = tensors.iter().enumerate().map(|(k, (name, dims))| (name.as_str(), (k, dims.as_slice()))).collect();
+    let shards = cut_by_bytes(tensors.iter().map(|(name, dims)| (name.clone(), numel(dims) as u64 * bytes_per)), max_shard_bytes);
+    let mut parts = Vec::with_capacity(shards.len());
+    for (s, names) in shards.into_iter().enumerate() {
         let mut part: HashMap<String, Tensor> = HashMap::new();
-        for &k in members {
-            let (name, dims) = &tensors[k];
-            let n = dims.iter().product();
-            let values = if dims.len() == 1 { vec![1f32; n] } else { normals(n, 0.02, seed, k as u64) };
-            let t = Tensor::from_vec(values, dims.as_slice(), &Device::Cpu)?.to_dtype(candle_dtype(dtype))?;
-            total += n as u64 * bytes_per;
-            part.insert(name.clone(), t);
+        for name in &names {
+            let (k, dims) = index[name.as_str()];
+            let values = if dims.len() == 1 { vec![1f32; numel(dims)] } else { normals(numel(dims), 0.02, seed, k as u64) };
+            part.insert(name.clone(), Tensor::from_vec(values, dims, &Device::Cpu)?.to_dtype(candle_dtype(dtype))?);
         }
+        let file = format!("part-{:05}.safetensors", s + 1);
         let path = dir.path().join(&file);
         candle_core::safetensors::save(&part, &path).map_err(|e| Error::file(&path, e))?;
-        tracing::info!(file = %file, tensors = members.len(), "shard written");
-        files.push((file, members.iter().map(|&k| tensors[k].0.clone()).collect::<Vec<_>>()));
+        tracing::info!(file = %file, tensors = names.len(), "shard written");
+        let bytes = names.iter().map(|n| numel(index[n.as_str()].1) as u64 * bytes_per).sum();
+        parts.push((file, names, bytes));
     }
-    if files.len() > 1 {
-        write_index_into(dir.path(), &files, total)?;
-    }
+    name_as_model(dir.path(), &parts).map_err(index_error)?;
     let mut config = spec.to_hf_config();
     config["torch_dtype"] = json!(dtype.torch_name());
     config["llmprune_synthetic"] = json!({

@@ -14,7 +14,7 @@ use llmprune_shared::layout::ShardLayout;
 use llmprune_shared::plan::PlanStep;
 use llmprune_shared::planner::{assemble_members, renumber_range, step_to_wire, PruneEngine, ScoreJob, Scores};
 use llmprune_shared::proto::{self, SaveShardRequest, SavedFile, ScoreReply, ScoreRequest, TokenWindow};
-use llmprune_shared::safetensors_index::write_index;
+use llmprune_shared::safetensors_index::name_as_model;
 use llmprune_shared::ModelSpec;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -96,8 +96,6 @@ impl<'a> ClusterEngine<'a> {
         time_latency(self.cluster, req).await
     }
 
-    /// Has the first replica of every stage that owns weights write them into `out_dir`, and
-    /// indexes the files when there are several.
     /// Has the first replica of every stage that owns weights write them into `out_dir`, in
     /// files of at most `max_shard_bytes`, then names them as one Hugging Face model
     /// (`model.safetensors`, or numbered shards with their index).
@@ -117,18 +115,9 @@ impl<'a> ClusterEngine<'a> {
                 },
             )
             .await?;
-        let parts: Vec<&SavedFile> = saved.iter().flat_map(|r| &r.files).collect();
-        let name = |k: usize| if parts.len() == 1 { "model.safetensors".to_string() } else { format!("model-{:05}-of-{:05}.safetensors", k + 1, parts.len()) };
-        let mut files = Vec::with_capacity(parts.len());
-        for (k, part) in parts.iter().enumerate() {
-            let (from, to) = (out_dir.join(&part.file_name), out_dir.join(name(k)));
-            std::fs::rename(&from, &to).with_context(|| format!("naming {} as {}", from.display(), to.display()))?;
-            files.push((name(k), part.tensor_names.clone()));
-        }
-        if parts.len() > 1 {
-            write_index(out_dir, &files, parts.iter().map(|p| p.bytes).sum()).context("indexing the stages' weights")?;
-        }
-        Ok(())
+        let parts: Vec<(String, Vec<String>, u64)> =
+            saved.into_iter().flat_map(|r| r.files).map(|f: SavedFile| (f.file_name, f.tensor_names, f.bytes)).collect();
+        name_as_model(out_dir, &parts).context("naming the stages' weight files")
     }
 
     fn stage_member(&self, stage: usize) -> &Member {

@@ -230,7 +230,7 @@ async fn prune_on_cluster(cluster: &mut Cluster, job: PruneJob<'_>, calibration:
             let sha = model_checksum(job.out.path())?;
             let pruned = ModelFiles { spec: &outcome.spec, path: job.out.path(), sha256: &sha, dtype: job.model.dtype };
             // Latency after only where it was timed before, on the same kind of worker.
-            let ppl = PplJob { latency_chunks: if latency_before.is_some() { ppl.latency_chunks } else { 0 }, data: ppl.data.clone(), ..*ppl };
+            let ppl = PplJob { latency_chunks: if latency_before.is_some() { ppl.latency_chunks } else { 0 }, ..ppl.clone() };
             Some(perplexities_on_cluster(cluster, pruned, &ppl).await?)
         }
         None => None,
