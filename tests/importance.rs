@@ -100,3 +100,38 @@ fn block_pruning_keeps_the_units_the_reference_scores_rank_highest() {
     let err = prune(tiny_model("tiny_gqa"), &mut calibration, &bad).err().expect("must fail").to_string();
     assert!(err.contains("pruning ratio 1.5 is outside (0, 1)"), "{err}");
 }
+
+/// Weights in bf16 and f16, as GPU workers hold them: the Fisher diagonal is squared and
+/// summed in f32 (no entry underflows as the reference's fp16 squares do), and both statistics
+/// stay near the numpy golden, within the half-precision rounding of the forward and backward
+/// passes.
+#[test]
+fn half_precision_weights_give_f32_statistics_near_the_reference() {
+    use candle_core::DType;
+    use llmprune_worker::{LlamaModel, LoadOptions};
+    let dir = fixture("tiny_gqa");
+    let golden = load_tensors(&dir.join("golden.safetensors"));
+    let fisher = load_tensors(&dir.join("fisher.safetensors"));
+    let windows: Vec<Vec<u32>> = golden["input_ids"].to_dtype(DType::U32).unwrap().to_vec2::<u32>().unwrap();
+    for (dtype, tol) in [(DType::BF16, 5e-2), (DType::F16, 1e-2)] {
+        let f32_model = tiny_model("tiny_gqa");
+        let opts = LoadOptions { dtype, ..LoadOptions::full(&f32_model.spec) };
+        let source = llmprune_worker::loader::InMemoryWeights { label: "tiny_gqa".into(), tensors: f32_model.weights_by_name() };
+        let mut model = LlamaModel::load(f32_model.spec.clone(), &source, &opts, &candle_core::Device::Cpu).unwrap();
+        let vars = model.make_trainable(|_| true).unwrap();
+        assert!(vars.iter().all(|(_, v)| v.as_tensor().dtype() == dtype));
+        let stats = gradient_stats(&model, &vars, &windows, true).unwrap();
+        let mut worst = (0f64, 0f64);
+        for (name, _) in &vars {
+            let (g, f) = (&stats.grad[name], &stats.fisher.as_ref().unwrap()[name]);
+            // The gradient as backward computed it; the Fisher squared and summed in f32.
+            assert_eq!((g.dtype(), f.dtype()), (dtype, DType::F32), "{dtype:?} {name}");
+            let zeros = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().filter(|v| **v == 0.0).count();
+            assert_eq!(zeros(f), zeros(&fisher[name].to_dtype(DType::F32).unwrap()), "{dtype:?} {name}: Fisher entries lost to underflow");
+            worst.0 = worst.0.max(rel_err(g, &golden[&format!("grad.{name}")]));
+            worst.1 = worst.1.max(rel_err(f, &fisher[name]));
+        }
+        eprintln!("{dtype:?}: worst relative error gradient {:.2e}, Fisher {:.2e}", worst.0, worst.1);
+        assert!(worst.0 <= tol && worst.1 <= 2.0 * tol, "{dtype:?}: relative errors {worst:?}");
+    }
+}

@@ -183,7 +183,7 @@ pub fn model_tensors(dir: &Path) -> std::collections::BTreeMap<String, Vec<f32>>
         .into_iter()
         .map(|n| {
             let t = opened.weights.load(&n, &candle_core::Device::Cpu).unwrap();
-            (n, t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            (n, t.flatten_all().unwrap().to_dtype(candle_core::DType::F32).unwrap().to_vec1::<f32>().unwrap())
         })
         .collect()
 }

@@ -177,3 +177,49 @@ fn four_adamw_steps_equal_torch_and_the_merge_equals_peft() {
         assert!(d < 1e-5, "{name}: {d}");
     }
 }
+
+/// LoRA on a bf16 base, as GPU workers train: the adapters stay f32 master weights (cast to
+/// bf16 for their products), their gradients and AdamW's moments are f32, and loss and
+/// gradients stay near PEFT's float64 golden within bf16's rounding of the forward pass.
+#[test]
+fn a_bf16_base_trains_f32_adapters_near_peft() {
+    let g = golden();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tiny_model_dir("tiny_gqa", tmp.path());
+    let half = |s: &llmprune_shared::ModelSpec| LoadOptions { dtype: candle_core::DType::BF16, ..LoadOptions::full(s) };
+    let mut m = load_model(&dir, half, &Device::Cpu).unwrap().model;
+    let vars = lora::attach_from(&mut m, &config(), &with(&g, "init.")).unwrap();
+    assert!(vars.iter().all(|(_, v)| v.as_tensor().dtype() == candle_core::DType::F32));
+    let mbs = micro_batches(&g);
+    let mut sums: HashMap<String, Tensor> = HashMap::new();
+    for (mb, want) in mbs.iter().zip(g.json["losses"][0].as_array().unwrap()) {
+        let loss = micro_batch_loss(&m, mb).unwrap();
+        let got = loss.to_dtype(candle_core::DType::F64).unwrap().to_scalar::<f64>().unwrap();
+        let want = want.as_f64().unwrap();
+        assert!((got - want).abs() < 2e-2 * want, "bf16 loss {got} vs PEFT {want}");
+        let store = (loss / mbs.len() as f64).unwrap().backward().unwrap();
+        for (name, var) in &vars {
+            let gr = store.get(var.as_tensor()).unwrap().clone();
+            assert_eq!(gr.dtype(), candle_core::DType::F32, "{name}");
+            let acc = match sums.remove(name) {
+                Some(s) => (s + gr).unwrap(),
+                None => gr,
+            };
+            sums.insert(name.clone(), acc);
+        }
+    }
+    let want = with(&g, "grad.");
+    let worst = sums.iter().map(|(name, grad)| llmprune_tests::rel_err(grad, &want[name])).fold(0f64, f64::max);
+    eprintln!("bf16 base: worst relative error of the adapter gradients {worst:.2e}");
+    assert!(worst < 5e-2, "adapter gradients on a bf16 base: relative error {worst}");
+
+    let var_list: Vec<_> = vars.iter().map(|(_, v)| v.clone()).collect();
+    let mut opt = AdamW::new(var_list.clone(), AdamWConfig::default()).unwrap();
+    let cfg = StepConfig { peak_lr: 1e-3, warmup_steps: 0, total_steps: 1, accumulation: mbs.len(), max_grad_norm: Some(1.0), seed: 0 };
+    let micro: Vec<(usize, &MicroBatch)> = mbs.iter().enumerate().collect();
+    train_step(&m, &var_list, &mut opt, &micro, 0, &cfg, &mut TrainGroups { data: &mut SingleRank, pipeline: &mut SingleRank }).unwrap();
+    assert!(opt.m.iter().chain(&opt.v).all(|t| t.dtype() == candle_core::DType::F32), "AdamW moments in f32");
+    assert!(var_list.iter().all(|v| v.as_tensor().dtype() == candle_core::DType::F32), "adapters stay f32");
+    let moved = var_list.iter().zip(&vars).any(|(v, (name, _))| llmprune_tests::rel_err(v.as_tensor(), &with(&g, "init.")[name]) > 0.0);
+    assert!(moved, "the step changed the adapters");
+}

@@ -165,6 +165,9 @@ pub struct GenerateArgs {
     /// Also write the prompts and continuations as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// The weights' dtype in memory [default: f32 on CPU workers, bf16 on GPU workers].
+    #[arg(long, value_enum)]
+    pub dtype: Option<WeightDtype>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }
@@ -334,9 +337,10 @@ pub struct PplArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// The weights' dtype in memory (f16/bf16 halve it; on the CPU they are slower than f32).
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: WeightDtype,
+    /// The weights' dtype in memory [default: f32 on CPU workers, bf16 on GPU workers]
+    /// (f16/bf16 halve it; on the CPU they are slower than f32).
+    #[arg(long, value_enum)]
+    pub dtype: Option<WeightDtype>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }

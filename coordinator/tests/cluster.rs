@@ -94,6 +94,65 @@ fn plans_replay_on_workers_to_the_model_prune_wrote() {
     }
 }
 
+/// The dtype of every tensor in a model directory's safetensors files, from their headers.
+fn stored_dtypes(dir: &Path) -> std::collections::BTreeSet<String> {
+    let mut dtypes = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            let bytes = std::fs::read(&path).unwrap();
+            let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+            let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+            dtypes.extend(header.as_object().unwrap().iter().filter(|(k, _)| *k != "__metadata__").map(|(_, v)| v["dtype"].as_str().unwrap().to_string()));
+        }
+    }
+    dtypes
+}
+
+#[test]
+fn bf16_weights_prune_alike_on_one_process_and_a_pipeline_and_replay_from_the_plan() {
+    // GPU workers hold bf16 by default; here it is asked for on CPUs, through the same code.
+    let (setup, model, ids) = Setup::new("tiny_gqa");
+    let (m, i) = (model.to_str().unwrap(), ids.to_str().unwrap());
+    let base = ["prune", "--model", m, "--calibration-ids", i, "--ratio", "0.5", "--criterion", "param-second", "--strategy", "channel", "--dtype", "bf16"];
+    let single = setup.root.join("single");
+    ok(&llmprune(&[&base[..], &["--out", single.to_str().unwrap()]].concat()));
+    assert_eq!(stored_dtypes(&single).into_iter().collect::<Vec<_>>(), ["BF16"]);
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(single.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["torch_dtype"], "bfloat16");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(single.join("prune_report.json")).unwrap()).unwrap();
+    assert_eq!(report["dtype"], "bf16");
+    let plan: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(single.join("plan.json")).unwrap()).unwrap();
+    assert_eq!(plan["settings"]["dtype"], "bf16");
+
+    // Stages pass bf16 hidden states and gradients: the same bits as one process.
+    let piped = setup.root.join("piped");
+    ok(&llmprune(&[&base[..], &["--local-workers", "3", "--out", piped.to_str().unwrap()]].concat()));
+    assert_eq!(plan_groups(&piped), plan_groups(&single));
+    assert!(model_tensors(&piped) == model_tensors(&single), "bf16 on 3 stages differs from one process");
+
+    // The plan says bf16, so the replay loads bf16 without being told.
+    let replayed = setup.root.join("replayed");
+    ok(&llmprune(&[
+        "apply-plan",
+        "--model",
+        m,
+        "--plan",
+        single.join("plan.json").to_str().unwrap(),
+        "--local-workers",
+        "2",
+        "--out",
+        replayed.to_str().unwrap(),
+    ]));
+    assert!(model_tensors(&replayed) == model_tensors(&single), "the bf16 plan replayed");
+    assert_eq!(stored_dtypes(&replayed).into_iter().collect::<Vec<_>>(), ["BF16"]);
+
+    // On CPU workers the default stays f32.
+    let default = setup.root.join("default");
+    ok(&llmprune(&[&base[..base.len() - 2], &["--out", default.to_str().unwrap()]].concat()));
+    assert_eq!(stored_dtypes(&default).into_iter().collect::<Vec<_>>(), ["F32"]);
+}
+
 /// Each step's groups with their kept units, without the scores (replicas sum the windows'
 /// statistics in another order, so scores may differ in their last bits).
 fn kept_units(dir: &Path) -> Vec<Vec<(String, serde_json::Value)>> {

@@ -298,3 +298,28 @@ fn pipeline_stages_equal_one_process_and_a_lost_stage_resumes() {
     assert_contains(&String::from_utf8_lossy(&res.stderr), &["--stages 2", "--local-workers"]);
     assert!(!bad.exists());
 }
+
+#[test]
+fn a_bf16_base_recovers_on_two_stages_as_in_one_process() {
+    // How GPU workers recover by default, asked for on CPUs: f32 adapters over a bf16 base,
+    // bf16 hidden states and their gradients between the stages.
+    let tmp = tempfile::tempdir().unwrap();
+    let (pruned, data) = setup(tmp.path());
+    let (p, d) = (pruned.to_str().unwrap(), data.to_str().unwrap());
+    let single = tmp.path().join("single");
+    ok(&llmprune(&with(recover_args(p, d, single.to_str().unwrap()), "--dtype", "bf16")));
+    let staged = tmp.path().join("staged");
+    let mut args = with(recover_args(p, d, staged.to_str().unwrap()), "--dtype", "bf16");
+    args.extend(["--local-workers", "2", "--stages", "2"]);
+    ok(&llmprune(&args));
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(single.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["torch_dtype"], "bfloat16");
+    let (r1, r2) = (report(&single), report(&staged));
+    assert!(adapter_tensors(&single) == adapter_tensors(&staged), "the adapters of 2 bf16 stages differ from one process");
+    assert!(model_tensors(&single) == model_tensors(&staged));
+    assert_eq!(r1["loss_curve"].as_array().map(Vec::len), r2["loss_curve"].as_array().map(Vec::len));
+    let adapter = candle_core::safetensors::load(single.join("adapter").join("adapter_model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert!(adapter.values().all(|t| t.dtype() == candle_core::DType::F32), "PEFT adapters are written in f32");
+    let val = r1["val_losses"].as_array().unwrap();
+    assert!(val.iter().all(|v| v[1].as_f64().unwrap().is_finite()), "{val:?}");
+}

@@ -15,6 +15,22 @@ pub enum WeightDtype {
 }
 
 impl WeightDtype {
+    /// What a job that names no dtype holds weights in: f32 on CPUs (exact, and what the CPU
+    /// kernels take), bf16 on GPUs (half the memory and tensor-core matmuls; statistics,
+    /// optimizer state and adapters stay f32).
+    pub fn default_for(on_gpu: bool) -> Self {
+        if on_gpu {
+            WeightDtype::Bf16
+        } else {
+            WeightDtype::F32
+        }
+    }
+
+    /// As a setting shows it: the dtype, or `auto` for [`Self::default_for`] the workers.
+    pub fn name_or_auto(choice: Option<Self>) -> &'static str {
+        choice.map_or("auto", Self::name)
+    }
+
     /// As PyTorch and `config.json` spell it.
     pub fn torch_name(self) -> &'static str {
         match self {

@@ -9,6 +9,7 @@
 use crate::error::{Error, Result};
 use crate::loader::{family_tensors, TextTokenizer};
 use candle_core::Tensor;
+use llmprune_shared::dtype::WeightDtype;
 use llmprune_shared::safetensors_index::{name_as_model, write_index, IndexError};
 use llmprune_shared::ModelSpec;
 use std::collections::HashMap;
@@ -61,9 +62,11 @@ impl ModelDir {
         write_index_into(self.tmp.path(), shards, total_bytes)
     }
 
-    /// `config.json` and `tokenizer.json`.
-    pub fn write_model_files(&self, spec: &ModelSpec, tokenizer: &TextTokenizer) -> Result<()> {
-        self.write_json("config.json", &spec.to_hf_config())?;
+    /// `config.json` (saying the weights' `dtype`) and `tokenizer.json`.
+    pub fn write_model_files(&self, spec: &ModelSpec, tokenizer: &TextTokenizer, dtype: WeightDtype) -> Result<()> {
+        let mut config = spec.to_hf_config();
+        config["torch_dtype"] = serde_json::json!(dtype.torch_name());
+        self.write_json("config.json", &config)?;
         tokenizer.save(&self.tmp.path().join("tokenizer.json"))
     }
 
@@ -146,11 +149,20 @@ pub fn export_model(
 ) -> Result<()> {
     let out = ModelDir::create(dir)?;
     out.write_weights(spec, weights, max_shard_bytes)?;
-    out.write_model_files(spec, tokenizer)?;
+    out.write_model_files(spec, tokenizer, held_dtype(weights))?;
     for (file, value) in reports {
         out.write_json(file, value)?;
     }
     out.commit()
+}
+
+/// The dtype `weights` are held in (f32 when there are none).
+fn held_dtype(weights: &HashMap<String, Tensor>) -> WeightDtype {
+    match weights.values().next().map(Tensor::dtype) {
+        Some(candle_core::DType::BF16) => WeightDtype::Bf16,
+        Some(candle_core::DType::F16) => WeightDtype::F16,
+        _ => WeightDtype::F32,
+    }
 }
 
 fn tensor_bytes(t: &Tensor) -> u64 {

@@ -25,11 +25,7 @@ fn stage_input(model: &LlamaModel, comm: &mut dyn Communicator, ids: &Tensor) ->
     if comm.rank() == 0 {
         return model.embed_tokens(ids);
     }
-    let x = comm.recv(comm.rank() - 1).map_err(comm_err)?;
-    if x.len() != b * t * h {
-        return Err(Error::Invalid(format!("pipeline: rank {} sent {} values for hidden states {b}×{t}×{h}", comm.rank() - 1, x.len())));
-    }
-    Ok(Tensor::from_vec(x, (b, t, h), model.device())?)
+    comm.recv_tensor(comm.rank() - 1, &[b, t, h], model.dtype(), model.device()).map_err(comm_err)
 }
 
 /// One forward pass over `ids` `[B, T]`: this stage's layers, then `head` on the last
@@ -46,7 +42,7 @@ pub fn stage_forward<T>(
     if is_last(comm) {
         return head(&out).map(Some);
     }
-    comm.send(&out.flatten_all()?.to_vec1::<f32>()?, comm.rank() + 1).map_err(comm_err)?;
+    comm.send_tensor(&out, comm.rank() + 1).map_err(comm_err)?;
     Ok(None)
 }
 
@@ -83,13 +79,10 @@ pub fn stage_backward_to_embeddings(
     let store = if is_last(comm) {
         head(&out)?.backward()?
     } else {
-        comm.send(&out.flatten_all()?.to_vec1::<f32>()?, comm.rank() + 1).map_err(comm_err)?;
-        let g = comm.recv(comm.rank() + 1).map_err(comm_err)?;
-        if g.len() != b * t * h {
-            return Err(Error::Invalid(format!("pipeline: rank {} sent a gradient of {} values", comm.rank() + 1, g.len())));
-        }
+        comm.send_tensor(&out, comm.rank() + 1).map_err(comm_err)?;
+        let g = comm.recv_tensor(comm.rank() + 1, &[b, t, h], out.dtype(), device).map_err(comm_err)?;
         // d(Σ out·g)/d(out) = g exactly: the gradient the full model's graph would carry here.
-        (out * Tensor::from_vec(g, (b, t, h), device)?)?.sum_all()?.backward()?
+        (out * g)?.sum_all()?.backward()?
     };
     match &input {
         Some(v) if first => {
@@ -101,10 +94,10 @@ pub fn stage_backward_to_embeddings(
         }
         Some(v) => {
             let gx = match store.get(v.as_tensor()) {
-                Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
-                None => vec![0.0; b * t * h],
+                Some(g) => g.clone(),
+                None => v.as_tensor().zeros_like()?,
             };
-            comm.send(&gx, comm.rank() - 1).map_err(comm_err)?;
+            comm.send_tensor(&gx, comm.rank() - 1).map_err(comm_err)?;
         }
         None => {}
     }

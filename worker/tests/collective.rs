@@ -105,6 +105,34 @@ fn broadcast_gather_point_to_point_and_barrier() {
 }
 
 #[test]
+fn tensor_collectives_equal_the_slice_collectives_on_the_ring() {
+    use candle_core::{DType, Device, Tensor};
+    let results = with_ring(3, 13, |mut ring| {
+        let (r, n) = (ring.rank(), ring.world_size());
+        let dev = Device::Cpu;
+        let mut flat = values(r, 1000);
+        let t = Tensor::from_vec(flat.clone(), (10, 100), &dev).unwrap();
+        let reduced = ring.all_reduce_sum_tensor(&t).unwrap();
+        ring.all_reduce_sum(&mut flat).unwrap();
+        let same = reduced.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().zip(&flat).all(|(a, b)| a.to_bits() == b.to_bits());
+        // Hidden states forward in bf16, as a bf16 pipeline sends them.
+        let hidden = |q: usize| Tensor::from_vec(values(q, 24), (2, 3, 4), &dev).unwrap().to_dtype(DType::BF16).unwrap();
+        if r + 1 < n {
+            ring.send_tensor(&hidden(r), r + 1).unwrap();
+        }
+        let got = if r > 0 { Some(ring.recv_tensor(r - 1, &[2, 3, 4], DType::BF16, &dev).unwrap()) } else { None };
+        let want = if r > 0 { Some(hidden(r - 1)) } else { None };
+        let bits = |t: Option<Tensor>| t.map(|t| t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        (same, reduced.dtype(), bits(got), bits(want))
+    });
+    for (r, (same, dtype, got, want)) in results.into_iter().enumerate() {
+        assert!(same, "rank {r}: the tensor all-reduce differs from the slice all-reduce");
+        assert_eq!(dtype, candle_core::DType::F32);
+        assert_eq!(got, want, "rank {r}");
+    }
+}
+
+#[test]
 fn strangers_are_dropped_and_a_lost_peer_is_named() {
     // A connection without the run's cookie reaches rank 1's listener first; the ring still forms.
     let listeners: Vec<TcpListener> = (0..2).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();

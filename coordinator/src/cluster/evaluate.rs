@@ -5,6 +5,7 @@
 use super::driver::{Cluster, Phase};
 use super::load::{load_layout, ModelFiles, RankReport};
 use anyhow::{bail, Result};
+use llmprune_shared::dtype::WeightDtype;
 use llmprune_shared::proto::{EvaluateReply, EvaluateRequest};
 use llmprune_shared::results::{EvalShare, PplPart};
 
@@ -13,6 +14,8 @@ pub struct DistributedEval {
     pub share: EvalShare,
     pub ranks: Vec<RankReport>,
     pub load_s: f64,
+    /// The dtype the workers held the weights in.
+    pub dtype: WeightDtype,
 }
 
 /// `req`'s evaluation on every worker, then, when it asks for latency, the latency timed on
@@ -36,7 +39,7 @@ pub async fn evaluate_on_cluster(cluster: &mut Cluster, model: ModelFiles<'_>, r
     }
     let mut share = merge(replies)?;
     share.latency_s_per_chunk = time_latency(cluster, req).await?;
-    Ok(DistributedEval { share, ranks, load_s: layout.load_s })
+    Ok(DistributedEval { share, ranks, load_s: layout.load_s, dtype: layout.dtype })
 }
 
 /// The latency `req` asks for (`latency_chunks`; none when 0) of the whole model every
@@ -109,6 +112,7 @@ pub struct Perplexities {
     pub latency_s_per_chunk: Option<f64>,
     pub ranks: Vec<RankReport>,
     pub load_s: f64,
+    pub dtype: WeightDtype,
 }
 
 /// `model`'s perplexity on each text, sharded over the cluster's workers; printed as a table.
@@ -123,5 +127,5 @@ pub async fn perplexities_on_cluster(cluster: &mut Cluster, model: ModelFiles<'_
                                        "file": job.data.iter().find(|(n, _)| *n == p.name).map(|(_, f)| f.display().to_string()), "seconds": {"eval": p.seconds}});
         results.insert(p.name.clone(), entry);
     }
-    Ok(Perplexities { results, latency_s_per_chunk: done.share.latency_s_per_chunk, ranks: done.ranks, load_s: done.load_s })
+    Ok(Perplexities { results, latency_s_per_chunk: done.share.latency_s_per_chunk, ranks: done.ranks, load_s: done.load_s, dtype: done.dtype })
 }

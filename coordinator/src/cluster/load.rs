@@ -29,17 +29,20 @@ pub struct RankReport {
 pub struct Layout {
     /// Pipeline stages.
     pub world: usize,
+    /// The dtype the workers hold the weights in.
+    pub dtype: WeightDtype,
     pub ranks: Vec<RankReport>,
     pub load_s: f64,
 }
 
-/// The model a phase loads: its files, their checksum, and the dtype workers hold it in.
+/// The model a phase loads: its files, their checksum, and the dtype workers hold it in
+/// (`None`: [`WeightDtype::default_for`] the workers' device).
 #[derive(Clone, Copy)]
 pub struct ModelFiles<'a> {
     pub spec: &'a ModelSpec,
     pub path: &'a Path,
     pub sha256: &'a str,
-    pub dtype: WeightDtype,
+    pub dtype: Option<WeightDtype>,
 }
 
 /// Assigns stages, replicas and layers to the cluster's members and has them load.
@@ -66,6 +69,7 @@ pub async fn load_layout(cluster: &mut Cluster, model: ModelFiles<'_>, replicas:
         (0..world).map(|s| cluster.members.iter().filter(|m| m.stage == s).map(|m| m.replica_ring_address.clone()).collect()).collect();
     let cookie = u64::from_str_radix(&random_hex()?[..16], 16)?;
     let (pipeline_ids, replica_ids) = nccl_ids(cluster, world, replicas).await?;
+    let dtype = dtype.unwrap_or_else(|| WeightDtype::default_for(cluster.members.iter().all(on_gpu)));
 
     cluster.enter(Phase::Loading);
     let t = Instant::now();
@@ -113,13 +117,16 @@ pub async fn load_layout(cluster: &mut Cluster, model: ModelFiles<'_>, replicas:
             peak_rss_mib: l.peak_rss_bytes as f64 / 1048576.0,
         })
         .collect();
-    Ok(Layout { world, ranks, load_s })
+    Ok(Layout { world, dtype, ranks, load_s })
+}
+
+fn on_gpu(m: &Member) -> bool {
+    m.device_kind.starts_with("cuda")
 }
 
 /// NCCL unique ids for the pipeline group of each replica and the replica group of each
 /// stage when the workers are GPUs (asked of each group's first member), none on CPUs.
 async fn nccl_ids(cluster: &mut Cluster, world: usize, replicas: usize) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
-    let on_gpu = |m: &Member| m.device_kind.starts_with("cuda");
     let gpus = cluster.members.iter().filter(|m| on_gpu(m)).count();
     if gpus == 0 {
         return Ok((vec![Vec::new(); replicas], vec![Vec::new(); world]));

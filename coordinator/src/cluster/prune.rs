@@ -10,6 +10,7 @@ use super::evaluate::time_latency;
 use super::load::{load_layout, Layout, ModelFiles, RankReport};
 use anyhow::{bail, Context, Result};
 use llmprune_shared::depgraph::Group;
+use llmprune_shared::dtype::WeightDtype;
 use llmprune_shared::layout::ShardLayout;
 use llmprune_shared::plan::PlanStep;
 use llmprune_shared::planner::{assemble_members, renumber_range, step_to_wire, PruneEngine, ScoreJob, Scores};
@@ -55,17 +56,19 @@ pub struct ClusterEngine<'a> {
     checkpoints: Option<ScoreCheckpoints>,
     pub ranks: Vec<RankReport>,
     pub load_s: f64,
+    /// The dtype the workers hold the weights in (and write them in).
+    pub dtype: WeightDtype,
 }
 
 impl<'a> ClusterEngine<'a> {
     /// Lays the model out on the workers (stages × `replicas`) and has them load it.
     pub async fn load(cluster: &'a mut Cluster, model: ModelFiles<'_>, replicas: usize, checkpoints: Option<ScoreCheckpoints>) -> Result<Self> {
         let spec = model.spec;
-        let Layout { world, ranks, load_s } = load_layout(cluster, model, replicas).await?;
+        let Layout { world, dtype, ranks, load_s } = load_layout(cluster, model, replicas).await?;
         if let Some(c) = &checkpoints {
             std::fs::create_dir_all(&c.dir).with_context(|| format!("creating {}", c.dir.display()))?;
         }
-        Ok(Self { cluster, world, replicas, tied_embeddings: spec.tie_word_embeddings, checkpoints, ranks, load_s })
+        Ok(Self { cluster, world, replicas, tied_embeddings: spec.tie_word_embeddings, checkpoints, ranks, load_s, dtype })
     }
 
     fn layout(&self, m: &Member) -> ShardLayout {

@@ -16,6 +16,8 @@ pub struct DistributedRecovery {
     pub reply: RecoverReply,
     pub ranks: Vec<RankReport>,
     pub load_s: f64,
+    /// The dtype the base weights (and so the merged model) were held in.
+    pub dtype: llmprune_shared::dtype::WeightDtype,
     /// Each stage's adapter checksum, by stage.
     pub stage_adapter_sha256: Vec<String>,
 }
@@ -55,7 +57,7 @@ pub async fn recover_on_cluster(cluster: &mut Cluster, model: ModelFiles<'_>, re
     }
     let first = firsts.first().map(|r| (*r).clone()).ok_or_else(|| anyhow::anyhow!("no worker answered"))?;
     let reply = RecoverReply { trainable_params, adapter_sha256: stage_adapter_sha256.join("+"), ..first };
-    Ok(DistributedRecovery { reply, ranks, load_s: layout.load_s, stage_adapter_sha256 })
+    Ok(DistributedRecovery { reply, ranks, load_s: layout.load_s, dtype: layout.dtype, stage_adapter_sha256 })
 }
 
 /// The stages' weight shards indexed as one Hugging Face model (the first stage has joined

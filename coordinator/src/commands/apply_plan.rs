@@ -13,7 +13,6 @@ use anyhow::{anyhow, Context, Result};
 use llmprune_shared::dtype::WeightDtype;
 use llmprune_shared::plan::Plan;
 use llmprune_shared::planner::replay_steps;
-use llmprune_shared::ModelSpec;
 use llmprune_worker::export::ModelDir;
 use llmprune_worker::loader::{model_checksum, open_model};
 use serde_json::json;
@@ -48,13 +47,15 @@ pub fn run(settings: &Settings, run_id: &str, args: ApplyPlanArgs) -> Result<()>
     drop(opened.weights);
     let failed = |(k, e): (usize, anyhow::Error)| anyhow!("--plan {} step {}: {e:#}", args.plan.display(), k + 1);
     let out = ModelDir::create(&args.out)?;
-    // Loaded exactly as `prune` loads it, so the replay starts from the same weights.
-    let model = ModelFiles { spec: &before, path: &model_path, sha256: &checksum, dtype: WeightDtype::F32 };
-    let spec: ModelSpec = on_cluster(None, settings, &args.cluster, run_id, async |cluster: &mut Cluster| {
+    // Loaded exactly as `prune` loaded it (in the dtype its plan records), so the replay
+    // starts from the same weights.
+    let dtype = plan_dtype(&plan.settings).with_context(|| format!("--plan {}", args.plan.display()))?;
+    let model = ModelFiles { spec: &before, path: &model_path, sha256: &checksum, dtype };
+    let (spec, dtype) = on_cluster(None, settings, &args.cluster, run_id, async |cluster: &mut Cluster| {
         let mut engine = ClusterEngine::load(cluster, model, 1, None).await?;
         let spec = replay_steps(&mut engine, &before, &plan.steps).await.map_err(failed)?;
         engine.save(out.path(), args.output.max_shard_size).await?;
-        Ok(spec)
+        Ok((spec, engine.dtype))
     })?;
     let report = json!({
         "plan": args.plan.display().to_string(),
@@ -63,11 +64,25 @@ pub fn run(settings: &Settings, run_id: &str, args: ApplyPlanArgs) -> Result<()>
         "statistics": {"before": crate::commands::prune::table3(&before), "after": crate::commands::prune::table3(&spec)},
         "seconds": t.elapsed().as_secs_f64(),
     });
-    out.write_model_files(&spec, &tokenizer)?;
+    out.write_model_files(&spec, &tokenizer, dtype)?;
     out.write_json("plan.json", &serde_json::to_value(&plan)?)?;
     out.write_json("apply_report.json", &report)?;
     out.commit()?;
     crate::commands::prune::print_shapes(&before, &spec);
     println!("model: {}", args.out.display());
     Ok(())
+}
+
+/// The dtype the plan's prune held the weights in: its `dtype` setting (`auto`: the workers'
+/// default, as then); plans from before the setting existed were made in f32.
+fn plan_dtype(settings: &serde_json::Value) -> Result<Option<WeightDtype>> {
+    match settings.get("dtype").and_then(serde_json::Value::as_str) {
+        None => Ok(Some(WeightDtype::F32)),
+        Some("auto") => Ok(None),
+        Some(name) => [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16]
+            .into_iter()
+            .find(|d| d.name() == name)
+            .map(Some)
+            .ok_or_else(|| anyhow!("settings.dtype `{name}` is not f32, f16, bf16 or auto")),
+    }
 }

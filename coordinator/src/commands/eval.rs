@@ -12,6 +12,7 @@ use crate::commands::write_json_atomic;
 use crate::fetch::resolve_model;
 use crate::settings::Settings;
 use anyhow::{anyhow, bail, Context, Result};
+use llmprune_shared::dtype::WeightDtype;
 use llmprune_shared::proto::EvaluateRequest;
 use llmprune_worker::eval::job::{eval_job, load_tasks, EvalShare};
 use llmprune_worker::eval::zeroshot::metrics::{task_scores, DocResult};
@@ -79,7 +80,7 @@ pub fn run(settings: &Settings, run_id: &str, args: EvalArgs, shared: Option<&mu
     let sha = model_checksum(&model_path)?;
     let model = ModelFiles { spec: &spec, path: &model_path, sha256: &sha, dtype: args.job.dtype };
     let done = on_cluster(shared, settings, &args.cluster, run_id, async |cluster: &mut Cluster| evaluate_on_cluster(cluster, model, &req).await)?;
-    let (share, workers, load_s) = (done.share, done.ranks.len(), done.load_s);
+    let (share, workers, load_s, dtype) = (done.share, done.ranks.len(), done.load_s, done.dtype);
     let cluster_report = Some(json!({"workers": workers, "ranks": done.ranks}));
     let seconds = t0.elapsed().as_secs_f64();
     if share.lls.len() != units || share.lls.iter().enumerate().any(|(i, (u, _))| *u != i) {
@@ -87,7 +88,7 @@ pub fn run(settings: &Settings, run_id: &str, args: EvalArgs, shared: Option<&mu
     }
     let name = args.name.clone().unwrap_or_else(|| model_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
     let per_task = llmprune_worker::eval::zeroshot::results(&tasks, share.lls.iter().map(|(_, l)| l.clone()).collect())?;
-    let results = results_json(&args, &model_path, &name, &per_task, &share, workers, seconds, load_s, units, cluster_report);
+    let results = results_json(&args, &model_path, &name, &per_task, &share, workers, dtype, seconds, load_s, units, cluster_report);
     write_outputs(&args.out, &results, &per_task)?;
     println!("{}", paper_table(&[(name.as_str(), &results)]));
     println!("results: {}", args.out.display());
@@ -102,6 +103,7 @@ fn results_json(
     per_task: &[(Task, Vec<DocResult>)],
     share: &EvalShare,
     workers: usize,
+    dtype: WeightDtype,
     seconds: f64,
     load_s: f64,
     units: usize,
@@ -135,7 +137,7 @@ fn results_json(
             "num_fewshot": 0,
             "limit": args.job.limit,
             "batch_tokens": args.job.batch_tokens,
-            "dtype": args.job.dtype.name(),
+            "dtype": dtype.name(),
             "data_dir": args.job.data_dir.as_ref().map(|d| d.display().to_string()),
             "ppl_seq_len": args.job.seq_len,
             "ppl_max_chunks": args.job.ppl_max_chunks,

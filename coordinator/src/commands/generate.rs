@@ -10,7 +10,6 @@ use crate::commands::write_json_atomic;
 use crate::fetch::resolve_model;
 use crate::settings::Settings;
 use anyhow::{anyhow, bail, Context, Result};
-use llmprune_shared::dtype::WeightDtype;
 use llmprune_shared::proto::GenerateRequest;
 use llmprune_worker::generate::Sampling;
 use llmprune_worker::loader::{model_checksum, open_model};
@@ -37,7 +36,7 @@ pub fn run(settings: &Settings, run_id: &str, args: GenerateArgs) -> Result<()> 
     let model_path = resolve_model(&args.model, &settings.cache_dir, &settings.python)?;
     let spec = open_model(&model_path).with_context(|| format!("opening {}", model_path.display()))?.spec;
     let sha = model_checksum(&model_path)?;
-    let model = ModelFiles { spec: &spec, path: &model_path, sha256: &sha, dtype: WeightDtype::F32 };
+    let model = ModelFiles { spec: &spec, path: &model_path, sha256: &sha, dtype: args.dtype };
     let done = on_cluster(None, settings, &args.cluster, run_id, async |cluster: &mut Cluster| generate_on_cluster(cluster, model, &req).await)?;
     let mut cases = Vec::new();
     for (prompt, c) in args.prompt.iter().zip(&done.continuations) {

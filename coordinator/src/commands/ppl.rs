@@ -60,7 +60,7 @@ pub fn run(settings: &Settings, run_id: &str, args: PplArgs) -> Result<()> {
             "model": model_path.display().to_string(),
             "seq_len": args.seq_len,
             "batch_size": args.batch_size,
-            "dtype": args.dtype.name(),
+            "dtype": done.dtype.name(),
             "max_chunks": args.max_chunks,
             "results": done.results,
             "workers": done.ranks.len(),

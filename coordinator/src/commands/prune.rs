@@ -108,10 +108,11 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
         "iterative_steps": job.iterative_steps,
         "seed": job.seed,
         "calibration": calibration_json,
+        "dtype": WeightDtype::name_or_auto(job.dtype),
     });
     let out = ModelDir::create(&args.out)?;
     let work = PruneJob {
-        model: ModelFiles { spec: &spec_before, path: &model_path, sha256: &checksum, dtype: WeightDtype::F32 },
+        model: ModelFiles { spec: &spec_before, path: &model_path, sha256: &checksum, dtype: job.dtype },
         req: &req,
         checkpoints: ScoreCheckpoints { dir: checkpoint_dir(&args.out), resume: args.cluster.resume, fingerprint: format!("{checksum} {settings_json}") },
         replicas: args.cluster.replicas,
@@ -158,6 +159,7 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
     report.insert("params_before".into(), json!(spec_before.n_params()));
     report.insert("params_after".into(), json!(spec_after.n_params()));
     report.insert("criterion".into(), json!(criterion));
+    report.insert("dtype".into(), json!(outcome.dtype.name()));
     report.insert("ratio".into(), json!(job.ratio));
     // This process's peak: with its in-process worker, the whole job; beside worker processes,
     // the coordinator's share (theirs are under `cluster.ranks`).
@@ -208,6 +210,8 @@ struct PruneOutcome {
     latency_before: Option<f64>,
     /// `--eval-ppl` of the pruned model as written.
     measured: Option<Perplexities>,
+    /// The dtype the weights were held and written in.
+    dtype: WeightDtype,
 }
 
 /// The planner's step loop over the cluster's workers, which then write their shards into the
@@ -222,18 +226,18 @@ async fn prune_on_cluster(cluster: &mut Cluster, job: PruneJob<'_>, calibration:
     let outcome = prune_steps(&mut engine, job.model.spec, job.req, calibration).await?;
     engine.save(job.out.path(), job.max_shard_bytes).await?;
     let total_s = job.started.elapsed().as_secs_f64();
-    let (load_s, ranks) = (engine.load_s, std::mem::take(&mut engine.ranks));
+    let (load_s, ranks, dtype) = (engine.load_s, std::mem::take(&mut engine.ranks), engine.dtype);
     drop(engine);
-    job.out.write_model_files(&outcome.spec, job.tokenizer)?;
+    job.out.write_model_files(&outcome.spec, job.tokenizer, dtype)?;
     let measured = match job.eval_ppl {
         Some(ppl) => {
             let sha = model_checksum(job.out.path())?;
-            let pruned = ModelFiles { spec: &outcome.spec, path: job.out.path(), sha256: &sha, dtype: job.model.dtype };
+            let pruned = ModelFiles { spec: &outcome.spec, path: job.out.path(), sha256: &sha, dtype: Some(dtype) };
             // Latency after only where it was timed before, on the same kind of worker.
             let ppl = PplJob { latency_chunks: if latency_before.is_some() { ppl.latency_chunks } else { 0 }, ..ppl.clone() };
             Some(perplexities_on_cluster(cluster, pruned, &ppl).await?)
         }
         None => None,
     };
-    Ok(PruneOutcome { spec: outcome.spec, steps: outcome.steps, load_s, total_s, seconds: outcome.seconds, ranks, latency_before, measured })
+    Ok(PruneOutcome { spec: outcome.spec, steps: outcome.steps, load_s, total_s, seconds: outcome.seconds, ranks, latency_before, measured, dtype })
 }

@@ -11,7 +11,6 @@ use crate::commands::cluster::{on_cluster, ClusterSession};
 use crate::commands::{checkpoint_dir, worker_settings_in_flags};
 use crate::settings::Settings;
 use anyhow::{anyhow, Context, Result};
-use llmprune_shared::dtype::WeightDtype;
 use llmprune_shared::jobs::RecoverSettings;
 use llmprune_shared::proto::{RecoverReply, RecoverRequest};
 use llmprune_worker::export::ModelDir;
@@ -92,16 +91,16 @@ pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs, shared: Option<
     let (spec, tokenizer) = (opened.spec, opened.tokenizer);
     drop(opened.weights); // the workers read their own copies
     let stages = args.stages;
-    let pruned = ModelFiles { spec: &spec, path: &args.model, sha256: &sha, dtype: WeightDtype::F32 };
+    let pruned = ModelFiles { spec: &spec, path: &args.model, sha256: &sha, dtype: args.job.dtype };
     let eval_ppl = eval_ppl.map(|job| PplJob { seq_len: job.seq_len.min(spec.max_position_embeddings), ..job });
     let (done, ppl) = on_cluster(shared, settings, &args.cluster, run_id, async |cluster: &mut Cluster| {
         let done = recover_on_cluster(cluster, pruned, &req, stages).await?;
         // The merged model as the workers wrote it, for the perplexity.
-        out.write_model_files(&spec, &tokenizer)?;
+        out.write_model_files(&spec, &tokenizer, done.dtype)?;
         let ppl = match &eval_ppl {
             Some(job) => {
                 let sha = model_checksum(out.path())?;
-                let merged = ModelFiles { spec: &spec, path: out.path(), sha256: &sha, dtype: WeightDtype::F32 };
+                let merged = ModelFiles { spec: &spec, path: out.path(), sha256: &sha, dtype: Some(done.dtype) };
                 perplexities_on_cluster(cluster, merged, job).await?.results
             }
             None => serde_json::Map::new(),

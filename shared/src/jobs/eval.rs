@@ -38,9 +38,9 @@ pub struct EvalSettings {
     /// (batch 1, --seq-len tokens) on one otherwise idle worker; 0 turns it off.
     #[cfg_attr(feature = "clap", arg(long, value_name = "N", default_value_t = 0))]
     pub latency_chunks: usize,
-    /// The weights' dtype in memory.
-    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = WeightDtype::F32))]
-    pub dtype: WeightDtype,
+    /// The weights' dtype in memory [default: f32 on CPU workers, bf16 on GPU workers].
+    #[cfg_attr(feature = "clap", arg(long, value_enum))]
+    pub dtype: Option<WeightDtype>,
 }
 
 impl Default for EvalSettings {
@@ -54,7 +54,7 @@ impl Default for EvalSettings {
             seq_len: 128,
             batch_tokens: 2048,
             latency_chunks: 0,
-            dtype: WeightDtype::F32,
+            dtype: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! on the result. The planner takes them as a [`PruneRequest`] once the model's layers are known.
 
 use super::{comma_list, layer_range, size, JobError};
+use crate::dtype::WeightDtype;
 use crate::planner::{Criterion, GqaMode, ModeName, PruneRequest, Reduction, Scope, Strategy};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -80,6 +81,10 @@ pub struct PruneSettings {
     #[cfg_attr(feature = "clap", arg(long, value_name = "SIZE", default_value = "5GB", value_parser = super::parse_size))]
     #[serde(deserialize_with = "size")]
     pub max_shard_size: u64,
+    /// The weights' dtype in memory [default: f32 on CPU workers, bf16 on GPU workers];
+    /// gradient statistics are f32 whatever it is.
+    #[cfg_attr(feature = "clap", arg(long, value_enum))]
+    pub dtype: Option<WeightDtype>,
 }
 
 impl Default for PruneSettings {
@@ -108,6 +113,7 @@ impl Default for PruneSettings {
             eval_seq_len: 128,
             latency_chunks: 32,
             max_shard_size: 5_000_000_000,
+            dtype: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! schedule. The coordinator sends them to every worker as they are.
 
 use super::{comma_list, size, JobError};
+use crate::dtype::WeightDtype;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -169,6 +170,10 @@ pub struct RecoverSettings {
     #[cfg_attr(feature = "clap", arg(long, value_name = "SIZE", default_value = "5GB", value_parser = super::parse_size))]
     #[serde(deserialize_with = "size")]
     pub max_shard_size: u64,
+    /// The base weights' dtype in memory [default: f32 on CPU workers, bf16 on GPU workers];
+    /// the adapters, their gradients and AdamW's state are f32 whatever it is.
+    #[cfg_attr(feature = "clap", arg(long, value_enum))]
+    pub dtype: Option<WeightDtype>,
 }
 
 impl Default for RecoverSettings {
@@ -201,6 +206,7 @@ impl Default for RecoverSettings {
             eval_ppl: Vec::new(),
             eval_max_chunks: None,
             max_shard_size: 5_000_000_000,
+            dtype: None,
         }
     }
 }

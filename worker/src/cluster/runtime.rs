@@ -199,12 +199,13 @@ impl Runtime {
         let ring = RingOptions { cookie: req.ring_cookie, ..self.opts.ring.clone() };
         // Every worker joins its pipeline group first, then its replica group: no group waits
         // on a worker still busy joining the other.
+        let device = compute_device(self.opts.device).map_err(Error::Invalid)?;
         let pipeline = match (self.opts.device, req.pipeline_nccl_id.is_empty()) {
-            (WorkerDevice::Cuda(ordinal), false) => join_nccl("pipeline", ordinal, rank, world, &req.pipeline_nccl_id)?,
+            (WorkerDevice::Cuda(ordinal), false) => join_nccl(&device, "pipeline", ordinal, rank, world, &req.pipeline_nccl_id)?,
             _ => Box::new(join_ring("pipeline", rank, world, &req.ring_addresses, &self.opts.ring_listener, &ring)?),
         };
         let copies = match (self.opts.device, req.replica_nccl_id.is_empty()) {
-            (WorkerDevice::Cuda(ordinal), false) => join_nccl("replica", ordinal, replica, replicas, &req.replica_nccl_id)?,
+            (WorkerDevice::Cuda(ordinal), false) => join_nccl(&device, "replica", ordinal, replica, replicas, &req.replica_nccl_id)?,
             _ => Box::new(join_ring("replica", replica, replicas, &replica_addresses, &self.opts.replica_ring_listener, &ring)?),
         };
         let layout = ShardLayout {
@@ -216,7 +217,6 @@ impl Runtime {
             replica,
             replicas,
         };
-        let device = compute_device(self.opts.device).map_err(Error::Invalid)?;
         let dtype = WeightDtype::from_wire(req.dtype).map_err(Error::Invalid)?;
         let shard = ShardModel::load(path, layout, dtype, &device)?;
         let params = shard.owned_weights().values().map(|t| t.elem_count() as u64).sum();
@@ -399,8 +399,8 @@ impl Runtime {
     }
 }
 
-fn join_nccl(what: &str, ordinal: usize, rank: usize, world: usize, id: &[u8]) -> Result<Box<dyn Communicator>> {
-    nccl_group(ordinal, rank, world, id).map_err(|e| Error::collective(format!("joining the {what} NCCL group on cuda:{ordinal}"), e))
+fn join_nccl(device: &candle_core::Device, what: &str, ordinal: usize, rank: usize, world: usize, id: &[u8]) -> Result<Box<dyn Communicator>> {
+    nccl_group(device, ordinal, rank, world, id).map_err(|e| Error::collective(format!("joining the {what} NCCL group on cuda:{ordinal}"), e))
 }
 
 /// Joins one ring as `rank` of `world`, given every member's address by rank.

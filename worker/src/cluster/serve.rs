@@ -53,7 +53,7 @@ fn capabilities(device: WorkerDevice) -> Capabilities {
         .map_or(0, |kb| kb * 1024);
     Capabilities {
         device_kind: device.kind(),
-        device_memory_bytes: free_ram,
+        device_memory_bytes: crate::collective::device_free_memory(device).unwrap_or(free_ram),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
         free_ram_bytes: free_ram,
         hostname: std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default(),

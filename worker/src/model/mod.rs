@@ -57,6 +57,7 @@ pub struct LlamaModel {
     pub lm_head: Option<Tensor>,
     rope: RopeTables,
     device: Device,
+    dtype: DType,
 }
 
 impl LlamaModel {
@@ -78,11 +79,16 @@ impl LlamaModel {
             (None, None)
         };
         let rope = RopeTables::new(&spec, spec.max_position_embeddings.max(1), device)?;
-        Ok(Self { spec, embed, layers, norm, lm_head, rope, device: device.clone() })
+        Ok(Self { spec, embed, layers, norm, lm_head, rope, device: device.clone(), dtype: opts.dtype })
     }
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The dtype the weights, and so the hidden states, are held in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Every weight this model holds, with its Hugging Face name.
@@ -157,9 +163,6 @@ impl LlamaModel {
             return Err(Error::Invalid(format!("sequence of {t} tokens is longer than the model's sliding window of {window}, which llmprune does not apply")));
         }
         let dtype = x.dtype();
-        if exec == Exec::Differentiable && dtype != DType::F32 && x.device().is_cpu() {
-            return Err(Error::Invalid(format!("differentiable execution on the CPU needs f32 weights, not {dtype:?}")));
-        }
         let cos = self.rope.cos.narrow(0, 0, t)?.to_dtype(dtype)?;
         let sin = self.rope.sin.narrow(0, 0, t)?.to_dtype(dtype)?;
         for layer in &self.layers {

@@ -75,10 +75,12 @@ impl CustomOp3 for LoraLinear {
 
 /// `x Wᵀ + s·(dropout(x) Aᵀ) Bᵀ` for `x` `[N, in]`, `w` `[out, in]` (frozen), `a` `[r, in]`,
 /// `b` `[out, r]`; differentiable in `x`, `a` and `b`. Off the CPU or outside f32 it is
-/// composed from candle's ops.
+/// composed from candle's ops: the adapters (f32 master weights) are cast to the input's dtype
+/// for the products, so their gradients come back in f32 through the cast.
 pub fn lora_linear(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, scale: f64, dropout: Option<Dropout>) -> Result<Tensor> {
     if !x.device().is_cpu() || [x, w, a, b].iter().any(|t| t.dtype() != DType::F32) {
         let xd = masked(x, mask(dropout, x)?.as_ref())?;
+        let (a, b) = (a.to_dtype(x.dtype())?, b.to_dtype(x.dtype())?);
         return x.matmul(&w.t()?)? + ((xd.matmul(&a.t()?)? * scale)?.matmul(&b.t()?))?;
     }
     x.apply_op3(a, b, LoraLinear { x: x.detach(), w: w.detach(), a: a.detach(), b: b.detach(), scale, dropout })

@@ -19,7 +19,7 @@ use crate::loader::InMemoryWeights;
 use crate::model::{Exec, LlamaModel, LoadOptions};
 use crate::stage::stage_backward_to_embeddings;
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{Tensor, Var};
 use llmprune_shared::depgraph::{Group, GroupMember};
 use llmprune_shared::layout::{layer_of_param, ShardLayout, EMBEDDING};
 use llmprune_shared::plan::PlanStep;
@@ -145,15 +145,11 @@ fn join_tied_gradient(pipeline: &mut dyn Communicator, store: &mut GradStore, va
     let comm = |e: crate::collective::CommError| Error::collective("pipeline: the tied embedding's gradient", e);
     if rank == last {
         let g = store.get(var.as_tensor()).ok_or_else(|| Error::Invalid("the tied head received no gradient".into()))?;
-        pipeline.send(&g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?, 0).map_err(comm)?;
+        pipeline.send_tensor(g, 0).map_err(comm)?;
     } else if rank == 0 {
-        let head = pipeline.recv(last).map_err(comm)?;
         let w = var.as_tensor();
-        if head.len() != w.elem_count() {
-            return Err(Error::Invalid(format!("pipeline: the tied head's gradient has {} values, the embedding {}", head.len(), w.elem_count())));
-        }
+        let head = pipeline.recv_tensor(last, w.dims(), w.dtype(), w.device()).map_err(comm)?;
         let d_embedded = d_embedded.ok_or_else(|| Error::Invalid("the first stage kept no gradient of its embedded tokens".into()))?;
-        let head = Tensor::from_vec(head, w.shape(), w.device())?.to_dtype(w.dtype())?;
         let joined = head.index_add(&ids.flatten_all()?.contiguous()?, &d_embedded.to_dtype(w.dtype())?, 0)?;
         store.insert(w, joined);
     }
@@ -183,7 +179,7 @@ pub fn cut_stage(model: &mut LlamaModel, layout: &ShardLayout, step: &PlanStep, 
         }
     }
     let layout = ShardLayout { layers, ..layout.clone() };
-    let opts = LoadOptions { layers: layout.layers.clone(), embeddings: layout.embeddings, head: layout.head, dtype: DType::F32 };
+    let opts = LoadOptions { layers: layout.layers.clone(), embeddings: layout.embeddings, head: layout.head, dtype: model.dtype() };
     let device = model.device().clone();
     let source = InMemoryWeights { label: format!("rank {} after slicing", layout.rank).into(), tensors: sliced };
     *model = LlamaModel::load(after.clone(), &source, &opts, &device)?;

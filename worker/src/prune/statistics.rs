@@ -1,7 +1,12 @@
 //! Gradient statistics of the calibration loss (reference §2.2): the gradient of the mean
 //! loss over all windows (one backward pass, as the reference takes it) and, for the
 //! second-order criteria, the diagonal empirical Fisher `Σ_j g_j² / N` from one backward pass
-//! per window. Both are kept in f32 whatever the weights' dtype.
+//! per window. The gradient stays in the dtype backward computed it in (the weights'; a copy in
+//! f32 would add nothing but memory); the Fisher is squared and summed in f32 whatever the
+//! weights' dtype (the reference squares fp16 gradients, where `g²` of g ≈ 1e-5 underflows).
+//! Scores are computed in f32 from both ([`super::importance`]). Gradients are converted one
+//! tensor at a time, so at 7B in bf16 the peak is the weights, one backward pass's gradients
+//! and the f32 Fisher sum.
 
 use crate::collective::Communicator;
 use crate::error::{Error, Result};
@@ -40,13 +45,14 @@ pub fn gradient_stats_with(
     let fisher = if with_fisher {
         let mut sum: HashMap<String, Tensor> = HashMap::new();
         for j in 0..windows.len() {
-            for (name, g) in gradients(vars, backward(&batch.narrow(0, j, 1)?)?)? {
-                let sq = g.sqr()?;
-                let acc = match sum.remove(&name) {
+            let store = backward(&batch.narrow(0, j, 1)?)?;
+            for (name, var) in vars {
+                let sq = gradient(&store, name, var)?.to_dtype(DType::F32)?.sqr()?;
+                let acc = match sum.remove(name) {
                     Some(acc) => (acc + sq)?,
                     None => sq,
                 };
-                sum.insert(name, acc);
+                sum.insert(name.clone(), acc);
             }
         }
         let n = windows.len() as f64;
@@ -57,14 +63,13 @@ pub fn gradient_stats_with(
     Ok(GradientStats { grad, fisher })
 }
 
-/// Every variable's gradient from `store`, in f32.
+/// Every variable's gradient from `store`, as backward computed it.
 fn gradients(vars: &[(String, Var)], store: GradStore) -> Result<HashMap<String, Tensor>> {
-    vars.iter()
-        .map(|(name, var)| {
-            let g = store.get(var.as_tensor()).ok_or_else(|| Error::Invalid(format!("{name} received no gradient")))?;
-            Ok((name.clone(), g.to_dtype(DType::F32)?))
-        })
-        .collect()
+    vars.iter().map(|(name, var)| Ok((name.clone(), gradient(&store, name, var)?))).collect()
+}
+
+fn gradient(store: &GradStore, name: &str, var: &Var) -> Result<Tensor> {
+    store.get(var.as_tensor()).cloned().ok_or_else(|| Error::Invalid(format!("{name} received no gradient")))
 }
 
 /// Combines the statistics that data-parallel replicas took over disjoint blocks of one
@@ -86,9 +91,8 @@ pub fn all_reduce_stats(stats: GradientStats, local: usize, total: usize, comm: 
             .into_iter()
             .map(|name| {
                 let t = map.remove(&name).ok_or_else(|| Error::Invalid(format!("{name} vanished")))?;
-                let mut data = (t.flatten_all()? * scale)?.to_vec1::<f32>()?;
-                comm.all_reduce_sum(&mut data).map_err(|e| Error::collective(format!("all-reducing the statistics of {name}"), e))?;
-                Ok((name, Tensor::from_vec(data, t.shape(), t.device())?))
+                let sum = comm.all_reduce_sum_tensor(&(t * scale)?).map_err(|e| Error::collective(format!("all-reducing the statistics of {name}"), e))?;
+                Ok((name, sum))
             })
             .collect()
     };

@@ -151,19 +151,17 @@ pub fn train_step(
     Ok(StepStats { losses, grad_norm, lr, trained_tokens })
 }
 
-/// Sums the gradients over the ranks in one flat buffer (one collective call per step).
+/// Sums the gradients over the ranks in one flat buffer (one collective call per step), on
+/// the device that holds them.
 fn all_reduce(grads: Vec<Tensor>, comm: &mut dyn Communicator) -> Result<Vec<Tensor>> {
-    let mut flat = Vec::with_capacity(grads.iter().map(Tensor::elem_count).sum());
-    for g in &grads {
-        flat.extend(g.flatten_all()?.to_vec1::<f32>()?);
-    }
-    comm.all_reduce_sum(&mut flat).map_err(|e| Error::collective("all-reducing the adapter gradients", e))?;
+    let flat = grads.iter().map(|g| g.flatten_all()).collect::<candle_core::Result<Vec<_>>>()?;
+    let sum = comm.all_reduce_sum_tensor(&Tensor::cat(&flat, 0)?).map_err(|e| Error::collective("all-reducing the adapter gradients", e))?;
     let mut at = 0;
     grads
         .iter()
         .map(|g| {
             let n = g.elem_count();
-            let t = Tensor::from_slice(&flat[at..at + n], g.shape(), g.device())?;
+            let t = sum.narrow(0, at, n)?.reshape(g.shape())?.to_dtype(g.dtype())?;
             at += n;
             Ok(t)
         })
