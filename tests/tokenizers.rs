@@ -113,3 +113,49 @@ fn saved_sentencepiece_tokenizer_keeps_its_bos() {
         assert_eq!(ids[0], f.bos_token_id);
     }
 }
+
+/// An export of SmolLM2's GGUF carries what transformers and lm-evaluation-harness read beside
+/// `tokenizer.json`: the special tokens of the GGUF's metadata (read independently with
+/// llama.cpp's `gguf` package: bos 1, eos 2, padding 2, unknown 0, no BOS added), its chat
+/// template, and the generation ids.
+#[test]
+fn a_gguf_exports_its_special_tokens_chat_template_and_generation_ids() {
+    let opened = llmprune_worker::loader::open_model(&llmprune_tests::smollm2_gguf()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let written = opened.tokenizer.save_companions(tmp.path(), 8192).unwrap();
+    assert_eq!(written, ["tokenizer_config.json", "special_tokens_map.json", "generation_config.json"]);
+    let read = |name: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(tmp.path().join(name)).unwrap()).unwrap() };
+    let config = read("tokenizer_config.json");
+    assert_eq!(config["bos_token"], "<|im_start|>");
+    assert_eq!(config["eos_token"], "<|im_end|>");
+    assert_eq!(config["pad_token"], "<|im_end|>");
+    assert_eq!(config["unk_token"], "<|endoftext|>");
+    assert_eq!(config["add_bos_token"], false);
+    assert_eq!(config["tokenizer_class"], "PreTrainedTokenizerFast");
+    assert_eq!(config["model_max_length"], 8192);
+    assert!(config["chat_template"].as_str().unwrap().starts_with("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system"));
+    let map = read("special_tokens_map.json");
+    assert_eq!((&map["bos_token"], &map["eos_token"], &map["pad_token"]), (&config["bos_token"], &config["eos_token"], &config["pad_token"]));
+    assert_eq!(read("generation_config.json"), serde_json::json!({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}));
+}
+
+/// A Hugging Face directory's own companion files travel unchanged; a bare tokenizer.json
+/// has none to write.
+#[test]
+fn a_hugging_face_directorys_companion_files_are_copied_unchanged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = llmprune_tests::tiny_model_dir("tiny_gqa", tmp.path());
+    let bare = llmprune_worker::loader::open_model(&dir).unwrap();
+    let out = tmp.path().join("bare");
+    std::fs::create_dir(&out).unwrap();
+    assert!(bare.tokenizer.save_companions(&out, 64).unwrap().is_empty());
+    let config = "{\"bos_token\": \"w1\", \"custom\": [1, 2]}\n";
+    std::fs::write(dir.join("tokenizer_config.json"), config).unwrap();
+    std::fs::write(dir.join("generation_config.json"), "{\"eos_token_id\": 2}").unwrap();
+    let opened = llmprune_worker::loader::open_model(&dir).unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    assert_eq!(opened.tokenizer.save_companions(&out, 64).unwrap(), ["tokenizer_config.json", "generation_config.json"]);
+    assert_eq!(std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap(), config);
+    assert_eq!(std::fs::read_to_string(out.join("generation_config.json")).unwrap(), "{\"eos_token_id\": 2}");
+}

@@ -1,11 +1,18 @@
-//! Logging: structured tracing on stderr, filtered by RUST_LOG (default `info`).
+//! Logging: structured tracing on stderr, filtered by RUST_LOG (default `info`); coloured only
+//! on a terminal and without NO_COLOR (a log file or a pipe gets plain text).
 
 use crate::settings::LogFormat;
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
+
+/// Whether stderr takes ANSI colours: a terminal, and no `NO_COLOR` (no-color.org).
+pub fn colour_on_stderr() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
 
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour_on_stderr());
     // A second initialisation (tests calling run twice) is harmless; ignore it.
     let _ = match format {
         LogFormat::Text => builder.try_init(),

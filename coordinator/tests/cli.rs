@@ -43,9 +43,10 @@ fn the_device_is_a_parameter_and_a_missing_backend_is_named() {
     let base = ["ppl", "--model", model.to_str().unwrap(), "--data", &ptb, "--max-chunks", "1", "--seq-len", "32"];
     let out = llmprune(&[&base[..], &["--device", "gpu"]].concat(), &[]);
     fails_with(&out, &["device (--device) `gpu`: expected cpu or cuda:N"]);
-    // This build has no CUDA backend: the device is refused by name, not ignored.
+    // This build has no CUDA backend: the device is refused by name, not ignored, with the way
+    // to a build that has one.
     let out = llmprune(&[&base[..], &["--device", "cuda:0"]].concat(), &[]);
-    fails_with(&out, &["--device cuda:0", "CPU only"]);
+    fails_with(&out, &["--device cuda:0", "CPU only", "--features cuda", "scripts/setup-cuda.sh"]);
     let out = llmprune(&base, &[("LLMPRUNE_DEVICE", "cuda:1")]);
     fails_with(&out, &["--device cuda:1"]);
     let out = llmprune(&[&base[..], &["--device", "cpu"]].concat(), &[]);
@@ -197,6 +198,8 @@ fn prune_writes_a_loadable_model_with_plan_and_report() {
         "16",
     ]);
     assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    // Logs to a pipe (or a file) are plain text.
+    assert!(!res.stderr.contains(&0x1b), "ANSI escapes in logs that go to a pipe");
     let read = |f: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(out.join(f)).unwrap()).unwrap() };
     let config = read("config.json");
     assert_eq!(config["num_attention_heads_per_layer"], serde_json::json!([3, 2, 2]));
@@ -420,4 +423,27 @@ fn synth_writes_a_seeded_random_model_of_the_architecture() {
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let ppl = doc["results"]["ptb"]["ppl"].as_f64().unwrap();
     assert!((ppl / 49152.0 - 1.0).abs() < 0.2, "a random model's perplexity {ppl} is near the vocabulary size");
+}
+
+#[test]
+fn the_papers_criterion_names_are_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir("tiny_gqa", tmp.path());
+    let ids = tmp.path().join("calib.json");
+    std::fs::write(&ids, "[[1, 5, 9, 13, 40, 41, 42, 7], [90, 2, 3, 60, 61, 62, 8, 9]]").unwrap();
+    let (m, i) = (model.to_str().unwrap(), ids.to_str().unwrap());
+    let runs = std::cell::Cell::new(0);
+    let plan = |criterion: &str| -> serde_json::Value {
+        runs.set(runs.get() + 1);
+        let out = tmp.path().join(format!("{criterion}-{}", runs.get()));
+        let res = llmprune(&["prune", "--model", m, "--calibration-ids", i, "--ratio", "0.5", "--criterion", criterion, "--out", out.to_str().unwrap()], &[]);
+        assert!(res.status.success(), "--criterion {criterion}: {}", String::from_utf8_lossy(&res.stderr));
+        let plan: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("plan.json")).unwrap()).unwrap();
+        plan["steps"].clone()
+    };
+    // Paper Table 1's Element¹ (first-order Taylor), Element² and Vector.
+    assert_eq!(plan("element1"), plan("param-first"));
+    assert_eq!(plan("taylor"), plan("param-first"));
+    assert_eq!(plan("element2"), plan("param-second"));
+    assert_eq!(plan("vector"), plan("vectorize"));
 }

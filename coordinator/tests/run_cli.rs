@@ -127,6 +127,23 @@ fn one_command_runs_the_whole_job_and_resumes_after_a_lost_worker() {
     // The seed reached every phase.
     assert_eq!(read(&out.join("pruned/plan.json"))["settings"]["seed"], 3);
     assert_eq!(recovered["optimizer"]["seed"], 3);
+
+    // Resumed with other settings, a finished phase is not passed off as done: the run stops
+    // before anything runs, naming the keys, and leaves the run as it was.
+    let before = std::fs::read_to_string(out.join("report.json")).unwrap();
+    let e = stderr(&llmprune(&["--config", c, "--set", "prune.ratio=0.5", "run", "--resume"], &[]));
+    assert_contains(&e, &["phase `prune` finished before with other settings: prune.ratio: 0.25 → 0.5", "pruned"]);
+    let e = stderr(&llmprune(&["--config", c, "--set", "recover.max_steps=200", "run", "--resume"], &[]));
+    assert_contains(&e, &["phase `recover` finished before with other settings: recover.max_steps: null → 200"]);
+    assert_eq!(std::fs::read_to_string(out.join("report.json")).unwrap(), before);
+    // Resumed as it was: every phase skipped, and the time table keeps what they took.
+    let seconds = report["seconds"].clone();
+    ok(&llmprune(&["--config", c, "run", "--resume"], &[]));
+    let again = read(&out.join("report.json"));
+    for phase in ["prune", "eval-dense", "eval-pruned", "eval-recovered"] {
+        assert_eq!(again["seconds"][phase], seconds[phase], "{phase}");
+    }
+    assert!(again["seconds"]["total"].as_f64().unwrap() >= seconds["prune"].as_f64().unwrap() + seconds["recover"].as_f64().unwrap());
 }
 
 #[test]

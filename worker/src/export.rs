@@ -62,12 +62,15 @@ impl ModelDir {
         write_index_into(self.tmp.path(), shards, total_bytes)
     }
 
-    /// `config.json` (saying the weights' `dtype`) and `tokenizer.json`.
+    /// `config.json` (saying the weights' `dtype`), `tokenizer.json` and the tokenizer's
+    /// companions (special tokens, chat template, generation ids).
     pub fn write_model_files(&self, spec: &ModelSpec, tokenizer: &TextTokenizer, dtype: WeightDtype) -> Result<()> {
         let mut config = spec.to_hf_config();
         config["torch_dtype"] = serde_json::json!(dtype.torch_name());
         self.write_json("config.json", &config)?;
-        tokenizer.save(&self.tmp.path().join("tokenizer.json"))
+        tokenizer.save(&self.tmp.path().join("tokenizer.json"))?;
+        tokenizer.save_companions(self.tmp.path(), spec.max_position_embeddings)?;
+        Ok(())
     }
 
     /// Renames the directory into place.

@@ -88,8 +88,12 @@ enum FaultArg {
 fn main() -> Result<()> {
     llmprune_worker::memory::configure_allocator();
     let cli = Cli::parse();
+    // Colour only on a terminal without NO_COLOR: workers started by the coordinator write to
+    // a pipe, and logs redirected to a file stay plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()));
     match cli.serve.log_format {
         LogFormat::Text => logs.init(),

@@ -5,6 +5,7 @@ pub mod config;
 pub mod eval;
 pub mod fetch;
 pub mod generate;
+pub mod phase_stamp;
 pub mod ppl;
 pub mod prune;
 pub mod recover;

@@ -4,10 +4,13 @@
 //! settings (`[prune]` is `PruneSettings`, the settings `llmprune prune` flattens into its
 //! flags), read with the configuration's type conversions, so every phase is planned and
 //! checked before anything runs. Each phase writes its own subdirectory; `--resume` skips the
-//! finished ones and continues an interrupted prune or recovery from its checkpoint.
+//! phases that finished with the settings they would run with now (`phase_stamp`), refuses
+//! those that finished with others, and continues an interrupted prune or recovery from its
+//! checkpoint.
 
 use crate::cli::{ClusterArgs, EvalArgs, PruneArgs, RecoverArgs, RunArgs};
 use crate::commands::cluster::{cluster_config, ClusterSession};
+use crate::commands::phase_stamp::Stamp;
 use crate::report::{write_report, RunOutputs};
 use crate::settings::{PhaseOptions, Settings};
 use anyhow::{anyhow, bail, Context, Result};
@@ -94,10 +97,10 @@ struct Plan {
     out: PathBuf,
     /// Each phase as the command it runs, for --dry-run.
     commands: Vec<String>,
-    prune: PruneArgs,
-    recover: RecoverArgs,
+    prune: (PruneArgs, Stamp),
+    recover: (RecoverArgs, Stamp),
     /// Evaluation of the dense, pruned and recovered models.
-    evals: Vec<(String, EvalArgs)>,
+    evals: Vec<(String, EvalArgs, Stamp)>,
     cluster: Option<ClusterArgs>,
 }
 
@@ -138,6 +141,7 @@ fn plan(settings: &Settings, args: &RunArgs) -> Result<Plan> {
         flags.push(("replicas", replicas.to_string()));
     }
     commands.push(command_line("prune", &flags, &prune.job)?);
+    let prune_stamp = Stamp::new("prune", &model, &prune.job, &[])?;
 
     let mut job: llmprune_shared::jobs::RecoverSettings = phase_settings("recover", &settings.recover)?;
     job.seed = seed;
@@ -150,45 +154,65 @@ fn plan(settings: &Settings, args: &RunArgs) -> Result<Plan> {
         flags.push(("stages", stages.to_string()));
     }
     commands.push(command_line("recover", &flags, &recover.job)?);
+    let recover_stamp = Stamp::new("recover", &path(&pruned), &recover.job, &[&prune_stamp])?;
 
     let job: llmprune_shared::jobs::EvalSettings = phase_settings("eval", &settings.eval)?;
     let mut evals = Vec::new();
-    for (name, m) in [("dense", model), ("pruned", path(&pruned)), ("recovered", path(&recovered))] {
+    for (name, m, inputs) in [("dense", model, vec![]), ("pruned", path(&pruned), vec![&prune_stamp]), ("recovered", path(&recovered), vec![&recover_stamp])] {
         let eval_out = out.join("eval").join(format!("{name}.json"));
         let args = EvalArgs { model: m.clone(), job: job.clone(), name: Some(name.to_string()), out: eval_out.clone(), cluster: phase_cluster(1) };
         crate::commands::eval::check_args(&args).map_err(|e| in_keys("eval", e))?;
+        let stamp = Stamp::new(&format!("eval-{name}"), &m, &args.job, &inputs)?;
         commands.push(command_line("eval", &[("model", m), ("out", path(&eval_out)), ("name", name.to_string())], &args.job)?);
-        evals.push((name.to_string(), args));
+        evals.push((name.to_string(), args, stamp));
     }
     let cluster = (w.local.is_some() || w.remote.is_some()).then(|| ClusterArgs { inject_fault: args.inject_fault.clone(), ..phase_cluster(1) });
-    Ok(Plan { out, commands, prune, recover, evals, cluster })
+    Ok(Plan { out, commands, prune: (prune, prune_stamp), recover: (recover, recover_stamp), evals, cluster })
 }
 
 /// Runs the phases in order on one cluster, timing each.
 struct Runner<'a> {
     settings: &'a Settings,
     run_id: &'a str,
+    out: &'a Path,
     session: Option<ClusterSession>,
     seconds: serde_json::Map<String, Value>,
+    /// Seconds of the phases finished before (skipped now), by phase.
+    finished: std::collections::HashMap<String, f64>,
 }
 
 impl Runner<'_> {
-    fn phase(&mut self, name: &str, done: bool, f: impl FnOnce(&Settings, &str, Option<&mut ClusterSession>) -> Result<()>) -> Result<()> {
-        if done {
-            tracing::info!(phase = name, "finished before: skipped (--resume)");
+    fn phase(&mut self, stamp: &Stamp, f: impl FnOnce(&Settings, &str, Option<&mut ClusterSession>) -> Result<()>) -> Result<()> {
+        let name = stamp.phase.as_str();
+        if let Some(&seconds) = self.finished.get(name) {
+            tracing::info!(phase = name, "finished before with these settings: skipped (--resume)");
+            self.seconds.insert(name.to_string(), seconds.into());
             return Ok(());
         }
         tracing::info!(phase = name, "phase starts");
         let t = Instant::now();
         f(self.settings, self.run_id, self.session.as_mut()).with_context(|| format!("phase `{name}`"))?;
-        self.seconds.insert(name.to_string(), t.elapsed().as_secs_f64().into());
+        let seconds = t.elapsed().as_secs_f64();
+        stamp.write(self.out, seconds)?;
+        self.seconds.insert(name.to_string(), seconds.into());
         Ok(())
     }
 
-    fn eval(&mut self, (name, args): (String, EvalArgs)) -> Result<()> {
-        let done = args.out.is_file();
-        self.phase(&format!("eval-{name}"), done, |st, id, s| crate::commands::eval::run(st, id, args, s))
+    fn eval(&mut self, (_, args, stamp): (String, EvalArgs, Stamp)) -> Result<()> {
+        self.phase(&stamp, |st, id, s| crate::commands::eval::run(st, id, args, s))
     }
+}
+
+/// The phases that finished before, each checked against the settings it would run with now
+/// (any that differ stop the run before anything runs), with their recorded seconds.
+fn finished_phases(out: &Path, phases: &[(&Stamp, PathBuf, bool)]) -> Result<std::collections::HashMap<String, f64>> {
+    let mut finished = std::collections::HashMap::new();
+    for (stamp, output, done) in phases {
+        if *done {
+            finished.insert(stamp.phase.clone(), stamp.check_finished(out, output)?);
+        }
+    }
+    Ok(finished)
 }
 
 pub fn run(settings: &Settings, run_id: &str, args: RunArgs) -> Result<()> {
@@ -213,20 +237,26 @@ pub fn run(settings: &Settings, run_id: &str, args: RunArgs) -> Result<()> {
     if out.exists() && !args.resume {
         bail!("out {}: already exists; `llmprune run --resume` continues that run", out.display());
     }
+    let (pruned_plan, recover_report) = (out.join("pruned/plan.json"), out.join("recovered/recover_report.json"));
+    let mut checks = vec![(&prune.1, out.join("pruned"), pruned_plan.is_file()), (&recover.1, out.join("recovered"), recover_report.is_file())];
+    checks.extend(evals.iter().map(|(_, a, stamp)| (stamp, a.out.clone(), a.out.is_file())));
+    let finished = finished_phases(&out, &checks)?;
     std::fs::create_dir_all(out.join("eval")).with_context(|| format!("creating {}", out.display()))?;
     let session = match &cluster {
         Some(c) => Some(ClusterSession::start(cluster_config(settings, c)?, run_id)?),
         None => None,
     };
-    let mut runner = Runner { settings, run_id, session, seconds: serde_json::Map::new() };
+    let mut runner = Runner { settings, run_id, out: &out, session, seconds: serde_json::Map::new(), finished };
     let mut evals = evals.into_iter();
     let phases = || -> Result<()> {
         let mut next_eval = || evals.next().ok_or_else(|| anyhow!("no evaluation planned"));
         let (dense, pruned, recovered) = (next_eval()?, next_eval()?, next_eval()?);
         runner.eval(dense)?;
-        runner.phase("prune", out.join("pruned/plan.json").is_file(), |st, id, s| crate::commands::prune::run(st, id, prune, s))?;
+        let (prune, stamp) = prune;
+        runner.phase(&stamp, |st, id, s| crate::commands::prune::run(st, id, prune, s))?;
         runner.eval(pruned)?;
-        runner.phase("recover", out.join("recovered/recover_report.json").is_file(), |st, id, s| crate::commands::recover::run(st, id, recover, s))?;
+        let (recover, stamp) = recover;
+        runner.phase(&stamp, |st, id, s| crate::commands::recover::run(st, id, recover, s))?;
         runner.eval(recovered)
     };
     let result = phases();
@@ -234,7 +264,9 @@ pub fn run(settings: &Settings, run_id: &str, args: RunArgs) -> Result<()> {
         s.finish();
     }
     result?;
-    let report = write_report(&RunOutputs::at(&out), &runner.seconds, t0.elapsed().as_secs_f64())?;
+    // The run's total: this invocation, and the phases it found finished (as they took then).
+    let earlier: f64 = runner.finished.values().sum();
+    let report = write_report(&RunOutputs::at(&out), &runner.seconds, t0.elapsed().as_secs_f64() + earlier)?;
     println!("report: {}", report.display());
     Ok(())
 }

@@ -91,10 +91,16 @@ pub enum Criterion {
     /// `Σ_k w_k²` per channel.
     L2,
     /// Vector-wise Taylor (paper Eq. 3, "Vector"): `|Σ_k w_k g_k|`.
+    #[cfg_attr(feature = "clap", value(alias = "vector"))]
+    #[serde(alias = "vector")]
     Vectorize,
     /// Element-wise first order (paper "Element¹", Taylor): `Σ_k |w_k g_k|`.
+    #[cfg_attr(feature = "clap", value(alias = "element1", alias = "taylor"))]
+    #[serde(alias = "element1", alias = "taylor")]
     ParamFirst,
     /// Element-wise second order (paper "Element²"): `Σ_k |w_k F_kk w_k|`, `F` the diagonal Fisher.
+    #[cfg_attr(feature = "clap", value(alias = "element2"))]
+    #[serde(alias = "element2")]
     ParamSecond,
     /// `Σ_k |w_k g_k − ½ w_k F_kk w_k|`.
     ParamMix,

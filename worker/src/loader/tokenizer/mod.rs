@@ -1,6 +1,9 @@
 //! Tokenizers: a Hugging Face `tokenizer.json`, or one rebuilt from GGUF metadata.
 
+mod companions;
 mod from_gguf;
+
+pub use companions::Companions;
 
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file::Value;
@@ -15,6 +18,8 @@ pub struct TextTokenizer {
     /// Prepended by us when the GGUF asks for a BOS (tokenizer.json files do it themselves).
     bos: Option<u32>,
     source: PathBuf,
+    /// Special tokens, chat template and generation ids, written beside an export.
+    companions: Companions,
 }
 
 impl TextTokenizer {
@@ -23,13 +28,14 @@ impl TextTokenizer {
             return Err(Error::Tokenizer { path: path.into(), reason: "file not found".into() });
         }
         let inner = Tokenizer::from_file(path).map_err(|e| Error::Tokenizer { path: path.into(), reason: e.to_string() })?;
-        Ok(Self { inner, bos: None, source: path.to_path_buf() })
+        let companions = Companions::read_dir(path.parent().unwrap_or(Path::new(".")))?;
+        Ok(Self { inner, bos: None, source: path.to_path_buf(), companions })
     }
 
     /// Rebuilds the tokenizer llama.cpp stored in `tokenizer.ggml.*`.
     pub fn from_gguf(path: &Path, meta: &HashMap<String, Value>) -> Result<Self> {
         let (inner, bos) = from_gguf::build(meta).map_err(|reason| Error::Tokenizer { path: path.into(), reason })?;
-        Ok(Self { inner, bos, source: path.to_path_buf() })
+        Ok(Self { inner, bos, source: path.to_path_buf(), companions: Companions::from_gguf(meta, bos.is_some()) })
     }
 
     /// Token ids of `text`, with the BOS the model expects (if any).
@@ -75,6 +81,18 @@ impl TextTokenizer {
             inner.with_post_processor(Some(template));
         }
         inner.save(path, true).map_err(|e| err(e.to_string()))
+    }
+
+    /// Writes the files other tools read beside `tokenizer.json` into `dir`
+    /// (`tokenizer_config.json`, `special_tokens_map.json`, `generation_config.json`, …), for
+    /// a model of `max_length` positions; returns their names.
+    pub fn save_companions(&self, dir: &Path, max_length: usize) -> Result<Vec<String>> {
+        let files = self.companions.files(|id| self.inner.id_to_token(id), max_length)?;
+        for (name, bytes) in &files {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(files.into_iter().map(|(name, _)| name).collect())
     }
 
     /// Tokens including added ones.
