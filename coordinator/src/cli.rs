@@ -14,7 +14,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The options every command takes, shown under their own heading after the command's own.
 #[derive(Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// TOML configuration file (overridden by LLMPRUNE_* variables and by flags).
     #[arg(long, global = true)]
@@ -233,7 +235,9 @@ pub struct PruneArgs {
     pub cluster: ClusterArgs,
 }
 
+/// Where a command runs, under its own heading.
 #[derive(Args)]
+#[command(next_help_heading = "Cluster")]
 pub struct ClusterArgs {
     /// Start N `llmprune-worker` processes on this machine and shard the model across them.
     #[arg(long, value_name = "N", conflicts_with = "workers")]

@@ -200,6 +200,15 @@ fn prune_writes_a_loadable_model_with_plan_and_report() {
     assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
     // Logs to a pipe (or a file) are plain text.
     assert!(!res.stderr.contains(&0x1b), "ANSI escapes in logs that go to a pipe");
+    // Weights and reports have the mode of any file created there (temporaries' 0600 gone).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let created = llmprune_worker::file_mode::created_file_mode(tmp.path()).unwrap();
+    for f in ["model.safetensors", "config.json", "plan.json", "prune_report.json", "tokenizer.json"] {
+        assert_eq!(mode(&out.join(f)), created, "{f}");
+    }
+    assert_eq!(mode(&out) & 0o700, 0o700);
+    assert_eq!(mode(&out) & 0o055, (created & 0o044) | ((created & 0o044) >> 2), "the output directory is as readable as its files");
     let read = |f: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(out.join(f)).unwrap()).unwrap() };
     let config = read("config.json");
     assert_eq!(config["num_attention_heads_per_layer"], serde_json::json!([3, 2, 2]));

@@ -73,11 +73,13 @@ impl ModelDir {
         Ok(())
     }
 
-    /// Renames the directory into place.
+    /// Renames the directory into place, with the modes of files created there (the
+    /// temporaries' 0600 and 0700 served while it was partial).
     pub fn commit(self) -> Result<()> {
         if self.target.exists() {
             return Err(Error::file(&self.target, "appeared while the model was being written; not overwritten"));
         }
+        crate::file_mode::as_created(self.tmp.path()).map_err(|e| Error::io(self.tmp.path(), e))?;
         // On failure the temporary directory is still owned, and deleted on drop.
         std::fs::rename(self.tmp.path(), &self.target).map_err(|e| Error::io(&self.target, e))?;
         let _moved = self.tmp.keep();

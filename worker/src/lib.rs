@@ -7,6 +7,7 @@ pub mod collective;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod file_mode;
 pub mod generate;
 pub mod loader;
 pub mod lora;

@@ -19,7 +19,6 @@ use llmprune_worker::eval::zeroshot::metrics::{task_scores, DocResult};
 use llmprune_worker::eval::zeroshot::tasks::Task;
 use llmprune_worker::loader::{model_checksum, open_model};
 use serde_json::{json, Map, Value};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -161,14 +160,7 @@ fn results_json(
 /// table (`results.md`), each written under a temporary name and renamed.
 fn write_outputs(out: &Path, results: &Value, per_task: &[(Task, Vec<DocResult>)]) -> Result<()> {
     let side = |ext: &str| -> PathBuf { out.with_extension(ext) };
-    let write = |path: &Path, text: &str| -> Result<()> {
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing in {}", dir.display()))?;
-        tmp.write_all(text.as_bytes())?;
-        tmp.persist(path).with_context(|| format!("writing {}", path.display()))?;
-        Ok(())
-    };
+    let write = |path: &Path, text: &str| crate::commands::write_file_atomic(path, text.as_bytes());
     let mut lines = String::new();
     for (task, docs) in per_task {
         for d in docs {

@@ -39,15 +39,21 @@ pub fn worker_settings_in_flags<T: clap::Args>(e: anyhow::Error) -> anyhow::Erro
 /// Writes JSON to a temporary file beside `path`, then renames it: a crash never leaves a
 /// half-written file that looks complete.
 pub fn write_json_atomic(path: &Path, value: &serde_json::Value) -> Result<()> {
+    write_file_atomic(path, (serde_json::to_string_pretty(value)? + "\n").as_bytes())
+}
+
+/// Writes `path` through a temporary file in its directory, renamed into place with the mode
+/// of a file created there.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing in {}", dir.display()))?;
-    serde_json::to_writer_pretty(&mut tmp, value)?;
-    tmp.write_all(b"\n")?;
+    tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
+    llmprune_worker::file_mode::as_created(tmp.path()).with_context(|| format!("writing {}", path.display()))?;
     tmp.persist(path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
