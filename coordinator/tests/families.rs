@@ -71,3 +71,38 @@ fn qwen3_and_glm_prune_export_and_load_in_transformers() {
         }
     }
 }
+
+/// A LLaMA pruned unevenly (heads of layer 0, neurons of layer 1) exports with a
+/// `modeling_llmprune.py` and a `model_type` stock transformers refuses without
+/// `trust_remote_code`; with it, transformers computes llmprune's logits
+/// (`tests/golden/gen_nonuniform_export.py`, the same prune, checks the refusal and stores them).
+#[test]
+fn an_uneven_llama_exports_code_transformers_loads_to_the_same_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir("tiny_gqa", tmp.path());
+    let calib = tmp.path().join("calib.json");
+    std::fs::write(&calib, CALIBRATION).unwrap();
+    let out = tmp.path().join("pruned");
+    prune(&model, &calib, &["--criterion", "param-first", "--attn-layers", "0:1", "--mlp-layers", "1:2"], &out);
+
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["model_type"], "llmprune_llama");
+    assert_eq!(config["auto_map"]["AutoModelForCausalLM"], "modeling_llmprune.LlmpruneLlamaForCausalLM");
+    assert_eq!(std::fs::read_to_string(out.join("modeling_llmprune.py")).unwrap(), llmprune_worker::export::NONUNIFORM_LLAMA_MODELING);
+
+    let golden = load_tensors(&fixture("tiny_gqa").join("nonuniform_export_golden.safetensors"));
+    let ids = golden["input_ids"].to_dtype(DType::U32).unwrap();
+    let loaded = load_model(&out, LoadOptions::full, &Device::Cpu).unwrap();
+    assert!(!loaded.model.spec.is_uniform());
+    for exec in [Exec::Inference, Exec::Differentiable] {
+        let d = max_abs_diff(&loaded.model.logits(&ids, exec).unwrap(), &golden["logits"]);
+        assert!(d <= 1e-4, "{exec:?}: transformers' logits of the uneven export differ from llmprune's by {d}");
+    }
+    assert_eq!(loaded.model.spec.n_params(), golden["params"].to_vec1::<i64>().unwrap()[0] as usize);
+    // A plan replays to the same files, config and code included.
+    let replay = tmp.path().join("replayed");
+    ok(&llmprune(&["apply-plan", "--model", model.to_str().unwrap(), "--plan", out.join("plan.json").to_str().unwrap(), "--out", replay.to_str().unwrap()]));
+    for f in ["config.json", "modeling_llmprune.py"] {
+        assert_eq!(std::fs::read(replay.join(f)).unwrap(), std::fs::read(out.join(f)).unwrap(), "{f}");
+    }
+}

@@ -13,6 +13,12 @@ use std::path::{Path, PathBuf};
 pub const HEADS_PER_LAYER_KEY: &str = "num_attention_heads_per_layer";
 pub const KV_HEADS_PER_LAYER_KEY: &str = "num_key_value_heads_per_layer";
 pub const INTERMEDIATE_PER_LAYER_KEY: &str = "intermediate_size_per_layer";
+/// The `model_type` of a LLaMA with per-layer widths: transformers refuses it unless loaded
+/// with the exported `modeling_llmprune.py` (`trust_remote_code=True`), never silently with
+/// re-initialised layers.
+pub const NONUNIFORM_LLAMA_MODEL_TYPE: &str = "llmprune_llama";
+/// The Python module beside such a model that defines it for transformers.
+pub const NONUNIFORM_LLAMA_MODULE: &str = "modeling_llmprune";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -69,7 +75,7 @@ impl Architecture {
     /// The family a config's `model_type` names (`smollm` is LLaMA's layout).
     fn from_model_type(model_type: &str) -> Option<Self> {
         match model_type {
-            "smollm" => Some(Architecture::Llama),
+            "smollm" | NONUNIFORM_LLAMA_MODEL_TYPE => Some(Architecture::Llama),
             t => Self::ALL.into_iter().find(|a| a.model_type() == t),
         }
     }
@@ -407,6 +413,15 @@ impl ModelSpec {
                 }),
             };
             obj.insert("rope_scaling".into(), v);
+        }
+        if !uniform && self.architecture == Architecture::Llama {
+            let module = NONUNIFORM_LLAMA_MODULE;
+            obj.insert("model_type".into(), json!(NONUNIFORM_LLAMA_MODEL_TYPE));
+            obj.insert("architectures".into(), json!(["LlmpruneLlamaForCausalLM"]));
+            obj.insert(
+                "auto_map".into(),
+                json!({"AutoConfig": format!("{module}.LlmpruneLlamaConfig"), "AutoModelForCausalLM": format!("{module}.LlmpruneLlamaForCausalLM")}),
+            );
         }
         if !uniform {
             let per = |f: fn(&LayerShape) -> usize| json!(self.layers.iter().map(f).collect::<Vec<_>>());

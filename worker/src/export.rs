@@ -67,6 +67,10 @@ impl ModelDir {
     pub fn write_model_files(&self, spec: &ModelSpec, tokenizer: &TextTokenizer, dtype: WeightDtype) -> Result<()> {
         let mut config = spec.to_hf_config();
         config["torch_dtype"] = serde_json::json!(dtype.torch_name());
+        if config["model_type"] == llmprune_shared::model_spec::NONUNIFORM_LLAMA_MODEL_TYPE {
+            let path = self.tmp.path().join(format!("{}.py", llmprune_shared::model_spec::NONUNIFORM_LLAMA_MODULE));
+            std::fs::write(&path, NONUNIFORM_LLAMA_MODELING).map_err(|e| Error::io(&path, e))?;
+        }
         self.write_json("config.json", &config)?;
         tokenizer.save(&self.tmp.path().join("tokenizer.json"))?;
         tokenizer.save_companions(self.tmp.path(), spec.max_position_embeddings)?;
@@ -160,6 +164,9 @@ pub fn export_model(
     }
     out.commit()
 }
+
+/// transformers' definition of a LLaMA with per-layer widths, written beside such exports.
+pub const NONUNIFORM_LLAMA_MODELING: &str = include_str!("../hf/modeling_llmprune.py");
 
 /// The dtype `weights` are held in (f32 when there are none).
 fn held_dtype(weights: &HashMap<String, Tensor>) -> WeightDtype {
