@@ -403,6 +403,28 @@ impl Drop for Cluster {
 /// Workers' progress events, logged per worker at debug level and, aggregated over the workers
 /// (the slowest worker's progress, the lowest rate, the longest ETA), every few seconds: a bar on
 /// a terminal, log lines otherwise.
+/// One line of a phase's progress in the user's units: `recovering: 12/30 steps (40%),
+/// 2310 tokens/s, ETA 1m05s` (rate and ETA only when known).
+fn progress_line(phase: &str, done: u64, total: u64, unit: &str, tokens_per_s: f64, eta_s: f64) -> String {
+    let mut line = format!("{phase}: {done}/{total} {unit}");
+    if total > 0 {
+        line.push_str(&format!(" ({:.0}%)", 100.0 * done as f64 / total as f64));
+    }
+    if tokens_per_s.is_finite() && tokens_per_s > 0.0 {
+        line.push_str(&format!(", {tokens_per_s:.0} tokens/s"));
+    }
+    if done < total && eta_s.is_finite() && eta_s > 0.0 {
+        let s = eta_s.round() as u64;
+        let eta = match s {
+            0..60 => format!("{s}s"),
+            60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+            _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        };
+        line.push_str(&format!(", ETA {eta}"));
+    }
+    line
+}
+
 async fn render_progress(mut rx: mpsc::UnboundedReceiver<llmprune_shared::proto::ProgressEvent>) {
     let mut latest: HashMap<(String, String), llmprune_shared::proto::ProgressEvent> = HashMap::new();
     let mut bars: HashMap<String, Progress> = HashMap::new();
@@ -422,7 +444,18 @@ async fn render_progress(mut rx: mpsc::UnboundedReceiver<llmprune_shared::proto:
         bar.set(done);
         if last_log.elapsed() >= Duration::from_secs(5) || done == total {
             last_log = std::time::Instant::now();
-            tracing::info!(phase = %phase, workers = ranks.len(), done, total, unit = %unit, tokens_per_s = format!("{rate:.0}"), eta_s = format!("{eta:.0}"), "cluster progress");
+            tracing::info!(workers = ranks.len(), "{}", progress_line(&phase, done, total, &unit, rate, eta));
         }
+    }
+}
+
+#[cfg(test)]
+mod progress_tests {
+    #[test]
+    fn progress_lines_say_units_share_rate_and_eta() {
+        assert_eq!(super::progress_line("recovering", 12, 30, "steps", 2310.4, 65.0), "recovering: 12/30 steps (40%), 2310 tokens/s, ETA 1m05s");
+        assert_eq!(super::progress_line("scoring", 3, 10, "passes", f64::INFINITY, 0.0), "scoring: 3/10 passes (30%)");
+        assert_eq!(super::progress_line("evaluating", 10, 10, "batches", 99.0, 5.0), "evaluating: 10/10 batches (100%), 99 tokens/s");
+        assert_eq!(super::progress_line("loading", 1, 2, "shards", 0.0, 7265.0), "loading: 1/2 shards (50%), ETA 2h01m");
     }
 }

@@ -314,7 +314,13 @@ impl Runtime {
                 eta_s: r.eta_s,
                 ..Default::default()
             });
-            tracing::info!(step = r.step, total = r.total_steps, loss = format!("{:.4}", r.loss), lr = r.lr, tokens_per_s = format!("{:.0}", r.tokens_per_s), val_loss = ?r.val_loss, "step");
+            // Steps reach the coordinator as progress (one display for the run); a worker's own
+            // log keeps them at debug and says validation losses, which are rarer.
+            let (loss, lr, tokens_per_s) = (format!("{:.4}", r.loss), format!("{:.3e}", r.lr), format!("{:.0}", r.tokens_per_s));
+            match r.val_loss {
+                Some(v) => tracing::info!(step = r.step, total = r.total_steps, loss, val_loss = format!("{v:.4}"), "validation"),
+                None => tracing::debug!(step = r.step, total = r.total_steps, loss, lr, tokens_per_s, "step"),
+            }
         };
         let mut groups = TrainGroups { data: comms.replicas.as_mut(), pipeline: comms.pipeline.as_mut() };
         let layout = shard.layout.clone();
