@@ -42,12 +42,13 @@ fn all_reduce_matches_a_naive_sum_and_is_identical_on_every_rank() {
                 .collect::<Vec<_>>()
         });
         for (k, &len) in LENGTHS.iter().enumerate() {
-            for i in 0..len {
+            assert_eq!(results[0][k].len(), len);
+            for (i, &got) in results[0][k].iter().enumerate() {
                 let terms: Vec<f64> = (0..world).map(|r| values(r, len)[i] as f64).collect();
                 let want: f64 = terms.iter().sum();
                 // f32 rounding of each partial sum: a few ulps of the terms' magnitude.
                 let tol = 4.0 * f32::EPSILON as f64 * terms.iter().map(|t| t.abs()).sum::<f64>();
-                let got = results[0][k][i] as f64;
+                let got = got as f64;
                 assert!((got - want).abs() <= tol, "world {world} len {len} [{i}]: {got} vs {want}");
             }
             for r in 1..world {
