@@ -9,6 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA_DIR=${DATA_DIR:-../shared/data}
 OUT=${OUT:-runs/quickstart}
+for f in calib/smollm2_calib_ids.json instruct/alpaca_en_demo.json wikitext2/wiki.test.raw ptb/ptb.valid.txt zeroshot; do
+  [ -e "$DATA_DIR/$f" ] || { echo "quickstart: $DATA_DIR/$f is missing: the team data folder is expected beside the repository (set DATA_DIR=/path/to/data)" >&2; exit 2; }
+done
 cargo build --release --locked --bin llmprune --bin llmprune-worker
 sets=(
   --set "out=$OUT"

@@ -14,12 +14,9 @@ pub enum Error {
     Tensor { path: PathBuf, name: String, reason: String },
     #[error("{path}: tokenizer: {reason}")]
     Tokenizer { path: PathBuf, reason: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The cause is in the message (not a `source` too, which would print it twice).
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{0}")]
     Invalid(String),
     #[error("the plan does not fit the model: {0}")]
@@ -32,12 +29,8 @@ pub enum Error {
     #[error("tensor computation: {0}")]
     Compute(#[from] candle_core::Error),
     /// A peer of a collective, or the link to it, failed (or broke its protocol).
-    #[error("{context}: {source}")]
-    Collective {
-        context: String,
-        #[source]
-        source: crate::collective::CommError,
-    },
+    #[error("{context}: {error}")]
+    Collective { context: String, error: crate::collective::CommError },
     /// The coordinator could not be reached, refused this worker, or went silent.
     #[error("{context}: {reason}")]
     Coordinator { context: String, reason: String },
@@ -60,11 +53,11 @@ impl Error {
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io { path: path.into(), error: source }
     }
 
     pub(crate) fn collective(context: impl Into<String>, source: crate::collective::CommError) -> Self {
-        Error::Collective { context: context.into(), source }
+        Error::Collective { context: context.into(), error: source }
     }
 
     pub fn class(&self) -> ErrorClass {
@@ -78,12 +71,12 @@ impl Error {
             | Error::Plan(_)
             | Error::Planner(_)
             | Error::Job(_) => ErrorClass::BadInput,
-            Error::Io { source, .. } if matches!(source.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied | ErrorKind::AlreadyExists) => {
+            Error::Io { error, .. } if matches!(error.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied | ErrorKind::AlreadyExists) => {
                 ErrorClass::BadInput
             }
             Error::Io { .. } | Error::Compute(_) => ErrorClass::Fault,
             // Asked for what this build or group cannot do (NCCL missing, no such peer).
-            Error::Collective { source: crate::collective::CommError::Usage { .. }, .. } => ErrorClass::BadInput,
+            Error::Collective { error: crate::collective::CommError::Usage { .. }, .. } => ErrorClass::BadInput,
             Error::Collective { .. } | Error::Coordinator { .. } => ErrorClass::Retryable,
         }
     }

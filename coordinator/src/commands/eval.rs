@@ -37,7 +37,7 @@ fn request(args: &EvalArgs) -> Result<EvaluateRequest> {
             bail!("--data-dir {}: not a directory", dir.display());
         }
     }
-    crate::commands::ppl::parse_data(&job.ppl).map_err(|e| anyhow!("--ppl: {e:#}"))?;
+    crate::commands::ppl::parse_data("--ppl", &job.ppl)?;
     let req = EvaluateRequest {
         tasks,
         data_dir: job.data_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(),

@@ -16,15 +16,15 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// `NAME=FILE` pairs, checked before any model is loaded.
-pub(crate) fn parse_data(args: &[String]) -> Result<Vec<(CorpusKind, PathBuf)>> {
+/// `NAME=FILE` pairs given to `flag`, checked before any model is loaded.
+pub(crate) fn parse_data(flag: &str, args: &[String]) -> Result<Vec<(CorpusKind, PathBuf)>> {
     args.iter()
         .map(|a| {
-            let (name, file) = a.split_once('=').ok_or_else(|| anyhow!("--data {a}: expected NAME=FILE"))?;
-            let kind: CorpusKind = name.parse().map_err(|e| anyhow!("--data {a}: {e}"))?;
+            let (name, file) = a.split_once('=').ok_or_else(|| anyhow!("{flag} {a}: expected NAME=FILE"))?;
+            let kind: CorpusKind = name.parse().map_err(|e| anyhow!("{flag} {a}: {e}"))?;
             let path = PathBuf::from(file);
             if !path.is_file() {
-                return Err(anyhow!("--data {a}: {file} is not a readable file"));
+                return Err(anyhow!("{flag} {a}: {file} is not a readable file"));
             }
             Ok((kind, path))
         })
@@ -33,7 +33,7 @@ pub(crate) fn parse_data(args: &[String]) -> Result<Vec<(CorpusKind, PathBuf)>> 
 
 /// A phase's perplexity texts (`--data`, `--eval-ppl`) as a job, checked.
 pub(crate) fn ppl_job(flag: &str, data: &[String], seq_len: usize, batch_size: usize, max_chunks: Option<usize>) -> Result<PplJob> {
-    let data = parse_data(data).map_err(|e| anyhow!("{flag}: {e:#}"))?;
+    let data = parse_data(flag, data)?;
     if seq_len < 2 {
         return Err(anyhow!("--seq-len must be at least 2, got {seq_len}"));
     }

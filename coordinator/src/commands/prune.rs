@@ -75,12 +75,12 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
     let req = job.request(spec_before.n_layers()).map_err(|e| anyhow!(e.as_flag()))?;
     let (mut calibration, calibration_json): (Box<Calibration>, _) = match &job.calibration_ids {
         Some(path) => {
-            let w = read_token_ids(path, spec_before.vocab_size)?;
+            let w = read_token_ids(path, spec_before.vocab_size).map_err(|e| anyhow!("--calibration-ids {e}"))?;
             // Verbatim windows: every step uses them.
             (Box::new(move |_step| Ok(w.clone())), json!({"ids": path.display().to_string()}))
         }
         None if !job.calibration.is_empty() => {
-            let rows = read_rows(&job.calibration)?;
+            let rows = read_rows(&job.calibration).map_err(|e| anyhow!("--calibration {e}"))?;
             let files: Vec<String> = job.calibration.iter().map(|p| p.display().to_string()).collect();
             let (samples, seq_len) = (job.samples, job.seq_len);
             // One seeded stream for all steps: each step draws fresh windows, as the reference.

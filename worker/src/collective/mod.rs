@@ -22,27 +22,16 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommError {
-    #[error("rank {rank}: {what} with rank {peer} failed: {source}")]
-    Io {
-        rank: usize,
-        peer: usize,
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("rank {rank}: {what} with rank {peer} failed: {error}")]
+    Io { rank: usize, peer: usize, what: &'static str, error: std::io::Error },
     #[error("rank {rank}: no connection from rank {peer} within {waited:?}")]
     Timeout { rank: usize, peer: usize, waited: Duration },
     #[error("rank {rank}: {reason}")]
     Protocol { rank: usize, reason: String },
     #[error("rank {rank}: {reason}")]
     Usage { rank: usize, reason: String },
-    #[error("rank {rank}: {what}: {source}")]
-    Tensor {
-        rank: usize,
-        what: &'static str,
-        #[source]
-        source: Box<candle_core::Error>,
-    },
+    #[error("rank {rank}: {what}: {error}")]
+    Tensor { rank: usize, what: &'static str, error: Box<candle_core::Error> },
 }
 
 pub type CommResult<T> = std::result::Result<T, CommError>;

@@ -204,7 +204,7 @@ mod on_device {
     use cudarc::nccl::{NcclType, ReduceOp};
 
     fn tensor_err(rank: usize, what: &'static str) -> impl Fn(candle_core::Error) -> CommError {
-        move |source| CommError::Tensor { rank, what, source: Box::new(source) }
+        move |error| CommError::Tensor { rank, what, error: Box::new(error) }
     }
 
     /// Calls `f` with the contiguous CUDA buffer of `t` (of element type `T`).

@@ -117,7 +117,7 @@ impl TcpRing {
 }
 
 fn io(rank: usize, peer: usize, what: &'static str, source: std::io::Error) -> CommError {
-    CommError::Io { rank, peer, what, source }
+    CommError::Io { rank, peer, what, error: source }
 }
 
 /// Accepts connections until the previous rank presents the right cookie (others are dropped).

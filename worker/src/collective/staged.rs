@@ -6,7 +6,7 @@ use super::{CommError, CommResult, Communicator};
 use candle_core::{DType, Device, Tensor};
 
 fn tensor_error(rank: usize, what: &'static str) -> impl Fn(candle_core::Error) -> CommError {
-    move |source| CommError::Tensor { rank, what, source: Box::new(source) }
+    move |error| CommError::Tensor { rank, what, error: Box::new(error) }
 }
 
 fn host_values(rank: usize, t: &Tensor, what: &'static str) -> CommResult<Vec<f32>> {
