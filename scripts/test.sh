@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo build --release --workspace --locked
 # The GPU collectives (NCCL through cudarc, libraries loaded at run time) must keep compiling.
-cargo check -p llmprune-worker --features nccl --locked
+cargo build --release -p llmprune-worker --features nccl --locked
 # The GPU build (candle's CUDA backend, NCCL on device memory) compiles, links and starts on this
 # GPU-less machine: CUDA 13.0 from PyPI, candle's kernels cached outside the clone
 # (scripts/build-cuda.sh; cold ≈ 15 min on 2 cores, warm ≈ 2 min).
