@@ -62,7 +62,8 @@ else
   # The CUDA 13 libraries of the machine's PyTorch (cuBLAS, cudart, cuRAND, NVRTC, NCCL).
   SITE=$(python3 -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0]))')
   LIBS=$(find "$SITE/nvidia" -name 'lib*.so*' -printf '%h\n' | sort -u | paste -sd:)
-  export LD_LIBRARY_PATH=$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  # The driver's libcuda.so.1 is on the loader's path, or (in containers) in /usr/local/nvidia.
+  export LD_LIBRARY_PATH=$LIBS:/usr/local/nvidia/lib64:/usr/local/nvidia/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   if ldd "$BIN/llmprune" | grep 'not found' | tee -a "$LOG"; then say "libraries missing"; exit 1; fi
 fi
 LP=$BIN/llmprune
