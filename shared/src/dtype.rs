@@ -31,6 +31,18 @@ impl WeightDtype {
         choice.map_or("auto", Self::name)
     }
 
+    /// What [`Self::name_or_auto`] wrote.
+    pub fn parse_name_or_auto(name: &str) -> Result<Option<Self>, String> {
+        match name {
+            "auto" => Ok(None),
+            _ => [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16]
+                .into_iter()
+                .find(|d| d.name() == name)
+                .map(Some)
+                .ok_or_else(|| format!("`{name}` is not f32, f16, bf16 or auto")),
+        }
+    }
+
     /// As PyTorch and `config.json` spell it.
     pub fn torch_name(self) -> &'static str {
         match self {
@@ -80,5 +92,13 @@ mod tests {
             assert_eq!(WeightDtype::from_wire(proto::WeightDtype::from(d) as i32), Ok(d));
         }
         assert!(WeightDtype::from_wire(17).is_err());
+    }
+
+    #[test]
+    fn a_setting_reads_back_as_written() {
+        for choice in [None, Some(WeightDtype::F32), Some(WeightDtype::F16), Some(WeightDtype::Bf16)] {
+            assert_eq!(WeightDtype::parse_name_or_auto(WeightDtype::name_or_auto(choice)), Ok(choice));
+        }
+        assert_eq!(WeightDtype::parse_name_or_auto("fp8"), Err("`fp8` is not f32, f16, bf16 or auto".to_string()));
     }
 }

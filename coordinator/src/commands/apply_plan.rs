@@ -78,11 +78,6 @@ pub fn run(settings: &Settings, run_id: &str, args: ApplyPlanArgs) -> Result<()>
 fn plan_dtype(settings: &serde_json::Value) -> Result<Option<WeightDtype>> {
     match settings.get("dtype").and_then(serde_json::Value::as_str) {
         None => Ok(Some(WeightDtype::F32)),
-        Some("auto") => Ok(None),
-        Some(name) => [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16]
-            .into_iter()
-            .find(|d| d.name() == name)
-            .map(Some)
-            .ok_or_else(|| anyhow!("settings.dtype `{name}` is not f32, f16, bf16 or auto")),
+        Some(name) => WeightDtype::parse_name_or_auto(name).map_err(|e| anyhow!("settings.dtype {e}")),
     }
 }

@@ -65,8 +65,8 @@ fn differences(was: &Value, now: &Value, phase: &str) -> Vec<String> {
     if was["model"] != now["model"] {
         out.push(format!("model: {} → {}", was["model"], now["model"]));
     }
-    let (empty, empty2) = (serde_json::Map::new(), serde_json::Map::new());
-    let (a, b) = (was["settings"].as_object().unwrap_or(&empty), now["settings"].as_object().unwrap_or(&empty2));
+    let empty = serde_json::Map::new();
+    let (a, b) = (was["settings"].as_object().unwrap_or(&empty), now["settings"].as_object().unwrap_or(&empty));
     let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
     keys.sort();
     keys.dedup();

@@ -196,16 +196,13 @@ fn compute_stream(_: &candle_core::Device) -> Option<Arc<CudaStream>> {
 #[cfg(feature = "cuda")]
 mod on_device {
     use super::{err, NcclComm};
-    use crate::collective::{staged::check_length, CommError, CommResult};
+    use crate::collective::staged::{check_length, tensor_error as tensor_err};
+    use crate::collective::{CommError, CommResult};
     use candle_core::cuda::CudaDType;
     use candle_core::op::BackpropOp;
     use candle_core::{CudaStorage, DType, Device, Storage, Tensor};
     use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
     use cudarc::nccl::{NcclType, ReduceOp};
-
-    fn tensor_err(rank: usize, what: &'static str) -> impl Fn(candle_core::Error) -> CommError {
-        move |error| CommError::Tensor { rank, what, error: Box::new(error) }
-    }
 
     /// Calls `f` with the contiguous CUDA buffer of `t` (of element type `T`).
     fn with_buffer<T: CudaDType, R>(t: &Tensor, f: impl FnOnce(&cudarc::driver::CudaView<'_, T>) -> R) -> candle_core::Result<R> {

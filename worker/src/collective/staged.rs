@@ -5,7 +5,8 @@
 use super::{CommError, CommResult, Communicator};
 use candle_core::{DType, Device, Tensor};
 
-fn tensor_error(rank: usize, what: &'static str) -> impl Fn(candle_core::Error) -> CommError {
+/// A tensor operation of a collective's call, as that call's error.
+pub(super) fn tensor_error(rank: usize, what: &'static str) -> impl Fn(candle_core::Error) -> CommError {
     move |error| CommError::Tensor { rank, what, error: Box::new(error) }
 }
 
