@@ -3,7 +3,9 @@
 use std::path::Path;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    // Read when the script runs, not when it was compiled: a target directory shared by
+    // checkouts at other paths (the CUDA build's cache) reuses compiled build scripts.
+    let root = Path::new(&std::env::var("CARGO_MANIFEST_DIR")?).join("../proto");
     let files = ["pruner/v1/common.proto", "pruner/v1/coordinator.proto", "pruner/v1/worker.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

@@ -64,7 +64,8 @@ fn replicated(dir: &Path, cuts: &[usize], replicas: usize, windows: &[Vec<u32>],
             let (dir, cuts, windows) = (dir.to_path_buf(), cuts.to_vec(), windows.to_vec());
             let (pipe_addrs, copy_addrs) = (pipe_addrs[replica].clone(), copy_addrs[rank].clone());
             handles.push(std::thread::spawn(move || {
-                let opts = RingOptions { connect_timeout: Duration::from_secs(20), io_timeout: Some(Duration::from_secs(60)), cookie: 1 };
+                let opts =
+                    RingOptions { connect_timeout: Duration::from_secs(20), io_timeout: Some(Duration::from_secs(60)), secret: vec![1], ..Default::default() };
                 let pipeline = Box::new(TcpRing::connect(rank, &pipe_addrs, listener, &opts).unwrap());
                 let replicas_ring = Box::new(TcpRing::connect(replica, &copy_addrs, copy_listener, &opts).unwrap());
                 let mut comms = Collectives { pipeline, replicas: replicas_ring };

@@ -11,7 +11,7 @@ use llmprune_worker::lora::{self, LoraConfig, Projection};
 use llmprune_worker::train::data::TokenizeOptions;
 use llmprune_worker::train::optim::AdamWConfig;
 use llmprune_worker::train::records::{Format, RecordFile};
-use llmprune_worker::train::recover::{recover, RecoverOptions, RecoverOutcome};
+use llmprune_worker::train::recover::{recover, RecoverEvent, RecoverOptions, RecoverOutcome};
 use llmprune_worker::train::TrainGroups;
 use llmprune_worker::{load_model, LoadOptions};
 use std::net::TcpListener;
@@ -84,9 +84,11 @@ fn try_run(
     let vars = lora::attach(&mut loaded.model, &cfg, 11).unwrap();
     let tok = TextTokenizer::from_file(&model_dir.join("tokenizer.json")).unwrap();
     let records = RecordFile::open(data, Format::Alpaca, false).unwrap();
-    let outcome = recover(&loaded.model, &vars, &records, &tok, opts, groups, &mut |r| {
-        if Some(r.step) == stop_after {
-            panic!("simulated crash after step {}", r.step);
+    let outcome = recover(&loaded.model, &vars, &records, &tok, opts, groups, &mut |event| {
+        if let RecoverEvent::Step(r) = event {
+            if Some(r.step) == stop_after {
+                panic!("simulated crash after step {}", r.step);
+            }
         }
     })?;
     let values = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect();
@@ -94,7 +96,12 @@ fn try_run(
 }
 
 fn ring(rank: usize, listener: TcpListener, addrs: &[std::net::SocketAddr], cookie: u64) -> TcpRing {
-    let opts = RingOptions { connect_timeout: Duration::from_secs(20), io_timeout: Some(Duration::from_secs(120)), cookie };
+    let opts = RingOptions {
+        connect_timeout: Duration::from_secs(20),
+        io_timeout: Some(Duration::from_secs(120)),
+        secret: cookie.to_le_bytes().to_vec(),
+        ..Default::default()
+    };
     TcpRing::connect(rank, addrs, listener, &opts).unwrap()
 }
 
@@ -171,7 +178,8 @@ fn two_ranks_equal_one_process() {
         .map(|(rank, listener)| {
             let (model, data, addrs) = (model.clone(), data.clone(), addrs.clone());
             std::thread::spawn(move || {
-                let opts = RingOptions { connect_timeout: Duration::from_secs(20), io_timeout: Some(Duration::from_secs(120)), cookie: 3 };
+                let opts =
+                    RingOptions { connect_timeout: Duration::from_secs(20), io_timeout: Some(Duration::from_secs(120)), secret: vec![3], ..Default::default() };
                 let mut ring = TcpRing::connect(rank, &addrs, listener, &opts).unwrap();
                 run(&model, &data, &options(None, false), &mut ring, None)
             })

@@ -156,7 +156,7 @@ fn smollm2_scores_the_first_documents_as_lm_evaluation_harness_does() {
     };
     let loaded = load_model(&smollm2_gguf(), LoadOptions::full, &Device::Cpu).unwrap();
     let tasks = load_tasks(&job).unwrap();
-    let share = evaluate_share(&loaded.model, &loaded.tokenizer, &job, &tasks, 0, 1, &mut |_, _, _| {}).unwrap();
+    let share = evaluate_share(&loaded.model, &loaded.tokenizer, &job, &tasks, 0, 1, &mut |_| {}).unwrap();
     let per_task = results(&tasks, share.lls.into_iter().map(|(_, l)| l).collect()).unwrap();
     let mut worst = 0f64;
     for (task, docs) in &per_task {

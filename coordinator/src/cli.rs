@@ -3,6 +3,7 @@
 use crate::settings::{CliOverrides, LogFormat};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use llmprune_shared::jobs::{EvalSettings, PruneSettings, RecoverSettings};
+use llmprune_shared::tls::TlsFiles;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -27,12 +28,36 @@ pub struct GlobalArgs {
     /// Log format on stderr (RUST_LOG filters).
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
-    /// Cluster token workers must present [config: cluster.token].
+    /// Cluster token workers must present [config: cluster.token]. Visible in `ps`: prefer
+    /// --token-file on shared machines.
     #[arg(long, global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// A file whose first line is the cluster token (e.g. a mounted secret) [config: cluster.token_file].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// Address the coordinator listens on for workers, HOST:PORT [config: cluster.listen; default 127.0.0.1:0].
     #[arg(long, global = true)]
     pub listen: Option<String>,
+    /// This process's TLS certificate (PEM), for its service and its calls to workers [config: cluster.tls.cert].
+    #[arg(long, global = true, value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM) [config: cluster.tls.key].
+    #[arg(long, global = true, value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster's CA (PEM): every peer's certificate must chain to it [config: cluster.tls.ca].
+    #[arg(long, global = true, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// Mutual TLS: workers must present a certificate from --tls-ca too [config: cluster.tls.mutual].
+    #[arg(long, global = true)]
+    pub tls_mutual: bool,
+    /// Check workers' certificates against this name rather than their addresses (one
+    /// certificate naming the cluster serves every node) [config: cluster.tls.server_name].
+    #[arg(long, global = true, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+    /// Allow a plaintext service on an address other machines can reach (a trusted network
+    /// only: the token and the tensors travel in the clear) [config: cluster.insecure].
+    #[arg(long, global = true)]
+    pub insecure: bool,
     /// Where this process computes when it runs a phase itself, cpu or cuda:N [config: device;
     /// default cpu]. Workers take their own --device.
     #[arg(long, global = true, value_name = "DEVICE")]
@@ -58,6 +83,15 @@ impl GlobalArgs {
             cache_dir: self.cache_dir.clone(),
             log_format: self.log_format,
             token: self.token.clone(),
+            token_file: self.token_file.clone(),
+            tls: TlsFiles {
+                cert: self.tls_cert.clone(),
+                key: self.tls_key.clone(),
+                ca: self.tls_ca.clone(),
+                mutual: self.tls_mutual,
+                server_name: self.tls_server_name.clone(),
+            },
+            insecure: self.insecure,
             listen: self.listen.clone(),
             device: self.device.clone(),
             sets: self.sets.clone(),

@@ -4,12 +4,13 @@ mod cli;
 mod cluster;
 mod commands;
 mod fetch;
+mod interrupt;
 mod progress;
 mod report;
 mod settings;
 mod telemetry;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
 
 #[global_allocator]
@@ -19,10 +20,18 @@ fn main() -> std::process::ExitCode {
     llmprune_worker::memory::configure_allocator();
     match run(cli::Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => match (interrupt::received(), interrupt::exit_code()) {
+            (Some(signal), Some(code)) => {
+                eprintln!(
+                    "error: interrupted by {signal} ({e:#}): the workers were stopped and the partial output removed; checkpoints are kept: run the same command with --resume to continue"
+                );
+                std::process::ExitCode::from(code)
+            }
+            _ => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -33,6 +42,7 @@ fn run(cli: cli::Cli) -> Result<()> {
     }
     let settings = settings::Settings::load(&overrides)?;
     telemetry::init(settings.log_format);
+    interrupt::install().context("watching for SIGINT and SIGTERM")?;
     let run_id = telemetry::new_run_id();
     match cli.command {
         cli::Command::Fetch(args) => commands::fetch::run(&settings, args),

@@ -5,6 +5,8 @@
 use anyhow::{bail, Context, Result};
 use config::{Config, Environment, File, FileFormat};
 use llmprune_shared::device::WorkerDevice;
+use llmprune_shared::proto::read_token_file;
+use llmprune_shared::tls::TlsFiles;
 use llmprune_worker::collective::compute_device;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -71,6 +73,17 @@ pub struct ClusterSettings {
     pub listen: String,
     /// The token workers must present; local workers get a fresh random one when unset.
     pub token: Option<String>,
+    /// A file holding the token (a mounted secret), in place of `token`: a token on the
+    /// command line is visible to every user of the machine.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// TLS for the coordinator's service and its calls to workers (`[cluster.tls]`: cert,
+    /// key, ca, mutual).
+    #[serde(default)]
+    pub tls: TlsFiles,
+    /// Allow a plaintext service on an address other machines can reach.
+    #[serde(default)]
+    pub insecure: bool,
     /// How often workers heartbeat.
     pub heartbeat_ms: u64,
     /// A worker silent for this long has failed.
@@ -88,6 +101,9 @@ pub struct CliOverrides {
     pub cache_dir: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
     pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub tls: TlsFiles,
+    pub insecure: bool,
     pub listen: Option<String>,
     pub device: Option<String>,
     /// `--set KEY=VALUE`: any key, above the file and the environment.
@@ -134,11 +150,31 @@ impl Settings {
             b = b.set_override(key.as_str(), value.as_str()).with_context(|| format!("--set {key}={value}"))?;
         }
         b = b.set_override_option("cluster.token", cli.token.clone())?;
+        b = b.set_override_option("cluster.token_file", cli.token_file.as_ref().map(|p| p.to_string_lossy().into_owned()))?;
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
+        b = b.set_override_option("cluster.tls.cert", path(&cli.tls.cert))?;
+        b = b.set_override_option("cluster.tls.key", path(&cli.tls.key))?;
+        b = b.set_override_option("cluster.tls.ca", path(&cli.tls.ca))?;
+        b = b.set_override_option("cluster.tls.mutual", cli.tls.mutual.then_some(true))?;
+        b = b.set_override_option("cluster.tls.server_name", cli.tls.server_name.clone())?;
+        b = b.set_override_option("cluster.insecure", cli.insecure.then_some(true))?;
         b = b.set_override_option("cluster.listen", cli.listen.clone())?;
         b = b.set_override_option("device", cli.device.clone())?;
-        let settings: Settings =
+        let mut settings: Settings =
             b.build().context("reading configuration")?.try_deserialize().context("invalid configuration (check --config, LLMPRUNE_* variables and flags)")?;
+        if let Some(file) = settings.cluster.token_file.clone() {
+            if settings.cluster.token.is_some() {
+                bail!("cluster.token and cluster.token_file (--token, --token-file): give one of them");
+            }
+            let token = read_token_file(&file).map_err(|e| anyhow::anyhow!("cluster.token_file (--token-file) {}: {e}", file.display()))?;
+            if token.is_empty() || !token.chars().all(|c| c.is_ascii_graphic()) {
+                bail!("cluster.token_file (--token-file) {}: its first line must be the token, printable ASCII without spaces", file.display());
+            }
+            settings.cluster.token = Some(token);
+        }
         settings.validate()?;
+        // Named now, before anything starts.
+        settings.cluster.tls.load()?;
         Ok(settings)
     }
 

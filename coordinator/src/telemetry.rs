@@ -15,7 +15,8 @@ pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour_on_stderr());
     // A second initialisation (tests calling run twice) is harmless; ignore it.
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
+        // Text for people: the module path adds a column of noise to every line.
+        LogFormat::Text => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
 }

@@ -156,7 +156,10 @@ fn recover_refuses_bad_input_and_writes_nothing() {
     let fails = |args: Vec<&str>, parts: &[&str]| {
         let res = llmprune(&args);
         assert!(!res.status.success(), "{args:?} should fail");
-        assert_contains(&String::from_utf8_lossy(&res.stderr), parts);
+        let stderr = String::from_utf8_lossy(&res.stderr);
+        assert_contains(&stderr, parts);
+        // Checked before any model is loaded: no worker was asked.
+        assert!(!stderr.contains("worker"), "{args:?} failed in a worker: {stderr}");
         assert!(!out.exists(), "{args:?} left an output");
     };
     // A line that is not JSON, and one without a field: named by line number.
@@ -183,6 +186,7 @@ fn recover_refuses_bad_input_and_writes_nothing() {
     fails(with(recover_args(p, d, o), "--batch-size", "5"), &["--batch-size 5", "--micro-batch-size 2"]);
     fails(with(recover_args(p, d, o), "--val-size", "30"), &["--val-size 30", "nothing to train"]);
     fails(with(recover_args(p, d, o), "--lora-targets", "q_proj,qkv"), &["--lora-targets", "qkv"]);
+    fails(with(recover_args(p, d, o), "--extra-val", "wikitext2=/no/wiki.raw"), &["--extra-val", "/no/wiki.raw"]);
     fails(with(recover_args(p, d, o), "--format", "sharegpt"), &["--format", "sharegpt", "alpaca, lamini"]);
     // Not a pruned model directory.
     let plain = tiny_model_dir("tiny_tied_mha", &tmp.path().join("plain"));

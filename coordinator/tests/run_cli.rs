@@ -114,13 +114,17 @@ fn one_command_runs_the_whole_job_and_resumes_after_a_lost_worker() {
     for which in ["before", "after"] {
         assert!(report["table3"][which]["latency_s_per_chunk"].as_f64().is_some_and(|s| s > 0.0), "{which}: {}", report["table3"]);
         assert_eq!(report["table3"][which]["latency_measured_on"]["by"], "eval");
+        // Each of the 2 chunks timed alone: the median lies within their extremes.
+        let l = &report["table3"][which]["latency"];
+        assert_eq!(l["timed_chunks"], 2, "{l}");
+        assert!(l["min"].as_f64() <= l["s_per_chunk"].as_f64() && l["s_per_chunk"].as_f64() <= l["max"].as_f64(), "{l}");
     }
     for plot in ["widths.svg", "loss.svg", "ppl.svg"] {
         let svg = std::fs::read_to_string(out.join("plots").join(plot)).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{plot}");
     }
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert_contains(&md, &["| dense |", "| pruned |", "| recovered |", "Table 3", "plots/widths.svg", "plots/loss.svg"]);
+    assert_contains(&md, &["| dense |", "| pruned |", "| recovered |", "Table 3", "plots/widths.svg", "plots/loss.svg", "the median over 2 chunks"]);
     if let Ok(keep) = std::env::var("LLMPRUNE_KEEP_RUN") {
         let _ = std::process::Command::new("cp").args(["-r", out.to_str().unwrap(), &keep]).status();
     }

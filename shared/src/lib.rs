@@ -15,6 +15,7 @@ pub mod py_random;
 pub mod results;
 pub mod safetensors_index;
 pub mod selection;
+pub mod tls;
 
 pub use model_spec::{Architecture, LayerShape, ModelSpec, RopeScaling, SpecError};
 pub use py_random::PyRandom;

@@ -3,7 +3,7 @@
 tonic::include_proto!("pruner.v1");
 
 /// Sent in Register and Heartbeat; the other side refuses a different one.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest gRPC message either side accepts: scores, shapes and token ids are kilobytes to a
 /// few MiB even for 70B models; tensors never travel through gRPC.
@@ -12,18 +12,30 @@ pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// The metadata key that carries the cluster token (`Bearer <token>`).
 pub const AUTHORIZATION: &str = "authorization";
 
+/// The cluster token kept in a file (a mounted secret): its first line, trimmed.
+pub fn read_token_file(path: &std::path::Path) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text.lines().next().unwrap_or("").trim().to_string())
+}
+
 /// The metadata value a caller attaches: `Bearer <token>`.
 pub fn bearer(token: &str) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, tonic::Status> {
     format!("Bearer {token}").parse().map_err(|_| tonic::Status::invalid_argument("the cluster token must be printable ASCII"))
 }
 
-/// A server interceptor that refuses calls without the cluster token.
+/// A server interceptor that refuses calls without the cluster token; refusals are logged
+/// with the caller's address.
 pub fn require_token(token: String) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
     let expected = format!("Bearer {token}");
-    move |req: tonic::Request<()>| match req.metadata().get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        Some(v) if constant_time_eq(v.as_bytes(), expected.as_bytes()) => Ok(req),
-        Some(_) => Err(tonic::Status::unauthenticated("wrong cluster token")),
-        None => Err(tonic::Status::unauthenticated("no cluster token (authorization: Bearer <token>)")),
+    move |req: tonic::Request<()>| {
+        let refusal = match req.metadata().get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+            Some(v) if constant_time_eq(v.as_bytes(), expected.as_bytes()) => return Ok(req),
+            Some(_) => "wrong cluster token",
+            None => "no cluster token (authorization: Bearer <token>)",
+        };
+        let peer = req.remote_addr().map_or("an unknown address".to_string(), |a| a.to_string());
+        tracing::warn!(%peer, reason = refusal, "refused a call");
+        Err(tonic::Status::unauthenticated(refusal))
     }
 }
 

@@ -4,6 +4,8 @@
 pub mod calibration;
 pub mod cluster;
 pub mod collective;
+pub mod confine;
+pub mod cpu_load;
 pub mod error;
 pub mod eval;
 pub mod export;

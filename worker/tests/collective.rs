@@ -9,7 +9,12 @@ use std::time::Duration;
 fn with_ring<T: Send + 'static>(world: usize, cookie: u64, body: impl Fn(TcpRing) -> T + Send + Sync + Copy + 'static) -> Vec<T> {
     let listeners: Vec<TcpListener> = (0..world).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
     let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-    let opts = RingOptions { connect_timeout: Duration::from_secs(20), io_timeout: Some(Duration::from_secs(20)), cookie };
+    let opts = RingOptions {
+        connect_timeout: Duration::from_secs(20),
+        io_timeout: Some(Duration::from_secs(20)),
+        secret: cookie.to_le_bytes().to_vec(),
+        ..Default::default()
+    };
     let handles: Vec<_> = listeners
         .into_iter()
         .enumerate()
@@ -135,12 +140,40 @@ fn tensor_collectives_equal_the_slice_collectives_on_the_ring() {
 
 #[test]
 fn strangers_are_dropped_and_a_lost_peer_is_named() {
-    // A connection without the run's cookie reaches rank 1's listener first; the ring still forms.
+    // Before rank 0 dials, rank 1's listener is crowded: forty idle connections (more than
+    // the handshakes it runs at once), the old protocol's hello, and a dialler that speaks the
+    // protocol without the secret. The ring still forms, within a couple of handshake
+    // deadlines rather than one deadline per stranger.
     let listeners: Vec<TcpListener> = (0..2).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
     let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-    let mut stranger = std::net::TcpStream::connect(addrs[1]).unwrap();
-    std::io::Write::write_all(&mut stranger, b"LPRG\0\0\0\0\0\0\0\0\0\0\0\0").unwrap();
-    let opts = RingOptions { connect_timeout: Duration::from_secs(20), io_timeout: Some(Duration::from_secs(20)), cookie: 99 };
+    let idle: Vec<std::net::TcpStream> = (0..40).map(|_| std::net::TcpStream::connect(addrs[1]).unwrap()).collect();
+    let mut old = std::net::TcpStream::connect(addrs[1]).unwrap();
+    std::io::Write::write_all(&mut old, b"LPRG\0\0\0\0\0\0\0\0\0\0\0\0").unwrap();
+    let target = addrs[1];
+    // The forger tries until it is heard or the ring has formed (its listener gone); it must
+    // never receive a proof.
+    let forger = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut hello = [0u8; 20];
+        loop {
+            let Ok(mut s) = std::net::TcpStream::connect(target) else { return false };
+            // Dropped at once while the listener's handshakes are all taken: try again.
+            if s.read_exact(&mut hello).is_err() {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            let mut reply = b"LPR2".to_vec();
+            reply.extend_from_slice(&0u32.to_le_bytes());
+            reply.extend_from_slice(&[7u8; 48]);
+            let _ = s.write_all(&reply);
+            let mut answer = Vec::new();
+            let _ = s.read_to_end(&mut answer);
+            return !answer.is_empty();
+        }
+    });
+    let opts =
+        RingOptions { connect_timeout: Duration::from_secs(20), io_timeout: Some(Duration::from_secs(20)), secret: b"this run".to_vec(), ..Default::default() };
+    let started = std::time::Instant::now();
     let mut it = listeners.into_iter();
     let (l0, l1) = (it.next().unwrap(), it.next().unwrap());
     let (a0, o0) = (addrs.clone(), opts.clone());
@@ -153,6 +186,9 @@ fn strangers_are_dropped_and_a_lost_peer_is_named() {
     });
     let mut ring1 = TcpRing::connect(1, &addrs, l1, &opts).unwrap();
     ring1.barrier().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10), "the ring took {:?} to form", started.elapsed());
+    assert!(!forger.join().unwrap(), "the forger got an answer");
+    drop((idle, old));
     drop(ring1);
     let err = rank0.join().unwrap();
     assert!(matches!(err, CommError::Io { rank: 0, peer: 1, .. }), "{err:?}");

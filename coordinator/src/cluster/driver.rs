@@ -6,15 +6,17 @@
 //! its rank and layers and the cause; the workers are then told to stop.
 
 use super::launcher::{InProcessWorker, LocalWorkers};
-use super::registry::{CoordinatorService, Registry};
-use crate::progress::Progress;
+use super::registry::{CoordinatorService, Registered, Registry};
+use crate::progress::ProgressDisplay;
 use crate::settings::ClusterSettings;
 use anyhow::{bail, Context, Result};
 use llmprune_shared::proto::coordinator_server::CoordinatorServer;
 use llmprune_shared::proto::worker_client::WorkerClient;
 use llmprune_shared::proto::{attach_token, require_token, ShutdownRequest, TokenInterceptor, MAX_MESSAGE_BYTES};
+use llmprune_shared::tls::{check_listen, scheme, url_host, Tls};
 use std::collections::HashMap;
 use std::future::Future;
+use std::io::IsTerminal;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -83,6 +85,9 @@ impl RunFailed {
     }
 }
 
+/// How long a worker has to acknowledge Shutdown.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(1);
+
 /// Said after failures of another process or of the network, which a rerun may not meet.
 const RETRYABLE: &str =
     " (a worker or the network failed: the same command may succeed again; prune and recover continue from their checkpoints with --resume)";
@@ -141,6 +146,22 @@ pub struct Cluster {
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// A client of a registered worker's gRPC service, with the cluster token on every call;
+/// over TLS (the worker's certificate checked against the cluster's CA) when `tls`.
+async fn connect_worker(w: &Registered, token: &str, tls: Option<&Tls>) -> Result<WorkerRpc> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(w.worker_address.clone())
+        .with_context(|| format!("worker {} address `{}`", w.id, w.worker_address))?
+        .connect_timeout(Duration::from_secs(10));
+    if let Some(tls) = tls {
+        if !w.worker_address.starts_with("https://") {
+            bail!("worker {} registered the plaintext address {}: this cluster uses TLS", w.id, w.worker_address);
+        }
+        endpoint = endpoint.tls_config(tls.client(url_host(&w.worker_address))).context("--tls-ca")?;
+    }
+    let channel = endpoint.connect().await.with_context(|| format!("connecting to worker {} at {}", w.id, w.worker_address))?;
+    Ok(WorkerClient::with_interceptor(channel, attach_token(token)?).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
 /// 128 random bits as hex, for tokens and cookies.
 pub fn random_hex() -> Result<String> {
     let mut bytes = [0u8; 16];
@@ -161,23 +182,31 @@ impl Cluster {
             (None, Members::Remote(_)) => bail!("remote workers need a cluster token: --token or cluster.token"),
             (None, _) => random_hex()?,
         };
-        // A worker inside this process talks to it over loopback only.
-        let listen = if matches!(config.members, Members::InProcess(_)) { "127.0.0.1:0" } else { s.listen.as_str() };
+        // A worker inside this process talks to it over loopback only, in plaintext.
+        let in_process = matches!(config.members, Members::InProcess(_));
+        let listen = if in_process { "127.0.0.1:0" } else { s.listen.as_str() };
+        let tls = if in_process { None } else { s.tls.load()? };
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("--listen {listen}"))?;
         let addr = listener.local_addr()?;
+        check_listen("--listen", addr, tls.as_ref(), s.insecure)?;
         let (progress_tx, progress_rx) = mpsc::unbounded_channel();
-        let registry = Arc::new(Registry::new(run_id.to_string(), expected, Duration::from_millis(s.heartbeat_ms), progress_tx));
+        let (period, timeout) = (Duration::from_millis(s.heartbeat_ms), Duration::from_millis(s.heartbeat_timeout_ms));
+        let registry = Arc::new(Registry::new(run_id.to_string(), expected, period, timeout, progress_tx));
         let (server_stop, mut stop_rx) = watch::channel(false);
         let service = CoordinatorServer::new(CoordinatorService(registry.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let service = InterceptedService::new(service, require_token(token.clone()));
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = &tls {
+            server = server.tls_config(tls.server()).context("--tls-cert/--tls-key")?;
+        }
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         // Background tasks log inside the run's span (run id), as the driver does.
         let span = tracing::Span::current();
         let mut background = vec![tokio::spawn(
             async move {
-                let served = tonic::transport::Server::builder()
+                let served = server
                     .add_service(service)
                     .serve_with_incoming_shutdown(incoming, async move {
                         let _ = stop_rx.wait_for(|s| *s).await;
@@ -189,15 +218,15 @@ impl Cluster {
             }
             .instrument(span.clone()),
         )];
-        background.push(tokio::spawn(render_progress(progress_rx).instrument(span.clone())));
+        background.push(tokio::spawn(render_progress(progress_rx, config.log_format).instrument(span.clone())));
 
         let (fail_tx, failures) = mpsc::unbounded_channel();
         let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
-        let url = format!("http://{host}:{}", addr.port());
+        let url = format!("{}://{host}:{}", scheme(tls.as_ref()), addr.port());
         let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(String, String)>();
         let local = match &config.members {
             &Members::Processes(n) => {
-                let workers = LocalWorkers::start(n, &config.worker_binary, &url, &token, &config.faults, config.log_format, exit_tx)?;
+                let workers = LocalWorkers::start(n, &config, &url, &token, exit_tx)?;
                 tracing::info!(workers = n, pids = ?workers.pids(), coordinator = %url, "local workers started");
                 Some(workers)
             }
@@ -206,7 +235,7 @@ impl Cluster {
                 Some(LocalWorkers::in_process(worker, &url, &token, exit_tx))
             }
             Members::Remote(_) => {
-                tracing::info!(workers = expected, address = %addr, "waiting for workers: llmprune-worker --coordinator http://HOST:{} --token ...", addr.port());
+                tracing::info!(workers = expected, address = %addr, "waiting for workers: llmprune-worker --coordinator {}://HOST:{} --token-file ...", scheme(tls.as_ref()), addr.port());
                 eprintln!("coordinator listening on {addr}; waiting for {expected} workers");
                 None
             }
@@ -219,7 +248,6 @@ impl Cluster {
         }));
         // Silent workers fail the run.
         let (reg, tx) = (registry.clone(), fail_tx);
-        let (period, timeout) = (Duration::from_millis(s.heartbeat_ms), Duration::from_millis(s.heartbeat_timeout_ms));
         background.push(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(period).await;
@@ -240,15 +268,15 @@ impl Cluster {
             registered.sort_by_key(|w| w.id.strip_prefix("local-").and_then(|i| i.parse::<usize>().ok()).unwrap_or(usize::MAX));
         }
         for (rank, w) in registered.into_iter().enumerate() {
-            let channel = tonic::transport::Endpoint::from_shared(w.worker_address.clone())
-                .with_context(|| format!("worker {} address `{}`", w.id, w.worker_address))?
-                .connect_timeout(Duration::from_secs(10))
-                .connect()
-                .await
-                .with_context(|| format!("connecting to worker {} at {}", w.id, w.worker_address))?;
-            let rpc = WorkerClient::with_interceptor(channel, attach_token(&token)?)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            // A worker that cannot be reached ends the run like any other failure: the workers
+            // already registered are told to stop.
+            let rpc = match connect_worker(&w, &token, tls.as_ref()).await {
+                Ok(rpc) => rpc,
+                Err(e) => {
+                    cluster.fail(&format!("{e:#}")).await;
+                    return Err(e);
+                }
+            };
             let memory_bytes = w.capabilities.device_memory_bytes;
             cluster.members.push(Member {
                 id: w.id,
@@ -359,6 +387,12 @@ impl Cluster {
         self.fail_with(msg, false).await
     }
 
+    /// [`Cluster::fail`] for a failure a rerun may pass (the run was interrupted): the
+    /// checkpoints are kept for `--resume`.
+    pub async fn fail_retryable(&mut self, msg: &str) -> anyhow::Error {
+        self.fail_with(msg, true).await
+    }
+
     /// [`Cluster::fail`], saying whether a rerun may succeed.
     async fn fail_with(&mut self, msg: &str, retryable: bool) -> anyhow::Error {
         self.phase = Phase::Failed;
@@ -368,13 +402,16 @@ impl Cluster {
     }
 
     /// Stops the workers (Shutdown, and the heartbeat's stop flag for those that miss it).
+    /// A live worker answers Shutdown at once whatever it computes, so a short deadline only
+    /// skips the hung ones, which their missing coordinator stops in turn.
     async fn stop(&mut self, reason: &str) {
         self.registry.stop();
         let mut set = JoinSet::new();
         for m in &self.members {
             let mut rpc = m.rpc.clone();
-            let reason = reason.to_string();
-            set.spawn(async move { tokio::time::timeout(Duration::from_secs(5), rpc.shutdown(ShutdownRequest { reason })).await });
+            let mut call = tonic::Request::new(ShutdownRequest { reason: reason.to_string() });
+            call.set_timeout(SHUTDOWN_DEADLINE);
+            set.spawn(async move { tokio::time::timeout(SHUTDOWN_DEADLINE, rpc.shutdown(call)).await });
         }
         while set.join_next().await.is_some() {}
         // Local workers exit by themselves on Shutdown; give them a moment, then kill.
@@ -400,62 +437,11 @@ impl Drop for Cluster {
     }
 }
 
-/// Workers' progress events, logged per worker at debug level and, aggregated over the workers
-/// (the slowest worker's progress, the lowest rate, the longest ETA), every few seconds: a bar on
-/// a terminal, log lines otherwise.
-/// One line of a phase's progress in the user's units: `recovering: 12/30 steps (40%),
-/// 2310 tokens/s, ETA 1m05s` (rate and ETA only when known).
-fn progress_line(phase: &str, done: u64, total: u64, unit: &str, tokens_per_s: f64, eta_s: f64) -> String {
-    let mut line = format!("{phase}: {done}/{total} {unit}");
-    if total > 0 {
-        line.push_str(&format!(" ({:.0}%)", 100.0 * done as f64 / total as f64));
-    }
-    if tokens_per_s.is_finite() && tokens_per_s > 0.0 {
-        line.push_str(&format!(", {tokens_per_s:.0} tokens/s"));
-    }
-    if done < total && eta_s.is_finite() && eta_s > 0.0 {
-        let s = eta_s.round() as u64;
-        let eta = match s {
-            0..60 => format!("{s}s"),
-            60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-            _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-        };
-        line.push_str(&format!(", ETA {eta}"));
-    }
-    line
-}
-
-async fn render_progress(mut rx: mpsc::UnboundedReceiver<llmprune_shared::proto::ProgressEvent>) {
-    let mut latest: HashMap<(String, String), llmprune_shared::proto::ProgressEvent> = HashMap::new();
-    let mut bars: HashMap<String, Progress> = HashMap::new();
-    let mut last_log = std::time::Instant::now() - Duration::from_secs(60);
+/// Workers' progress events, shown as one display per phase (see [`ProgressDisplay`]): bars
+/// when stderr is a terminal and the logs are text, log lines otherwise.
+async fn render_progress(mut rx: mpsc::UnboundedReceiver<llmprune_shared::proto::ProgressEvent>, log_format: &'static str) {
+    let mut display = ProgressDisplay::new(log_format == "text" && std::io::stderr().is_terminal());
     while let Some(e) = rx.recv().await {
-        tracing::debug!(worker = %e.worker_id, rank = e.rank, phase = %e.phase, done = e.done, total = e.total, tokens_per_s = e.tokens_per_s, eta_s = e.eta_s, "worker progress");
-        let phase = e.phase.clone();
-        // By worker: the replicas of a stage report the same rank.
-        latest.insert((phase.clone(), e.worker_id.clone()), e);
-        let ranks: Vec<_> = latest.iter().filter(|((p, _), _)| *p == phase).map(|(_, e)| e).collect();
-        let done = ranks.iter().map(|e| e.done).min().unwrap_or(0);
-        let total = ranks.iter().map(|e| e.total).max().unwrap_or(0);
-        let rate = ranks.iter().map(|e| e.tokens_per_s).fold(f64::INFINITY, f64::min);
-        let eta = ranks.iter().map(|e| e.eta_s).fold(0.0, f64::max);
-        let unit = ranks.first().map_or("steps", |e| e.unit.as_str()).to_string();
-        let bar = bars.entry(phase.clone()).or_insert_with(|| Progress::new(&phase, total, &unit));
-        bar.set(done);
-        if last_log.elapsed() >= Duration::from_secs(5) || done == total {
-            last_log = std::time::Instant::now();
-            tracing::info!(workers = ranks.len(), "{}", progress_line(&phase, done, total, &unit, rate, eta));
-        }
-    }
-}
-
-#[cfg(test)]
-mod progress_tests {
-    #[test]
-    fn progress_lines_say_units_share_rate_and_eta() {
-        assert_eq!(super::progress_line("recovering", 12, 30, "steps", 2310.4, 65.0), "recovering: 12/30 steps (40%), 2310 tokens/s, ETA 1m05s");
-        assert_eq!(super::progress_line("scoring", 3, 10, "passes", f64::INFINITY, 0.0), "scoring: 3/10 passes (30%)");
-        assert_eq!(super::progress_line("evaluating", 10, 10, "batches", 99.0, 5.0), "evaluating: 10/10 batches (100%), 99 tokens/s");
-        assert_eq!(super::progress_line("loading", 1, 2, "shards", 0.0, 7265.0), "loading: 1/2 shards (50%), ETA 2h01m");
+        display.update(e);
     }
 }

@@ -7,7 +7,7 @@ use super::load::{load_layout, ModelFiles, RankReport};
 use anyhow::{bail, Result};
 use llmprune_shared::dtype::WeightDtype;
 use llmprune_shared::proto::{EvaluateReply, EvaluateRequest};
-use llmprune_shared::results::{EvalShare, PplPart};
+use llmprune_shared::results::{EvalShare, Latency, PplPart};
 
 pub struct DistributedEval {
     /// The workers' shares, merged.
@@ -38,13 +38,13 @@ pub async fn evaluate_on_cluster(cluster: &mut Cluster, model: ModelFiles<'_>, r
         r.peak_rss_mib = r.peak_rss_mib.max(reply.peak_rss_bytes as f64 / 1048576.0);
     }
     let mut share = merge(replies)?;
-    share.latency_s_per_chunk = time_latency(cluster, req).await?;
+    share.latency = time_latency(cluster, req).await?;
     Ok(DistributedEval { share, ranks, load_s: layout.load_s, dtype: layout.dtype })
 }
 
 /// The latency `req` asks for (`latency_chunks`; none when 0) of the whole model every
 /// worker holds, timed by the first worker once all are idle, as in one process.
-pub async fn time_latency(cluster: &mut Cluster, req: &EvaluateRequest) -> Result<Option<f64>> {
+pub async fn time_latency(cluster: &mut Cluster, req: &EvaluateRequest) -> Result<Option<Latency>> {
     if req.latency_chunks == 0 {
         return Ok(None);
     }
@@ -58,7 +58,9 @@ pub async fn time_latency(cluster: &mut Cluster, req: &EvaluateRequest) -> Resul
             },
         )
         .await?;
-    Ok(replies.first().map(|r| r.latency_s_per_chunk))
+    Ok(replies
+        .first()
+        .map(|r| Latency { chunk_seconds: r.latency_chunk_seconds.clone(), others_busy: (r.latency_others_busy >= 0.0).then_some(r.latency_others_busy) }))
 }
 
 /// The shares of all workers as one: documents by index, NLL sums added (in rank order).
@@ -109,7 +111,7 @@ impl PplJob {
 /// latency when asked for.
 pub struct Perplexities {
     pub results: serde_json::Map<String, serde_json::Value>,
-    pub latency_s_per_chunk: Option<f64>,
+    pub latency: Option<Latency>,
     pub ranks: Vec<RankReport>,
     pub load_s: f64,
     pub dtype: WeightDtype,
@@ -127,5 +129,5 @@ pub async fn perplexities_on_cluster(cluster: &mut Cluster, model: ModelFiles<'_
                                        "file": job.data.iter().find(|(n, _)| *n == p.name).map(|(_, f)| f.display().to_string()), "seconds": {"eval": p.seconds}});
         results.insert(p.name.clone(), entry);
     }
-    Ok(Perplexities { results, latency_s_per_chunk: done.share.latency_s_per_chunk, ranks: done.ranks, load_s: done.load_s, dtype: done.dtype })
+    Ok(Perplexities { results, latency: done.share.latency, ranks: done.ranks, load_s: done.load_s, dtype: done.dtype })
 }

@@ -3,9 +3,9 @@
 //! process running the same worker code over loopback gRPC. Either is watched so that its end
 //! fails the run at once, and stopped when the coordinator is done or fails.
 
+use super::driver::ClusterConfig;
 use anyhow::{Context, Result};
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::process::{Child, Command};
@@ -25,28 +25,33 @@ pub struct LocalWorkers {
 }
 
 impl LocalWorkers {
-    /// Starts `n` workers named `local-0` … `local-{n-1}`, logging in `log_format` like the
-    /// coordinator; `faults[i]` is passed to worker i (testing only). An exit is reported on
-    /// `exited` as (name, status).
-    pub fn start(
-        n: usize,
-        binary: &Path,
-        coordinator: &str,
-        token: &str,
-        faults: &[(usize, String)],
-        log_format: &str,
-        exited: mpsc::UnboundedSender<(String, String)>,
-    ) -> Result<Self> {
+    /// Starts `n` workers named `local-0` … `local-{n-1}` of `config`'s binary, logging in
+    /// its log format and with its TLS files, like the coordinator; its fault for worker i is
+    /// passed to worker i (testing only). An exit is reported on `exited` as (name, status).
+    pub fn start(n: usize, config: &ClusterConfig, coordinator: &str, token: &str, exited: mpsc::UnboundedSender<(String, String)>) -> Result<Self> {
+        let (binary, log_format, tls) = (&config.worker_binary, config.log_format, &config.settings.tls);
         let mut pids = Vec::new();
         let mut watchers = Vec::new();
         for i in 0..n {
             let name = format!("local-{i}");
             let mut cmd = Command::new(binary);
             cmd.args(["--coordinator", coordinator, "--name", &name, "--log-format", log_format])
+                // The token in the environment, not the command line (which `ps` shows).
                 .env("LLMPRUNE_TOKEN", token)
                 .kill_on_drop(true)
                 .stdin(std::process::Stdio::null());
-            for (_, fault) in faults.iter().filter(|(w, _)| *w == i) {
+            for (flag, file) in [("--tls-cert", &tls.cert), ("--tls-key", &tls.key), ("--tls-ca", &tls.ca)] {
+                if let Some(file) = file {
+                    cmd.arg(flag).arg(file);
+                }
+            }
+            if tls.mutual {
+                cmd.arg("--tls-mutual");
+            }
+            if let Some(name) = &tls.server_name {
+                cmd.args(["--tls-server-name", name]);
+            }
+            for (_, fault) in config.faults.iter().filter(|(w, _)| *w == i) {
                 cmd.args(["--fault", fault]);
             }
             let mut child: Child = cmd.spawn().with_context(|| format!("starting {} (set cluster.worker_binary)", binary.display()))?;

@@ -67,7 +67,7 @@ pub async fn load_layout(cluster: &mut Cluster, model: ModelFiles<'_>, replicas:
     let ring_addresses: Vec<Vec<String>> = (0..replicas).map(ring_of).collect();
     let replica_ring_addresses: Vec<Vec<String>> =
         (0..world).map(|s| cluster.members.iter().filter(|m| m.stage == s).map(|m| m.replica_ring_address.clone()).collect()).collect();
-    let cookie = u64::from_str_radix(&random_hex()?[..16], 16)?;
+    let secret = random_hex()?.into_bytes();
     let (pipeline_ids, replica_ids) = nccl_ids(cluster, world, replicas).await?;
     let dtype = dtype.unwrap_or_else(|| WeightDtype::default_for(cluster.members.iter().all(on_gpu)));
 
@@ -92,7 +92,7 @@ pub async fn load_layout(cluster: &mut Cluster, model: ModelFiles<'_>, replicas:
                     replicas: replicas as u32,
                 }),
                 ring_addresses: ring_addresses[m.replica].clone(),
-                ring_cookie: cookie,
+                ring_secret: secret.clone(),
                 replica_ring_addresses: replica_ring_addresses[m.stage].clone(),
                 worker_id: m.id.clone(),
                 pipeline_nccl_id: pipeline_ids[m.replica].clone(),
@@ -145,13 +145,16 @@ async fn nccl_ids(cluster: &mut Cluster, world: usize, replicas: usize) -> Resul
             |m| {
                 let mut rpc = m.rpc.clone();
                 let (stage, replica) = (m.stage, m.replica);
+                // A short call with a deadline: the worker's runtime is idle between phases.
+                let ask = || {
+                    let mut req = tonic::Request::new(NcclUniqueIdRequest {});
+                    req.set_timeout(std::time::Duration::from_secs(30));
+                    req
+                };
                 async move {
-                    let id = rpc.nccl_unique_id(NcclUniqueIdRequest {}).await?.into_inner().id;
-                    let second = if stage == 0 && replica == 0 && world > 1 && replicas > 1 {
-                        rpc.nccl_unique_id(NcclUniqueIdRequest {}).await?.into_inner().id
-                    } else {
-                        Vec::new()
-                    };
+                    let id = rpc.nccl_unique_id(ask()).await?.into_inner().id;
+                    let second =
+                        if stage == 0 && replica == 0 && world > 1 && replicas > 1 { rpc.nccl_unique_id(ask()).await?.into_inner().id } else { Vec::new() };
                     Ok((stage, replica, id, second))
                 }
             },

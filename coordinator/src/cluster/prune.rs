@@ -15,6 +15,7 @@ use llmprune_shared::layout::ShardLayout;
 use llmprune_shared::plan::PlanStep;
 use llmprune_shared::planner::{assemble_members, renumber_range, step_to_wire, PruneEngine, ScoreJob, Scores};
 use llmprune_shared::proto::{self, SaveShardRequest, SavedFile, ScoreReply, ScoreRequest, TokenWindow};
+use llmprune_shared::results::Latency;
 use llmprune_shared::safetensors_index::name_as_model;
 use llmprune_shared::ModelSpec;
 use prost::Message;
@@ -92,7 +93,7 @@ impl<'a> ClusterEngine<'a> {
     /// The paper's Table 3 latency of the model as loaded (`req` names the text, chunks and
     /// length), timed by the first worker alone; `None` when the model is split into stages
     /// (no worker holds all of it).
-    pub async fn latency(&mut self, req: &proto::EvaluateRequest) -> Result<Option<f64>> {
+    pub async fn latency(&mut self, req: &proto::EvaluateRequest) -> Result<Option<Latency>> {
         if self.world > 1 {
             return Ok(None);
         }

@@ -24,6 +24,7 @@ pub struct Registry {
     pub run_id: String,
     expected: usize,
     heartbeat: Duration,
+    heartbeat_timeout: Duration,
     workers: Mutex<Vec<Registered>>,
     /// Woken on every registration.
     pub joined: Notify,
@@ -33,8 +34,8 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(run_id: String, expected: usize, heartbeat: Duration, progress: mpsc::UnboundedSender<ProgressEvent>) -> Self {
-        Self { run_id, expected, heartbeat, workers: Mutex::new(Vec::new()), joined: Notify::new(), stop: AtomicBool::new(false), progress }
+    pub fn new(run_id: String, expected: usize, heartbeat: Duration, heartbeat_timeout: Duration, progress: mpsc::UnboundedSender<ProgressEvent>) -> Self {
+        Self { run_id, expected, heartbeat, heartbeat_timeout, workers: Mutex::new(Vec::new()), joined: Notify::new(), stop: AtomicBool::new(false), progress }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Registered>> {
@@ -58,14 +59,48 @@ impl Registry {
     }
 }
 
+/// Longest worker name and address a registration may carry.
+const MAX_NAME: usize = 64;
+const MAX_ADDRESS: usize = 255;
+
+/// What a worker says of itself, checked before anything of it is kept or logged: a short
+/// name of letters, digits, `-`, `_` and `.`; a gRPC address `http(s)://host:port`; ring
+/// addresses `host:port`; a device `cpu` or `cuda:N`.
+pub fn check_registration(r: &RegisterRequest) -> Result<(), String> {
+    if r.name.len() > MAX_NAME || !r.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(format!("a worker name has at most {MAX_NAME} letters, digits, '-', '_' or '.'"));
+    }
+    let host_port = |what: &str, a: &str| -> Result<(), String> {
+        let bad = || format!("the {what} must be host:port (at most {MAX_ADDRESS} characters)");
+        let (host, port) = a.rsplit_once(':').ok_or_else(bad)?;
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let host_ok = host.parse::<std::net::IpAddr>().is_ok() || (!host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || "-.".contains(c)));
+        (a.len() <= MAX_ADDRESS && host_ok && port.parse::<u16>().is_ok_and(|p| p > 0)).then_some(()).ok_or_else(bad)
+    };
+    let grpc = r.worker_address.strip_prefix("http://").or_else(|| r.worker_address.strip_prefix("https://"));
+    host_port("worker address", grpc.ok_or("the worker address must be http://host:port or https://host:port")?)?;
+    host_port("ring address", &r.ring_address)?;
+    host_port("replica ring address", &r.replica_ring_address)?;
+    let caps = r.capabilities.clone().unwrap_or_default();
+    if llmprune_shared::device::WorkerDevice::parse(&caps.device_kind).is_err() || caps.hostname.len() > MAX_ADDRESS {
+        return Err("the capabilities must name a device `cpu` or `cuda:N` and a hostname of at most 255 characters".into());
+    }
+    Ok(())
+}
+
 /// The gRPC face of the registry.
 pub struct CoordinatorService(pub std::sync::Arc<Registry>);
 
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
     async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<RegisterReply>, Status> {
+        let peer = req.remote_addr().map_or("an unknown address".to_string(), |a| a.to_string());
         let r = req.into_inner();
-        check_version(r.protocol_version, "this worker")?;
+        let checked = check_version(r.protocol_version, "this worker").and_then(|()| check_registration(&r).map_err(Status::invalid_argument));
+        if let Err(status) = checked {
+            tracing::warn!(%peer, reason = %status.message(), "refused a registration");
+            return Err(status);
+        }
         let reg = &self.0;
         let id = {
             let mut workers = reg.lock();
@@ -86,7 +121,12 @@ impl Coordinator for CoordinatorService {
         };
         tracing::info!(worker = %id, "worker registered");
         reg.joined.notify_waiters();
-        Ok(Response::new(RegisterReply { worker_id: id, run_id: reg.run_id.clone(), heartbeat_interval_ms: reg.heartbeat.as_millis() as u32 }))
+        Ok(Response::new(RegisterReply {
+            worker_id: id,
+            run_id: reg.run_id.clone(),
+            heartbeat_interval_ms: reg.heartbeat.as_millis() as u32,
+            heartbeat_timeout_ms: reg.heartbeat_timeout.as_millis() as u32,
+        }))
     }
 
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatReply>, Status> {
@@ -115,11 +155,46 @@ mod tests {
 
     fn service(expected: usize) -> CoordinatorService {
         let (tx, _rx) = mpsc::unbounded_channel();
-        CoordinatorService(std::sync::Arc::new(Registry::new("run".into(), expected, Duration::from_millis(100), tx)))
+        CoordinatorService(std::sync::Arc::new(Registry::new("run".into(), expected, Duration::from_millis(100), Duration::from_secs(1), tx)))
+    }
+
+    fn registration(version: u32, name: &str) -> RegisterRequest {
+        RegisterRequest {
+            protocol_version: version,
+            name: name.into(),
+            worker_address: "http://10.0.0.7:7071".into(),
+            ring_address: "node-7.cluster.local:40001".into(),
+            replica_ring_address: "[::1]:40002".into(),
+            capabilities: Some(Capabilities { device_kind: "cuda:3".into(), hostname: "node-7".into(), ..Default::default() }),
+        }
     }
 
     fn register(version: u32, name: &str) -> Request<RegisterRequest> {
-        Request::new(RegisterRequest { protocol_version: version, name: name.into(), ..Default::default() })
+        Request::new(registration(version, name))
+    }
+
+    #[tokio::test]
+    async fn registrations_with_bad_fields_are_refused_before_anything_is_kept() {
+        let s = service(2);
+        let ok = registration(PROTOCOL_VERSION, "pod-a_1.x");
+        assert!(check_registration(&ok).is_ok());
+        let cases: Vec<(RegisterRequest, &str)> = vec![
+            (RegisterRequest { name: "x".repeat(15 << 20), ..ok.clone() }, "worker name"),
+            (RegisterRequest { name: "a b\n".into(), ..ok.clone() }, "worker name"),
+            (RegisterRequest { worker_address: String::new(), ..ok.clone() }, "worker address"),
+            (RegisterRequest { worker_address: "http://host".into(), ..ok.clone() }, "worker address"),
+            (RegisterRequest { worker_address: "ftp://host:1".into(), ..ok.clone() }, "worker address"),
+            (RegisterRequest { ring_address: "host:0".into(), ..ok.clone() }, "ring address"),
+            (RegisterRequest { replica_ring_address: format!("{}:1", "h".repeat(300)), ..ok.clone() }, "replica ring address"),
+            (RegisterRequest { capabilities: Some(Capabilities { device_kind: "tpu".into(), ..Default::default() }), ..ok.clone() }, "device"),
+        ];
+        for (req, says) in cases {
+            let e = s.register(Request::new(req)).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains(says), "{}", e.message());
+            assert!(e.message().len() < 200, "the refusal does not echo the field");
+        }
+        assert!(s.0.workers().is_empty());
     }
 
     #[tokio::test]

@@ -7,13 +7,13 @@ use crate::cluster::driver::Cluster;
 use crate::cluster::load::ModelFiles;
 use crate::cluster::prune::ClusterEngine;
 use crate::commands::cluster::on_cluster;
+use crate::commands::create_output;
 use crate::fetch::resolve_model;
 use crate::settings::Settings;
 use anyhow::{anyhow, Context, Result};
 use llmprune_shared::dtype::WeightDtype;
 use llmprune_shared::plan::Plan;
 use llmprune_shared::planner::replay_steps;
-use llmprune_worker::export::ModelDir;
 use llmprune_worker::loader::{model_checksum, open_model};
 use serde_json::json;
 use std::time::Instant;
@@ -46,7 +46,7 @@ pub fn run(settings: &Settings, run_id: &str, args: ApplyPlanArgs) -> Result<()>
     let (before, tokenizer) = (opened.spec.clone(), opened.tokenizer);
     drop(opened.weights);
     let failed = |(k, e): (usize, anyhow::Error)| anyhow!("--plan {} step {}: {e:#}", args.plan.display(), k + 1);
-    let out = ModelDir::create(&args.out)?;
+    let (out, _partial) = create_output(&args.out, false)?;
     // Loaded exactly as `prune` loaded it (in the dtype its plan records), so the replay
     // starts from the same weights.
     let dtype = plan_dtype(&plan.settings).with_context(|| format!("--plan {}", args.plan.display()))?;

@@ -3,12 +3,14 @@
 //! cluster kept across the phases of `llmprune run`.
 
 use crate::cli::ClusterArgs;
-use crate::cluster::driver::{Cluster, ClusterConfig, Members, Phase};
+use crate::cluster::driver::{Cluster, ClusterConfig, Members, Phase, RunFailed};
 use crate::cluster::launcher::InProcessWorker;
+use crate::interrupt::interrupted;
 use crate::settings::Settings;
 use anyhow::{anyhow, bail, Context, Result};
 use llmprune_shared::device::WorkerDevice;
 use llmprune_worker::cluster::serve::{serve, ServeOptions};
+use llmprune_worker::confine::Confinement;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,10 +25,13 @@ fn in_process_worker(device: WorkerDevice) -> InProcessWorker {
             advertise_host: None,
             peer_timeout: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(30),
-            missed_heartbeats: 5,
             device,
             name,
             fault: None,
+            // Loopback only, in this process: the coordinator's own reach, in plaintext.
+            confinement: Confinement::none(),
+            tls: None,
+            insecure: false,
         };
         Box::pin(async move { serve(opts).await.map_err(|e| e.to_string()) })
     })
@@ -76,17 +81,32 @@ pub struct ClusterSession {
 impl ClusterSession {
     pub fn start(config: ClusterConfig, run_id: &str) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let cluster = runtime.block_on(Cluster::start(config, run_id))?;
+        let cluster = runtime.block_on(async {
+            tokio::select! {
+                started = Cluster::start(config, run_id) => started,
+                signal = interrupted() => Err(anyhow!(RunFailed { message: format!("interrupted by {signal} while the workers were starting"), retryable: true })),
+            }
+        })?;
         Ok(Self { runtime, cluster: Some(cluster) })
     }
 
     /// Runs one phase's `job` on the cluster; an error fails the run first, so that workers
-    /// never linger.
+    /// never linger. A signal (SIGINT, SIGTERM) ends the phase as a failure a rerun may pass.
     pub fn run<T>(&mut self, job: impl AsyncFnOnce(&mut Cluster) -> Result<T>) -> Result<T> {
         let cluster = self.cluster.as_mut().ok_or_else(|| anyhow!("the cluster has already failed"))?;
         let result = self.runtime.block_on(async {
-            match job(cluster).await {
+            // The phase's future borrows the cluster: it is dropped before the failure is
+            // handled.
+            let outcome = {
+                let phase = job(&mut *cluster);
+                tokio::select! {
+                    done = phase => done,
+                    signal = interrupted() => Err(anyhow!("interrupted by {signal}")),
+                }
+            };
+            match outcome {
                 Ok(v) => Ok(v),
+                Err(e) if crate::interrupt::received().is_some() => Err(cluster.fail_retryable(&format!("{e:#}")).await),
                 Err(e) => {
                     if cluster.phase() != Phase::Failed {
                         let _ = cluster.fail(&format!("{e:#}")).await;

@@ -69,7 +69,7 @@ pub fn run(settings: &Settings, run_id: &str, args: EvalArgs, shared: Option<&mu
     let req = request(&args)?;
     let job = eval_job(&req).map_err(crate::commands::in_flags)?;
     // Bad documents fail here, before any model is loaded.
-    let tasks = load_tasks(&job)?;
+    let tasks = load_tasks(&job).map_err(|e| anyhow!("--data-dir: {e}"))?;
     let model_path = resolve_model(&args.model, &settings.cache_dir, &settings.python)?;
     let opened = open_model(&model_path).with_context(|| format!("opening {}", model_path.display()))?;
     opened.tokenizer.check_fits(&opened.spec)?;
@@ -147,8 +147,14 @@ fn results_json(
         "seconds": {"load": load_s, "total": seconds},
         "documents_per_s": units as f64 / seconds.max(1e-9),
     });
-    if let (Some(s), Some(text)) = (share.latency_s_per_chunk, share.ppl.first()) {
-        doc["latency"] = json!({"s_per_chunk": s, "dataset": text.name, "chunks": args.job.latency_chunks, "seq_len": args.job.seq_len, "batch": 1});
+    if let (Some(latency), Some(text)) = (&share.latency, share.ppl.first()) {
+        let mut timed = latency.to_json();
+        for (key, value) in
+            [("dataset", json!(text.name)), ("chunks", json!(args.job.latency_chunks)), ("seq_len", json!(args.job.seq_len)), ("batch", json!(1))]
+        {
+            timed[key] = value;
+        }
+        doc["latency"] = timed;
     }
     if let Some(c) = cluster {
         doc["cluster"] = c;

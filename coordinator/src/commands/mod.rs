@@ -13,9 +13,25 @@ pub mod run;
 pub mod synth;
 pub mod table;
 
+use crate::interrupt::{remove_stale_partials, Temporary};
 use anyhow::{Context, Result};
+use llmprune_worker::export::ModelDir;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// A model output's temporary directory beside `out` (renamed into place when complete),
+/// registered so that an interrupted run removes it. With `resume`, the temporary
+/// directories an earlier run of the same output left behind are removed first.
+pub fn create_output(out: &Path, resume: bool) -> Result<(ModelDir, Temporary)> {
+    if resume {
+        for stale in remove_stale_partials(out).with_context(|| format!("--out {}: removing an earlier run's partial output", out.display()))? {
+            tracing::info!(removed = %stale.display(), "an earlier run's partial output");
+        }
+    }
+    let dir = ModelDir::create(out)?;
+    let temporary = Temporary::register(dir.path());
+    Ok((dir, temporary))
+}
 
 /// A worker-library error as the command line says it: a job setting named by its flag.
 pub fn in_flags(e: llmprune_worker::Error) -> anyhow::Error {

@@ -7,8 +7,8 @@ use crate::cluster::driver::{Cluster, RunFailed};
 use crate::cluster::evaluate::{perplexities_on_cluster, Perplexities, PplJob};
 use crate::cluster::load::{ModelFiles, RankReport};
 use crate::cluster::prune::{ClusterEngine, ScoreCheckpoints};
-use crate::commands::checkpoint_dir;
 use crate::commands::cluster::{on_cluster, ClusterSession};
+use crate::commands::{checkpoint_dir, create_output};
 use crate::fetch::resolve_model;
 use crate::settings::Settings;
 use anyhow::{anyhow, Context, Result};
@@ -16,6 +16,7 @@ use llmprune_shared::dtype::WeightDtype;
 use llmprune_shared::jobs::PruneSettings;
 use llmprune_shared::plan::{Plan, PlanModel, PlanStep};
 use llmprune_shared::planner::{prune_steps, Criterion, ModeName, PruneRequest, StepSeconds};
+use llmprune_shared::results::Latency;
 use llmprune_shared::{ModelSpec, PyRandom};
 use llmprune_worker::calibration::{read_rows, read_token_ids, sample_windows_with};
 use llmprune_worker::export::ModelDir;
@@ -110,7 +111,7 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
         "calibration": calibration_json,
         "dtype": WeightDtype::name_or_auto(job.dtype),
     });
-    let out = ModelDir::create(&args.out)?;
+    let (out, _partial) = create_output(&args.out, args.cluster.resume)?;
     let work = PruneJob {
         model: ModelFiles { spec: &spec_before, path: &model_path, sha256: &checksum, dtype: job.dtype },
         req: &req,
@@ -144,13 +145,14 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
     let mut after = table3(spec_after);
     let mut ppl = serde_json::Map::new();
     if let (Some(job), Some(measured)) = (&eval_ppl, outcome.measured) {
-        if let (Some(b), Some(a)) = (outcome.latency_before, measured.latency_s_per_chunk) {
+        if let (Some(b), Some(a)) = (&outcome.latency_before, &measured.latency) {
             let dataset = job.data.first().map(|(name, _)| name.clone());
             let what = json!({"dataset": dataset, "chunks": job.latency_chunks, "seq_len": job.seq_len, "batch": 1});
-            before["latency_s_per_chunk"] = json!(b);
-            after["latency_s_per_chunk"] = json!(a);
-            before["latency_measured_on"] = what.clone();
-            after["latency_measured_on"] = what;
+            for (stats, latency) in [(&mut before, b), (&mut after, a)] {
+                stats["latency_s_per_chunk"] = json!(latency.median());
+                stats["latency"] = latency.to_json();
+                stats["latency_measured_on"] = what.clone();
+            }
         }
         ppl = measured.results;
     }
@@ -207,7 +209,7 @@ struct PruneOutcome {
     seconds: StepSeconds,
     ranks: Vec<RankReport>,
     /// The model's latency before pruning, when measured (the whole model on a worker).
-    latency_before: Option<f64>,
+    latency_before: Option<Latency>,
     /// `--eval-ppl` of the pruned model as written.
     measured: Option<Perplexities>,
     /// The dtype the weights were held and written in.

@@ -8,13 +8,15 @@ use crate::cluster::evaluate::{perplexities_on_cluster, PplJob};
 use crate::cluster::load::ModelFiles;
 use crate::cluster::recover::recover_on_cluster;
 use crate::commands::cluster::{on_cluster, ClusterSession};
-use crate::commands::{checkpoint_dir, worker_settings_in_flags};
+use crate::commands::ppl::parse_data;
+use crate::commands::{checkpoint_dir, create_output, in_flags, worker_settings_in_flags};
 use crate::settings::Settings;
 use anyhow::{anyhow, Context, Result};
 use llmprune_shared::jobs::RecoverSettings;
 use llmprune_shared::proto::{RecoverReply, RecoverRequest};
-use llmprune_worker::export::ModelDir;
 use llmprune_worker::loader::{model_checksum, open_model, sha256_file};
+use llmprune_worker::train::records::RecordFile;
+use llmprune_worker::train::recover::split;
 use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
@@ -61,7 +63,16 @@ pub(crate) fn check_flags(args: &RecoverArgs) -> Result<()> {
     }
     args.cluster.check()?;
     eval_ppl_job(&args.job)?;
+    parse_data("--extra-val", &args.job.extra_val)?;
     request(args, Path::new(""), "").map(|_| ())
+}
+
+/// The records (`--data`) read and split as the workers will, so that a malformed record or a
+/// `--val-size` that leaves nothing to train on fails before any model is loaded.
+fn check_records(job: &RecoverSettings) -> Result<()> {
+    let records = RecordFile::open(&job.data, job.format, job.skip_bad_records).map_err(|e| anyhow!("--data: {e}"))?;
+    split(records.len(), job.val_size, job.seed).map_err(in_flags)?;
+    Ok(())
 }
 
 fn check_args(args: &RecoverArgs) -> Result<()> {
@@ -74,7 +85,8 @@ fn check_args(args: &RecoverArgs) -> Result<()> {
     if !args.model.join("plan.json").is_file() {
         return Err(anyhow!("--model {}: no plan.json (recover takes a directory written by `llmprune prune`)", args.model.display()));
     }
-    check_flags(args)
+    check_flags(args)?;
+    check_records(&args.job)
 }
 
 pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs, shared: Option<&mut ClusterSession>) -> Result<()> {
@@ -84,7 +96,7 @@ pub fn run(settings: &Settings, run_id: &str, args: RecoverArgs, shared: Option<
     check_args(&args)?;
     // The reference's 128-token chunks (shorter only for toy models that cannot take 128).
     let eval_ppl = eval_ppl_job(&args.job)?;
-    let out = ModelDir::create(&args.out)?;
+    let (out, _partial) = create_output(&args.out, args.cluster.resume)?;
     let sha = model_checksum(&args.model)?;
     let req = request(&args, out.path(), &sha)?;
     let opened = open_model(&args.model).with_context(|| format!("opening {}", args.model.display()))?;

@@ -53,6 +53,38 @@ fn cell(v: &Value, f: impl Fn(f64) -> String) -> String {
     v.as_f64().map_or("–".into(), f)
 }
 
+/// Table 3's latency: the median over the timed chunks and their quartiles, marked when other
+/// processes were busy meanwhile.
+fn latency_cell(stats: &Value) -> String {
+    let l = &stats["latency"];
+    let median = cell(&stats["latency_s_per_chunk"], |v| format!("{v:.3}"));
+    match (l["q1"].as_f64(), l["q3"].as_f64()) {
+        (Some(q1), Some(q3)) => format!("{median} ({q1:.3}–{q3:.3}){}", if l["machine_busy"] == json!(true) { " *" } else { "" }),
+        _ => median,
+    }
+}
+
+/// What Table 3's latency means, and which timings a busy machine disturbed.
+fn latency_note(table3: &Value) -> String {
+    let timed: Vec<&Value> = ["before", "after"].iter().map(|w| &table3[*w]["latency"]).filter(|l| l.is_object()).collect();
+    let Some(first) = timed.first() else {
+        return String::new();
+    };
+    let mut note = format!(
+        "\nLatency: the median over {} chunks, each timed alone at batch 1 after a warm-up pass, with the quartiles in parentheses.",
+        first["timed_chunks"]
+    );
+    let busy: Vec<String> =
+        timed.iter().filter(|l| l["machine_busy"] == json!(true)).map(|l| format!("{:.0}%", 100.0 * l["others_busy"].as_f64().unwrap_or(0.0))).collect();
+    if !busy.is_empty() {
+        note += &format!(
+            " \\* The machine was busy: other processes used {} of its CPU time meanwhile, so the timing is slower than an idle machine's.",
+            busy.join(" and ")
+        );
+    }
+    note + "\n"
+}
+
 fn markdown(report: &Value, evals: &[(String, Value)]) -> String {
     let mut md = String::from("# llmprune run report\n\n");
     md += &format!("Model `{}`, output `{}`.\n\n", report["model"].as_str().unwrap_or("?"), report["out"].as_str().unwrap_or("?"));
@@ -69,9 +101,10 @@ fn markdown(report: &Value, evals: &[(String, Value)]) -> String {
             cell(&s["params"], |v| format!("{:.2}M", v / 1e6)),
             cell(&s["macs_64_tokens"], |v| format!("{:.2}G", v / 1e9)),
             cell(&s["weight_mib_f32"], |v| format!("{v:.1} MiB")),
-            cell(&s["latency_s_per_chunk"], |v| format!("{v:.3}")),
+            latency_cell(s),
         );
     }
+    md += &latency_note(&report["table3"]);
     md += "\n## Kept widths per layer\n\n![kept widths](plots/widths.svg)\n\n| layer | heads | KV heads | MLP |\n|---|---|---|---|\n";
     for l in report["layers"].as_array().into_iter().flatten() {
         let pair = |k: &str| format!("{} → {}", l[k][0].as_u64().map_or("?".into(), |v| v.to_string()), l[k][1]);
@@ -192,6 +225,7 @@ pub fn write_report(out: &RunOutputs, seconds: &Map<String, Value>, total_s: f64
         let timed = evals.iter().find(|(n, _)| n == name).map(|(_, e)| &e["latency"]).filter(|l| l.is_object());
         if let (true, Some(l)) = (table3[which]["latency_s_per_chunk"].is_null(), timed) {
             table3[which]["latency_s_per_chunk"] = l["s_per_chunk"].clone();
+            table3[which]["latency"] = l.clone();
             table3[which]["latency_measured_on"] =
                 json!({"dataset": l["dataset"], "chunks": l["chunks"], "seq_len": l["seq_len"], "batch": l["batch"], "by": "eval"});
         }

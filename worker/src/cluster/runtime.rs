@@ -4,15 +4,16 @@
 
 use super::shard::{Collectives, ShardLayout, ShardModel};
 use crate::collective::{compute_device, group_id, nccl_group, Communicator, RingOptions, TcpRing, WorkerDevice};
+use crate::confine::Confinement;
 use crate::error::{Error, Result};
-use crate::eval::job::{eval_job, evaluate_share, load_tasks, measure_latency};
+use crate::eval::job::{confined, eval_job, evaluate_share, load_tasks, measure_latency, EvalProgress};
 use crate::export::write_tensor_parts;
 use crate::generate::{generate, Sampling};
 use crate::loader::model_checksum;
 use crate::memory::peak_rss_bytes;
 use crate::prune::engine::{GroupPart, StageJob};
-use crate::train::job::run_recovery;
-use crate::train::recover::StepReport;
+use crate::train::job::{confine_paths as confine_recovery, run_recovery};
+use crate::train::recover::RecoverEvent;
 use crate::train::TrainGroups;
 use llmprune_shared::dtype::WeightDtype;
 use llmprune_shared::planner::{criterion_from_wire, plan_groups, reduction_from_wire, spec_after_step, step_from_wire};
@@ -77,6 +78,8 @@ pub struct RuntimeOptions {
     pub fault: Option<Fault>,
     /// Where the collectives run (NCCL on a GPU, the TCP rings on a CPU).
     pub device: WorkerDevice,
+    /// Where requests may read and write.
+    pub confinement: Confinement,
 }
 
 /// Sends commands to the runtime thread.
@@ -183,20 +186,20 @@ impl Runtime {
     fn load(&mut self, req: LoadShardRequest) -> Result<LoadShardReply> {
         let t = Instant::now();
         let spec = req.shard.ok_or_else(|| Error::Invalid("LoadShard without a shard".into()))?;
-        let path = Path::new(&req.model_path);
+        let path = &self.opts.confinement.readable("the model", Path::new(&req.model_path))?;
         let sha = model_checksum(path)?;
         if sha != req.model_sha256 {
             return Err(Error::file(path, format!("sha256 {sha} here, {} at the coordinator: the workers must see the same model", req.model_sha256)));
         }
         // A later phase of the same run loads another model (or part): the previous one and its
-        // rings go first. Connections left over from the old rings carry the old cookie and are
+        // rings go first. Connections left over from the old rings cannot prove the new secret and
         // dropped when the new rings form.
         self.shard = None;
         self.comms = None;
         let (rank, world) = (spec.rank as usize, spec.world_size as usize);
         let (replica, replicas) = (spec.replica as usize, (spec.replicas as usize).max(1));
         let replica_addresses = if replicas == 1 && req.replica_ring_addresses.is_empty() { vec![String::new()] } else { req.replica_ring_addresses };
-        let ring = RingOptions { cookie: req.ring_cookie, ..self.opts.ring.clone() };
+        let ring = RingOptions { secret: req.ring_secret.clone(), ..self.opts.ring.clone() };
         // Every worker joins its pipeline group first, then its replica group: no group waits
         // on a worker still busy joining the other.
         let device = compute_device(self.opts.device).map_err(Error::Invalid)?;
@@ -259,6 +262,8 @@ impl Runtime {
                 unit: "passes".into(),
                 tokens_per_s: (done * tokens_per_pass) as f64 / elapsed.max(1e-9),
                 eta_s: elapsed / done.max(1) as f64 * (total - done) as f64,
+                // The replicas of a stage split the passes.
+                share: true,
                 ..Default::default()
             });
         };
@@ -295,31 +300,45 @@ impl Runtime {
     }
 
     fn recover(&mut self, req: RecoverRequest) -> Result<RecoverReply> {
+        confine_recovery(&req, &self.opts.confinement)?;
         let progress_tx = self.opts.progress.clone();
         let fault = self.opts.fault;
         let (shard, comms) = self.parts()?;
         let rank = shard.layout.rank as u32;
-        let mut report = |r: &StepReport| {
-            if fault == Some(Fault::ExitDuringRecovery) && r.step == 2 {
-                tracing::error!("fault injection: exiting during recovery");
-                std::process::exit(3);
+        let mut report = |event: RecoverEvent| match event {
+            RecoverEvent::Step(r) => {
+                if fault == Some(Fault::ExitDuringRecovery) && r.step == 2 {
+                    tracing::error!("fault injection: exiting during recovery");
+                    std::process::exit(3);
+                }
+                let _ = progress_tx.send(ProgressEvent {
+                    rank,
+                    phase: "recovering".into(),
+                    done: r.step,
+                    total: r.total_steps,
+                    unit: "steps".into(),
+                    tokens_per_s: r.tokens_per_s,
+                    eta_s: r.eta_s,
+                    ..Default::default()
+                });
+                // Steps reach the coordinator as progress (one display for the run); a worker's
+                // own log keeps them at debug and says validation losses, which are rarer.
+                let (loss, lr, tokens_per_s) = (format!("{:.4}", r.loss), format!("{:.3e}", r.lr), format!("{:.0}", r.tokens_per_s));
+                match r.val_loss {
+                    Some(v) => tracing::info!(step = r.step, total = r.total_steps, loss, val_loss = format!("{v:.4}"), "validation"),
+                    None => tracing::debug!(step = r.step, total = r.total_steps, loss, lr, tokens_per_s, "step"),
+                }
             }
-            let _ = progress_tx.send(ProgressEvent {
-                rank,
-                phase: "recovering".into(),
-                done: r.step,
-                total: r.total_steps,
-                unit: "steps".into(),
-                tokens_per_s: r.tokens_per_s,
-                eta_s: r.eta_s,
-                ..Default::default()
-            });
-            // Steps reach the coordinator as progress (one display for the run); a worker's own
-            // log keeps them at debug and says validation losses, which are rarer.
-            let (loss, lr, tokens_per_s) = (format!("{:.4}", r.loss), format!("{:.3e}", r.lr), format!("{:.0}", r.tokens_per_s));
-            match r.val_loss {
-                Some(v) => tracing::info!(step = r.step, total = r.total_steps, loss, val_loss = format!("{v:.4}"), "validation"),
-                None => tracing::debug!(step = r.step, total = r.total_steps, loss, lr, tokens_per_s, "step"),
+            RecoverEvent::Evaluating { what, done, total, unit, eta_s } => {
+                let _ = progress_tx.send(ProgressEvent {
+                    rank,
+                    phase: what,
+                    done: done as u64,
+                    total: total as u64,
+                    unit: unit.into(),
+                    eta_s,
+                    ..Default::default()
+                });
             }
         };
         let mut groups = TrainGroups { data: comms.replicas.as_mut(), pipeline: comms.pipeline.as_mut() };
@@ -354,32 +373,54 @@ impl Runtime {
 
     fn evaluate(&mut self, req: EvaluateRequest) -> Result<EvaluateReply> {
         let t = Instant::now();
+        let job = confined(eval_job(&req)?, &self.opts.confinement)?;
         let progress_tx = self.opts.progress.clone();
         let shard = self.whole_model("evaluation")?;
         let l = &shard.layout;
         let (rank, world) = (l.replica, l.replicas);
-        let job = eval_job(&req)?;
         if job.latency_chunks.is_some() {
-            let latency = measure_latency(&shard.model, &shard.tokenizer, &job)?;
-            tracing::info!(s_per_chunk = latency, "latency");
+            let mut progress = |done: usize, total: usize| {
+                let elapsed = t.elapsed().as_secs_f64();
+                let _ = progress_tx.send(ProgressEvent {
+                    phase: "timing latency".into(),
+                    done: done as u64,
+                    total: total as u64,
+                    unit: "chunks".into(),
+                    eta_s: elapsed / done.max(1) as f64 * total.saturating_sub(done) as f64,
+                    ..Default::default()
+                });
+            };
+            let latency = measure_latency(&shard.model, &shard.tokenizer, &job, &mut progress)?.unwrap_or_default();
+            let others_busy = latency.others_busy.map_or("unknown".to_string(), |b| format!("{:.0}%", 100.0 * b));
+            tracing::info!(median_s = format!("{:.4}", latency.median()), chunks = latency.chunk_seconds.len(), others_busy, "latency");
             return Ok(EvaluateReply {
-                latency_s_per_chunk: latency.unwrap_or(0.0),
+                latency_s_per_chunk: latency.median(),
+                latency_chunk_seconds: latency.chunk_seconds,
+                latency_others_busy: latency.others_busy.unwrap_or(-1.0),
                 seconds: t.elapsed().as_secs_f64(),
                 peak_rss_bytes: peak_rss_bytes(),
                 ..Default::default()
             });
         }
         let tasks = load_tasks(&job)?;
-        let mut progress = |done: usize, total: usize, tokens: u64| {
-            let elapsed = t.elapsed().as_secs_f64();
+        // Each phase's clock (documents, then each text) runs from the last report of the one
+        // before.
+        let (mut phase, mut since, mut last) = (String::new(), t, t);
+        let mut progress = |p: EvalProgress| {
+            if phase != p.phase {
+                (phase, since) = (p.phase.to_string(), last);
+            }
+            last = Instant::now();
+            let elapsed = since.elapsed().as_secs_f64();
+            // Every worker holds the whole model (one stage) and evaluates its share.
             let _ = progress_tx.send(ProgressEvent {
-                rank: rank as u32,
-                phase: "evaluating".into(),
-                done: done as u64,
-                total: total as u64,
-                unit: "documents".into(),
-                tokens_per_s: tokens as f64 / elapsed.max(1e-9),
-                eta_s: elapsed / done.max(1) as f64 * total.saturating_sub(done) as f64,
+                phase: p.phase.to_string(),
+                done: p.done as u64,
+                total: p.total as u64,
+                unit: p.unit.into(),
+                tokens_per_s: p.tokens as f64 / elapsed.max(1e-9),
+                eta_s: elapsed / p.done.max(1) as f64 * p.total.saturating_sub(p.done) as f64,
+                share: true,
                 ..Default::default()
             });
         };
@@ -390,17 +431,18 @@ impl Runtime {
             ppl: share.ppl.into_iter().map(PplSum::from).collect(),
             seconds: t.elapsed().as_secs_f64(),
             peak_rss_bytes: peak_rss_bytes(),
-            latency_s_per_chunk: 0.0,
+            ..Default::default()
         })
     }
 
     fn save(&mut self, req: SaveShardRequest) -> Result<SaveShardReply> {
+        let directory = self.opts.confinement.writable("the shard directory", Path::new(&req.directory))?;
         let (shard, _) = self.parts()?;
         if req.file_stem.is_empty() || req.file_stem.contains('/') || req.file_stem.starts_with('.') {
             return Err(Error::Invalid(format!("bad shard file stem `{}`", req.file_stem)));
         }
         let max_bytes = if req.max_shard_bytes == 0 { u64::MAX } else { req.max_shard_bytes };
-        let files = write_tensor_parts(Path::new(&req.directory), &req.file_stem, shard.spec(), &shard.owned_weights(), max_bytes)?;
+        let files = write_tensor_parts(&directory, &req.file_stem, shard.spec(), &shard.owned_weights(), max_bytes)?;
         Ok(SaveShardReply { files: files.into_iter().map(|(file_name, tensor_names, bytes)| SavedFile { file_name, tensor_names, bytes }).collect() })
     }
 }

@@ -6,12 +6,14 @@
 use super::runtime::{spawn_runtime, Fault, RuntimeOptions};
 use super::service::WorkerService;
 use crate::collective::{RingOptions, WorkerDevice};
+use crate::confine::Confinement;
 use crate::error::{Error, Result};
 use llmprune_shared::proto::coordinator_client::CoordinatorClient;
 use llmprune_shared::proto::worker_server::WorkerServer;
 use llmprune_shared::proto::{
     attach_token, require_token, Capabilities, HeartbeatRequest, ProgressEvent, RegisterRequest, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
 };
+use llmprune_shared::tls::{check_listen, error_chain, scheme, url_host, Tls};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
@@ -32,14 +34,32 @@ pub struct ServeOptions {
     pub peer_timeout: Duration,
     /// How long to keep trying to reach the coordinator at start.
     pub connect_timeout: Duration,
-    /// Heartbeats the coordinator may miss before the worker gives up.
-    pub missed_heartbeats: u32,
     pub device: WorkerDevice,
     /// The worker's name in the coordinator's logs and errors.
     pub name: String,
+    /// Where requests may read and write; a worker listening beyond loopback must be confined.
+    pub confinement: Confinement,
+    /// TLS for its service and its calls to the coordinator (`None`: plaintext).
+    pub tls: Option<Tls>,
+    /// Allow a plaintext service beyond loopback.
+    pub insecure: bool,
     /// Testing only.
     pub fault: Option<Fault>,
 }
+
+/// Why a registration did not get through, with the transport's cause (a TLS refusal is in
+/// the status's sources, not its message).
+fn registration_refusal(s: &tonic::Status) -> String {
+    match std::error::Error::source(s) {
+        Some(cause) => {
+            format!("{} ({}; with TLS on one side, both sides need --tls-cert, --tls-key and --tls-ca from the same CA)", s.message(), error_chain(cause))
+        }
+        None => s.message().to_string(),
+    }
+}
+
+/// How long the coordinator has to answer a registration.
+const REGISTER_DEADLINE: Duration = Duration::from_secs(30);
 
 fn coordinator_error(context: impl Into<String>, reason: impl std::fmt::Display) -> Error {
     Error::Coordinator { context: context.into(), reason: reason.to_string() }
@@ -63,6 +83,12 @@ fn capabilities(device: WorkerDevice) -> Capabilities {
 /// Serves one worker until the coordinator stops it (`Ok`) or is lost (`Err`).
 pub async fn serve(opts: ServeOptions) -> Result<()> {
     let listen = format!("--listen {}", opts.listen);
+    check_listen("--listen", opts.listen, opts.tls.as_ref(), opts.insecure).map_err(|e| Error::Invalid(e.to_string()))?;
+    if !opts.listen.ip().is_loopback() && !opts.confinement.is_confined() {
+        return Err(Error::Invalid(format!(
+            "{listen}: a worker reachable from other machines reads and writes only where it is told: give --model-root, --data-root and --output-root (directories its jobs may use)"
+        )));
+    }
     let grpc = tokio::net::TcpListener::bind(opts.listen).await.map_err(|e| Error::io(&listen, e))?;
     let grpc_addr = grpc.local_addr().map_err(|e| Error::io(&listen, e))?;
     let bind_ring = || std::net::TcpListener::bind(SocketAddr::new(opts.listen.ip(), 0)).map_err(|e| Error::io(format!("{listen} (ring socket)"), e));
@@ -71,7 +97,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
     let host = opts.advertise_host.clone().unwrap_or_else(|| grpc_addr.ip().to_string());
     let ring_address = format!("{host}:{}", port(&ring)?);
     let replica_ring_address = format!("{host}:{}", port(&replica_ring)?);
-    let worker_address = format!("http://{host}:{}", grpc_addr.port());
+    let worker_address = format!("{}://{host}:{}", scheme(opts.tls.as_ref()), grpc_addr.port());
 
     let (progress_tx, progress_rx) = tokio::sync::mpsc::unbounded_channel();
     let runtime = spawn_runtime(RuntimeOptions {
@@ -81,6 +107,7 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         progress: progress_tx,
         fault: opts.fault,
         device: opts.device,
+        confinement: opts.confinement.clone(),
     })?;
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
     // Messages carry scores, shapes and token ids (kilobytes to a few MiB for 70B models);
@@ -90,10 +117,13 @@ pub async fn serve(opts: ServeOptions) -> Result<()> {
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let service = tonic::service::interceptor::InterceptedService::new(server, require_token(opts.token.clone()));
     let mut server_stop = shutdown_rx.clone();
-    let serving =
-        tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
-            let _ = server_stop.wait_for(|s| *s).await;
-        }));
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &opts.tls {
+        server = server.tls_config(tls.server()).map_err(|e| Error::Invalid(format!("--tls-cert/--tls-key: {e}")))?;
+    }
+    let serving = tokio::spawn(server.add_service(service).serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+        let _ = server_stop.wait_for(|s| *s).await;
+    }));
     let outcome = join_coordinator(&opts, worker_address, ring_address, replica_ring_address, grpc_addr, progress_rx, &mut shutdown_rx).await;
     let _ = shutdown_tx.send(true);
     let _ = serving.await;
@@ -117,35 +147,55 @@ async fn join_coordinator(
     shutdown_rx: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
     let coordinator = &opts.coordinator;
-    let endpoint = tonic::transport::Endpoint::from_shared(coordinator.clone())
+    let mut endpoint = tonic::transport::Endpoint::from_shared(coordinator.clone())
         .map_err(|e| Error::Invalid(format!("--coordinator {coordinator}: {e}")))?
         .connect_timeout(Duration::from_secs(10));
+    match (&opts.tls, coordinator.starts_with("https://")) {
+        (Some(tls), true) => {
+            endpoint = endpoint.tls_config(tls.client(url_host(coordinator))).map_err(|e| Error::Invalid(format!("--tls-ca: {e}")))?;
+        }
+        (Some(_), false) => return Err(Error::Invalid(format!("--coordinator {coordinator}: with --tls-* the coordinator is https://HOST:PORT"))),
+        (None, true) => return Err(Error::Invalid(format!("--coordinator {coordinator}: an https coordinator needs --tls-cert, --tls-key and --tls-ca"))),
+        (None, false) => {}
+    }
     // Workers often start before the coordinator listens (a scheduler starts them together).
+    let interceptor = attach_token(&opts.token).map_err(|e| Error::Invalid(format!("--token: {e}")))?;
+    let registration = RegisterRequest {
+        protocol_version: PROTOCOL_VERSION,
+        worker_address,
+        ring_address,
+        replica_ring_address,
+        capabilities: Some(capabilities(opts.device)),
+        name: opts.name.clone(),
+    };
+    // Workers often start before the coordinator listens (a scheduler starts them together),
+    // and a connection can drop before the first call: until the deadline, a failure to reach
+    // the coordinator is tried again; its refusal (token, version, fields) is final.
     let deadline = tokio::time::Instant::now() + opts.connect_timeout;
-    let channel = loop {
-        match endpoint.connect().await {
-            Ok(c) => break c,
+    let (mut client, reply) = loop {
+        let attempt = async {
+            let channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
+            let mut client = CoordinatorClient::with_interceptor(channel, interceptor.clone());
+            let mut call = tonic::Request::new(registration.clone());
+            call.set_timeout(REGISTER_DEADLINE);
+            match tokio::time::timeout(REGISTER_DEADLINE, client.register(call)).await {
+                Ok(Ok(reply)) => Ok(Ok((client, reply.into_inner()))),
+                Ok(Err(s)) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Internal) => {
+                    Err(registration_refusal(&s))
+                }
+                Ok(Err(s)) => Ok(Err(coordinator_error("the coordinator refused registration", s.message()))),
+                Err(_) => Err(format!("no answer to the registration within {} s", REGISTER_DEADLINE.as_secs())),
+            }
+        };
+        match attempt.await {
+            Ok(registered) => break registered?,
             Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(error = %e, "the coordinator is not up yet");
+                tracing::debug!(error = %e, "the coordinator is not reachable yet");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            Err(e) => return Err(coordinator_error(format!("connecting to the coordinator at {coordinator} for {} s", opts.connect_timeout.as_secs()), e)),
+            Err(e) => return Err(coordinator_error(format!("reaching the coordinator at {coordinator} for {} s", opts.connect_timeout.as_secs()), e)),
         }
     };
-    let interceptor = attach_token(&opts.token).map_err(|e| Error::Invalid(format!("--token: {e}")))?;
-    let mut client = CoordinatorClient::with_interceptor(channel, interceptor);
-    let reply = client
-        .register(RegisterRequest {
-            protocol_version: PROTOCOL_VERSION,
-            worker_address,
-            ring_address,
-            replica_ring_address,
-            capabilities: Some(capabilities(opts.device)),
-            name: opts.name.clone(),
-        })
-        .await
-        .map_err(|s| coordinator_error("the coordinator refused registration", s.message()))?
-        .into_inner();
     // The span travels with the futures (an entered guard would not survive their awaits).
     let span = tracing::info_span!("worker", run_id = %reply.run_id, worker = %reply.worker_id);
     async {
@@ -163,7 +213,13 @@ async fn join_coordinator(
         });
 
         let interval = Duration::from_millis(u64::from(reply.heartbeat_interval_ms.max(100)));
-        let mut missed = 0;
+        // Every heartbeat has a deadline, and a coordinator that answered none for its own
+        // timeout is gone (stopped, hung or cut off): the worker then exits and frees its
+        // device rather than hold it forever.
+        let timeout = Duration::from_millis(u64::from(reply.heartbeat_timeout_ms)).max(2 * interval);
+        // A busy coordinator may answer late; a quarter of the timeout still leaves retries.
+        let deadline = (timeout / 4).max(interval);
+        let mut answered = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 () = stopped(shutdown_rx) => break Ok(()),
@@ -172,16 +228,20 @@ async fn join_coordinator(
                         continue;
                     }
                     let beat = HeartbeatRequest { protocol_version: PROTOCOL_VERSION, worker_id: worker_id.clone(), phase: String::new() };
-                    match client.heartbeat(beat).await {
-                        Ok(r) if r.get_ref().stop => break Ok(()),
-                        Ok(_) => missed = 0,
-                        Err(s) => {
-                            missed += 1;
-                            tracing::warn!(missed, error = %s.message(), "heartbeat failed");
-                            if missed >= opts.missed_heartbeats {
-                                break Err(coordinator_error(format!("lost the coordinator at {coordinator}"), format!("{missed} heartbeats failed ({})", s.message())));
-                            }
-                        }
+                    let mut call = tonic::Request::new(beat);
+                    call.set_timeout(deadline);
+                    match tokio::time::timeout(deadline, client.heartbeat(call)).await {
+                        Ok(Ok(r)) if r.get_ref().stop => break Ok(()),
+                        Ok(Ok(_)) => answered = tokio::time::Instant::now(),
+                        Ok(Err(s)) => tracing::warn!(error = %s.message(), "heartbeat failed"),
+                        Err(_) => tracing::warn!(waited_ms = deadline.as_millis() as u64, "heartbeat unanswered"),
+                    }
+                    let silent = answered.elapsed();
+                    if silent >= timeout {
+                        break Err(coordinator_error(
+                            format!("lost the coordinator at {coordinator}"),
+                            format!("no heartbeat answered for {:.1} s; releasing the shard and exiting", silent.as_secs_f64()),
+                        ));
                     }
                 }
             }

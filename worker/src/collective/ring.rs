@@ -4,12 +4,24 @@
 //! same order on the way round and then copied, so all ranks end bit-identical.
 
 use super::{part, CommError, CommResult, Communicator};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// First bytes of a ring connection: a marker, the run's cookie, the connecting rank.
-const MAGIC: [u8; 4] = *b"LPRG";
+/// First bytes of both sides' hellos.
+const MAGIC: [u8; 4] = *b"LPR2";
+/// A handshake's messages: the listener's `MAGIC nonce`, the dialler's `MAGIC rank nonce
+/// proof`, the listener's `proof`.
+const NONCE: usize = 16;
+const PROOF: usize = 32;
+/// How long an accepted connection has to prove itself; handshakes run side by side, so idle
+/// or hostile connections delay no one.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Handshakes in flight at most; connections beyond are dropped at once.
+const MAX_HANDSHAKES: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct RingOptions {
@@ -18,14 +30,18 @@ pub struct RingOptions {
     /// A read or write that makes no progress for this long fails (a hung peer); `None` waits
     /// forever (a crashed peer still fails at once: its socket closes).
     pub io_timeout: Option<Duration>,
-    /// Shared by the ranks of one run (handed out by the coordinator); connections that do not
-    /// present it are dropped.
-    pub cookie: u64,
+    /// Shared by the ranks of one ring (handed out by the coordinator over its authenticated
+    /// channel). Each connection proves it both ways with an HMAC over fresh nonces, so the
+    /// secret never crosses the ring's sockets; connections that cannot are dropped.
+    pub secret: Vec<u8>,
+    /// The largest frame a peer may announce when the receiver does not know what to expect
+    /// (values; frames of known length must match it exactly).
+    pub max_frame_values: usize,
 }
 
 impl Default for RingOptions {
     fn default() -> Self {
-        Self { connect_timeout: Duration::from_secs(60), io_timeout: Some(Duration::from_secs(600)), cookie: 0 }
+        Self { connect_timeout: Duration::from_secs(60), io_timeout: Some(Duration::from_secs(600)), secret: Vec::new(), max_frame_values: 1 << 28 }
     }
 }
 
@@ -36,6 +52,8 @@ pub struct TcpRing {
     next: Option<TcpStream>,
     /// Connection from rank − 1 (it dialled us).
     prev: Option<TcpStream>,
+    /// [`RingOptions::max_frame_values`].
+    max_frame: usize,
 }
 
 impl TcpRing {
@@ -47,32 +65,32 @@ impl TcpRing {
             return Err(CommError::Usage { rank, reason: format!("rank {rank} outside a world of {world}") });
         }
         if world == 1 {
-            return Ok(Self { rank, world, next: None, prev: None });
+            return Ok(Self { rank, world, next: None, prev: None, max_frame: opts.max_frame_values });
         }
         let next_rank = (rank + 1) % world;
         let prev_rank = (rank + world - 1) % world;
         let deadline = Instant::now() + opts.connect_timeout;
         let next_addr = addrs[next_rank];
-        let (cookie, waited) = (opts.cookie, opts.connect_timeout);
+        let (secret, waited) = (opts.secret.clone(), opts.connect_timeout);
         // Dial the next rank while accepting the previous one: every rank does both, so doing
         // them one after the other would deadlock a ring of listeners.
         let dial = std::thread::spawn(move || -> CommResult<TcpStream> {
             loop {
-                match TcpStream::connect_timeout(&next_addr, Duration::from_secs(5)) {
-                    Ok(mut s) => {
-                        let mut hello = Vec::with_capacity(16);
-                        hello.extend_from_slice(&MAGIC);
-                        hello.extend_from_slice(&cookie.to_le_bytes());
-                        hello.extend_from_slice(&(rank as u32).to_le_bytes());
-                        s.write_all(&hello).map_err(|e| io(rank, next_rank, "handshake", e))?;
-                        return Ok(s);
-                    }
-                    Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                    Err(_) => return Err(CommError::Timeout { rank, peer: next_rank, waited }),
+                let failure = match TcpStream::connect_timeout(&next_addr, Duration::from_secs(5)) {
+                    Ok(s) => match dial_handshake(s, &secret, rank, deadline) {
+                        Ok(s) => return Ok(s),
+                        Err(e) => e.to_string(),
+                    },
+                    Err(e) => e.to_string(),
+                };
+                if Instant::now() >= deadline {
+                    tracing::warn!(rank, peer = next_rank, %next_addr, error = %failure, "no ring handshake with the next rank");
+                    return Err(CommError::Timeout { rank, peer: next_rank, waited });
                 }
+                std::thread::sleep(Duration::from_millis(20));
             }
         });
-        let prev = accept_from(&listener, rank, prev_rank, cookie, deadline);
+        let prev = accept_from(&listener, rank, prev_rank, &opts.secret, deadline);
         let next = dial.join().map_err(|_| CommError::Protocol { rank, reason: "the dialling thread panicked".into() })?;
         let (next, prev) = (next?, prev?);
         for (s, peer) in [(&next, next_rank), (&prev, prev_rank)] {
@@ -80,7 +98,7 @@ impl TcpRing {
             s.set_read_timeout(opts.io_timeout).map_err(|e| io(rank, peer, "configuring", e))?;
             s.set_write_timeout(opts.io_timeout).map_err(|e| io(rank, peer, "configuring", e))?;
         }
-        Ok(Self { rank, world, next: Some(next), prev: Some(prev) })
+        Ok(Self { rank, world, next: Some(next), prev: Some(prev), max_frame: opts.max_frame_values })
     }
 
     fn next_rank(&self) -> usize {
@@ -93,7 +111,7 @@ impl TcpRing {
 
     /// Sends `out` to the next rank while receiving a frame from the previous one.
     fn shift(&mut self, out: &[f32], expect: Option<usize>) -> CommResult<Vec<f32>> {
-        let (rank, next_rank, prev_rank) = (self.rank, self.next_rank(), self.prev_rank());
+        let (rank, next_rank, prev_rank, max_frame) = (self.rank, self.next_rank(), self.prev_rank(), self.max_frame);
         let (Some(next), Some(prev)) = (self.next.as_mut(), self.prev.as_mut()) else {
             return Err(CommError::Usage { rank, reason: "the ring is not connected".into() });
         };
@@ -101,17 +119,10 @@ impl TcpRing {
         // deadlock as soon as a frame exceeds the kernel's buffers.
         std::thread::scope(|s| {
             let writer = s.spawn(|| write_frame(next, out).map_err(|e| io(rank, next_rank, "sending", e)));
-            let got = read_frame(prev).map_err(|e| io(rank, prev_rank, "receiving", e));
+            let got = read_frame(prev, expect.unwrap_or(max_frame), expect.is_some()).map_err(|e| io(rank, prev_rank, "receiving", e));
             let sent = writer.join().map_err(|_| CommError::Protocol { rank, reason: "the sending thread panicked".into() })?;
             sent?;
-            let got = got?;
-            match expect {
-                Some(n) if got.len() != n => Err(CommError::Protocol {
-                    rank,
-                    reason: format!("rank {prev_rank} sent {} values where {n} were expected (the ranks' calls differ)", got.len()),
-                }),
-                _ => Ok(got),
-            }
+            got
         })
     }
 }
@@ -120,30 +131,109 @@ fn io(rank: usize, peer: usize, what: &'static str, source: std::io::Error) -> C
     CommError::Io { rank, peer, what, error: source }
 }
 
-/// Accepts connections until the previous rank presents the right cookie (others are dropped).
-fn accept_from(listener: &TcpListener, rank: usize, prev_rank: usize, cookie: u64, deadline: Instant) -> CommResult<TcpStream> {
+fn proof(secret: &[u8], role: &[u8], first: &[u8], second: &[u8], rank: u32) -> [u8; PROOF] {
+    // HMAC takes keys of any length.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    for part in [role, first, second, &rank.to_le_bytes()] {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+fn nonce() -> std::io::Result<[u8; NONCE]> {
+    let mut n = [0u8; NONCE];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut n)?;
+    Ok(n)
+}
+
+fn refused(why: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::PermissionDenied, why.to_string())
+}
+
+/// The dialler's side: read the listener's nonce, prove the secret as `rank`, check the
+/// listener's proof (an impostor at the address learns nothing and is not trusted).
+fn dial_handshake(mut s: TcpStream, secret: &[u8], rank: usize, deadline: Instant) -> std::io::Result<TcpStream> {
+    // The listener may still be joining an earlier ring: wait for its hello until the deadline.
+    s.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100))))?;
+    s.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let mut hello = [0u8; 4 + NONCE];
+    s.read_exact(&mut hello)?;
+    if hello[..4] != MAGIC {
+        return Err(refused("not an llmprune ring"));
+    }
+    let theirs = &hello[4..];
+    let mine = nonce()?;
+    let mut reply = Vec::with_capacity(4 + 4 + NONCE + PROOF);
+    reply.extend_from_slice(&MAGIC);
+    reply.extend_from_slice(&(rank as u32).to_le_bytes());
+    reply.extend_from_slice(&mine);
+    reply.extend_from_slice(&proof(secret, b"dial", theirs, &mine, rank as u32));
+    s.write_all(&reply)?;
+    let mut answer = [0u8; PROOF];
+    s.read_exact(&mut answer)?;
+    if !constant_time_eq(&answer, &proof(secret, b"accept", &mine, theirs, rank as u32)) {
+        return Err(refused("the listener does not know this ring's secret"));
+    }
+    Ok(s)
+}
+
+/// The listener's side with one accepted connection: send a nonce, check the dialler's proof
+/// as `expected` rank, prove the secret back.
+fn accept_handshake(mut s: TcpStream, secret: &[u8], expected: usize) -> std::io::Result<TcpStream> {
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    s.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let mine = nonce()?;
+    let mut hello = Vec::with_capacity(4 + NONCE);
+    hello.extend_from_slice(&MAGIC);
+    hello.extend_from_slice(&mine);
+    s.write_all(&hello)?;
+    let mut reply = [0u8; 4 + 4 + NONCE + PROOF];
+    s.read_exact(&mut reply)?;
+    let rank = u32::from_le_bytes([reply[4], reply[5], reply[6], reply[7]]);
+    let theirs = &reply[8..8 + NONCE];
+    let ok = reply[..4] == MAGIC && rank as usize == expected && constant_time_eq(&reply[8 + NONCE..], &proof(secret, b"dial", &mine, theirs, rank));
+    if !ok {
+        return Err(refused("no proof of this ring's secret from the expected rank"));
+    }
+    s.write_all(&proof(secret, b"accept", theirs, &mine, rank))?;
+    Ok(s)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Accepts connections until the previous rank proves the ring's secret. Each connection
+/// shakes hands on a thread of its own with a short deadline, so a crowd of idle or hostile
+/// connections cannot hold the ring up; those that fail are dropped and logged.
+fn accept_from(listener: &TcpListener, rank: usize, prev_rank: usize, secret: &[u8], deadline: Instant) -> CommResult<TcpStream> {
     listener.set_nonblocking(true).map_err(|e| io(rank, prev_rank, "listening", e))?;
     let started = Instant::now();
+    let (tx, rx) = mpsc::channel::<(SocketAddr, std::io::Result<TcpStream>)>();
+    let mut in_flight = 0usize;
     loop {
-        match listener.accept() {
-            Ok((mut s, from)) => {
-                s.set_nonblocking(false).map_err(|e| io(rank, prev_rank, "accepting", e))?;
-                s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| io(rank, prev_rank, "accepting", e))?;
-                let mut hello = [0u8; 16];
-                let ok = s.read_exact(&mut hello).is_ok()
-                    && hello[..4] == MAGIC
-                    && u64::from_le_bytes(hello[4..12].try_into().unwrap_or_default()) == cookie
-                    && u32::from_le_bytes(hello[12..16].try_into().unwrap_or_default()) as usize == prev_rank;
-                if ok {
-                    return Ok(s);
-                }
-                tracing::warn!(rank, %from, "dropped a ring connection without this run's handshake");
+        while let Ok((from, shaken)) = rx.try_recv() {
+            in_flight -= 1;
+            match shaken {
+                Ok(s) => return Ok(s),
+                Err(e) => tracing::warn!(rank, %from, error = %e, "dropped a ring connection that failed the handshake"),
             }
+        }
+        match listener.accept() {
+            Ok((s, from)) if in_flight < MAX_HANDSHAKES => {
+                in_flight += 1;
+                let (tx, secret) = (tx.clone(), secret.to_vec());
+                std::thread::spawn(move || {
+                    let _ = tx.send((from, accept_handshake(s, &secret, prev_rank)));
+                });
+            }
+            Ok((_, from)) => tracing::warn!(rank, %from, "dropped a ring connection: too many handshakes in flight"),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if Instant::now() >= deadline {
                     return Err(CommError::Timeout { rank, peer: prev_rank, waited: started.elapsed() });
                 }
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(5));
             }
             Err(e) => return Err(io(rank, prev_rank, "accepting", e)),
         }
@@ -159,12 +249,21 @@ fn write_frame(s: &mut TcpStream, data: &[f32]) -> std::io::Result<()> {
     s.write_all(&buf)
 }
 
-fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<f32>> {
+/// A frame of at most `limit` values (exactly `limit` when `exact`): its memory grows with the
+/// bytes that arrive, never with what the peer announces.
+fn read_frame(s: &mut TcpStream, limit: usize, exact: bool) -> std::io::Result<Vec<f32>> {
     let mut len = [0u8; 8];
     s.read_exact(&mut len)?;
-    let n = u64::from_le_bytes(len) as usize;
-    let mut bytes = vec![0u8; 4 * n];
-    s.read_exact(&mut bytes)?;
+    let n = u64::from_le_bytes(len);
+    if n > limit as u64 || (exact && n != limit as u64) {
+        let expected = if exact { format!("{limit} values were expected") } else { format!("at most {limit} are accepted") };
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("a frame of {n} values where {expected} (the ranks' calls differ)")));
+    }
+    let mut bytes = Vec::new();
+    s.take(4 * n).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 != 4 * n {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
 }
 
@@ -261,11 +360,72 @@ impl Communicator for TcpRing {
             None
         };
         let s = stream.ok_or_else(|| CommError::Usage { rank, reason: format!("recv from rank {from}: only ring neighbours are connected") })?;
-        read_frame(s).map_err(|e| io(rank, from, "receiving", e))
+        read_frame(s, self.max_frame, false).map_err(|e| io(rank, from, "receiving", e))
     }
 
     fn barrier(&mut self) -> CommResult<()> {
         // Every rank has heard from every other once a ring all-gather completes.
         self.all_gather(&[]).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        (a, l.accept().unwrap().0)
+    }
+
+    #[test]
+    fn frames_are_bounded_by_what_the_receiver_expects() {
+        // A peer announcing 2^60 values and sending none: refused before anything is allocated.
+        let (mut a, mut b) = pair();
+        a.write_all(&(1u64 << 60).to_le_bytes()).unwrap();
+        let e = read_frame(&mut b, 1 << 28, false).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("at most 268435456"), "{e}");
+        // A frame of another length than the call expects.
+        let (mut a, mut b) = pair();
+        write_frame(&mut a, &[1.0, 2.0, 3.0]).unwrap();
+        assert!(read_frame(&mut b, 2, true).unwrap_err().to_string().contains("2 values were expected"));
+        // An announced length the peer does not deliver: an error, not a short frame.
+        let (mut a, mut b) = pair();
+        a.write_all(&5u64.to_le_bytes()).unwrap();
+        a.write_all(&1f32.to_le_bytes()).unwrap();
+        drop(a);
+        assert_eq!(read_frame(&mut b, 8, false).unwrap_err().kind(), std::io::ErrorKind::UnexpectedEof);
+        let (mut a, mut b) = pair();
+        write_frame(&mut a, &[1.5, -2.0]).unwrap();
+        assert_eq!(read_frame(&mut b, 2, true).unwrap(), [1.5, -2.0]);
+    }
+
+    #[test]
+    fn a_handshake_proves_the_secret_both_ways_without_sending_it() {
+        let shake = |dialler: &'static [u8], listener: &'static [u8], expected: usize| {
+            let (a, b) = pair();
+            let accepted = std::thread::spawn(move || accept_handshake(b, listener, expected).map(|_| ()));
+            let dialled = dial_handshake(a, dialler, 1, Instant::now() + Duration::from_secs(5)).map(|_| ());
+            (dialled, accepted.join().unwrap())
+        };
+        let (d, a) = shake(b"s3cret", b"s3cret", 1);
+        assert!(d.is_ok() && a.is_ok());
+        // The wrong secret on either side, or the wrong rank: both ends refuse.
+        let (d, a) = shake(b"guess", b"s3cret", 1);
+        assert!(d.is_err() && a.is_err());
+        let (_, a) = shake(b"s3cret", b"s3cret", 2);
+        assert!(a.unwrap_err().to_string().contains("expected rank"));
+        let (d, _) = shake(b"s3cret", b"impostor", 1);
+        assert!(d.is_err());
+        // What crosses the wire: nonces and proofs, never the secret.
+        let (mut a, b) = pair();
+        let listener = std::thread::spawn(move || accept_handshake(b, b"TOPSECRETVALUE", 1));
+        let mut hello = [0u8; 4 + NONCE];
+        a.read_exact(&mut hello).unwrap();
+        assert!(!hello.windows(6).any(|w| w == b"TOPSEC"));
+        drop(a);
+        assert!(listener.join().unwrap().is_err());
     }
 }

@@ -3,10 +3,11 @@
 //! batches r, r + world, … and the perplexity chunks r, r + world, …; the coordinator puts
 //! the per-document scores back in order and sums the NLLs. One process is rank 0 of 1.
 
-use super::perplexity::{latency, nll_sum, parse_corpus_spec, CorpusKind, PplCorpus};
+use super::perplexity::{latency, nll_sum, parse_corpus_spec, CorpusKind, PplCorpus, ProgressFn};
 use super::zeroshot::tasks::Task;
 use super::zeroshot::{batches, score_share, units, TaskDocs};
 use crate::collective::SingleRank;
+use crate::confine::Confinement;
 use crate::error::Result;
 use crate::loader::TextTokenizer;
 use crate::model::LlamaModel;
@@ -58,8 +59,19 @@ pub fn eval_job(req: &EvaluateRequest) -> Result<EvalJob> {
     })
 }
 
+/// `job` with the files it reads resolved and checked against the worker's `confinement`.
+pub fn confined(mut job: EvalJob, confinement: &Confinement) -> Result<EvalJob> {
+    if !job.tasks.is_empty() {
+        job.data_dir = confinement.readable("the task data (data_dir)", &job.data_dir)?;
+    }
+    for (_, path) in &mut job.ppl {
+        *path = confinement.readable("a perplexity text (ppl)", path)?;
+    }
+    Ok(job)
+}
+
 /// One rank's share of the work.
-pub use llmprune_shared::results::{EvalShare, PplPart};
+pub use llmprune_shared::results::{EvalShare, Latency, PplPart};
 
 /// The job's documents, task by task.
 pub fn load_tasks(job: &EvalJob) -> Result<Vec<TaskDocs>> {
@@ -72,16 +84,26 @@ fn prefix_token(model: &LlamaModel, tok: &TextTokenizer) -> Option<u32> {
 }
 
 /// The job's latency alone ([`EvalJob::latency_chunks`]): timed on an otherwise idle model,
-/// so on a cluster one worker runs it after every worker's share is done.
-pub fn measure_latency(model: &LlamaModel, tok: &TextTokenizer, job: &EvalJob) -> Result<Option<f64>> {
+/// so on a cluster one worker runs it after every worker's share is done. `progress` sees
+/// (chunks timed, chunks to time).
+pub fn measure_latency(model: &LlamaModel, tok: &TextTokenizer, job: &EvalJob, progress: ProgressFn<'_>) -> Result<Option<Latency>> {
     let (Some(chunks), Some((kind, path))) = (job.latency_chunks, job.ppl.first()) else {
         return Ok(None);
     };
-    Ok(Some(latency(model, tok, *kind, path, job.seq_len, chunks)?))
+    Ok(Some(latency(model, tok, *kind, path, job.seq_len, chunks, progress)?))
+}
+
+/// How far an evaluation share is: `done` of `total` `unit`s of its `phase` (`evaluating` for
+/// the documents, `perplexity (wikitext2)` for a text's chunks), with the tokens run so far.
+pub struct EvalProgress<'a> {
+    pub phase: &'a str,
+    pub unit: &'static str,
+    pub done: usize,
+    pub total: usize,
+    pub tokens: u64,
 }
 
 /// Rank `rank` of `world`'s share of `job` on `tasks` (as [`load_tasks`] returns them).
-/// `progress` sees (units done, units of this rank, tokens run so far).
 pub fn evaluate_share(
     model: &LlamaModel,
     tok: &TextTokenizer,
@@ -89,22 +111,27 @@ pub fn evaluate_share(
     tasks: &[TaskDocs],
     rank: usize,
     world: usize,
-    progress: &mut dyn FnMut(usize, usize, u64),
+    progress: &mut dyn FnMut(EvalProgress),
 ) -> Result<EvalShare> {
     let prefix = prefix_token(model, tok);
     let units = units(tok, tasks, prefix, model.spec.max_position_embeddings)?;
     let plan = batches(&units, job.batch_tokens.max(1));
-    let mut lls = score_share(model, &units, &plan, rank, world, progress)?;
+    let mut documents = |done, total, tokens| progress(EvalProgress { phase: "evaluating", unit: "documents", done, total, tokens });
+    let mut lls = score_share(model, &units, &plan, rank, world, &mut documents)?;
     lls.sort_by_key(|(u, _)| *u);
     let mut ppl = Vec::new();
     for (kind, path) in &job.ppl {
         let corpus = PplCorpus::load(*kind, path, tok, job.seq_len)?;
         let share = corpus.share(job.ppl_max_chunks, rank, world);
         let t = std::time::Instant::now();
-        let (nll, count) = nll_sum(model, &mut SingleRank, &share, corpus.seq_len, job.ppl_batch_size, &mut |_, _| {})?;
+        let phase = format!("perplexity ({})", kind.name());
+        let mut chunks = |done: usize, total: usize| {
+            progress(EvalProgress { phase: &phase, unit: "chunks", done, total, tokens: (done * corpus.seq_len) as u64 });
+        };
+        let (nll, count) = nll_sum(model, &mut SingleRank, &share, corpus.seq_len, job.ppl_batch_size, &mut chunks)?;
         let (chunks, tokens, seconds) = (share.len() as u64, corpus.n_tokens as u64, t.elapsed().as_secs_f64());
         tracing::info!(dataset = kind.name(), chunks, seconds, "perplexity share");
         ppl.push(PplPart { name: kind.name().to_string(), nll, count: count as u64, chunks, tokens, seconds });
     }
-    Ok(EvalShare { lls, ppl, latency_s_per_chunk: None })
+    Ok(EvalShare { lls, ppl, latency: None })
 }

@@ -3,12 +3,14 @@
 //! `exp` of the mean next-token NLL over every predicted token of every chunk.
 
 use crate::collective::{Communicator, SingleRank};
+use crate::cpu_load::CpuTimes;
 use crate::error::{Error, Result};
 use crate::loader::TextTokenizer;
 use crate::model::{Exec, LlamaModel};
 use crate::stage::stage_forward;
 use candle_core::{DType, Tensor};
 use llmprune_shared::jobs::JobError;
+use llmprune_shared::results::Latency;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -116,13 +118,34 @@ pub fn evaluate(model: &LlamaModel, corpus: &PplCorpus, batch_size: usize, max_c
     Ok(PplResult { ppl: mean_nll.exp(), tokens: corpus.n_tokens, chunks: n, scored_tokens: scored, mean_nll })
 }
 
-/// Seconds per chunk of `seq_len` tokens, batch 1, over the first `chunks` chunks of a text
-/// (the paper's Table 3 latency, measured on WikiText-2).
-pub fn latency(model: &LlamaModel, tokenizer: &TextTokenizer, kind: CorpusKind, path: &Path, seq_len: usize, chunks: usize) -> Result<f64> {
+/// The paper's Table 3 latency on the first `chunks` chunks of `seq_len` tokens of a text:
+/// each chunk's forward pass at batch 1 timed on its own, after one untimed pass of the first
+/// (allocations and caches warm), with the share of the CPU other processes took meanwhile.
+/// `progress` sees (chunks timed, chunks to time).
+pub fn latency(
+    model: &LlamaModel,
+    tokenizer: &TextTokenizer,
+    kind: CorpusKind,
+    path: &Path,
+    seq_len: usize,
+    chunks: usize,
+    progress: ProgressFn<'_>,
+) -> Result<Latency> {
     let corpus = PplCorpus::load(kind, path, tokenizer, seq_len)?;
-    let t = std::time::Instant::now();
-    let res = evaluate(model, &corpus, 1, Some(chunks), &mut |_, _| {})?;
-    Ok(t.elapsed().as_secs_f64() / res.chunks.max(1) as f64)
+    let timed = corpus.share(Some(chunks), 0, 1);
+    if let Some(first) = timed.first() {
+        nll_sum(model, &mut SingleRank, &[first], seq_len, 1, &mut |_, _| {})?;
+    }
+    let before = CpuTimes::now();
+    let mut chunk_seconds = Vec::with_capacity(timed.len());
+    for (i, chunk) in timed.iter().enumerate() {
+        let t = std::time::Instant::now();
+        nll_sum(model, &mut SingleRank, &[chunk], seq_len, 1, &mut |_, _| {})?;
+        chunk_seconds.push(t.elapsed().as_secs_f64());
+        progress(i + 1, timed.len());
+    }
+    let others_busy = before.zip(CpuTimes::now()).and_then(|(a, b)| a.others_share(&b));
+    Ok(Latency { chunk_seconds, others_busy })
 }
 
 /// The summed next-token NLL of `chunks` (each `seq_len` tokens) in batches, and the number of

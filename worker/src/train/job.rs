@@ -6,8 +6,9 @@
 use super::data::TokenizeOptions;
 use super::optim::AdamWConfig;
 use super::records::RecordFile;
-use super::recover::{recover, RecoverOptions, StepReport};
+use super::recover::{recover, RecoverEvent, RecoverOptions};
 use super::TrainGroups;
+use crate::confine::Confinement;
 use crate::error::{Error, Result};
 use crate::eval::perplexity::parse_corpus_spec;
 use crate::export::{write_tensor_file, write_weights_into};
@@ -60,6 +61,23 @@ pub fn recover_options(s: &RecoverSettings, req: &RecoverRequest, eos: Option<u3
     Ok(opts)
 }
 
+/// The paths `req` reads and writes, checked against the worker's `confinement`: the
+/// records and validation texts read, the output and checkpoint directories written.
+pub fn confine_paths(req: &RecoverRequest, confinement: &Confinement) -> Result<()> {
+    let s = recover_settings(req)?;
+    confinement.readable("the recovery data (data)", &s.data)?;
+    for spec in &s.extra_val {
+        let (_, path) = parse_corpus_spec(spec, "extra_val")?;
+        confinement.readable("a validation text (extra_val)", &path)?;
+    }
+    for (what, dir) in [("the output directory", &req.out_dir), ("the checkpoint directory", &req.checkpoint_dir)] {
+        if !dir.is_empty() {
+            confinement.writable(what, Path::new(dir))?;
+        }
+    }
+    Ok(())
+}
+
 /// The file names a pipeline stage's output takes: its weights shard and its adapter part.
 pub fn stage_files(stage: usize, stages: usize) -> (String, String) {
     (format!("model-{:05}-of-{stages:05}.safetensors", stage + 1), format!("adapter_model.stage-{:05}.safetensors", stage + 1))
@@ -76,7 +94,7 @@ pub fn run_recovery(
     req: &RecoverRequest,
     groups: &mut TrainGroups,
     owns: &dyn Fn(&str) -> bool,
-    report: &mut dyn FnMut(&StepReport),
+    report: &mut dyn FnMut(RecoverEvent),
 ) -> Result<RecoverReply> {
     let settings = recover_settings(req)?;
     let config = lora_config(&settings)?;

@@ -93,6 +93,45 @@ pub struct StepReport {
     pub extra_val: Vec<(String, f64)>,
 }
 
+/// What a recovery tells its caller as it goes.
+pub enum RecoverEvent<'a> {
+    /// A training step finished.
+    Step(&'a StepReport),
+    /// An evaluation between steps is under way (`what`: `validation loss`, `validation
+    /// perplexity (wikitext2)`): `done` of `total` `unit` of this worker's part.
+    Evaluating { what: String, done: usize, total: usize, unit: &'static str, eta_s: f64 },
+}
+
+/// The time training and evaluations took so far, for the ETA of the rest.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pace {
+    train_s: f64,
+    steps: u64,
+    eval_s: f64,
+    evals: u64,
+}
+
+impl Pace {
+    /// Seconds left after `step` of `total`: the remaining steps at the mean step time so far,
+    /// and the evaluations still due (every `eval_every` steps and after the last, when the
+    /// run `evaluates`) at the mean evaluation time so far.
+    fn eta_s(&self, step: u64, total: u64, eval_every: u64, evaluates: bool) -> f64 {
+        let steps_left = total.saturating_sub(step);
+        let evals_left = if evaluates { (step + 1..=total).filter(|s| s.is_multiple_of(eval_every.max(1)) || *s == total).count() as u64 } else { 0 };
+        let mean = |s: f64, n: u64| if n == 0 { 0.0 } else { s / n as f64 };
+        mean(self.train_s, self.steps) * steps_left as f64 + mean(self.eval_s, self.evals) * evals_left as f64
+    }
+}
+
+/// The reporter of one evaluation's progress: (done, total) → an event.
+fn evaluating<'r>(report: &'r mut dyn FnMut(RecoverEvent), what: String, unit: &'static str) -> impl FnMut(usize, usize) + 'r {
+    let t = Instant::now();
+    move |done, total| {
+        let eta_s = t.elapsed().as_secs_f64() / done.max(1) as f64 * total.saturating_sub(done) as f64;
+        report(RecoverEvent::Evaluating { what: what.clone(), done, total, unit, eta_s });
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RecoverOutcome {
     pub steps: Vec<StepReport>,
@@ -139,10 +178,11 @@ fn tokenized(records: &RecordFile, tok: &TextTokenizer, idx: &[usize], opts: &To
 
 /// Mean validation loss over micro-batches of `val` (each data-parallel rank takes every
 /// world-th; the last stage computes the losses).
-fn validation_loss(model: &LlamaModel, val: &[MicroBatch], groups: &mut TrainGroups) -> Result<f64> {
+fn validation_loss(model: &LlamaModel, val: &[MicroBatch], groups: &mut TrainGroups, progress: &mut dyn FnMut(usize, usize)) -> Result<f64> {
     let (rank, world) = (groups.data.rank(), groups.data.world_size());
     let mut acc = [0f32, 0f32];
-    for mb in val.iter().skip(rank).step_by(world) {
+    let mine = val.len().saturating_sub(rank).div_ceil(world);
+    for (i, mb) in val.iter().skip(rank).step_by(world).enumerate() {
         let ids = Tensor::from_vec(mb.ids.clone(), (mb.rows, mb.len), model.device())?;
         // The operations of `micro_batch_loss`.
         let head = |x: &Tensor| -> Result<f32> {
@@ -153,6 +193,7 @@ fn validation_loss(model: &LlamaModel, val: &[MicroBatch], groups: &mut TrainGro
             acc[0] += loss;
             acc[1] += 1.0;
         }
+        progress(i + 1, mine);
     }
     groups.sum_from_last_stage(&mut acc, "the validation loss")?;
     Ok(acc[0] as f64 / acc[1].max(1.0) as f64)
@@ -160,10 +201,10 @@ fn validation_loss(model: &LlamaModel, val: &[MicroBatch], groups: &mut TrainGro
 
 /// Perplexity of `corpus` (its first `max` chunks) with the adapters active; data-parallel
 /// rank r takes chunks r, r + world, … and the NLL sums are all-reduced.
-fn sharded_ppl(model: &LlamaModel, corpus: &PplCorpus, max: Option<usize>, groups: &mut TrainGroups) -> Result<f64> {
+fn sharded_ppl(model: &LlamaModel, corpus: &PplCorpus, max: Option<usize>, groups: &mut TrainGroups, progress: &mut dyn FnMut(usize, usize)) -> Result<f64> {
     let (rank, world) = (groups.data.rank(), groups.data.world_size());
     let mine = corpus.share(max, rank, world);
-    let (nll, count) = nll_sum(model, groups.pipeline, &mine, corpus.seq_len, 4, &mut |_, _| {})?;
+    let (nll, count) = nll_sum(model, groups.pipeline, &mine, corpus.seq_len, 4, progress)?;
     let mut sums = [nll as f32, count as f32];
     groups.sum_from_last_stage(&mut sums, "a perplexity")?;
     Ok((sums[0] as f64 / sums[1].max(1.0) as f64).exp())
@@ -276,7 +317,7 @@ pub fn recover(
     tok: &TextTokenizer,
     opts: &RecoverOptions,
     groups: &mut TrainGroups,
-    report: &mut dyn FnMut(&StepReport),
+    report: &mut dyn FnMut(RecoverEvent),
 ) -> Result<RecoverOutcome> {
     opts.validate()?;
     let t0 = Instant::now();
@@ -352,9 +393,14 @@ pub fn recover(
             ));
         }
     }
+    let mut pace = Pace::default();
     if state.step == 0 && !val.is_empty() {
-        state.val_losses.push((0, validation_loss(model, &val, groups)?));
+        let t = Instant::now();
+        let loss = validation_loss(model, &val, groups, &mut evaluating(report, "validation loss".into(), "batches"))?;
+        state.val_losses.push((0, loss));
+        pace = Pace { eval_s: t.elapsed().as_secs_f64(), evals: 1, ..pace };
     }
+    let evaluates = !val.is_empty() || !extra_val.is_empty();
     let t_train = Instant::now();
     let start_step = state.step;
     let mut tokens_here = 0u64;
@@ -379,15 +425,20 @@ pub fn recover(
             state.trained_tokens += sums[1] as u64;
             tokens_here += sums[1] as u64;
             state.step = p.step + 1;
-            let evaluate = (!val.is_empty() || !extra_val.is_empty()) && (state.step.is_multiple_of(opts.eval_every.max(1)) || state.step == total_steps);
+            pace.train_s += step_seconds;
+            pace.steps += 1;
+            let evaluate = evaluates && (state.step.is_multiple_of(opts.eval_every.max(1)) || state.step == total_steps);
+            let t_eval = Instant::now();
             let mut ppl = Vec::new();
             if evaluate {
                 for corpus in &extra_val {
-                    ppl.push((corpus.kind.name().to_string(), sharded_ppl(model, corpus, opts.extra_val_chunks, groups)?));
+                    let name = corpus.kind.name();
+                    let mut progress = evaluating(report, format!("validation perplexity ({name})"), "chunks");
+                    ppl.push((name.to_string(), sharded_ppl(model, corpus, opts.extra_val_chunks, groups, &mut progress)?));
                 }
             }
             let val_loss = if evaluate && !val.is_empty() {
-                let l = validation_loss(model, &val, groups)?;
+                let l = validation_loss(model, &val, groups, &mut evaluating(report, "validation loss".into(), "batches"))?;
                 state.val_losses.push((state.step, l));
                 if best.as_ref().is_none_or(|(_, b, _)| l < *b) {
                     best = Some((state.step, l, var_list.iter().map(|v| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?));
@@ -396,8 +447,11 @@ pub fn recover(
             } else {
                 None
             };
+            if evaluate {
+                pace.eval_s += t_eval.elapsed().as_secs_f64();
+                pace.evals += 1;
+            }
             let elapsed = t_train.elapsed().as_secs_f64();
-            let done_here = (state.step - start_step) as f64;
             let r = StepReport {
                 step: state.step,
                 total_steps,
@@ -406,13 +460,13 @@ pub fn recover(
                 lr: stats.lr,
                 grad_norm: stats.grad_norm,
                 tokens_per_s: tokens_here as f64 / elapsed.max(1e-9),
-                eta_s: elapsed / done_here * (total_steps - state.step) as f64,
+                eta_s: pace.eta_s(state.step, total_steps, opts.eval_every, evaluates),
                 val_loss,
                 seconds: step_seconds,
                 trained_tokens: sums[1] as u64,
                 extra_val: ppl,
             };
-            report(&r);
+            report(RecoverEvent::Step(&r));
             state.steps.push(r);
             if evaluate || state.step.is_multiple_of(opts.save_every.max(1)) || state.step == total_steps {
                 state.adapter_sha256 = same_adapters_everywhere(vars, groups.data)?;
@@ -445,4 +499,21 @@ pub fn recover(
         resumed_from,
         extra_val,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pace;
+
+    #[test]
+    fn eta_counts_the_remaining_steps_and_the_evaluations_still_due() {
+        // 4 steps took 8 s, 2 evaluations 6 s: after step 4 of 10, evaluating every 3 steps,
+        // 6 steps (12 s) and the evaluations after steps 6, 9 and 10 (9 s) are left.
+        let pace = Pace { train_s: 8.0, steps: 4, eval_s: 6.0, evals: 2 };
+        assert_eq!(pace.eta_s(4, 10, 3, true), 21.0);
+        assert_eq!(pace.eta_s(4, 10, 3, false), 12.0);
+        assert_eq!(pace.eta_s(10, 10, 3, true), 0.0);
+        // Before any evaluation was timed, only the steps count.
+        assert_eq!(Pace { eval_s: 0.0, evals: 0, ..pace }.eta_s(9, 10, 3, true), 2.0);
+    }
 }
