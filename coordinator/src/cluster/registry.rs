@@ -88,6 +88,12 @@ pub fn check_registration(r: &RegisterRequest) -> Result<(), String> {
     Ok(())
 }
 
+/// A progress event fit to show: short names, counts that make sense, finite rates.
+pub fn progress_event_ok(e: &ProgressEvent) -> bool {
+    let short = |s: &str| s.len() <= MAX_NAME && !s.chars().any(char::is_control);
+    short(&e.worker_id) && short(&e.phase) && short(&e.unit) && e.done <= e.total && e.tokens_per_s.is_finite() && e.eta_s.is_finite() && e.eta_s >= 0.0
+}
+
 /// The gRPC face of the registry.
 pub struct CoordinatorService(pub std::sync::Arc<Registry>);
 
@@ -140,9 +146,18 @@ impl Coordinator for CoordinatorService {
     }
 
     async fn report_progress(&self, req: Request<Streaming<ProgressEvent>>) -> Result<Response<ProgressAck>, Status> {
+        let peer = req.remote_addr().map_or("an unknown address".to_string(), |a| a.to_string());
         let mut stream = req.into_inner();
+        let mut dropped = 0u64;
         while let Some(event) = stream.message().await? {
-            let _ = self.0.progress.send(event);
+            if progress_event_ok(&event) {
+                let _ = self.0.progress.send(event);
+            } else {
+                dropped += 1;
+                if dropped == 1 {
+                    tracing::warn!(%peer, "dropped a malformed progress event (and will drop any more from this worker silently)");
+                }
+            }
         }
         Ok(Response::new(ProgressAck {}))
     }
@@ -171,6 +186,21 @@ mod tests {
 
     fn register(version: u32, name: &str) -> Request<RegisterRequest> {
         Request::new(registration(version, name))
+    }
+
+    #[test]
+    fn malformed_progress_events_are_not_shown() {
+        let ok = ProgressEvent { worker_id: "local-0".into(), phase: "scoring".into(), unit: "passes".into(), done: 3, total: 10, ..Default::default() };
+        assert!(progress_event_ok(&ok));
+        for bad in [
+            ProgressEvent { phase: "p".repeat(1 << 20), ..ok.clone() },
+            ProgressEvent { unit: "steps\n\x1b[2J".into(), ..ok.clone() },
+            ProgressEvent { done: 11, ..ok.clone() },
+            ProgressEvent { eta_s: f64::NAN, ..ok.clone() },
+            ProgressEvent { tokens_per_s: f64::INFINITY, ..ok.clone() },
+        ] {
+            assert!(!progress_event_ok(&bad), "{bad:?}");
+        }
     }
 
     #[tokio::test]
