@@ -84,20 +84,33 @@ pub fn compute_device(device: WorkerDevice) -> Result<candle_core::Device, Strin
     }
 }
 
+/// A driver error in words: the driver's description and the code's name
+/// (`no CUDA-capable device is detected (CUDA_ERROR_NO_DEVICE)`), not its Rust debug form.
+#[cfg(feature = "cuda")]
+fn driver_message(e: &cudarc::driver::DriverError) -> String {
+    let text = |r: Result<&std::ffi::CStr, _>| r.map(|s| s.to_string_lossy().into_owned()).ok();
+    match (text(e.error_string()), text(e.error_name())) {
+        (Some(description), Some(name)) if !description.contains(&name) => format!("{description} ({name})"),
+        (Some(description), _) => description,
+        (None, Some(name)) => name,
+        (None, None) => format!("CUDA driver error {:?}", e.0),
+    }
+}
+
 #[cfg(feature = "cuda")]
 fn cuda_device(n: usize) -> Result<candle_core::Device, String> {
     // The driver first: without one (no GPU, or the link-time stub) its own error says so,
     // where candle's would come wrapped in a backtrace.
     if let Err(e) = cudarc::driver::result::init() {
-        return Err(format!("cuda:{n}: the NVIDIA driver cannot be used here ({e:?})"));
+        return Err(format!("cuda:{n}: the NVIDIA driver cannot be used here ({})", driver_message(&e)));
     }
-    let count = cudarc::driver::result::device::get_count().map_err(|e| format!("cuda:{n}: counting GPUs failed ({e:?})"))?;
+    let count = cudarc::driver::result::device::get_count().map_err(|e| format!("cuda:{n}: counting GPUs failed ({})", driver_message(&e)))?;
     if n >= count as usize {
         return Err(format!("cuda:{n}: this machine has {count} GPU(s), numbered from 0"));
     }
     // candle's kernels are built for one architecture (`sm_XXa` PTX), which no other loads.
-    let ctx = cudarc::driver::CudaContext::new(n).map_err(|e| format!("cuda:{n}: {e:?}"))?;
-    let (major, minor) = ctx.compute_capability().map_err(|e| format!("cuda:{n}: {e:?}"))?;
+    let ctx = cudarc::driver::CudaContext::new(n).map_err(|e| format!("cuda:{n}: {}", driver_message(&e)))?;
+    let (major, minor) = ctx.compute_capability().map_err(|e| format!("cuda:{n}: {}", driver_message(&e)))?;
     if let Some(built) = BUILT_FOR.filter(|b| b.parse::<i32>().ok() != Some(major * 10 + minor)) {
         return Err(format!(
             "cuda:{n} has compute capability {major}.{minor}; this build's kernels are for {built} (rebuild with CUDA_COMPUTE_CAP={major}{minor})"
