@@ -136,7 +136,7 @@ pub fn remove_stale_partials(out: &Path) -> std::io::Result<Vec<PathBuf>> {
         return Ok(Vec::new());
     };
     let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
-    let prefix = format!(".{}.partial-", name.to_string_lossy());
+    let prefix = llmprune_worker::export::partial_prefix(&name.to_string_lossy());
     let mut removed = Vec::new();
     let entries = match std::fs::read_dir(parent) {
         Ok(e) => e,

@@ -54,8 +54,20 @@ pub fn attach_token(token: &str) -> Result<TokenInterceptor, tonic::Status> {
     Ok(TokenInterceptor(bearer(token)?))
 }
 
+/// `N` random bytes from the operating system, for tokens and secrets.
+pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
+    let mut bytes = [0u8; N];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// The seconds left of `total` units after `done` of them took `elapsed_s`, at the same pace.
+pub fn eta_s(elapsed_s: f64, done: usize, total: usize) -> f64 {
+    elapsed_s / done.max(1) as f64 * total.saturating_sub(done) as f64
+}
+
 /// Comparison whose time does not depend on where the inputs differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -85,6 +97,9 @@ mod tests {
         let mut right = attach_token("s3cret").unwrap();
         assert!(check(right.call(tonic::Request::new(())).unwrap()).is_ok());
         assert!(check_version(PROTOCOL_VERSION, "x").is_ok());
+        // 2 of 6 units in 10 s: 4 more at 5 s each; nothing left past the total.
+        assert_eq!((eta_s(10.0, 2, 6), eta_s(3.0, 5, 4)), (20.0, 0.0));
+        assert_ne!(random_bytes::<16>().unwrap(), random_bytes::<16>().unwrap());
         assert_eq!(check_version(PROTOCOL_VERSION + 1, "x").unwrap_err().code(), tonic::Code::FailedPrecondition);
     }
 }

@@ -24,6 +24,12 @@ pub struct ModelDir {
     target: PathBuf,
 }
 
+/// The name prefix of an output's temporary directory beside it (`.NAME.partial-…`), renamed
+/// to `NAME` when complete.
+pub fn partial_prefix(name: &str) -> String {
+    format!(".{name}.partial-")
+}
+
 impl ModelDir {
     /// Starts writing `target`, which must not exist yet.
     pub fn create(target: &Path) -> Result<Self> {
@@ -36,7 +42,7 @@ impl ModelDir {
         };
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-        let tmp = tempfile::Builder::new().prefix(&format!(".{name}.partial-")).tempdir_in(parent).map_err(|e| Error::io(parent, e))?;
+        let tmp = tempfile::Builder::new().prefix(&partial_prefix(&name)).tempdir_in(parent).map_err(|e| Error::io(parent, e))?;
         Ok(Self { tmp, target: target.to_path_buf() })
     }
 

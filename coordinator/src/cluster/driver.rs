@@ -164,8 +164,7 @@ async fn connect_worker(w: &Registered, token: &str, tls: Option<&Tls>) -> Resul
 
 /// 128 random bits as hex, for tokens and cookies.
 pub fn random_hex() -> Result<String> {
-    let mut bytes = [0u8; 16];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?, &mut bytes)?;
+    let bytes: [u8; 16] = llmprune_shared::proto::random_bytes().context("reading /dev/urandom")?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 

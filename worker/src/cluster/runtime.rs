@@ -18,7 +18,7 @@ use crate::train::TrainGroups;
 use llmprune_shared::dtype::WeightDtype;
 use llmprune_shared::planner::{criterion_from_wire, plan_groups, reduction_from_wire, spec_after_step, step_from_wire};
 use llmprune_shared::proto::{
-    ApplyPlanReply, ApplyPlanRequest, Continuation, EvaluateReply, EvaluateRequest, GenerateReply, GenerateRequest, GroupScores, LayerScore, LayerShape,
+    eta_s, ApplyPlanReply, ApplyPlanRequest, Continuation, EvaluateReply, EvaluateRequest, GenerateReply, GenerateRequest, GroupScores, LayerScore, LayerShape,
     LoadShardReply, LoadShardRequest, MemberScores, PplSum, ProgressEvent, RecoverReply, RecoverRequest, SaveShardReply, SaveShardRequest, SavedFile,
     ScoreReply, ScoreRequest, UnitScores,
 };
@@ -261,7 +261,7 @@ impl Runtime {
                 total: total as u64,
                 unit: "passes".into(),
                 tokens_per_s: (done * tokens_per_pass) as f64 / elapsed.max(1e-9),
-                eta_s: elapsed / done.max(1) as f64 * (total - done) as f64,
+                eta_s: eta_s(elapsed, done, total),
                 // The replicas of a stage split the passes.
                 share: true,
                 ..Default::default()
@@ -386,7 +386,7 @@ impl Runtime {
                     done: done as u64,
                     total: total as u64,
                     unit: "chunks".into(),
-                    eta_s: elapsed / done.max(1) as f64 * total.saturating_sub(done) as f64,
+                    eta_s: eta_s(elapsed, done, total),
                     ..Default::default()
                 });
             };
@@ -419,7 +419,7 @@ impl Runtime {
                 total: p.total as u64,
                 unit: p.unit.into(),
                 tokens_per_s: p.tokens as f64 / elapsed.max(1e-9),
-                eta_s: elapsed / p.done.max(1) as f64 * p.total.saturating_sub(p.done) as f64,
+                eta_s: eta_s(elapsed, p.done, p.total),
                 share: true,
                 ..Default::default()
             });

@@ -5,6 +5,7 @@
 
 use super::{part, CommError, CommResult, Communicator};
 use hmac::{Hmac, Mac};
+use llmprune_shared::proto::{constant_time_eq, random_bytes};
 use sha2::Sha256;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -140,12 +141,6 @@ fn proof(secret: &[u8], role: &[u8], first: &[u8], second: &[u8], rank: u32) -> 
     mac.finalize().into_bytes().into()
 }
 
-fn nonce() -> std::io::Result<[u8; NONCE]> {
-    let mut n = [0u8; NONCE];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut n)?;
-    Ok(n)
-}
-
 fn refused(why: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::PermissionDenied, why.to_string())
 }
@@ -162,7 +157,7 @@ fn dial_handshake(mut s: TcpStream, secret: &[u8], rank: usize, deadline: Instan
         return Err(refused("not an llmprune ring"));
     }
     let theirs = &hello[4..];
-    let mine = nonce()?;
+    let mine: [u8; NONCE] = random_bytes()?;
     let mut reply = Vec::with_capacity(4 + 4 + NONCE + PROOF);
     reply.extend_from_slice(&MAGIC);
     reply.extend_from_slice(&(rank as u32).to_le_bytes());
@@ -183,7 +178,7 @@ fn accept_handshake(mut s: TcpStream, secret: &[u8], expected: usize) -> std::io
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     s.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
-    let mine = nonce()?;
+    let mine: [u8; NONCE] = random_bytes()?;
     let mut hello = Vec::with_capacity(4 + NONCE);
     hello.extend_from_slice(&MAGIC);
     hello.extend_from_slice(&mine);
@@ -198,10 +193,6 @@ fn accept_handshake(mut s: TcpStream, secret: &[u8], expected: usize) -> std::io
     }
     s.write_all(&proof(secret, b"accept", theirs, &mine, rank))?;
     Ok(s)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Accepts connections until the previous rank proves the ring's secret. Each connection

@@ -127,7 +127,7 @@ impl Pace {
 fn evaluating<'r>(report: &'r mut dyn FnMut(RecoverEvent), what: String, unit: &'static str) -> impl FnMut(usize, usize) + 'r {
     let t = Instant::now();
     move |done, total| {
-        let eta_s = t.elapsed().as_secs_f64() / done.max(1) as f64 * total.saturating_sub(done) as f64;
+        let eta_s = llmprune_shared::proto::eta_s(t.elapsed().as_secs_f64(), done, total);
         report(RecoverEvent::Evaluating { what: what.clone(), done, total, unit, eta_s });
     }
 }
