@@ -3,7 +3,7 @@
 //! the batch gradient and the per-window Fisher diagonal, then every group's scores for six
 //! criteria, on the groups that discovery finds.
 
-use llmprune_shared::depgraph::{llama_graph, Fusion};
+use llmprune_shared::depgraph::{llama_graph, Axis, Fusion};
 use llmprune_tests::{fixture, load_tensors, rel_err, tiny_model};
 use llmprune_worker::prune::importance::{group_scores, Criterion, Reduction};
 use llmprune_worker::prune::statistics::gradient_stats;
@@ -72,6 +72,8 @@ fn block_pruning_keeps_the_units_the_reference_scores_rank_highest() {
         round_to: 1,
         steps: 1,
         seed: 0,
+        reconstruct: false,
+        damping: 0.01,
     };
     let mut calibration = |_| Ok(windows.clone());
     let out = prune(tiny_model("tiny_gqa"), &mut calibration, &req).unwrap();
@@ -133,5 +135,85 @@ fn half_precision_weights_give_f32_statistics_near_the_reference() {
         }
         eprintln!("{dtype:?}: worst relative error gradient {:.2e}, Fisher {:.2e}", worst.0, worst.1);
         assert!(worst.0 <= tol && worst.1 <= 2.0 * tol, "{dtype:?}: relative errors {worst:?}");
+    }
+}
+
+/// The activation criteria against `tests/golden/gen_activation_criteria.py` (transformers'
+/// forward pass in float64 with hooks on o_proj and down_proj, numpy formulas; obs computed as
+/// the residual of the re-solved consumer rather than by the inverse-block formula).
+#[test]
+fn tiny_gqa_input_statistics_activation_scores_and_reconstruction_match_the_reference() {
+    use llmprune_worker::cluster::shard::Collectives;
+    use llmprune_worker::collective::SingleRank;
+    use llmprune_worker::prune::activation_scores::{activation_group_scores, consumer_member};
+    use llmprune_worker::prune::activations::{gather_activation_stats, is_consumer_weight};
+    use llmprune_worker::prune::reconstruct::reconstruct_consumer;
+    let dir = fixture("tiny_gqa");
+    let golden = load_tensors(&dir.join("golden.safetensors"));
+    let inputs = load_tensors(&dir.join("activations.safetensors"));
+    let rebuilt = load_tensors(&dir.join("reconstructed.safetensors"));
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("activation_scores.json")).unwrap()).unwrap();
+    let damping = reference["damping"].as_f64().unwrap();
+    let model = tiny_model("tiny_gqa");
+    let windows: Vec<Vec<u32>> = golden["input_ids"].to_dtype(candle_core::DType::U32).unwrap().to_vec2::<u32>().unwrap();
+    let mut comms = Collectives { pipeline: Box::new(SingleRank), replicas: Box::new(SingleRank) };
+    let stats = gather_activation_stats(&model, &mut comms, &windows, &is_consumer_weight, &mut |_, _| {}).unwrap();
+    assert_eq!(stats.len(), 2 * model.spec.n_layers());
+    for (name, s) in &stats {
+        assert_eq!(s.tokens as u64, reference["tokens"].as_u64().unwrap(), "{name}: tokens");
+        let e = rel_err(&s.sum, &inputs[&format!("sum.{name}")]);
+        assert!(e <= 1e-5, "input sums of {name}: relative error {e}");
+        let e = rel_err(&s.gram, &inputs[&format!("gram.{name}")]);
+        assert!(e <= 1e-5, "input Gram matrix of {name}: relative error {e}");
+    }
+
+    let weights = model.weights_by_name();
+    let groups = llama_graph(&model.spec, Fusion::Separate).groups().unwrap();
+    for (key, criterion) in [("fluctuation", Criterion::Fluctuation), ("wanda", Criterion::Wanda), ("obs", Criterion::Obs)] {
+        let want = reference["scores"][key].as_object().unwrap();
+        let scored: Vec<_> = groups.iter().filter(|g| want.contains_key(&g.root)).collect();
+        assert_eq!(scored.len(), want.len(), "{key}: every head and neuron group");
+        for group in scored {
+            let got = activation_group_scores(group, criterion, &weights, &stats, damping).unwrap();
+            let want: Vec<f64> = serde_json::from_value(want[&group.root].clone()).unwrap();
+            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            assert_eq!(got.len(), want.len(), "{key} {}: units", group.root);
+            for (u, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((*g as f64 - w).abs() <= 1e-4 * scale, "{key} {} unit {u}: {g} vs reference {w}", group.root);
+            }
+        }
+        // Hidden channels have no consumer whose inputs were gathered.
+        let hidden = groups.iter().find(|g| g.root == "embed_tokens.out").unwrap();
+        assert!(activation_group_scores(hidden, criterion, &weights, &stats, damping).unwrap_err().to_string().contains("score heads and neurons"));
+    }
+
+    // Each consumer without the channels of its group's first unit, the rest re-solved.
+    assert_eq!(rebuilt.len(), 5, "the last layer's o_proj has one KV head: nothing remains to re-solve");
+    for (name, want) in &rebuilt {
+        let group = groups.iter().find(|g| g.members.iter().any(|m| m.axis == Axis::Cols && &m.param == name)).unwrap();
+        let member = consumer_member(group, &stats).unwrap();
+        let kept: Vec<usize> = member.channels[1..].iter().flatten().copied().collect();
+        let got = reconstruct_consumer(name, &weights[name], &stats[name], &kept, damping).unwrap();
+        let e = rel_err(&got, want);
+        assert!(e <= 1e-4, "reconstruction of {name}: relative error {e}");
+    }
+}
+
+#[test]
+fn many_windows_accumulate_the_gradient_of_the_mean_loss_in_blocks() {
+    use llmprune_worker::model::Exec;
+    use llmprune_worker::prune::statistics::GRADIENT_WINDOWS_PER_PASS;
+    // 37 windows: blocks of 16, 16 and 5, weighted 16/37, 16/37, 5/37.
+    let windows: Vec<Vec<u32>> = (0..37u32).map(|j| (0..8).map(|t| (j * 13 + t * 7 + 1) % 96).collect()).collect();
+    assert!(windows.len() > 2 * GRADIENT_WINDOWS_PER_PASS);
+    let mut model = tiny_model("tiny_gqa");
+    let vars = model.make_trainable(|_| true).unwrap();
+    let stats = gradient_stats(&model, &vars, &windows, false).unwrap();
+    // One pass over all windows, as the reference takes it.
+    let batch = candle_core::Tensor::from_vec(windows.concat(), (windows.len(), 8), &candle_core::Device::Cpu).unwrap();
+    let store = model.loss(&batch, Exec::Differentiable).unwrap().backward().unwrap();
+    for (name, var) in &vars {
+        let e = rel_err(&stats.grad[name], store.get(var.as_tensor()).unwrap());
+        assert!(e <= 1e-5, "gradient of {name}: relative error {e} between blocks and one pass");
     }
 }

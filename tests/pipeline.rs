@@ -73,7 +73,7 @@ fn replicated(dir: &Path, cuts: &[usize], replicas: usize, windows: &[Vec<u32>],
                 let layout = ShardLayout { rank, world, layers, embeddings: rank == 0, head: rank + 1 == world, replica, replicas };
                 let mut shard = ShardModel::load(&dir, layout, Default::default(), &Device::Cpu).unwrap();
                 let mine: Vec<Group> = candidates(&dir).into_iter().filter(|g| g.members.iter().all(|m| shard.owns(&m.param))).collect();
-                let job = StageJob { groups: &mine, layers: &[], criterion, reduction: Reduction::Sum, windows: &windows };
+                let job = StageJob { groups: &mine, layers: &[], criterion, reduction: Reduction::Sum, windows: &windows, damping: 0.01 };
                 let scores = shard.score(&mut comms, &job, &mut |_, _| {}).unwrap();
                 let whole = scores.groups.into_iter().map(|part| match part {
                     GroupPart::Whole(s) => s,

@@ -162,6 +162,7 @@ fn removing_query_heads_equals_silencing_them_and_uneven_removal_is_refused() {
         groups: vec![group("layers.0.q_heads", 6, vec![1, 2, 3, 5]), group("layers.1.q_heads", 4, vec![1, 2])],
         removed_layers: vec![],
         layer_scores: vec![],
+        reconstruct: None,
     };
     let (spec, sliced) = apply_step(&model.spec, &weights, &step).unwrap();
     let shapes: Vec<(usize, usize, usize)> = spec.layers.iter().map(|l| (l.n_heads, l.n_kv_heads, l.intermediate_size)).collect();
@@ -241,6 +242,8 @@ fn request(strategy: Strategy, (criterion, reduction): (Criterion, Reduction), r
         round_to: 1,
         steps,
         seed: 42,
+        reconstruct: false,
+        damping: 0.01,
     }
 }
 

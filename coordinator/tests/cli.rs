@@ -254,6 +254,11 @@ fn prune_writes_a_loadable_model_with_plan_and_report() {
     fails_with(&run(&["--ratio", "0.99", "--out", ot]), &["would remove all"]);
     let no_calib = llmprune(&["prune", "--model", m, "--ratio", "0.2", "--out", ot], &[]);
     fails_with(&no_calib, &["--calibration FILE", "--calibration-ids FILE"]);
+    let no_calib = llmprune(&["prune", "--model", m, "--ratio", "0.2", "--criterion", "l2", "--reconstruct", "--out", ot], &[]);
+    fails_with(&no_calib, &["--reconstruct needs calibration data", "--calibration FILE"]);
+    fails_with(&run(&["--ratio", "0.2", "--criterion", "obs", "--strategy", "channel", "--out", ot]), &["fluctuation, wanda, obs", "--strategy block"]);
+    fails_with(&run(&["--ratio", "0.2", "--reconstruct", "--strategy", "layer", "--out", ot]), &["reconstruction", "--strategy block"]);
+    fails_with(&run(&["--ratio", "0.2", "--criterion", "obs", "--damping=-1", "--out", ot]), &["--damping -1", "finite number"]);
     std::fs::write(&ids, "[[1, 2], [3, 500]]").unwrap();
     fails_with(&run(&["--ratio", "0.2", "--out", ot]), &["calib.json", "token id 500 is outside the vocabulary of 96"]);
     assert!(!other.exists(), "a failed prune leaves no output");
@@ -455,4 +460,43 @@ fn the_papers_criterion_names_are_accepted() {
     assert_eq!(plan("taylor"), plan("param-first"));
     assert_eq!(plan("element2"), plan("param-second"));
     assert_eq!(plan("vector"), plan("vectorize"));
+}
+
+#[test]
+fn reconstruction_rewrites_only_the_cut_consumers_and_the_plan_keeps_its_windows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir("tiny_gqa", tmp.path());
+    let ids = tmp.path().join("calib.json");
+    let windows = serde_json::json!([[1, 5, 9, 13, 40, 41, 42, 7], [90, 2, 3, 60, 61, 62, 8, 9], [4, 4, 8, 15, 16, 23, 42, 0]]);
+    std::fs::write(&ids, windows.to_string()).unwrap();
+    let (m, i) = (model.to_str().unwrap(), ids.to_str().unwrap());
+    let prune = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let res = llmprune(
+            &[
+                &["prune", "--model", m, "--calibration-ids", i, "--ratio", "0.5", "--criterion", "obs", "--mlp-layers", "0:2", "--damping", "0.05"][..],
+                extra,
+                &["--out", out.to_str().unwrap()],
+            ]
+            .concat(),
+            &[],
+        );
+        assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+        out
+    };
+    let (plain, rebuilt) = (prune("plain", &[]), prune("rebuilt", &["--reconstruct"]));
+    let read = |d: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(d.join("plan.json")).unwrap()).unwrap() };
+    let (plan_plain, plan_rebuilt) = (read(&plain), read(&rebuilt));
+    assert_eq!(plan_plain["steps"][0]["groups"], plan_rebuilt["steps"][0]["groups"], "the same scores and kept units");
+    assert!(plan_plain["steps"][0].get("reconstruct").is_none());
+    assert_eq!(plan_rebuilt["steps"][0]["reconstruct"], serde_json::json!({"damping": 0.05, "windows": windows}));
+    assert_eq!(plan_rebuilt["settings"]["reconstruct"], true);
+    // Heads of layers 0-2 and neurons of layers 0-1 were cut: their consumers are re-solved;
+    // layer 2's down_proj lost nothing, and nothing else changes.
+    let (a, b) = (model_tensors(&plain), model_tensors(&rebuilt));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (name, w) in &a {
+        let cut = (name.ends_with("o_proj.weight") && !name.contains(".2.")) || (name.ends_with("down_proj.weight") && !name.contains(".2."));
+        assert_eq!(&b[name] != w, cut, "{name}: rewritten only where the step cut its inputs");
+    }
 }

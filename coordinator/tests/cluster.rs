@@ -53,6 +53,14 @@ fn one_two_and_three_workers_equal_one_process() {
         ("tiny_gqa", vec!["--strategy", "layer", "--criterion", "vectorize"]),
         ("tiny_gqa", vec!["--strategy", "layer", "--criterion", "param-first", "--iterative-steps", "2"]),
         ("tiny_tied_mha", vec!["--strategy", "layer", "--criterion", "random"]),
+        // Activation criteria and reconstruction: input statistics through the pipeline, each
+        // consumer re-solved on the stage that holds it.
+        ("tiny_gqa", vec!["--criterion", "obs", "--reconstruct"]),
+        ("tiny_gqa", vec!["--criterion", "fluctuation", "--reconstruct", "--gqa", "query-heads", "--iterative-steps", "2"]),
+        ("tiny_tied_mha", vec!["--criterion", "wanda", "--scope", "global", "--reconstruct"]),
+        ("tiny_gqa", vec!["--criterion", "obs", "--scope", "standardized", "--reconstruct"]),
+        // A gradient criterion scores without the inputs: the cut gathers them itself.
+        ("tiny_tied_mha", vec!["--criterion", "param-second", "--reconstruct"]),
     ] {
         let (setup, model, ids) = Setup::new(fixture);
         let (m, i) = (model.to_str().unwrap(), ids.to_str().unwrap());
@@ -79,11 +87,17 @@ fn one_two_and_three_workers_equal_one_process() {
 fn plans_replay_on_workers_to_the_model_prune_wrote() {
     // apply-plan through the cluster engine: every stage cuts by the whole step (hidden
     // channels on every stage, layers removed and renumbered), as prune's steps did.
-    for extra in [vec!["--strategy", "channel", "--iterative-steps", "2"], vec!["--strategy", "layer"], vec!["--gqa", "query-heads"]] {
+    // A reconstructing plan carries its windows: the replay gathers the same statistics.
+    for extra in [
+        vec!["--criterion", "param-first", "--strategy", "channel", "--iterative-steps", "2"],
+        vec!["--criterion", "param-first", "--strategy", "layer"],
+        vec!["--criterion", "param-first", "--gqa", "query-heads"],
+        vec!["--criterion", "obs", "--reconstruct", "--iterative-steps", "2"],
+    ] {
         let (setup, model, ids) = Setup::new("tiny_gqa");
         let (m, i) = (model.to_str().unwrap(), ids.to_str().unwrap());
         let pruned = setup.root.join("pruned");
-        let base = [&["prune", "--model", m, "--calibration-ids", i, "--ratio", "0.5", "--criterion", "param-first"][..], &extra[..]].concat();
+        let base = [&["prune", "--model", m, "--calibration-ids", i, "--ratio", "0.5"][..], &extra[..]].concat();
         ok(&llmprune(&[&base[..], &["--out", pruned.to_str().unwrap()]].concat()));
         let plan = pruned.join("plan.json");
         for workers in ["2", "3"] {
@@ -203,6 +217,33 @@ fn replicas_of_two_stages_equal_one_process() {
         let removed = |d: &Path| plan_groups(d).as_array().unwrap().iter().map(|s| s["removed_layers"].clone()).collect::<Vec<_>>();
         assert_eq!(removed(&out), removed(&single), "{extra:?}");
         assert!(model_tensors(&out) == model_tensors(&single), "{extra:?}: the weights of 2×2 workers differ from one process");
+    }
+
+    // Reconstruction from statistics the replicas all-reduce: the same kept units, the weights
+    // within the order of the f32 sums over windows.
+    for extra in [["--criterion", "obs", "--reconstruct"], ["--criterion", "wanda", "--reconstruct"]] {
+        let args = |out: &Path| -> Vec<String> {
+            ["prune", "--model", m, "--calibration-ids", i, "--ratio", "0.5"]
+                .iter()
+                .chain(&extra)
+                .map(|s| s.to_string())
+                .chain(["--out".into(), out.display().to_string()])
+                .collect()
+        };
+        let single = setup.root.join(format!("single-{}", extra[1]));
+        let argv = args(&single);
+        ok(&llmprune(&argv.iter().map(String::as_str).collect::<Vec<_>>()));
+        let out = setup.root.join(format!("replicated-{}", extra[1]));
+        let argv = [args(&out), vec!["--local-workers".into(), "4".into(), "--replicas".into(), "2".into()]].concat();
+        ok(&llmprune(&argv.iter().map(String::as_str).collect::<Vec<_>>()));
+        assert_eq!(kept_units(&out), kept_units(&single), "{extra:?}");
+        let (got, want) = (model_tensors(&out), model_tensors(&single));
+        assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+        for (name, w) in &want {
+            let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = got[name].iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(diff <= 1e-4 * scale, "{extra:?}: {name} differs by {diff} (scale {scale}) between 2×2 workers and one process");
+        }
     }
 
     bad(&["--local-workers", "4", "--replicas", "3"], &["--replicas 3", "divide the 4 workers"]);

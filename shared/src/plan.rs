@@ -53,6 +53,21 @@ pub struct PlanStep {
     /// Scores of the candidate layers (layer-wise pruning), by layer index.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layer_scores: Vec<(usize, f32)>,
+    /// With it, the step re-solves the kept input columns of the consuming projections from
+    /// their inputs over these windows; the plan carries the windows so that a replay gathers
+    /// the same statistics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconstruct: Option<Reconstruction>,
+}
+
+/// Least-squares reconstruction after a step's cut: every o_proj and down_proj that lost
+/// input channels gets `W' = W·Hd[:,K]·Hd_KK⁻¹`, `Hd` the Gram matrix of its inputs over the
+/// `windows` (the model before the cut) damped by `damping` × its mean diagonal, `K` the kept
+/// channels: the kept columns that best reproduce the layer's outputs on those inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reconstruction {
+    pub damping: f64,
+    pub windows: Vec<Vec<u32>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,6 +114,7 @@ mod tests {
                 groups: vec![PlanGroup { root: "layers.0.gate".into(), units: 3, kept: vec![0, 2], scores: vec![1.0, 0.5, 2.0] }],
                 removed_layers: vec![],
                 layer_scores: vec![],
+                reconstruct: Some(Reconstruction { damping: 0.01, windows: vec![vec![1, 2, 3]] }),
             }],
         );
         let text = serde_json::to_string(&plan).unwrap();

@@ -112,6 +112,37 @@ pub fn keep_global(groups: &[Scored], ratio: f64, normalize: bool) -> Result<Vec
         .collect()
 }
 
+/// The kept units of each group when all units compete after each group's scores are
+/// standardised (`(s − mean) / std`, unbiased std; a group of equal scores is all zeros) and a
+/// unit costs `costs[g]` parameters: the lowest standardised units go, as long as their
+/// parameters fit in the budget that every group losing its local share would free (so the
+/// result has local pruning's size, distributed where the scores say). FLAP's adaptive
+/// structure search (AL-AM). A group keeps at least one unit; ties go by group, then unit.
+pub fn keep_standardized(groups: &[Scored], costs: &[usize], ratio: f64) -> Result<Vec<Vec<usize>>, SelectionError> {
+    check_ratio(ratio)?;
+    let budget: usize = groups.iter().zip(costs).map(|(g, &c)| units_to_prune_toward(g.initial_units, g.scores.len(), g.unit_width, ratio) * c).sum();
+    let mut all: Vec<(f64, usize, usize)> = Vec::new();
+    for (gi, g) in groups.iter().enumerate() {
+        let n = g.scores.len() as f64;
+        let mean = g.scores.iter().map(|&s| s as f64).sum::<f64>() / n;
+        let var = if g.scores.len() > 1 { g.scores.iter().map(|&s| (s as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+        let std = var.sqrt();
+        all.extend(g.scores.iter().enumerate().map(|(u, &s)| (if std > 0.0 { (s as f64 - mean) / std } else { 0.0 }, gi, u)));
+    }
+    all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let mut left: Vec<usize> = groups.iter().map(|g| g.scores.len()).collect();
+    let mut pruned: Vec<Vec<bool>> = groups.iter().map(|g| vec![false; g.scores.len()]).collect();
+    let mut freed = 0usize;
+    for &(_, gi, u) in &all {
+        if freed + costs[gi] <= budget && left[gi] > 1 {
+            freed += costs[gi];
+            left[gi] -= 1;
+            pruned[gi][u] = true;
+        }
+    }
+    Ok(pruned.into_iter().map(|p| (0..p.len()).filter(|&u| !p[u]).collect()).collect())
+}
+
 /// Widens each group's `kept` units (ascending) until its kept channels are a multiple of
 /// `multiple`, adding back its best-scoring pruned units (or keeping all): kernels run
 /// fastest on aligned widths.
@@ -172,6 +203,28 @@ mod tests {
         assert_eq!(keep_global(&groups, 1.0 / 3.0, false).unwrap(), vec![vec![0, 1, 2], vec![2]]);
         // Normalised by their means (20 and 2) the groups are alike; ties go by group order.
         assert_eq!(keep_global(&groups, 0.5, true).unwrap(), vec![vec![2], vec![1, 2]]);
+    }
+
+    #[test]
+    fn standardized_scores_share_one_parameter_budget() {
+        // Heads: 3 units of width 2 costing 10 parameters each; neurons: 4 of width 1 costing 1.
+        let heads = [5.0, 1.0, 3.0];
+        let neurons = [100.0, 400.0, 200.0, 300.0];
+        let groups = [Scored::new("heads", 2, &heads), Scored::new("neurons", 1, &neurons)];
+        // Ratio 0.5: locally heads lose int-share 1 head (6 ch -> keep int(3)=3 -> 3 ch = 1
+        // head: 10 parameters) and neurons 2 (2 parameters): budget 12. Standardised: heads
+        // (mean 3, std 2) -> [1, −1, 0]; neurons (mean 250, std 129.1) -> [−1.16, 1.16, −0.39,
+        // 0.39]. Ascending: neuron 0 (1), head 1 (10): 11 freed; neuron 2 would make 12: fits;
+        // head 2 (10) does not, neuron 3 would make 13: does not.
+        assert_eq!(keep_standardized(&groups, &[10, 1], 0.5).unwrap(), vec![vec![0, 2], vec![1, 3]]);
+        // Raw scale does not matter, only the ranking within each group.
+        let scaled: Vec<f32> = neurons.iter().map(|s| s * 1e-6).collect();
+        let groups2 = [Scored::new("heads", 2, &heads), Scored::new("neurons", 1, &scaled)];
+        assert_eq!(keep_standardized(&groups2, &[10, 1], 0.5).unwrap(), vec![vec![0, 2], vec![1, 3]]);
+        // A group never empties; equal scores standardise to zero.
+        let flat = [2.0, 2.0];
+        let g = [Scored::new("flat", 1, &flat)];
+        assert_eq!(keep_standardized(&g, &[1], 0.9).unwrap(), vec![vec![1]]);
     }
 
     #[test]

@@ -34,7 +34,7 @@ import sys
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -152,6 +152,17 @@ def rope_dict(cfg: LlamaConfig) -> dict:
 # ----------------------------------------------------------------------------------------------
 # tiny random models
 # ----------------------------------------------------------------------------------------------
+
+def load_tiny_float64(fixture_dir: str):
+    """A written tiny fixture as the float64 reference model: (config, golden tensors, weights, model)."""
+    enable_float64_reference()
+    cfg = json.load(open(os.path.join(fixture_dir, "config.json")))
+    golden = load_file(os.path.join(fixture_dir, "golden.safetensors"))
+    weights = load_file(os.path.join(fixture_dir, "model.safetensors"))
+    model = build_tiny(cfg, 0)
+    model.load_state_dict(weights, strict=False)
+    return cfg, golden, weights, to_float64_reference(model, rope_dict(model.config), cfg["head_dim"])
+
 
 def build_tiny(cfg_json: dict, seed: int) -> LlamaForCausalLM:
     """Random LLaMA-family model (biases too) at the max shapes, then sliced to the per-layer

@@ -18,10 +18,10 @@ import sys
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gen_golden import build_tiny, causal_lm_loss, enable_float64_reference, rope_dict, to_float64_reference  # noqa: E402
+from gen_golden import causal_lm_loss, load_tiny_float64  # noqa: E402
 
 FIX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "tiny_gqa")
 
@@ -42,13 +42,7 @@ def member_scores(kind, crit, w, g, f):
 
 
 def main():
-    enable_float64_reference()
-    cfg = json.load(open(os.path.join(FIX, "config.json")))
-    golden = load_file(os.path.join(FIX, "golden.safetensors"))
-    weights = load_file(os.path.join(FIX, "model.safetensors"))
-    model = build_tiny(cfg, 0)
-    model.load_state_dict(weights, strict=False)
-    model = to_float64_reference(model, rope_dict(model.config), cfg["head_dim"])
+    cfg, golden, weights, model = load_tiny_float64(FIX)
     ids = golden["input_ids"]
     per_row = []
     for j in range(ids.shape[0]):

@@ -6,6 +6,7 @@
 
 use crate::collective::{CommError, Communicator};
 use crate::error::{Error, Result};
+use crate::lora::Projection;
 use crate::model::{Exec, LlamaModel};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
@@ -44,6 +45,23 @@ pub fn stage_forward<T>(
     }
     comm.send_tensor(&out, comm.rank() + 1).map_err(comm_err)?;
     Ok(None)
+}
+
+/// One inference pass of this stage's layers over `ids` `[B, T]`, handing `tap` the inputs of
+/// their o_proj and down_proj (layer index in the model, projection, `[B·T, in]`); the last
+/// rank stops at its last layer.
+pub fn stage_forward_tapped(
+    model: &LlamaModel,
+    comm: &mut dyn Communicator,
+    ids: &Tensor,
+    tap: &mut dyn FnMut(usize, Projection, &Tensor) -> Result<()>,
+) -> Result<()> {
+    let x = stage_input(model, comm, ids)?;
+    let out = model.forward_layers_tapped(x, Exec::Inference, tap)?;
+    if !is_last(comm) {
+        comm.send_tensor(&out, comm.rank() + 1).map_err(comm_err)?;
+    }
+    Ok(())
 }
 
 /// One backward pass over `ids` `[B, T]`: the forward pass, `head` turning the last hidden

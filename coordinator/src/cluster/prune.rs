@@ -156,7 +156,7 @@ impl PruneEngine for ClusterEngine<'_> {
         if let Some(scores) = self.resumed(&job) {
             return Ok(scores);
         }
-        if job.criterion.needs_gradient() && job.windows.len() < self.replicas {
+        if job.criterion.needs_calibration() && job.windows.len() < self.replicas {
             let r = self.replicas;
             bail!("--replicas {r} needs at least {r} calibration samples (--samples, or windows in --calibration-ids), got {}", job.windows.len());
         }
@@ -171,6 +171,7 @@ impl PruneEngine for ClusterEngine<'_> {
                     roots: job.groups.iter().filter(|g| self.holds(&layout, g)).map(|g| g.root.clone()).collect(),
                     windows: windows.clone(),
                     layers: job.layers.iter().filter(|j| layout.layers.contains(j)).map(|&j| j as u32).collect(),
+                    damping: job.damping,
                 }
             })
             .collect();

@@ -93,7 +93,8 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
         None => (Box::new(|_step| Ok(Vec::new())), serde_json::Value::Null),
     };
     let criterion = req.criterion.name();
-    let reduction = (req.criterion != Criterion::Random).then(|| req.reduction.name());
+    // Random and activation scores reduce nothing.
+    let reduction = (req.criterion.needs_gradient() || matches!(req.criterion, Criterion::L1 | Criterion::L2)).then(|| req.reduction.name());
     let settings_json = json!({
         "strategy": req.strategy.name(),
         "ratio": job.ratio,
@@ -104,6 +105,8 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
         "reduction": reduction,
         "scope": req.scope.name(),
         "normalize": job.normalize,
+        "reconstruct": job.reconstruct,
+        "damping": job.damping,
         "gqa": req.gqa.name(),
         "round_to": job.round_to,
         "iterative_steps": job.iterative_steps,

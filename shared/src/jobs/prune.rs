@@ -44,6 +44,15 @@ pub struct PruneSettings {
     /// Whether each group loses the same share (local) or all units are ranked together (global).
     #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = Scope::Local))]
     pub scope: Scope,
+    /// After each step, re-solve the kept input columns of every o_proj and down_proj that lost
+    /// heads or neurons by least squares on the calibration inputs (block-wise; the plan
+    /// records the windows so that apply-plan reproduces it).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub reconstruct: bool,
+    /// Damping of the inputs' Gram matrix for --criterion obs and --reconstruct, as a share of
+    /// its mean diagonal.
+    #[cfg_attr(feature = "clap", arg(long, value_name = "SHARE", default_value_t = PruneSettings::default().damping))]
+    pub damping: f64,
     /// With --scope global: divide each group's scores by their mean before ranking.
     #[cfg_attr(feature = "clap", arg(long))]
     pub normalize: bool,
@@ -103,6 +112,8 @@ impl Default for PruneSettings {
             reduction: None,
             scope: Scope::Local,
             normalize: false,
+            reconstruct: false,
+            damping: 0.01,
             calibration: Vec::new(),
             calibration_ids: None,
             samples: 10,
@@ -136,9 +147,16 @@ impl PruneSettings {
         if !self.calibration.is_empty() && self.calibration_ids.is_some() {
             return Err(JobError::new("calibration", "give calibration text or {calibration_ids}, not both"));
         }
-        if self.criterion.needs_gradient() && self.calibration.is_empty() && self.calibration_ids.is_none() {
+        let no_calibration = self.calibration.is_empty() && self.calibration_ids.is_none();
+        if self.criterion.needs_calibration() && no_calibration {
             let msg = format!("the criterion {} needs calibration data: {{calibration}} FILE (text) or {{calibration_ids}} FILE", self.criterion.name());
             return Err(JobError::new("calibration", msg));
+        }
+        if self.reconstruct && no_calibration {
+            return Err(JobError::new("calibration", "{reconstruct} needs calibration data: {calibration} FILE (text) or {calibration_ids} FILE"));
+        }
+        if !(self.damping.is_finite() && self.damping >= 0.0) {
+            return Err(JobError::at("damping", self.damping, "must be a finite number ≥ 0"));
         }
         if let Some(bad) = self.eval_ppl.iter().find(|spec| !spec.contains('=')) {
             return Err(JobError::at("eval_ppl", bad, "expected NAME=FILE"));
@@ -162,6 +180,8 @@ impl PruneSettings {
             round_to: self.round_to,
             steps: self.iterative_steps,
             seed: self.seed,
+            reconstruct: self.reconstruct,
+            damping: self.damping,
         })
     }
 }

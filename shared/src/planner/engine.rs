@@ -10,7 +10,7 @@ use super::scores::random_scores;
 use super::select::{select_layers, select_units};
 use super::PlannerError;
 use crate::depgraph::Group;
-use crate::plan::PlanStep;
+use crate::plan::{PlanStep, Reconstruction};
 use crate::{ModelSpec, PyRandom};
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,8 +27,10 @@ pub struct ScoreJob<'a> {
     pub layers: &'a [usize],
     pub criterion: Criterion,
     pub reduction: Reduction,
-    /// The step's calibration windows (empty when the criterion needs no gradient).
+    /// The step's calibration windows (empty when the criterion needs no calibration).
     pub windows: &'a [Vec<u32>],
+    /// The Gram matrix's damping for `obs`.
+    pub damping: f64,
 }
 
 /// The scores of a [`ScoreJob`]: one per unit of each group, one per layer.
@@ -68,7 +70,7 @@ pub struct StepsOutcome {
 }
 
 /// Prunes the engine's model (shaped `spec`) in `req.steps` steps, asking `calibration` for
-/// step `k`'s windows (0-based) when the criterion needs gradients.
+/// step `k`'s windows (0-based) when the criterion or the reconstruction needs calibration.
 pub async fn prune_steps<E, C, CE>(engine: &mut E, spec: &ModelSpec, req: &PruneRequest, mut calibration: C) -> Result<StepsOutcome, E::Error>
 where
     E: PruneEngine,
@@ -86,7 +88,7 @@ where
     for k in 1..=req.steps {
         let target = req.ratio * k as f64 / req.steps as f64;
         let t = Instant::now();
-        let windows = if req.criterion.needs_gradient() { calibration(k - 1)? } else { Vec::new() };
+        let windows = if req.criterion.needs_calibration() || req.reconstruct { calibration(k - 1)? } else { Vec::new() };
         // Layer-wise steps rank layers, the others groups; the other list stays empty.
         let layer_wise = req.strategy == Strategy::Layer;
         let (groups, layers) = if layer_wise {
@@ -101,17 +103,28 @@ where
         let scores = match req.criterion {
             Criterion::Random => Scores { groups: random_scores(&groups, &mut rng), layers: layers.iter().map(|_| rng.random() as f32).collect() },
             _ => {
-                let job = ScoreJob { step: k, groups: &groups, layers: &layers, criterion: req.criterion, reduction: req.reduction, windows: &windows };
+                let job = ScoreJob {
+                    step: k,
+                    groups: &groups,
+                    layers: &layers,
+                    criterion: req.criterion,
+                    reduction: req.reduction,
+                    windows: &windows,
+                    damping: req.damping,
+                };
                 engine.score(job).await?
             }
         };
         seconds.scoring += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let step = if layer_wise {
+        let mut step = if layer_wise {
             select_layers(&layers, scores.layers, req, target)?
         } else {
             select_units(&spec, &groups, scores.groups, req, target, &mut initial_units)?
         };
+        if req.reconstruct {
+            step.reconstruct = Some(Reconstruction { damping: req.damping, windows });
+        }
         seconds.planning += t.elapsed().as_secs_f64();
         // The new shape, after checking that the step fits the model.
         let after = spec_after_step(&spec, &step)?;

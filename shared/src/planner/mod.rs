@@ -31,6 +31,8 @@ pub enum PlannerError {
     LayerRange { what: &'static str, start: usize, end: usize, layers: usize },
     #[error("pruning ratio {0} is outside (0, 1)")]
     Ratio(f64),
+    #[error("damping {0} must be a finite number ≥ 0")]
+    Damping(f64),
     #[error("the {0} must be at least 1")]
     AtLeastOne(&'static str),
     #[error("{0}")]

@@ -54,10 +54,13 @@ pub enum Scope {
     Local,
     /// All candidate units ranked together.
     Global,
+    /// FLAP's adaptive search: each group's scores standardised, all units ranked together,
+    /// as many parameters removed as local pruning would remove (block-wise).
+    Standardized,
 }
 
 impl ModeName for Scope {
-    const NAMES: &'static [(&'static str, Self)] = &[("local", Scope::Local), ("global", Scope::Global)];
+    const NAMES: &'static [(&'static str, Self)] = &[("local", Scope::Local), ("global", Scope::Global), ("standardized", Scope::Standardized)];
     const WHAT: &'static str = "scope";
 }
 
@@ -104,6 +107,16 @@ pub enum Criterion {
     ParamSecond,
     /// `Σ_k |w_k g_k − ½ w_k F_kk w_k|`.
     ParamMix,
+    /// FLAP's fluctuation: the variance of each input channel of the consuming projection
+    /// (o_proj, down_proj) over the calibration tokens × the squared norm of its weight column.
+    Fluctuation,
+    /// Structured Wanda: `Σ_i |W_ic|` of the consuming projection's column × the RMS of its
+    /// input channel over the calibration tokens.
+    Wanda,
+    /// Optimal Brain Surgeon on the consuming projection: the increase of its squared output
+    /// error when a unit's input channels go and the other columns are re-solved, from the
+    /// inputs' Gram matrix (`tr(W_g (H⁻¹)_gg⁻¹ W_gᵀ)`, H damped).
+    Obs,
 }
 
 impl ModeName for Criterion {
@@ -115,6 +128,9 @@ impl ModeName for Criterion {
         ("param-first", Criterion::ParamFirst),
         ("param-second", Criterion::ParamSecond),
         ("param-mix", Criterion::ParamMix),
+        ("fluctuation", Criterion::Fluctuation),
+        ("wanda", Criterion::Wanda),
+        ("obs", Criterion::Obs),
     ];
     const WHAT: &'static str = "criterion";
 }
@@ -127,7 +143,18 @@ impl Criterion {
 
     /// Whether the criterion reads the gradient of the calibration loss.
     pub fn needs_gradient(self) -> bool {
-        !matches!(self, Criterion::Random | Criterion::L1 | Criterion::L2)
+        !matches!(self, Criterion::Random | Criterion::L1 | Criterion::L2) && !self.needs_activations()
+    }
+
+    /// Whether the criterion reads the statistics of the consuming projections' inputs
+    /// (o_proj, down_proj) over the calibration tokens; it then scores heads and neurons only.
+    pub fn needs_activations(self) -> bool {
+        matches!(self, Criterion::Fluctuation | Criterion::Wanda | Criterion::Obs)
+    }
+
+    /// Whether the criterion runs the model over calibration windows.
+    pub fn needs_calibration(self) -> bool {
+        self.needs_gradient() || self.needs_activations()
     }
 
     /// Whether the diagonal Fisher (`Σ_j g_j² / N` over per-sample gradients) is needed.
@@ -190,9 +217,10 @@ mod tests {
         }
         assert_eq!(Strategy::from_name("layer").unwrap(), Strategy::Layer);
         assert_eq!(GqaMode::QueryHeads.name(), "query-heads");
-        assert_eq!(Scope::from_name("widest").unwrap_err(), "unknown scope `widest` (known: local, global)");
+        assert_eq!(Scope::from_name("widest").unwrap_err(), "unknown scope `widest` (known: local, global, standardized)");
         assert_eq!(Criterion::ParamFirst.default_reduction(), Reduction::Sum);
         assert_eq!(Criterion::L2.default_reduction(), Reduction::Mean);
         assert!(!Criterion::Random.needs_gradient() && Criterion::Random.is_random());
+        assert!(Criterion::Obs.needs_calibration() && !Criterion::Obs.needs_gradient() && !Criterion::ParamFirst.needs_activations());
     }
 }

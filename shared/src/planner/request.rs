@@ -29,6 +29,10 @@ pub struct PruneRequest {
     pub steps: usize,
     /// Seeds the random criterion's scores.
     pub seed: u64,
+    /// Re-solve the consuming projections' kept columns after each step (block-wise).
+    pub reconstruct: bool,
+    /// The Gram matrix's damping (share of its mean diagonal) for `obs` and reconstruction.
+    pub damping: f64,
 }
 
 impl PruneRequest {
@@ -49,7 +53,16 @@ impl PruneRequest {
         if self.round_to == 0 {
             return Err(PlannerError::AtLeastOne("rounding multiple"));
         }
-        let unsupported = if self.gqa == GqaMode::QueryHeads && self.strategy != Strategy::Block {
+        if !(self.damping.is_finite() && self.damping >= 0.0) {
+            return Err(PlannerError::Damping(self.damping));
+        }
+        let unsupported = if self.criterion.needs_activations() && self.strategy != Strategy::Block {
+            Some("the activation criteria (fluctuation, wanda, obs) score heads and neurons: they need --strategy block")
+        } else if self.scope == Scope::Standardized && self.strategy != Strategy::Block {
+            Some("the standardized scope shares a parameter budget among heads and neurons: it needs --strategy block")
+        } else if self.reconstruct && self.strategy != Strategy::Block {
+            Some("reconstruction re-solves the projections that consume pruned heads and neurons: it needs --strategy block")
+        } else if self.gqa == GqaMode::QueryHeads && self.strategy != Strategy::Block {
             Some("pruning query heads only (GQA) is a block-wise option")
         } else if self.strategy == Strategy::Layer && self.scope != Scope::Local {
             Some("layer-wise pruning ranks the layers of one range; global scope does not apply")

@@ -4,9 +4,9 @@
 use super::modes::Scope;
 use super::request::PruneRequest;
 use super::PlannerError;
-use crate::depgraph::{structure, Group, Structure};
+use crate::depgraph::{structure, Axis, Group, Structure};
 use crate::plan::{PlanGroup, PlanStep};
-use crate::selection::{keep_global, keep_local, round_kept, Scored};
+use crate::selection::{keep_global, keep_local, keep_standardized, round_kept, Scored};
 use crate::ModelSpec;
 use std::collections::HashMap;
 
@@ -42,13 +42,29 @@ pub fn select_units(
             })
             .collect::<Result<Vec<_>, PlannerError>>()?,
         Scope::Global => keep_global(&scored, target, req.normalize)?,
+        Scope::Standardized => keep_standardized(&scored, &groups.iter().map(|g| unit_cost(spec, g)).collect::<Vec<_>>(), target)?,
     };
     // Head counts are whole heads already; widths of single channels get aligned.
     for (s, k) in scored.iter().zip(kept.iter_mut()).filter(|(s, _)| s.unit_width == 1) {
         round_kept(std::slice::from_ref(s), std::slice::from_mut(k), req.round_to);
     }
     let groups = groups.iter().zip(kept).zip(scores).map(|((g, kept), scores)| PlanGroup { root: g.root.clone(), units: g.units, kept, scores }).collect();
-    Ok(PlanStep { ratio: target, groups, removed_layers: Vec::new(), layer_scores: Vec::new() })
+    Ok(PlanStep { ratio: target, groups, removed_layers: Vec::new(), layer_scores: Vec::new(), reconstruct: None })
+}
+
+/// The parameters one unit of a block-wise `group` holds: each member's channels of the unit
+/// times the width of the member's other axis (the hidden size for projections; 1 for a bias or
+/// a norm's elements).
+fn unit_cost(spec: &ModelSpec, group: &Group) -> usize {
+    group
+        .members
+        .iter()
+        .map(|m| {
+            let channels = m.channels.first().map_or(0, Vec::len);
+            let other = if m.axis == Axis::Elements || m.param.ends_with(".bias") { 1 } else { spec.hidden_size };
+            channels * other
+        })
+        .sum()
 }
 
 /// The kept query heads of a GQA layer, each of its `n_kv` KV heads losing the same number.
@@ -74,5 +90,5 @@ pub fn select_layers(candidates: &[usize], scores: Vec<f32>, req: &PruneRequest,
     let kept = keep_local(&[scored], target)?.remove(0);
     let removed_layers = (0..candidates.len()).filter(|u| kept.binary_search(u).is_err()).map(|u| candidates[u]).collect();
     let layer_scores = candidates.iter().copied().zip(scores.iter().copied()).collect();
-    Ok(PlanStep { ratio: target, groups: Vec::new(), removed_layers, layer_scores })
+    Ok(PlanStep { ratio: target, groups: Vec::new(), removed_layers, layer_scores, reconstruct: None })
 }

@@ -2,7 +2,7 @@
 
 use super::modes::{Criterion, Reduction};
 use super::PlannerError;
-use crate::plan::{PlanGroup, PlanStep};
+use crate::plan::{PlanGroup, PlanStep, Reconstruction};
 use crate::proto;
 
 impl From<Criterion> for proto::Criterion {
@@ -15,6 +15,9 @@ impl From<Criterion> for proto::Criterion {
             Criterion::ParamFirst => proto::Criterion::ParamFirst,
             Criterion::ParamSecond => proto::Criterion::ParamSecond,
             Criterion::ParamMix => proto::Criterion::ParamMix,
+            Criterion::Fluctuation => proto::Criterion::Fluctuation,
+            Criterion::Wanda => proto::Criterion::Wanda,
+            Criterion::Obs => proto::Criterion::Obs,
         }
     }
 }
@@ -43,6 +46,9 @@ pub fn criterion_from_wire(value: i32) -> Result<Criterion, PlannerError> {
         proto::Criterion::ParamFirst => Criterion::ParamFirst,
         proto::Criterion::ParamSecond => Criterion::ParamSecond,
         proto::Criterion::ParamMix => Criterion::ParamMix,
+        proto::Criterion::Fluctuation => Criterion::Fluctuation,
+        proto::Criterion::Wanda => Criterion::Wanda,
+        proto::Criterion::Obs => Criterion::Obs,
     })
 }
 
@@ -68,6 +74,10 @@ pub fn step_to_wire(step: &PlanStep) -> proto::ApplyPlanRequest {
             .map(|g| proto::KeptUnits { root: g.root.clone(), units: g.units as u32, kept: g.kept.iter().map(|&u| u as u32).collect() })
             .collect(),
         removed_layers: step.removed_layers.iter().map(|&i| i as u32).collect(),
+        reconstruct: step
+            .reconstruct
+            .as_ref()
+            .map(|r| proto::Reconstruction { damping: r.damping, windows: r.windows.iter().map(|w| proto::TokenWindow { ids: w.clone() }).collect() }),
     }
 }
 
@@ -82,6 +92,7 @@ pub fn step_from_wire(req: proto::ApplyPlanRequest) -> PlanStep {
             .collect(),
         removed_layers: req.removed_layers.into_iter().map(|i| i as usize).collect(),
         layer_scores: vec![],
+        reconstruct: req.reconstruct.map(|r| Reconstruction { damping: r.damping, windows: r.windows.into_iter().map(|w| w.ids).collect() }),
     }
 }
 
@@ -104,6 +115,7 @@ mod tests {
             groups: vec![PlanGroup { root: "layers.1.gate".into(), units: 4, kept: vec![0, 3], scores: vec![] }],
             removed_layers: vec![2],
             layer_scores: vec![],
+            reconstruct: Some(Reconstruction { damping: 0.5, windows: vec![vec![7, 8], vec![9, 10]] }),
         };
         assert_eq!(step_from_wire(step_to_wire(&step)), step);
     }

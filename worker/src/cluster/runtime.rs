@@ -11,7 +11,9 @@ use crate::export::write_tensor_parts;
 use crate::generate::{generate, Sampling};
 use crate::loader::model_checksum;
 use crate::memory::peak_rss_bytes;
+use crate::prune::activations::WINDOWS_PER_PASS;
 use crate::prune::engine::{GroupPart, StageJob};
+use crate::prune::statistics::GRADIENT_WINDOWS_PER_PASS;
 use crate::train::job::{confine_paths as confine_recovery, run_recovery};
 use crate::train::recover::RecoverEvent;
 use crate::train::TrainGroups;
@@ -144,6 +146,12 @@ pub fn spawn_runtime(opts: RuntimeOptions) -> Result<RuntimeHandle> {
                         std::thread::park();
                     }
                 }
+                // Only a step's cut may use what its scoring gathered.
+                if !matches!(cmd, Command::Score(..) | Command::Apply(..)) {
+                    if let Some(shard) = rt.shard.as_mut() {
+                        shard.gathered = None;
+                    }
+                }
                 match cmd {
                     Command::NcclId(reply) => drop(reply.send(rt.nccl_id())),
                     Command::Load(req, reply) => drop(reply.send(rt.load(req))),
@@ -236,7 +244,14 @@ impl Runtime {
         let fault = self.opts.fault;
         let progress_tx = self.opts.progress.clone();
         let windows: Vec<Vec<u32>> = req.windows.into_iter().map(|w| w.ids).collect();
-        let tokens_per_pass: usize = windows.iter().map(Vec::len).sum();
+        let tokens_per_pass: usize = if criterion.needs_activations() {
+            windows.iter().take(WINDOWS_PER_PASS).map(Vec::len).sum()
+        } else {
+            windows.iter().take(GRADIENT_WINDOWS_PER_PASS).map(Vec::len).sum()
+        };
+        if !(req.damping.is_finite() && req.damping >= 0.0) {
+            return Err(Error::Invalid(format!("damping {} must be a finite number ≥ 0", req.damping)));
+        }
         let (shard, comms) = self.parts()?;
         let rank = shard.layout.rank as u32;
         let universe = plan_groups(shard.spec())?;
@@ -253,21 +268,9 @@ impl Runtime {
                 tracing::error!("fault injection: exiting during scoring");
                 std::process::exit(3);
             }
-            let elapsed = t.elapsed().as_secs_f64();
-            let _ = progress_tx.send(ProgressEvent {
-                rank,
-                phase: "scoring".into(),
-                done: done as u64,
-                total: total as u64,
-                unit: "passes".into(),
-                tokens_per_s: (done * tokens_per_pass) as f64 / elapsed.max(1e-9),
-                eta_s: eta_s(elapsed, done, total),
-                // The replicas of a stage split the passes.
-                share: true,
-                ..Default::default()
-            });
+            let _ = progress_tx.send(passes_event(rank, "scoring", (done, total), tokens_per_pass, t));
         };
-        let job = StageJob { groups: &groups, layers: &layers, criterion, reduction, windows: &windows };
+        let job = StageJob { groups: &groups, layers: &layers, criterion, reduction, windows: &windows, damping: req.damping };
         let scores = shard.score(comms, &job, &mut progress)?;
         let seconds = t.elapsed().as_secs_f64();
         let groups = groups
@@ -286,10 +289,18 @@ impl Runtime {
     }
 
     fn apply(&mut self, req: ApplyPlanRequest) -> Result<ApplyPlanReply> {
-        let (shard, _) = self.parts()?;
+        let progress_tx = self.opts.progress.clone();
+        let (shard, comms) = self.parts()?;
         let step = step_from_wire(req);
         let after = spec_after_step(shard.spec(), &step)?;
-        let shapes = shard.apply(&step, &after)?;
+        let rank = shard.layout.rank as u32;
+        let tokens_per_pass: usize = step.reconstruct.iter().flat_map(|r| r.windows.iter().take(WINDOWS_PER_PASS)).map(Vec::len).sum();
+        let t = Instant::now();
+        // The reconstruction's pass over the windows (the cut itself takes no time worth showing).
+        let mut progress = |done: usize, total: usize| {
+            let _ = progress_tx.send(passes_event(rank, "reconstructing", (done, total), tokens_per_pass, t));
+        };
+        let shapes = shard.apply(comms, &step, &after, &mut progress)?;
         let params = shard.owned_weights().values().map(|t| t.elem_count() as u64).sum();
         let layers = shapes
             .iter()
@@ -464,4 +475,21 @@ fn join_ring(what: &str, rank: usize, world: usize, addresses: &[String], listen
     };
     let listener = listener.try_clone().map_err(|e| Error::io(format!("{what} ring socket"), e))?;
     TcpRing::connect(rank, &addrs, listener, opts).map_err(|e| Error::collective(format!("joining the {what} ring"), e))
+}
+
+/// A progress report of `done` of `total` calibration passes of `tokens_per_pass` tokens since
+/// `started`; the replicas of a stage split the passes.
+fn passes_event(rank: u32, phase: &str, (done, total): (usize, usize), tokens_per_pass: usize, started: Instant) -> ProgressEvent {
+    let elapsed = started.elapsed().as_secs_f64();
+    ProgressEvent {
+        rank,
+        phase: phase.into(),
+        done: done as u64,
+        total: total as u64,
+        unit: "passes".into(),
+        tokens_per_s: (done * tokens_per_pass) as f64 / elapsed.max(1e-9),
+        eta_s: eta_s(elapsed, done, total),
+        share: true,
+        ..Default::default()
+    }
 }

@@ -6,6 +6,7 @@ use crate::collective::Communicator;
 use crate::error::Result;
 use crate::loader::{load_model, TextTokenizer};
 use crate::model::{candle_dtype, LlamaModel, LoadOptions};
+use crate::prune::activations::GatheredInputs;
 use crate::prune::engine::{cut_stage, score_stage, StageJob, StageScores};
 use candle_core::{Device, Tensor};
 use llmprune_shared::dtype::WeightDtype;
@@ -26,6 +27,8 @@ pub struct ShardModel {
     pub layout: ShardLayout,
     pub model: LlamaModel,
     pub tokenizer: TextTokenizer,
+    /// What the last scoring gathered of the consumers' inputs, for the step's cut.
+    pub gathered: Option<GatheredInputs>,
 }
 
 impl ShardModel {
@@ -33,7 +36,7 @@ impl ShardModel {
     pub fn load(path: &Path, layout: ShardLayout, dtype: WeightDtype, device: &Device) -> Result<Self> {
         let l = layout.clone();
         let loaded = load_model(path, |_| LoadOptions { layers: l.layers, embeddings: l.embeddings, head: l.head, dtype: candle_dtype(dtype) }, device)?;
-        Ok(Self { layout, model: loaded.model, tokenizer: loaded.tokenizer })
+        Ok(Self { layout, model: loaded.model, tokenizer: loaded.tokenizer, gathered: None })
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -52,13 +55,14 @@ impl ShardModel {
 
     /// Scores the job's candidates this shard holds ([`score_stage`]).
     pub fn score(&mut self, comms: &mut Collectives, job: &StageJob, progress: &mut dyn FnMut(usize, usize)) -> Result<StageScores> {
-        score_stage(&mut self.model, &self.layout, comms, job, progress)
+        score_stage(&mut self.model, &self.layout, comms, job, &mut self.gathered, progress)
     }
 
     /// Cuts this shard by a whole plan step ([`cut_stage`]); the model becomes `after`, the
-    /// shard's layers renumbered. Returns the shapes of its layers.
-    pub fn apply(&mut self, step: &PlanStep, after: &ModelSpec) -> Result<Vec<LayerShape>> {
-        self.layout = cut_stage(&mut self.model, &self.layout, step, after)?;
+    /// shard's layers renumbered. Returns the shapes of its layers. `progress` gets the passes
+    /// of a reconstruction's statistics (done, in all).
+    pub fn apply(&mut self, comms: &mut Collectives, step: &PlanStep, after: &ModelSpec, progress: &mut dyn FnMut(usize, usize)) -> Result<Vec<LayerShape>> {
+        self.layout = cut_stage(&mut self.model, &self.layout, comms, step, after, &mut self.gathered, progress)?;
         Ok(self.layout.layers.clone().map(|i| self.model.spec.layers[i]).collect())
     }
 }

@@ -87,6 +87,9 @@ impl Packing {
     }
 }
 
+/// Sees a projection's input `[N, in]` during a forward pass.
+pub type ProjectionTap<'a> = &'a mut dyn FnMut(Projection, &Tensor) -> Result<()>;
+
 pub struct DecoderLayer {
     pub index: usize,
     pub shape: LayerShape,
@@ -316,13 +319,19 @@ impl DecoderLayer {
 
     /// `x` is `[B, T, H]`; `cos`/`sin` are the tables for positions `0..T`.
     pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, eps: f64, exec: Exec) -> Result<Tensor> {
-        let h = rms_norm(x, &self.input_norm, eps, exec)?;
-        let x = (x + self.attention(&h, cos, sin, eps, exec)?)?;
-        let h = rms_norm(&x, &self.post_norm, eps, exec)?;
-        Ok((&x + self.mlp(&h, exec)?)?)
+        self.forward_tapped(x, cos, sin, eps, exec, &mut |_, _| Ok(()))
     }
 
-    fn attention(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, eps: f64, exec: Exec) -> Result<Tensor> {
+    /// [`DecoderLayer::forward`], handing `tap` the inputs `[B·T, in]` of o_proj and down_proj
+    /// (the consumers of heads and neurons) as they are computed.
+    pub fn forward_tapped(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, eps: f64, exec: Exec, tap: ProjectionTap) -> Result<Tensor> {
+        let h = rms_norm(x, &self.input_norm, eps, exec)?;
+        let x = (x + self.attention(&h, cos, sin, eps, exec, tap)?)?;
+        let h = rms_norm(&x, &self.post_norm, eps, exec)?;
+        Ok((&x + self.mlp(&h, exec, tap)?)?)
+    }
+
+    fn attention(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, eps: f64, exec: Exec, tap: ProjectionTap) -> Result<Tensor> {
         let (b, t, hidden) = x.dims3()?;
         let (d, nh, nkv) = (self.head_dim, self.shape.n_heads, self.shape.n_kv_heads);
         let rep = self.shape.n_rep();
@@ -356,6 +365,7 @@ impl DecoderLayer {
             Exec::Differentiable => ops::causal_softmax(&scores, scale, t)?,
         };
         let out = probs.matmul(&v)?.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b * t, nh * d))?;
+        tap(Projection::O, &out)?;
         Ok(self.project(&out, Projection::O)?.reshape((b, t, hidden))?)
     }
 
@@ -402,7 +412,7 @@ impl DecoderLayer {
         };
         let x = (x + self.project(&out, Projection::O)?)?;
         let h = rms_norm(&x, &self.post_norm, eps, exec)?;
-        let x = (&x + self.mlp(&h.unsqueeze(0)?, exec)?.reshape((n, x.dim(1)?))?)?;
+        let x = (&x + self.mlp(&h.unsqueeze(0)?, exec, &mut |_, _| Ok(()))?.reshape((n, x.dim(1)?))?)?;
         Ok((x, kv))
     }
 
@@ -435,7 +445,7 @@ impl DecoderLayer {
         pack.pack(&out)
     }
 
-    fn mlp(&self, x: &Tensor, exec: Exec) -> Result<Tensor> {
+    fn mlp(&self, x: &Tensor, exec: Exec, tap: ProjectionTap) -> Result<Tensor> {
         let (b, t, hidden) = x.dims3()?;
         let x2 = x.reshape((b * t, hidden))?;
         let (gate, up) = (self.project(&x2, Projection::Gate)?, self.project(&x2, Projection::Up)?);
@@ -443,6 +453,7 @@ impl DecoderLayer {
             Exec::Inference => ops::swiglu_inference(&gate, &up)?,
             Exec::Differentiable => ops::swiglu(&gate, &up)?,
         };
+        tap(Projection::Down, &act)?;
         Ok(self.project(&act, Projection::Down)?.reshape((b, t, hidden))?)
     }
 }

@@ -16,6 +16,7 @@ pub use rope_tables::{inverse_frequencies, RopeTables};
 
 use crate::error::{Error, Result};
 use crate::loader::WeightSource;
+use crate::lora::Projection;
 use crate::ops::{self, IGNORE_TARGET};
 use candle_core::{DType, Device, Tensor, Var};
 use llmprune_shared::ModelSpec;
@@ -154,7 +155,13 @@ impl LlamaModel {
     }
 
     /// Runs this model's layers over hidden states `[B, T, H]`.
-    pub fn forward_layers(&self, mut x: Tensor, exec: Exec) -> Result<Tensor> {
+    pub fn forward_layers(&self, x: Tensor, exec: Exec) -> Result<Tensor> {
+        self.forward_layers_tapped(x, exec, &mut |_, _, _| Ok(()))
+    }
+
+    /// [`LlamaModel::forward_layers`], handing `tap` each layer's index (in the model) and the
+    /// inputs of its o_proj and down_proj ([`DecoderLayer::forward_tapped`]).
+    pub fn forward_layers_tapped(&self, mut x: Tensor, exec: Exec, tap: &mut dyn FnMut(usize, Projection, &Tensor) -> Result<()>) -> Result<Tensor> {
         let t = x.dim(1)?;
         if t > self.rope.max_positions() {
             return Err(Error::Invalid(format!("sequence of {t} tokens is longer than max_position_embeddings {}", self.rope.max_positions())));
@@ -166,7 +173,7 @@ impl LlamaModel {
         let cos = self.rope.cos.narrow(0, 0, t)?.to_dtype(dtype)?;
         let sin = self.rope.sin.narrow(0, 0, t)?.to_dtype(dtype)?;
         for layer in &self.layers {
-            x = layer.forward(&x, &cos, &sin, self.spec.rms_norm_eps, exec)?;
+            x = layer.forward_tapped(&x, &cos, &sin, self.spec.rms_norm_eps, exec, &mut |p, input| tap(layer.index, p, input))?;
         }
         Ok(x)
     }

@@ -3,6 +3,8 @@
 //! `prune` and `apply-plan`.
 
 use super::engine::cut_stage;
+use crate::cluster::shard::Collectives;
+use crate::collective::SingleRank;
 use crate::error::Result;
 use crate::loader::InMemoryWeights;
 use crate::model::{LlamaModel, LoadOptions};
@@ -21,6 +23,7 @@ pub fn apply_step(spec: &ModelSpec, weights: &HashMap<String, Tensor>, step: &Pl
     let device = weights.values().next().map_or(Device::Cpu, |t| t.device().clone());
     let source = InMemoryWeights { label: "the model's weights".into(), tensors: weights.clone() };
     let mut model = LlamaModel::load(spec.clone(), &source, &LoadOptions::full(spec), &device)?;
-    cut_stage(&mut model, &ShardLayout::whole(spec.n_layers()), step, &after)?;
+    let mut comms = Collectives { pipeline: Box::new(SingleRank), replicas: Box::new(SingleRank) };
+    cut_stage(&mut model, &ShardLayout::whole(spec.n_layers()), &mut comms, step, &after, &mut None, &mut |_, _| {})?;
     Ok((after, model.weights_by_name()))
 }

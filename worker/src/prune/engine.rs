@@ -9,9 +9,12 @@
 //! them. Cutting takes the whole step: each stage slices what it holds, drops its removed
 //! layers and renumbers the rest.
 
+use super::activation_scores::activation_group_scores;
+use super::activations::{gather_activation_stats, is_consumer_weight, GatheredInputs};
 use super::importance::{group_scores, layer_score, member_scores};
+use super::reconstruct::reconstruct_consumer;
 use super::slice::{layer_shape, remove_layers, slice_weights};
-use super::statistics::{all_reduce_stats, gradient_stats_with, GradientStats};
+use super::statistics::{all_reduce_stats, gradient_passes, gradient_stats_with, GradientStats};
 use crate::cluster::shard::Collectives;
 use crate::collective::{part, Communicator, SingleRank};
 use crate::error::{Error, Result};
@@ -20,12 +23,12 @@ use crate::model::{Exec, LlamaModel, LoadOptions};
 use crate::stage::stage_backward_to_embeddings;
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
-use llmprune_shared::depgraph::{Group, GroupMember};
+use llmprune_shared::depgraph::{Axis, Group, GroupMember};
 use llmprune_shared::layout::{layer_of_param, ShardLayout, EMBEDDING};
-use llmprune_shared::plan::PlanStep;
+use llmprune_shared::plan::{PlanStep, Reconstruction};
 use llmprune_shared::planner::{check_step, renumber_range, scored_members, Criterion, PruneEngine, Reduction, ScoreJob, Scores};
 use llmprune_shared::ModelSpec;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// What one stage scores in a step.
 pub struct StageJob<'a> {
@@ -37,6 +40,8 @@ pub struct StageJob<'a> {
     pub reduction: Reduction,
     /// All the step's windows; with replicas each copy takes its contiguous share.
     pub windows: &'a [Vec<u32>],
+    /// The Gram matrix's damping for `obs`.
+    pub damping: f64,
 }
 
 /// A stage's scores of one candidate group.
@@ -55,19 +60,34 @@ pub struct StageScores {
 
 /// Scores `job`'s candidates on this stage. Every stage of every replica calls this with the
 /// same windows and criterion, whether or not it has candidates: gradients flow through all
-/// of them. `progress` gets (passes done, passes in all).
+/// of them. `progress` gets (passes done, passes in all). An activation criterion leaves the
+/// input statistics it gathered in `gathered` for the step's cut.
 pub fn score_stage(
     model: &mut LlamaModel,
     layout: &ShardLayout,
     comms: &mut Collectives,
     job: &StageJob,
+    gathered: &mut Option<GatheredInputs>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<StageScores> {
+    *gathered = None;
     if let Some(&j) = job.layers.iter().find(|j| !layout.layers.contains(j)) {
         return Err(Error::Invalid(format!("layer {j} is a candidate of rank {}, which holds layers {:?}", layout.rank, layout.layers)));
     }
     let layer_params = |name: &str| layer_of_param(name).is_some_and(|i| job.layers.contains(&i));
     let member_params: HashSet<&str> = job.groups.iter().flat_map(|g| g.members.iter().map(|m| m.param.as_str())).collect();
+    if job.criterion.needs_activations() {
+        let wanted = |name: &str| is_consumer_weight(name) && member_params.contains(name);
+        let stats = gather_activation_stats(model, comms, job.windows, &wanted, progress)?;
+        let weights = model.weights_by_name();
+        let groups = job
+            .groups
+            .iter()
+            .map(|g| Ok(GroupPart::Whole(activation_group_scores(g, job.criterion, &weights, &stats, job.damping)?)))
+            .collect::<Result<_>>()?;
+        *gathered = Some(GatheredInputs { windows: job.windows.to_vec(), stats });
+        return Ok(StageScores { groups, layers: Vec::new() });
+    }
     let stats = if job.criterion.needs_gradient() {
         statistics(model, comms, job, &|name: &str| member_params.contains(name) || layer_params(name), progress)?
     } else {
@@ -118,7 +138,7 @@ fn statistics(
     // the pipeline, joined on the first stage after every pass.
     let tied = model.spec.tie_word_embeddings && comms.pipeline.world_size() > 1;
     let tied_var = vars.iter().find(|(n, _)| tied && n == EMBEDDING).map(|(_, v)| v.clone());
-    let passes = 1 + if job.criterion.needs_fisher() { windows.len() } else { 0 };
+    let passes = gradient_passes(windows.len(), job.criterion.needs_fisher());
     let mut done = 0;
     let (model, pipeline) = (&*model, comms.pipeline.as_mut());
     let mut backward = |ids: &Tensor| -> Result<GradStore> {
@@ -157,11 +177,27 @@ fn join_tied_gradient(pipeline: &mut dyn Communicator, store: &mut GradStore, va
 }
 
 /// Cuts this stage by the whole `step` (checked against `model.spec`): every group member it
-/// holds keeps its group's kept units, its removed layers go and the rest are renumbered,
-/// and the stage is reloaded with the model's new shape `after`. Returns the new layout.
-pub fn cut_stage(model: &mut LlamaModel, layout: &ShardLayout, step: &PlanStep, after: &ModelSpec) -> Result<ShardLayout> {
-    let weights = model.weights_by_name();
-    let (groups, kept): (Vec<Group>, Vec<Vec<usize>>) = check_step(&model.spec, step)?
+/// holds keeps its group's kept units (after the step's reconstruction, if it has one:
+/// `progress` gets its passes), its removed layers go and the rest are renumbered, and the
+/// stage is reloaded with the model's new shape `after`. Returns the new layout. Every stage
+/// of every replica cuts by the same step at once: a reconstruction's pass goes through all.
+pub fn cut_stage(
+    model: &mut LlamaModel,
+    layout: &ShardLayout,
+    comms: &mut Collectives,
+    step: &PlanStep,
+    after: &ModelSpec,
+    gathered: &mut Option<GatheredInputs>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<ShardLayout> {
+    // The model changes: what was gathered on it is used now or never.
+    let gathered = gathered.take();
+    let mut weights = model.weights_by_name();
+    let checked = check_step(&model.spec, step)?;
+    if let Some(r) = &step.reconstruct {
+        reconstruct_consumers(model, comms, &checked, r, &mut weights, gathered, progress)?;
+    }
+    let (groups, kept): (Vec<Group>, Vec<Vec<usize>>) = checked
         .into_iter()
         .map(|(g, kept)| {
             // Only the members this stage holds (a tied embedding is held by both ends).
@@ -186,18 +222,56 @@ pub fn cut_stage(model: &mut LlamaModel, layout: &ShardLayout, step: &PlanStep, 
     Ok(layout)
 }
 
+/// Replaces in `weights` every consumer this stage holds whose input channels the step cuts
+/// by its reconstruction at full width ([`reconstruct_consumer`]), from the consumers' inputs
+/// over the step's windows: those the step's scoring `gathered` over the same windows, else
+/// gathered through the pipeline now. Every stage decides alike (all scored the step, or none
+/// did), so either every stage takes part in the pass or none does.
+fn reconstruct_consumers(
+    model: &LlamaModel,
+    comms: &mut Collectives,
+    checked: &[(Group, Vec<usize>)],
+    r: &Reconstruction,
+    weights: &mut HashMap<String, Tensor>,
+    gathered: Option<GatheredInputs>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<()> {
+    let mut targets: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (g, kept) in checked.iter().filter(|(g, kept)| kept.len() < g.units) {
+        for m in g.members.iter().filter(|m| m.axis == Axis::Cols && is_consumer_weight(&m.param) && weights.contains_key(&m.param)) {
+            let mut channels: Vec<usize> = kept.iter().flat_map(|&u| m.channels[u].iter().copied()).collect();
+            channels.sort_unstable();
+            if targets.insert(m.param.clone(), channels).is_some() {
+                return Err(Error::Plan(format!("two groups of the step cut the inputs of {}", m.param)));
+            }
+        }
+    }
+    let stats = match gathered.filter(|g| g.windows == r.windows) {
+        Some(g) => g.stats,
+        None => gather_activation_stats(model, comms, &r.windows, &|name: &str| targets.contains_key(name), progress)?,
+    };
+    for (name, kept) in targets {
+        let s = stats.get(&name).ok_or_else(|| Error::Invalid(format!("no input statistics of {name}")))?;
+        let w = weights.get(&name).ok_or_else(|| Error::Invalid(format!("no weight `{name}`")))?;
+        let rebuilt = reconstruct_consumer(&name, w, s, &kept, r.damping)?;
+        weights.insert(name, rebuilt);
+    }
+    Ok(())
+}
+
 /// The whole model in this process as the planner's engine: a pipeline of one stage and one
 /// replica, scored and cut by the same code as a worker's shard.
 pub struct LocalEngine {
     pub model: LlamaModel,
     pub layout: ShardLayout,
     comms: Collectives,
+    gathered: Option<GatheredInputs>,
 }
 
 impl LocalEngine {
     pub fn new(model: LlamaModel) -> Self {
         let layout = ShardLayout::whole(model.spec.n_layers());
-        Self { model, layout, comms: Collectives { pipeline: Box::new(SingleRank), replicas: Box::new(SingleRank) } }
+        Self { model, layout, comms: Collectives { pipeline: Box::new(SingleRank), replicas: Box::new(SingleRank) }, gathered: None }
     }
 }
 
@@ -205,8 +279,9 @@ impl PruneEngine for LocalEngine {
     type Error = Error;
 
     async fn score(&mut self, job: ScoreJob<'_>) -> Result<Scores> {
-        let stage = StageJob { groups: job.groups, layers: job.layers, criterion: job.criterion, reduction: job.reduction, windows: job.windows };
-        let scores = score_stage(&mut self.model, &self.layout, &mut self.comms, &stage, &mut |_, _| {})?;
+        let stage =
+            StageJob { groups: job.groups, layers: job.layers, criterion: job.criterion, reduction: job.reduction, windows: job.windows, damping: job.damping };
+        let scores = score_stage(&mut self.model, &self.layout, &mut self.comms, &stage, &mut self.gathered, &mut |_, _| {})?;
         let groups = scores
             .groups
             .into_iter()
@@ -220,7 +295,7 @@ impl PruneEngine for LocalEngine {
     }
 
     async fn apply(&mut self, _spec: &ModelSpec, step: &PlanStep, after: &ModelSpec) -> Result<()> {
-        self.layout = cut_stage(&mut self.model, &self.layout, step, after)?;
+        self.layout = cut_stage(&mut self.model, &self.layout, &mut self.comms, step, after, &mut self.gathered, &mut |_, _| {})?;
         Ok(())
     }
 }

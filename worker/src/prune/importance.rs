@@ -48,6 +48,9 @@ fn salience(criterion: Criterion, weight: &Tensor, grad: Option<&Tensor>, fisher
     let w = weight.to_dtype(DType::F32)?;
     Ok(match criterion {
         Criterion::Random => return Err(Error::Invalid("random scores are drawn by the planner, not from the weights".into())),
+        Criterion::Fluctuation | Criterion::Wanda | Criterion::Obs => {
+            return Err(Error::Invalid(format!("{} scores come from the consumers' input statistics, not from gradients", criterion.name())))
+        }
         Criterion::L1 => w.abs()?,
         Criterion::L2 => w.sqr()?,
         Criterion::Vectorize | Criterion::ParamFirst => (&w * f32_like("gradient", grad)?)?,

@@ -1,5 +1,7 @@
 //! Gradient statistics of the calibration loss (reference §2.2): the gradient of the mean
-//! loss over all windows (one backward pass, as the reference takes it) and, for the
+//! loss over all windows (one backward pass, as the reference takes it, up to 16 windows;
+//! accumulated over blocks of 16 beyond, so that 256 windows do not hold 256 windows'
+//! activations) and, for the
 //! second-order criteria, the diagonal empirical Fisher `Σ_j g_j² / N` from one backward pass
 //! per window. The gradient stays in the dtype backward computed it in (the weights'; a copy in
 //! f32 would add nothing but memory); the Fisher is squared and summed in f32 whatever the
@@ -41,7 +43,7 @@ pub fn gradient_stats_with(
         return Err(Error::Invalid("calibration windows differ in length".into()));
     }
     let batch = Tensor::from_vec(windows.concat(), (windows.len(), len), device)?;
-    let grad = gradients(vars, backward(&batch)?)?;
+    let grad = mean_loss_gradient(vars, &batch, backward)?;
     let fisher = if with_fisher {
         let mut sum: HashMap<String, Tensor> = HashMap::new();
         for j in 0..windows.len() {
@@ -61,6 +63,46 @@ pub fn gradient_stats_with(
         None
     };
     Ok(GradientStats { grad, fisher })
+}
+
+/// The gradient of the mean loss over the windows of `batch` (`[N, T]`): one backward pass, as
+/// the reference takes it, up to [`GRADIENT_WINDOWS_PER_PASS`] windows; beyond, the windows'
+/// passes in blocks of that many, each block's gradient weighted by its share (the mean loss is
+/// the windows' mean), summed in f32, so that the activations one pass holds stay bounded.
+fn mean_loss_gradient(vars: &[(String, Var)], batch: &Tensor, backward: &mut dyn FnMut(&Tensor) -> Result<GradStore>) -> Result<HashMap<String, Tensor>> {
+    let n = batch.dim(0)?;
+    if n <= GRADIENT_WINDOWS_PER_PASS {
+        return gradients(vars, backward(batch)?);
+    }
+    let mut sum: HashMap<String, Tensor> = HashMap::new();
+    for start in (0..n).step_by(GRADIENT_WINDOWS_PER_PASS) {
+        let rows = GRADIENT_WINDOWS_PER_PASS.min(n - start);
+        let store = backward(&batch.narrow(0, start, rows)?)?;
+        let share = rows as f64 / n as f64;
+        for (name, var) in vars {
+            let g = (gradient(&store, name, var)?.to_dtype(DType::F32)? * share)?;
+            let acc = match sum.remove(name) {
+                Some(acc) => (acc + g)?,
+                None => g,
+            };
+            sum.insert(name.clone(), acc);
+        }
+    }
+    vars.iter()
+        .map(|(name, var)| {
+            let g = sum.remove(name).ok_or_else(|| Error::Invalid(format!("{name} received no gradient")))?;
+            Ok((name.clone(), g.to_dtype(var.as_tensor().dtype())?))
+        })
+        .collect()
+}
+
+/// How many calibration windows one backward pass takes at most for the mean loss's
+/// gradient: the reference's 10 windows are one pass, as there; more are accumulated.
+pub const GRADIENT_WINDOWS_PER_PASS: usize = 16;
+
+/// The backward passes [`gradient_stats`] takes for `windows` windows.
+pub fn gradient_passes(windows: usize, with_fisher: bool) -> usize {
+    windows.div_ceil(GRADIENT_WINDOWS_PER_PASS).max(1) + if with_fisher { windows } else { 0 }
 }
 
 /// Every variable's gradient from `store`, as backward computed it.

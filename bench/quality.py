@@ -1,0 +1,36 @@
+"""Markdown table of bench/quality.sh's results: one row per configuration."""
+import json
+import pathlib
+import sys
+
+ROWS = [
+    ("param_first_ids", "param-first (LLM-Pruner)", "Austen 10 × 64"),
+    ("param_first_wiki20", "param-first", "Wikipedia 20 × 128"),
+    ("param_first_wiki", "param-first", "Wikipedia 256 × 128"),
+    ("wanda_wiki", "wanda", "Wikipedia 256 × 128"),
+    ("fluctuation_wiki", "fluctuation", "Wikipedia 256 × 128"),
+    ("obs_wiki", "obs", "Wikipedia 256 × 128"),
+    ("obs_rec_ids", "obs + reconstruct", "Austen 10 × 64"),
+    ("obs_rec_wiki20", "obs + reconstruct", "Wikipedia 20 × 128"),
+    ("fluctuation_rec_wiki", "fluctuation + reconstruct", "Wikipedia 256 × 128"),
+    ("obs_rec_books", "obs + reconstruct", "Austen 256 × 128"),
+    ("obs_rec_std_wiki", "obs + reconstruct, standardized scope", "Wikipedia 256 × 128"),
+    ("fluctuation_rec_std_wiki", "fluctuation + reconstruct, standardized scope", "Wikipedia 256 × 128"),
+    ("obs_rec_wiki", "obs + reconstruct", "Wikipedia 256 × 128"),
+    ("wanda_rec_wiki", "wanda + reconstruct", "Wikipedia 256 × 128"),
+]
+
+out = pathlib.Path(sys.argv[1])
+print("| method | calibration | params | WikiText-2 (400 chunks) | PTB (400 chunks) | prune time (scoring) | peak memory |")
+print("|---|---|---|---|---|---|---|")
+for name, method, calibration in ROWS:
+    path = out / name / "prune_report.json"
+    if not path.exists():
+        continue
+    report = json.loads(path.read_text())
+    ppl = report["ppl"]
+    seconds = report["seconds"]
+    prune = sum(seconds.get(k, 0.0) for k in ("scoring", "planning", "slicing"))
+    ptb = f"{ppl['ptb']['ppl']:.2f}" if "ptb" in ppl else "–"
+    print(f"| {method} | {calibration} | {report['params_after'] / 1e6:.1f}M | {ppl['wikitext2']['ppl']:.2f} | {ptb} "
+          f"| {prune:.1f} s ({seconds['scoring']:.1f} s) | {report['peak_rss_mib']:.0f} MiB |")

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Retraining-free quality beyond LLM-Pruner on SmolLM2 at LLM-Pruner's parameter count (block-wise
+# 0.25 on layers 3:27, 118.6M parameters): each criterion with and without least-squares
+# reconstruction, on the reference's calibration (10 × 64 Austen tokens) and on 256 windows of
+# 128 tokens of raw Wikipedia (calib/wiki.utf8, exllamav2's calibration text: not WikiText-2's
+# test set); WikiText-2 perplexity on the first 400 chunks (PTB too with PTB=1), peak memory,
+# prune time. Results: $OUT/<name>/prune_report.json, $OUT/table.md.
+#
+#   bench/quality.sh          the table (about an hour on 2 cores)
+#   bench/quality.sh best     the best configuration alone (one process, ~5 minutes), ending
+#                             with one JSON line {"method", "params", "wikitext2_ppl_400", "seconds"}
+#                             (TASKS=500: then the seven zero-shot tasks on 500 documents each,
+#                             their average added to the line as "tasks_avg")
+#
+# ONLY="a b" runs some rows; LLMPRUNE=path overrides the binary; DATA_DIR the team's data.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA_DIR=${DATA_DIR:-../shared/data}
+OUT=${OUT:-bench/results/quality}
+LLMPRUNE=${LLMPRUNE:-./target/release/llmprune}
+CHUNKS=${CHUNKS:-400}
+EVAL="wikitext2=$DATA_DIR/wikitext2/wiki.test.raw"
+[ "${PTB:-0}" = 1 ] && EVAL="$EVAL,ptb=$DATA_DIR/ptb/ptb.valid.txt"
+IDS="--calibration-ids $DATA_DIR/calib/smollm2_calib_ids.json"
+WIKI="--calibration $DATA_DIR/calib/wiki.utf8 --samples 256 --seq-len 128"
+# Also 20 windows: param-first in one backward pass over them (≤ 16 windows a pass: here 2).
+WIKI20="--calibration $DATA_DIR/calib/wiki.utf8 --samples 20 --seq-len 128"
+BOOKS="--calibration $DATA_DIR/books/emma.txt --calibration $DATA_DIR/books/persuasion.txt --samples 256 --seq-len 128"
+BLOCK="--strategy block --ratio 0.25 --attn-layers 3:27 --mlp-layers 3:27"
+BEST="wanda_rec_wiki:$WIKI --criterion wanda --reconstruct"
+
+prune() {
+  local name=$1 dir=$2; shift 2
+  rm -rf "$dir"
+  # shellcheck disable=SC2086
+  "$LLMPRUNE" prune --model smollm2 $BLOCK --out "$dir" --eval-ppl "$EVAL" --eval-max-chunks "$CHUNKS" --latency-chunks 0 "$@"
+}
+
+if [ "${1:-}" = best ]; then
+  TMP=$(mktemp -d)
+  trap 'rm -rf "$TMP"' EXIT
+  start=$(date +%s.%N)
+  # shellcheck disable=SC2086
+  prune best "$TMP/model" ${BEST#*:} > "$TMP/log" 2>&1 || { cat "$TMP/log" >&2; exit 1; }
+  end=$(date +%s.%N)
+  if [ -n "${TASKS:-}" ]; then
+    "$LLMPRUNE" eval --model "$TMP/model" --data-dir "$DATA_DIR/zeroshot" --limit "$TASKS" --local-workers 2 \
+      --out "$TMP/eval.json" > "$TMP/eval.log" 2>&1 || { cat "$TMP/eval.log" >&2; exit 1; }
+    cat "$TMP/eval.md"
+    mkdir -p "$OUT/${BEST%%:*}"
+    cp "$TMP/eval.json" "$OUT/${BEST%%:*}/eval_$TASKS.json"
+    cp "$TMP/eval.md" "$OUT/${BEST%%:*}/eval_$TASKS.md"
+  fi
+  python3 - "$TMP/model/prune_report.json" "${BEST%%:*}" "$start" "$end" "$TMP/eval.json" <<'PY'
+import json, os, sys
+report = json.load(open(sys.argv[1]))
+line = {"method": sys.argv[2], "params": report["params_after"],
+        "wikitext2_ppl_400": round(report["ppl"]["wikitext2"]["ppl"], 3),
+        "seconds": round(float(sys.argv[4]) - float(sys.argv[3]), 1)}
+if os.path.exists(sys.argv[5]):
+    line["tasks_avg"] = round(100 * json.load(open(sys.argv[5]))["average"], 2)
+print(json.dumps(line))
+PY
+  exit 0
+fi
+
+mkdir -p "$OUT"
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+for spec in \
+  "param_first_ids:$IDS --criterion param-first" \
+  "param_first_wiki20:$WIKI20 --criterion param-first" \
+  "param_first_wiki:$WIKI --criterion param-first" \
+  "obs_rec_wiki20:$WIKI20 --criterion obs --reconstruct" \
+  "wanda_wiki:$WIKI --criterion wanda" \
+  "fluctuation_wiki:$WIKI --criterion fluctuation" \
+  "obs_wiki:$WIKI --criterion obs" \
+  "obs_rec_ids:$IDS --criterion obs --reconstruct" \
+  "obs_rec_wiki:$WIKI --criterion obs --reconstruct" \
+  "fluctuation_rec_wiki:$WIKI --criterion fluctuation --reconstruct" \
+  "obs_rec_books:$BOOKS --criterion obs --reconstruct" \
+  "obs_rec_std_wiki:$WIKI --criterion obs --reconstruct --scope standardized" \
+  "fluctuation_rec_std_wiki:$WIKI --criterion fluctuation --reconstruct --scope standardized" \
+  "$BEST"; do
+  name=${spec%%:*}
+  if [[ -n "${ONLY:-}" && " $ONLY " != *" $name "* ]]; then continue; fi
+  if [[ -f "$OUT/$name/prune_report.json" ]]; then echo "skip $name (done)"; continue; fi
+  echo "== $name"
+  # shellcheck disable=SC2086
+  prune "$name" "$TMP/$name.model" ${spec#*:} > "$TMP/$name.log" 2>&1 || { tail -5 "$TMP/$name.log" >&2; exit 1; }
+  mkdir -p "$OUT/$name"
+  cp "$TMP/$name.model/prune_report.json" "$OUT/$name/"
+  rm -rf "$TMP/$name.model"
+done
+python3 bench/quality.py "$OUT" > "$OUT/table.md"
+cat "$OUT/table.md"
