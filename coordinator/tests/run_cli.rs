@@ -3,7 +3,7 @@
 //! a worker lost during recovery and `--resume` complete the run; configuration errors name
 //! their key; the environment and `--set` override the file.
 
-use llmprune_tests::{assert_contains, tiny_instruct_data, tiny_model_dir, tiny_task_dir, tiny_text};
+use llmprune_tests::{assert_contains, data_dir, repo_root, tiny_instruct_data, tiny_model_dir, tiny_task_dir, tiny_text};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -182,4 +182,15 @@ fn configuration_errors_name_the_key_and_overrides_apply() {
         &[("LLMPRUNE_PRUNE__RATIO", "0.4"), ("LLMPRUNE_PRUNE__CRITERION", "l1")],
     ));
     assert_contains(&printed, &["\"ratio\": \"0.4\"", "\"criterion\": \"l2\"", "\"local\": 2"]);
+}
+
+#[test]
+fn the_smollm2_examples_check_from_the_repository_root() {
+    // Their paths are relative to the repository root, the team data beside it.
+    assert!(data_dir().is_dir());
+    for example in ["examples/smollm2-laptop.toml", "examples/smollm2-beyond.toml"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_llmprune")).args(["--config", example, "run", "--dry-run"]).current_dir(repo_root()).output().unwrap();
+        assert!(out.status.success(), "{example}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_contains(&String::from_utf8_lossy(&out.stdout), &["llmprune prune", "llmprune recover"]);
+    }
 }
