@@ -42,7 +42,6 @@ pub fn activation_group_scores(
     let w = weights.get(&member.param).ok_or_else(|| Error::Invalid(format!("no weight `{}`", member.param)))?;
     let s = &stats[&member.param];
     let per_unit = |channel: &[f64]| -> Vec<f32> { member.channels.iter().map(|cs| cs.iter().map(|&c| channel[c]).sum::<f64>() as f32).collect() };
-    let w32 = w.to_dtype(DType::F32)?;
     match criterion {
         Criterion::Fluctuation => {
             let n = s.tokens as f64;
@@ -50,14 +49,14 @@ pub fn activation_group_scores(
                 return Err(Error::Invalid(format!("{}: the fluctuation of its inputs needs at least 2 calibration tokens", member.param)));
             }
             let (diag, sum) = (gram_diagonal(s)?, host_f64(&s.sum)?);
-            let col_sq = host_f64(&w32.sqr()?.sum(0)?)?;
+            let col_sq = host_f64(&w.to_dtype(DType::F32)?.sqr()?.sum(0)?)?;
             let channel: Vec<f64> = (0..diag.len()).map(|c| ((diag[c] - sum[c] * sum[c] / n) / (n - 1.0)).max(0.0) * col_sq[c]).collect();
             Ok(per_unit(&channel))
         }
         Criterion::Wanda => {
             let n = s.tokens as f64;
             let diag = gram_diagonal(s)?;
-            let col_abs = host_f64(&w32.abs()?.sum(0)?)?;
+            let col_abs = host_f64(&w.to_dtype(DType::F32)?.abs()?.sum(0)?)?;
             let channel: Vec<f64> = (0..diag.len()).map(|c| col_abs[c] * (diag[c] / n).sqrt()).collect();
             Ok(per_unit(&channel))
         }

@@ -7,7 +7,7 @@
 use super::activations::InputStats;
 use super::gram::{cholesky, damped_gram, host_matrix};
 use crate::error::{Error, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use faer::linalg::solvers::Solve;
 use faer::Mat;
 
@@ -36,5 +36,5 @@ pub fn reconstruct_consumer(name: &str, weight: &Tensor, stats: &InputStats, kep
             full[i * width + c] = solved[(a, i)] as f32;
         }
     }
-    Ok(Tensor::from_vec(full, (out, width), &Device::Cpu)?.to_dtype(weight.dtype())?.to_device(weight.device())?)
+    Ok(Tensor::from_vec(full, (out, width), weight.device())?.to_dtype(weight.dtype())?)
 }

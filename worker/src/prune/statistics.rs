@@ -49,12 +49,7 @@ pub fn gradient_stats_with(
         for j in 0..windows.len() {
             let store = backward(&batch.narrow(0, j, 1)?)?;
             for (name, var) in vars {
-                let sq = gradient(&store, name, var)?.to_dtype(DType::F32)?.sqr()?;
-                let acc = match sum.remove(name) {
-                    Some(acc) => (acc + sq)?,
-                    None => sq,
-                };
-                sum.insert(name.clone(), acc);
+                add_into(&mut sum, name, gradient(&store, name, var)?.to_dtype(DType::F32)?.sqr()?)?;
             }
         }
         let n = windows.len() as f64;
@@ -80,12 +75,7 @@ fn mean_loss_gradient(vars: &[(String, Var)], batch: &Tensor, backward: &mut dyn
         let store = backward(&batch.narrow(0, start, rows)?)?;
         let share = rows as f64 / n as f64;
         for (name, var) in vars {
-            let g = (gradient(&store, name, var)?.to_dtype(DType::F32)? * share)?;
-            let acc = match sum.remove(name) {
-                Some(acc) => (acc + g)?,
-                None => g,
-            };
-            sum.insert(name.clone(), acc);
+            add_into(&mut sum, name, (gradient(&store, name, var)?.to_dtype(DType::F32)? * share)?)?;
         }
     }
     vars.iter()
@@ -103,6 +93,16 @@ pub const GRADIENT_WINDOWS_PER_PASS: usize = 16;
 /// The backward passes [`gradient_stats`] takes for `windows` windows.
 pub fn gradient_passes(windows: usize, with_fisher: bool) -> usize {
     windows.div_ceil(GRADIENT_WINDOWS_PER_PASS).max(1) + if with_fisher { windows } else { 0 }
+}
+
+/// Adds `t` to `sum[name]` (which it starts when absent).
+fn add_into(sum: &mut HashMap<String, Tensor>, name: &str, t: Tensor) -> Result<()> {
+    let acc = match sum.remove(name) {
+        Some(acc) => (acc + t)?,
+        None => t,
+    };
+    sum.insert(name.to_string(), acc);
+    Ok(())
 }
 
 /// Every variable's gradient from `store`, as backward computed it.
