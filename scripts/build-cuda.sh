@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The GPU build: `llmprune` and `llmprune-worker` with candle's CUDA backend and NCCL, built and
-# linked on any Linux x86-64 machine, GPU or not (the toolchain comes from scripts/setup-cuda.sh).
+# The GPU build: `llmprune` and `llmprune-worker` with candle's CUDA backend and NCCL, and the
+# GPU's tests (worker/tests/cuda_ops.rs), built and linked on any Linux x86-64 machine, GPU or
+# not (the toolchain comes from scripts/setup-cuda.sh).
 #
 #   bash scripts/build-cuda.sh              # build, then check the binaries here
-#   bash scripts/build-cuda.sh --dist DIR   # also DIR/llmprune.gz, DIR/llmprune-worker.gz:
-#                                           # stripped and compressed, for a GPU machine
+#   bash scripts/build-cuda.sh --dist DIR   # also DIR/llmprune.gz and DIR/cuda_ops.gz (the
+#                                           # tests): stripped and compressed, for a GPU machine
 #
 # The build goes to $LLMPRUNE_CUDA_TARGET (default ~/.cache/llmprune/target-cuda), outside the
 # clone, so that candle's kernels (≈10 min of nvcc on 2 cores) are built once per machine.
@@ -21,6 +22,8 @@ export CARGO_TARGET_DIR=${LLMPRUNE_CUDA_TARGET:-$HOME/.cache/llmprune/target-cud
 t0=$(date +%s)
 cargo build --release --locked -p llmprune-coordinator -p llmprune-worker \
   --features llmprune-coordinator/cuda,llmprune-worker/cuda
+TESTS=$(cargo test --release --locked -p llmprune-worker --features cuda --test cuda_ops --no-run --message-format json |
+  python3 -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable") and m["target"]["name"] == "cuda_ops"][0])')
 echo "build-cuda: built in $(( $(date +%s) - t0 )) s into $CARGO_TARGET_DIR"
 BIN=$CARGO_TARGET_DIR/release
 
@@ -35,13 +38,17 @@ if ppl --device cuda:0 >/dev/null 2>"$CHECK/gpu.log"; then
   echo "build-cuda: --device cuda:0 ran against the stub driver" >&2; exit 1
 fi
 grep -q "cuda:0: the NVIDIA driver cannot be used here" "$CHECK/gpu.log" || { cat "$CHECK/gpu.log"; echo "build-cuda: unexpected failure of --device cuda:0" >&2; exit 1; }
-echo "build-cuda: the binaries start; a CPU job runs; --device cuda:0 without a driver says: $(grep -o 'cuda:0: the NVIDIA driver.*' "$CHECK/gpu.log" | head -1)"
+"$TESTS" --nocapture > "$CHECK/tests.log" 2>&1 || { cat "$CHECK/tests.log"; echo "build-cuda: the GPU tests failed without a GPU (they must skip)" >&2; exit 1; }
+grep -q "skipped: no CUDA device" "$CHECK/tests.log" || { cat "$CHECK/tests.log"; echo "build-cuda: the GPU tests did not skip without a GPU" >&2; exit 1; }
+echo "build-cuda: the binaries start; the GPU tests skip; a CPU job runs; --device cuda:0 without a driver says: $(grep -o 'cuda:0: the NVIDIA driver.*' "$CHECK/gpu.log" | head -1)"
 
 if [ -n "$DIST" ]; then
   mkdir -p "$DIST"
-  for b in llmprune llmprune-worker; do
-    strip -o "$CHECK/$b" "$BIN/$b"
-    gzip -9 -c "$CHECK/$b" > "$DIST/$b.gz"
+  # The worker binary stays here: one GPU runs every phase in-process, and 64 MiB travel.
+  for b in "$BIN/llmprune" "$TESTS"; do
+    name=$(basename "$b" | sed 's/-[0-9a-f]\{16\}$//')
+    strip -o "$CHECK/$name" "$b"
+    gzip -9 -c "$CHECK/$name" > "$DIST/$name.gz"
   done
   ls -l "$DIST"
 fi

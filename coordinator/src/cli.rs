@@ -398,8 +398,15 @@ pub struct BenchArgs {
     #[arg(long)]
     pub model: String,
     /// WikiText-2 test file: the first batch×seq-len tokens of it are the input.
+    #[arg(long, required_unless_present = "ids", conflicts_with = "ids")]
+    pub text: Option<PathBuf>,
+    /// Token ids as a JSON list of equal-length windows (the batch as `prune
+    /// --calibration-ids` reads it): the input, in place of --text, --batch and --seq-len.
     #[arg(long)]
-    pub text: PathBuf,
+    pub ids: Option<PathBuf>,
+    /// The weights' dtype in memory [default: f32 on the CPU, bf16 on a GPU].
+    #[arg(long, value_enum)]
+    pub dtype: Option<llmprune_shared::dtype::WeightDtype>,
     #[arg(long, value_enum, default_value = "fwdbwd")]
     pub mode: BenchMode,
     #[arg(long, default_value_t = 10)]

@@ -500,3 +500,25 @@ fn reconstruction_rewrites_only_the_cut_consumers_and_the_plan_keeps_its_windows
         assert_eq!(&b[name] != w, cut, "{name}: rewritten only where the step cut its inputs");
     }
 }
+
+#[test]
+fn bench_on_calibration_ids_reports_the_reference_loss_of_its_batch() {
+    // The batch transformers computed the golden loss of (tests/golden/gen_golden.py), given
+    // as windows of ids: the benchmark times that very pass, so its loss is the reference's.
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir("tiny_gqa", tmp.path());
+    let golden = llmprune_tests::load_tensors(&llmprune_tests::fixture("tiny_gqa").join("golden.safetensors"));
+    let ids: Vec<Vec<i64>> = golden["input_ids"].to_vec2().unwrap();
+    let expected = golden["loss"].to_vec1::<f32>().unwrap()[0];
+    let ids_file = tmp.path().join("ids.json");
+    std::fs::write(&ids_file, serde_json::to_string(&ids).unwrap()).unwrap();
+    let out = llmprune(&["bench", "--model", model.to_str().unwrap(), "--ids", ids_file.to_str().unwrap(), "--repeats", "1"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["tokens"], 24);
+    assert_eq!((report["device"].as_str(), report["dtype"].as_str()), (Some("cpu"), Some("f32")));
+    let loss = report["loss"].as_f64().unwrap() as f32;
+    assert!((loss - expected).abs() <= 1e-5 * expected, "bench loss {loss}, transformers {expected}");
+    let out = llmprune(&["bench", "--model", model.to_str().unwrap(), "--ids", "/no/ids.json"], &[]);
+    fails_with(&out, &["--ids /no/ids.json"]);
+}
