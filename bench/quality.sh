@@ -26,14 +26,23 @@ WIKI="--calibration $DATA_DIR/calib/wiki.utf8 --samples 256 --seq-len 128"
 # Also 20 windows: param-first in one backward pass over them (≤ 16 windows a pass: here 2).
 WIKI20="--calibration $DATA_DIR/calib/wiki.utf8 --samples 20 --seq-len 128"
 BOOKS="--calibration $DATA_DIR/books/emma.txt --calibration $DATA_DIR/books/persuasion.txt --samples 256 --seq-len 128"
-BLOCK="--strategy block --ratio 0.25 --attn-layers 3:27 --mlp-layers 3:27"
+# LLM-Pruner's setting; a row that names one of these flags replaces its value.
+BLOCK=(--ratio 0.25 --attn-layers 3:27 --mlp-layers 3:27)
 BEST="wanda_rec_wiki:$WIKI --criterion wanda --reconstruct"
+# Layer profiles over layers 3:27: later layers lose more (ramp), or the middle ones (arch:
+# 0.6 + 0.8·sin(π(i + ½)/24), keeping more of the first and last pruned layers). On MLP neurons
+# only: at 0.25 the uniform prune removes no KV group (int(3·0.25) = 0), and a profile that
+# took whole groups of 3 heads from some layers would compare other parameter counts.
+ARCH=0.65,0.76,0.86,0.95,1.04,1.13,1.20,1.27,1.32,1.36,1.38,1.40,1.40,1.38,1.36,1.32,1.27,1.20,1.13,1.04,0.95,0.86,0.76,0.65
 
 prune() {
   local name=$1 dir=$2; shift 2
   rm -rf "$dir"
-  # shellcheck disable=SC2086
-  "$LLMPRUNE" prune --model smollm2 $BLOCK --out "$dir" --eval-ppl "$EVAL" --eval-max-chunks "$CHUNKS" --latency-chunks 0 "$@"
+  local block=() i
+  for ((i = 0; i < ${#BLOCK[@]}; i += 2)); do
+    [[ " $* " == *" ${BLOCK[i]} "* ]] || block+=("${BLOCK[i]}" "${BLOCK[i + 1]}")
+  done
+  "$LLMPRUNE" prune --model smollm2 --strategy block "${block[@]}" --out "$dir" --eval-ppl "$EVAL" --eval-max-chunks "$CHUNKS" --latency-chunks 0 "$@"
 }
 
 if [ "${1:-}" = best ]; then
@@ -81,6 +90,9 @@ for spec in \
   "obs_rec_books:$BOOKS --criterion obs --reconstruct" \
   "obs_rec_std_wiki:$WIKI --criterion obs --reconstruct --scope standardized" \
   "fluctuation_rec_std_wiki:$WIKI --criterion fluctuation --reconstruct --scope standardized" \
+  "wanda_rec_ramp_wiki:$WIKI --criterion wanda --reconstruct --layer-profile ramp:0.5:1.5 --attn-layers 3:3" \
+  "wanda_rec_rramp_wiki:$WIKI --criterion wanda --reconstruct --layer-profile ramp:1.5:0.5 --attn-layers 3:3" \
+  "wanda_rec_arch_wiki:$WIKI --criterion wanda --reconstruct --layer-profile $ARCH --attn-layers 3:3" \
   "$BEST"; do
   name=${spec%%:*}
   if [[ -n "${ONLY:-}" && " $ONLY " != *" $name "* ]]; then continue; fi

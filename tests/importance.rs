@@ -52,7 +52,7 @@ fn tiny_gqa_statistics_and_group_scores_match_the_reference_formulas() {
 
 #[test]
 fn block_pruning_keeps_the_units_the_reference_scores_rank_highest() {
-    use llmprune_shared::planner::{GqaMode, PruneRequest, Scope, Strategy};
+    use llmprune_shared::planner::{GqaMode, LayerProfile, PruneRequest, Scope, Strategy};
     use llmprune_worker::prune::pipeline::prune;
     let dir = fixture("tiny_gqa");
     let golden = load_tensors(&dir.join("golden.safetensors"));
@@ -74,6 +74,7 @@ fn block_pruning_keeps_the_units_the_reference_scores_rank_highest() {
         seed: 0,
         reconstruct: false,
         damping: 0.01,
+        profile: LayerProfile::Uniform,
     };
     let mut calibration = |_| Ok(windows.clone());
     let out = prune(tiny_model("tiny_gqa"), &mut calibration, &req).unwrap();

@@ -6,7 +6,7 @@
 use candle_core::{Device, Tensor};
 use llmprune_shared::depgraph::{llama_graph, Fusion, Group};
 use llmprune_shared::plan::{PlanGroup, PlanStep};
-use llmprune_shared::planner::{GqaMode, PruneRequest, Scope, Strategy};
+use llmprune_shared::planner::{GqaMode, LayerProfile, PruneRequest, Scope, Strategy};
 use llmprune_tests::{max_abs_diff, tiny_model};
 use llmprune_worker::loader::InMemoryWeights;
 use llmprune_worker::prune::apply::apply_step;
@@ -244,6 +244,7 @@ fn request(strategy: Strategy, (criterion, reduction): (Criterion, Reduction), r
         seed: 42,
         reconstruct: false,
         damping: 0.01,
+        profile: LayerProfile::Uniform,
     }
 }
 
@@ -293,6 +294,29 @@ fn rounding_and_query_head_requests_shape_the_model() {
     req.scope = Scope::Global;
     let err = prune(tiny_model("tiny_gqa"), &mut |_| Ok(calibration_windows()), &req).err().unwrap().to_string();
     assert!(err.contains("needs local scope"), "{err}");
+}
+
+#[test]
+fn a_layer_profile_moves_the_ratio_along_the_layers() {
+    // ramp:0.5:1.5 over layers 0..3 at ratio 0.5: weights 0.5, 1, 1.5 (mean 1), so the layers
+    // lose 0.25, 0.5 and 0.75 of their neurons: int(64·0.75) = 48, int(40·0.5) = 20 and
+    // int(24·0.25) = 6 kept; and of their KV head groups 2·0.25 → none, 2·0.5 → one, 1·0.75 →
+    // none (heads go whole, floored).
+    let mut req = request(Strategy::Block, (Criterion::L2, Reduction::Mean), 0.5, 1);
+    req.profile = LayerProfile::Ramp { first: 0.5, last: 1.5 };
+    let out = run_prune(&req);
+    let widths: Vec<usize> = out.spec.layers.iter().map(|l| l.intermediate_size).collect();
+    assert_eq!(widths, [48, 20, 6]);
+    let kv: Vec<usize> = out.spec.layers.iter().map(|l| l.n_kv_heads).collect();
+    assert_eq!(kv, [2, 1, 1]);
+    // Too steep a profile would empty a layer: refused before anything runs, naming it.
+    req.profile = LayerProfile::Ramp { first: 0.0, last: 3.0 };
+    let err = prune(tiny_model("tiny_gqa"), &mut |_| Ok(calibration_windows()), &req).err().unwrap().to_string();
+    assert!(err.contains("layer 2 would lose 1.00 of its attention units"), "{err}");
+    req.profile = LayerProfile::Ramp { first: 0.5, last: 1.5 };
+    req.scope = Scope::Global;
+    let err = prune(tiny_model("tiny_gqa"), &mut |_| Ok(calibration_windows()), &req).err().unwrap().to_string();
+    assert!(err.contains("needs --strategy block and --scope local"), "{err}");
 }
 
 #[test]

@@ -259,6 +259,10 @@ fn prune_writes_a_loadable_model_with_plan_and_report() {
     fails_with(&run(&["--ratio", "0.2", "--criterion", "obs", "--strategy", "channel", "--out", ot]), &["fluctuation, wanda, obs", "--strategy block"]);
     fails_with(&run(&["--ratio", "0.2", "--reconstruct", "--strategy", "layer", "--out", ot]), &["reconstruction", "--strategy block"]);
     fails_with(&run(&["--ratio", "0.2", "--criterion", "obs", "--damping=-1", "--out", ot]), &["--damping -1", "finite number"]);
+    fails_with(&run(&["--ratio", "0.2", "--layer-profile", "ramp:1", "--out", ot]), &["--layer-profile ramp:1", "ramp:FIRST:LAST"]);
+    fails_with(&run(&["--ratio", "0.2", "--layer-profile", "1,2", "--out", ot]), &["--layer-profile 1,2", "2 weights for the 3 pruned layers 0:3"]);
+    fails_with(&run(&["--ratio", "0.6", "--layer-profile", "ramp:0:2", "--out", ot]), &["--layer-profile ramp:0:2", "layer 2 would lose 1.20"]);
+    fails_with(&run(&["--ratio", "0.2", "--layer-profile", "ramp:0.5:1.5", "--scope", "global", "--out", ot]), &["layer profile", "--scope local"]);
     std::fs::write(&ids, "[[1, 2], [3, 500]]").unwrap();
     fails_with(&run(&["--ratio", "0.2", "--out", ot]), &["calib.json", "token id 500 is outside the vocabulary of 96"]);
     assert!(!other.exists(), "a failed prune leaves no output");

@@ -59,6 +59,8 @@ fn one_two_and_three_workers_equal_one_process() {
         ("tiny_gqa", vec!["--criterion", "fluctuation", "--reconstruct", "--gqa", "query-heads", "--iterative-steps", "2"]),
         ("tiny_tied_mha", vec!["--criterion", "wanda", "--scope", "global", "--reconstruct"]),
         ("tiny_gqa", vec!["--criterion", "obs", "--scope", "standardized", "--reconstruct"]),
+        // A layer profile: the coordinator's selection spreads the ratio, the same on any layout.
+        ("tiny_gqa", vec!["--criterion", "wanda", "--reconstruct", "--layer-profile", "ramp:0.5:1.5"]),
         // A gradient criterion scores without the inputs: the cut gathers them itself.
         ("tiny_tied_mha", vec!["--criterion", "param-second", "--reconstruct"]),
     ] {

@@ -105,6 +105,7 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
         "reduction": reduction,
         "scope": req.scope.name(),
         "normalize": job.normalize,
+        "layer_profile": req.profile.name(),
         "reconstruct": job.reconstruct,
         "damping": job.damping,
         "gqa": req.gqa.name(),

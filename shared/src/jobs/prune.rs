@@ -3,7 +3,7 @@
 
 use super::{comma_list, layer_range, size, JobError};
 use crate::dtype::WeightDtype;
-use crate::planner::{Criterion, GqaMode, ModeName, PruneRequest, Reduction, Scope, Strategy};
+use crate::planner::{Criterion, GqaMode, LayerProfile, ModeName, PlannerError, PruneRequest, Reduction, Scope, Strategy};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -44,6 +44,12 @@ pub struct PruneSettings {
     /// Whether each group loses the same share (local) or all units are ranked together (global).
     #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = Scope::Local))]
     pub scope: Scope,
+    /// How --scope local spreads the ratio over the layers (block-wise): uniform, ramp:FIRST:LAST
+    /// (weights linear from the first pruned layer to the last), or one weight per pruned layer
+    /// w1,w2,…; layer l loses ratio · w_l / mean(w) of its heads and neurons, so the parameters
+    /// removed stay those of the uniform prune [default: uniform].
+    #[cfg_attr(feature = "clap", arg(long, value_name = "PROFILE"))]
+    pub layer_profile: Option<String>,
     /// After each step, re-solve the kept input columns of every o_proj and down_proj that lost
     /// heads or neurons by least squares on the calibration inputs (block-wise; the plan
     /// records the windows so that apply-plan reproduces it).
@@ -112,6 +118,7 @@ impl Default for PruneSettings {
             reduction: None,
             scope: Scope::Local,
             normalize: false,
+            layer_profile: None,
             reconstruct: false,
             damping: 0.01,
             calibration: Vec::new(),
@@ -158,15 +165,20 @@ impl PruneSettings {
         if !(self.damping.is_finite() && self.damping >= 0.0) {
             return Err(JobError::at("damping", self.damping, "must be a finite number ≥ 0"));
         }
+        self.profile()?;
         if let Some(bad) = self.eval_ppl.iter().find(|spec| !spec.contains('=')) {
             return Err(JobError::at("eval_ppl", bad, "expected NAME=FILE"));
         }
         Ok(())
     }
 
+    fn profile(&self) -> Result<LayerProfile, JobError> {
+        self.layer_profile.as_deref().map_or(Ok(LayerProfile::Uniform), |p| LayerProfile::parse(p).map_err(|e| JobError::at("layer_profile", p, e)))
+    }
+
     /// The prune as the planner takes it, for a model of `n_layers` layers.
     pub fn request(&self, n_layers: usize) -> Result<PruneRequest, JobError> {
-        Ok(PruneRequest {
+        let request = PruneRequest {
             strategy: self.strategy,
             ratio: self.ratio,
             attn_layers: layer_range("attn_layers", self.attn_layers.as_deref(), n_layers)?,
@@ -182,7 +194,19 @@ impl PruneSettings {
             seed: self.seed,
             reconstruct: self.reconstruct,
             damping: self.damping,
-        })
+            profile: self.profile()?,
+        };
+        // The profile's fit needs the layer ranges, known only now.
+        if let Some(text) = &self.layer_profile {
+            request.profile.check(request.ratio, &request.profiled_ranges()).map_err(|e| {
+                let message = match e {
+                    PlannerError::Profile(m) => m,
+                    other => other.to_string(),
+                };
+                JobError::at("layer_profile", text, message)
+            })?;
+        }
+        Ok(request)
     }
 }
 
@@ -199,6 +223,9 @@ mod tests {
         assert_eq!(bad(PruneSettings { ratio: 1.5, ..ok.clone() }), "ratio");
         assert_eq!(bad(PruneSettings { calibration_ids: None, ..ok.clone() }), "calibration");
         assert_eq!(bad(PruneSettings { iterative_steps: 0, ..ok.clone() }), "iterative_steps");
+        assert_eq!(bad(PruneSettings { layer_profile: Some("ramp:1".into()), ..ok.clone() }), "layer_profile");
+        let long = PruneSettings { layer_profile: Some("1,2,3".into()), attn_layers: Some("0:2".into()), mlp_layers: Some("0:2".into()), ..ok.clone() };
+        assert_eq!(long.request(30).unwrap_err().key, "layer_profile");
         let far = PruneSettings { attn_layers: Some("2:9".into()), ..ok };
         assert_eq!(far.request(3).unwrap_err().key, "attn_layers");
     }

@@ -7,6 +7,7 @@
 mod engine;
 mod groups;
 mod modes;
+mod profile;
 mod request;
 mod scores;
 mod select;
@@ -15,6 +16,7 @@ mod wire;
 pub use engine::{prune_steps, replay_steps, run_ready, PruneEngine, ScoreJob, Scores, StepSeconds, StepsOutcome};
 pub use groups::{candidate_groups, check_step, plan_groups, renumber_range, spec_after_step};
 pub use modes::{Criterion, GqaMode, ModeName, Reduction, Scope, Strategy};
+pub use profile::LayerProfile;
 pub use request::PruneRequest;
 pub use scores::{assemble_members, fold_member, random_scores, reduce, scored_member_count, scored_members, unit_scores};
 pub use select::{select_layers, select_units};
@@ -31,6 +33,8 @@ pub enum PlannerError {
     LayerRange { what: &'static str, start: usize, end: usize, layers: usize },
     #[error("pruning ratio {0} is outside (0, 1)")]
     Ratio(f64),
+    #[error("layer profile: {0}")]
+    Profile(String),
     #[error("damping {0} must be a finite number ≥ 0")]
     Damping(f64),
     #[error("the {0} must be at least 1")]

@@ -2,6 +2,7 @@
 //! shape before anything runs.
 
 use super::modes::{Criterion, GqaMode, Reduction, Scope, Strategy};
+use super::profile::LayerProfile;
 use super::PlannerError;
 use crate::ModelSpec;
 use std::ops::Range;
@@ -20,6 +21,8 @@ pub struct PruneRequest {
     pub criterion: Criterion,
     pub reduction: Reduction,
     pub scope: Scope,
+    /// With local scope, block-wise: how the ratio is spread over the layers.
+    pub profile: LayerProfile,
     /// With global scope: each group's scores divided by their mean before ranking.
     pub normalize: bool,
     pub gqa: GqaMode,
@@ -64,6 +67,8 @@ impl PruneRequest {
             Some("reconstruction re-solves the projections that consume pruned heads and neurons: it needs --strategy block")
         } else if self.gqa == GqaMode::QueryHeads && self.strategy != Strategy::Block {
             Some("pruning query heads only (GQA) is a block-wise option")
+        } else if self.profile != LayerProfile::Uniform && (self.strategy != Strategy::Block || self.scope != Scope::Local) {
+            Some("a layer profile spreads the ratio over the layers' heads and neurons: it needs --strategy block and --scope local")
         } else if self.strategy == Strategy::Layer && self.scope != Scope::Local {
             Some("layer-wise pruning ranks the layers of one range; global scope does not apply")
         } else if self.gqa == GqaMode::QueryHeads && self.scope != Scope::Local {
@@ -71,6 +76,19 @@ impl PruneRequest {
         } else {
             None
         };
-        unsupported.map_or(Ok(()), |why| Err(PlannerError::Unsupported(why)))
+        unsupported.map_or(Ok(()), |why| Err(PlannerError::Unsupported(why)))?;
+        self.profile.check(self.ratio, &self.profiled_ranges())
+    }
+
+    /// The share of its units layer `layer`'s attention (or MLP) loses at a step whose target
+    /// is `target`, after the layer profile.
+    pub fn layer_target(&self, target: f64, layer: usize, attention: bool) -> f64 {
+        let range = if attention { &self.attn_layers } else { &self.mlp_layers };
+        self.profile.layer_target(target, layer, range, &LayerProfile::span(&self.profiled_ranges()))
+    }
+
+    /// The ranges a layer profile spreads the ratio over.
+    pub fn profiled_ranges(&self) -> [(&'static str, &Range<usize>); 2] {
+        [("attention", &self.attn_layers), ("MLP", &self.mlp_layers)]
     }
 }

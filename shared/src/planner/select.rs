@@ -37,7 +37,9 @@ pub fn select_units(
             .iter()
             .zip(&scored)
             .map(|(g, s)| match structure(&g.root) {
-                Some(Structure::QueryHeads(i)) => keep_evenly(s, spec.layers[i].n_kv_heads, target),
+                Some(Structure::QueryHeads(i)) => keep_evenly(s, spec.layers[i].n_kv_heads, req.layer_target(target, i, true)),
+                Some(Structure::Heads(i)) => Ok(keep_local(std::slice::from_ref(s), req.layer_target(target, i, true))?.remove(0)),
+                Some(Structure::Neurons(i)) => Ok(keep_local(std::slice::from_ref(s), req.layer_target(target, i, false))?.remove(0)),
                 _ => Ok(keep_local(std::slice::from_ref(s), target)?.remove(0)),
             })
             .collect::<Result<Vec<_>, PlannerError>>()?,
