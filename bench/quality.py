@@ -18,9 +18,12 @@ ROWS = [
     ("fluctuation_rec_std_wiki", "fluctuation + reconstruct, standardized scope", "Wikipedia 256 × 128"),
     ("obs_rec_wiki", "obs + reconstruct", "Wikipedia 256 × 128"),
     ("wanda_rec_wiki", "wanda + reconstruct", "Wikipedia 256 × 128"),
+    ("fluctuation_bias_wiki", "fluctuation + bias compensation (FLAP)", "Wikipedia 256 × 128"),
+    ("wanda_bias_wiki", "wanda + bias compensation", "Wikipedia 256 × 128"),
+    ("wanda_rec_bias_wiki", "wanda + reconstruct with bias (least squares with an intercept)", "Wikipedia 256 × 128"),
     ("wanda_rec_ramp_wiki", "wanda + reconstruct, layer profile ramp:0.5:1.5", "Wikipedia 256 × 128"),
     ("wanda_rec_rramp_wiki", "wanda + reconstruct, layer profile ramp:1.5:0.5", "Wikipedia 256 × 128"),
-    ("wanda_rec_arch_wiki", "wanda + reconstruct, layer profile arch (more kept at both ends)", "Wikipedia 256 × 128"),
+    ("wanda_rec_arch_wiki", "wanda + reconstruct, layer profile arch (more kept at both ends; `best`)", "Wikipedia 256 × 128"),
 ]
 
 out = pathlib.Path(sys.argv[1])

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Retraining-free quality beyond LLM-Pruner on SmolLM2 at LLM-Pruner's parameter count (block-wise
 # 0.25 on layers 3:27, 118.6M parameters): each criterion with and without least-squares
-# reconstruction, on the reference's calibration (10 × 64 Austen tokens) and on 256 windows of
-# 128 tokens of raw Wikipedia (calib/wiki.utf8, exllamav2's calibration text: not WikiText-2's
-# test set); WikiText-2 perplexity on the first 400 chunks (PTB too with PTB=1), peak memory,
-# prune time. Results: $OUT/<name>/prune_report.json, $OUT/table.md.
+# reconstruction, bias compensation and layer profiles, on the reference's calibration (10 × 64
+# Austen tokens) and on 256 windows of 128 tokens of raw Wikipedia (calib/wiki.utf8, exllamav2's
+# calibration text: not WikiText-2's test set); WikiText-2 perplexity on the first 400 chunks
+# (PTB too with PTB=1), peak memory, prune time. Results: $OUT/<name>/prune_report.json,
+# $OUT/table.md.
 #
 #   bench/quality.sh          the table (about an hour on 2 cores)
 #   bench/quality.sh best     the best configuration alone (one process, ~5 minutes), ending
@@ -28,12 +29,12 @@ WIKI20="--calibration $DATA_DIR/calib/wiki.utf8 --samples 20 --seq-len 128"
 BOOKS="--calibration $DATA_DIR/books/emma.txt --calibration $DATA_DIR/books/persuasion.txt --samples 256 --seq-len 128"
 # LLM-Pruner's setting; a row that names one of these flags replaces its value.
 BLOCK=(--ratio 0.25 --attn-layers 3:27 --mlp-layers 3:27)
-BEST="wanda_rec_wiki:$WIKI --criterion wanda --reconstruct"
 # Layer profiles over layers 3:27: later layers lose more (ramp), or the middle ones (arch:
 # 0.6 + 0.8·sin(π(i + ½)/24), keeping more of the first and last pruned layers). On MLP neurons
 # only: at 0.25 the uniform prune removes no KV group (int(3·0.25) = 0), and a profile that
 # took whole groups of 3 heads from some layers would compare other parameter counts.
 ARCH=0.65,0.76,0.86,0.95,1.04,1.13,1.20,1.27,1.32,1.36,1.38,1.40,1.40,1.38,1.36,1.32,1.27,1.20,1.13,1.04,0.95,0.86,0.76,0.65
+BEST="wanda_rec_arch_wiki:$WIKI --criterion wanda --reconstruct --layer-profile $ARCH --attn-layers 3:3"
 
 prune() {
   local name=$1 dir=$2; shift 2
@@ -90,9 +91,12 @@ for spec in \
   "obs_rec_books:$BOOKS --criterion obs --reconstruct" \
   "obs_rec_std_wiki:$WIKI --criterion obs --reconstruct --scope standardized" \
   "fluctuation_rec_std_wiki:$WIKI --criterion fluctuation --reconstruct --scope standardized" \
+  "fluctuation_bias_wiki:$WIKI --criterion fluctuation --compensate-bias" \
+  "wanda_bias_wiki:$WIKI --criterion wanda --compensate-bias" \
+  "wanda_rec_bias_wiki:$WIKI --criterion wanda --reconstruct --compensate-bias" \
+  "wanda_rec_wiki:$WIKI --criterion wanda --reconstruct" \
   "wanda_rec_ramp_wiki:$WIKI --criterion wanda --reconstruct --layer-profile ramp:0.5:1.5 --attn-layers 3:3" \
   "wanda_rec_rramp_wiki:$WIKI --criterion wanda --reconstruct --layer-profile ramp:1.5:0.5 --attn-layers 3:3" \
-  "wanda_rec_arch_wiki:$WIKI --criterion wanda --reconstruct --layer-profile $ARCH --attn-layers 3:3" \
   "$BEST"; do
   name=${spec%%:*}
   if [[ -n "${ONLY:-}" && " $ONLY " != *" $name "* ]]; then continue; fi

@@ -60,6 +60,13 @@ fn tiny_qwen2_with_qkv_biases_matches_transformers() {
 }
 
 #[test]
+fn tiny_llama_with_attention_and_mlp_biases_matches_transformers() {
+    // LlamaForCausalLM with attention_bias and mlp_bias: biases on q, k, v, o, gate, up and
+    // down, each with its gradient (what bias compensation exports for stock transformers).
+    check_tiny("tiny_llama_bias");
+}
+
+#[test]
 fn tiny_qwen3_with_qk_norms_matches_transformers() {
     // Qwen3ForCausalLM: RMSNorm over each head's q and k channels before the rotary
     // embedding, GQA, untied head, rope_parameters (transformers 5).

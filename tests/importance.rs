@@ -73,6 +73,7 @@ fn block_pruning_keeps_the_units_the_reference_scores_rank_highest() {
         steps: 1,
         seed: 0,
         reconstruct: false,
+        compensate_bias: false,
         damping: 0.01,
         profile: LayerProfile::Uniform,
     };
@@ -144,11 +145,12 @@ fn half_precision_weights_give_f32_statistics_near_the_reference() {
 /// the residual of the re-solved consumer rather than by the inverse-block formula).
 #[test]
 fn tiny_gqa_input_statistics_activation_scores_and_reconstruction_match_the_reference() {
+    use llmprune_shared::plan::Reconstruction;
     use llmprune_worker::cluster::shard::Collectives;
     use llmprune_worker::collective::SingleRank;
     use llmprune_worker::prune::activation_scores::{activation_group_scores, consumer_member};
     use llmprune_worker::prune::activations::{gather_activation_stats, is_consumer_weight};
-    use llmprune_worker::prune::reconstruct::reconstruct_consumer;
+    use llmprune_worker::prune::reconstruct::{reconstruct_consumer, rewrite_consumer};
     let dir = fixture("tiny_gqa");
     let golden = load_tensors(&dir.join("golden.safetensors"));
     let inputs = load_tensors(&dir.join("activations.safetensors"));
@@ -197,6 +199,23 @@ fn tiny_gqa_input_statistics_activation_scores_and_reconstruction_match_the_refe
         let got = reconstruct_consumer(name, &weights[name], &stats[name], &kept, damping).unwrap();
         let e = rel_err(&got, want);
         assert!(e <= 1e-4, "reconstruction of {name}: relative error {e}");
+        // Bias compensation of the same cut: alone (the weight stays), and with the kept
+        // columns re-solved as least squares with an intercept.
+        let compensated = load_tensors(&dir.join("compensated.safetensors"));
+        let how = |weights, bias| Reconstruction { damping, windows: windows.clone(), weights, bias };
+        let alone = rewrite_consumer(name, &weights[name], &stats[name], &kept, &how(false, true)).unwrap();
+        assert!(alone.weight.is_none(), "{name}: compensation alone keeps the weight");
+        let e = rel_err(&alone.bias_delta.unwrap(), &compensated[&format!("bias_only.{name}")]);
+        assert!(e <= 1e-4, "bias compensation of {name}: relative error {e}");
+        let both = rewrite_consumer(name, &weights[name], &stats[name], &kept, &how(true, true)).unwrap();
+        let e = rel_err(&both.weight.unwrap(), &compensated[&format!("weight.{name}")]);
+        assert!(e <= 1e-4, "reconstruction with an intercept of {name}: weight relative error {e}");
+        // The covariance is E[xxᵀ] − μμᵀ from f32 sums, and the bias a difference of means:
+        // both cancel digits, so this one holds to 1e-3 of the golden's float64.
+        let e = rel_err(&both.bias_delta.unwrap(), &compensated[&format!("bias.{name}")]);
+        assert!(e <= 1e-3, "reconstruction with an intercept of {name}: bias relative error {e}");
+        let plain = rewrite_consumer(name, &weights[name], &stats[name], &kept, &how(true, false)).unwrap();
+        assert!(plain.bias_delta.is_none() && rel_err(&plain.weight.unwrap(), want) <= 1e-4, "{name}: reconstruction alone");
     }
 }
 

@@ -243,6 +243,7 @@ fn request(strategy: Strategy, (criterion, reduction): (Criterion, Reduction), r
         steps,
         seed: 42,
         reconstruct: false,
+        compensate_bias: false,
         damping: 0.01,
         profile: LayerProfile::Uniform,
     }

@@ -259,6 +259,9 @@ fn prune_writes_a_loadable_model_with_plan_and_report() {
     fails_with(&run(&["--ratio", "0.2", "--criterion", "obs", "--strategy", "channel", "--out", ot]), &["fluctuation, wanda, obs", "--strategy block"]);
     fails_with(&run(&["--ratio", "0.2", "--reconstruct", "--strategy", "layer", "--out", ot]), &["reconstruction", "--strategy block"]);
     fails_with(&run(&["--ratio", "0.2", "--criterion", "obs", "--damping=-1", "--out", ot]), &["--damping -1", "finite number"]);
+    let no_calib = llmprune(&["prune", "--model", m, "--ratio", "0.2", "--criterion", "l2", "--compensate-bias", "--out", ot], &[]);
+    fails_with(&no_calib, &["--compensate-bias needs calibration data"]);
+    fails_with(&run(&["--ratio", "0.2", "--compensate-bias", "--strategy", "channel", "--out", ot]), &["bias compensation", "--strategy block"]);
     fails_with(&run(&["--ratio", "0.2", "--layer-profile", "ramp:1", "--out", ot]), &["--layer-profile ramp:1", "ramp:FIRST:LAST"]);
     fails_with(&run(&["--ratio", "0.2", "--layer-profile", "1,2", "--out", ot]), &["--layer-profile 1,2", "2 weights for the 3 pruned layers 0:3"]);
     fails_with(&run(&["--ratio", "0.6", "--layer-profile", "ramp:0:2", "--out", ot]), &["--layer-profile ramp:0:2", "layer 2 would lose 1.20"]);
@@ -493,7 +496,7 @@ fn reconstruction_rewrites_only_the_cut_consumers_and_the_plan_keeps_its_windows
     let (plan_plain, plan_rebuilt) = (read(&plain), read(&rebuilt));
     assert_eq!(plan_plain["steps"][0]["groups"], plan_rebuilt["steps"][0]["groups"], "the same scores and kept units");
     assert!(plan_plain["steps"][0].get("reconstruct").is_none());
-    assert_eq!(plan_rebuilt["steps"][0]["reconstruct"], serde_json::json!({"damping": 0.05, "windows": windows}));
+    assert_eq!(plan_rebuilt["steps"][0]["reconstruct"], serde_json::json!({"damping": 0.05, "windows": windows, "weights": true, "bias": false}));
     assert_eq!(plan_rebuilt["settings"]["reconstruct"], true);
     // Heads of layers 0-2 and neurons of layers 0-1 were cut: their consumers are re-solved;
     // layer 2's down_proj lost nothing, and nothing else changes.
@@ -503,6 +506,47 @@ fn reconstruction_rewrites_only_the_cut_consumers_and_the_plan_keeps_its_windows
         let cut = (name.ends_with("o_proj.weight") && !name.contains(".2.")) || (name.ends_with("down_proj.weight") && !name.contains(".2."));
         assert_eq!(&b[name] != w, cut, "{name}: rewritten only where the step cut its inputs");
     }
+
+    // Bias compensation alone: the weights are the plain cut's, and the model gains LLaMA's
+    // biases, o_proj's and down_proj's carrying what was cut, the others zero.
+    let compensated = prune("compensated", &["--compensate-bias"]);
+    let plan = read(&compensated);
+    assert_eq!(plan["steps"][0]["reconstruct"], serde_json::json!({"damping": 0.05, "windows": windows, "weights": false, "bias": true}));
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(compensated.join("config.json")).unwrap()).unwrap();
+    assert_eq!((&config["attention_bias"], &config["mlp_bias"]), (&serde_json::json!(true), &serde_json::json!(true)));
+    let c = model_tensors(&compensated);
+    for (name, w) in &a {
+        assert_eq!(&c[name], w, "{name}: compensation alone keeps the weights");
+    }
+    for layer in 0..3 {
+        let bias = |p: &str| &c[&format!("model.layers.{layer}.{p}.bias")];
+        for zero in ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj"] {
+            assert!(bias(zero).iter().all(|&x| x == 0.0), "layer {layer} {zero}: zero bias");
+        }
+        // Layer 2 keeps its one KV head and its neurons (outside --mlp-layers 0:2).
+        assert_eq!(bias("self_attn.o_proj").iter().any(|&x| x != 0.0), layer < 2, "layer {layer}: o_proj's bias compensates where heads were cut");
+        assert_eq!(bias("mlp.down_proj").iter().any(|&x| x != 0.0), layer < 2, "layer {layer}: down_proj's bias compensates where neurons were cut");
+    }
+    // The model reloads as it was written: the same perplexity through a second load.
+    let ppl = |d: &Path| {
+        let text = tmp.path().join("text.txt");
+        llmprune_tests::tiny_text(&text, 200);
+        let json = d.join("ppl.json");
+        let res = llmprune(
+            &["ppl", "--model", d.to_str().unwrap(), "--data", &format!("ptb={}", text.display()), "--seq-len", "16", "--json", json.to_str().unwrap()],
+            &[],
+        );
+        assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(json).unwrap()).unwrap()["results"]["ptb"]["mean_nll"].as_f64().unwrap()
+    };
+    assert!(ppl(&compensated).is_finite(), "the compensated model loads and evaluates");
+    // Families whose transformers class has no o_proj or MLP biases are refused by name.
+    let qwen2 = tiny_model_dir("tiny_qwen2", &tmp.path().join("q"));
+    let small_ids = tmp.path().join("small.json");
+    std::fs::write(&small_ids, "[[1, 2, 3, 4], [5, 6, 7, 8]]").unwrap();
+    let (q, si, qc) = (qwen2.to_str().unwrap(), small_ids.to_str().unwrap(), tmp.path().join("qc"));
+    let res = llmprune(&["prune", "--model", q, "--calibration-ids", si, "--ratio", "0.5", "--compensate-bias", "--out", qc.to_str().unwrap()], &[]);
+    fails_with(&res, &["bias compensation", "only LLaMA"]);
 }
 
 #[test]

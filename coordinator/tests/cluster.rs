@@ -59,6 +59,11 @@ fn one_two_and_three_workers_equal_one_process() {
         ("tiny_gqa", vec!["--criterion", "fluctuation", "--reconstruct", "--gqa", "query-heads", "--iterative-steps", "2"]),
         ("tiny_tied_mha", vec!["--criterion", "wanda", "--scope", "global", "--reconstruct"]),
         ("tiny_gqa", vec!["--criterion", "obs", "--scope", "standardized", "--reconstruct"]),
+        // Bias compensation, alone and with reconstruction (the second step compensates biases
+        // the first one wrote); a gradient criterion gathers the inputs at the cut.
+        ("tiny_gqa", vec!["--criterion", "fluctuation", "--compensate-bias"]),
+        ("tiny_gqa", vec!["--criterion", "obs", "--reconstruct", "--compensate-bias", "--iterative-steps", "2"]),
+        ("tiny_tied_mha", vec!["--criterion", "param-first", "--compensate-bias"]),
         // A layer profile: the coordinator's selection spreads the ratio, the same on any layout.
         ("tiny_gqa", vec!["--criterion", "wanda", "--reconstruct", "--layer-profile", "ramp:0.5:1.5"]),
         // A gradient criterion scores without the inputs: the cut gathers them itself.
@@ -95,6 +100,7 @@ fn plans_replay_on_workers_to_the_model_prune_wrote() {
         vec!["--criterion", "param-first", "--strategy", "layer"],
         vec!["--criterion", "param-first", "--gqa", "query-heads"],
         vec!["--criterion", "obs", "--reconstruct", "--iterative-steps", "2"],
+        vec!["--criterion", "wanda", "--reconstruct", "--compensate-bias", "--iterative-steps", "2"],
     ] {
         let (setup, model, ids) = Setup::new("tiny_gqa");
         let (m, i) = (model.to_str().unwrap(), ids.to_str().unwrap());

@@ -15,13 +15,16 @@ pub enum RotaryStyle {
     Interleaved,
 }
 
-/// Whether q/k/v carry biases.
+/// Whether q/k/v (and o) carry biases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QkvBias {
     Never,
     Always,
     /// As the config's `attention_bias` says (GLM: q/k/v only, o_proj never).
     FromConfig,
+    /// As the config's `attention_bias` says (default none), on q, k, v and o_proj alike
+    /// (LLaMA, Qwen3).
+    WithOutput,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +34,8 @@ pub struct Family {
     /// The transformers class `architectures` names.
     pub hf_class: &'static str,
     pub qkv_bias: QkvBias,
+    /// The config's `mlp_bias` puts biases on gate, up and down (LLaMA).
+    pub mlp_bias: bool,
     /// RMSNorm over each head's channels of q and k, before the rotary embedding (Qwen3).
     pub qk_norm: bool,
     pub rotary: RotaryStyle,
@@ -45,20 +50,22 @@ pub struct Family {
 pub const LLAMA: Family = Family {
     model_type: "llama",
     hf_class: "LlamaForCausalLM",
-    qkv_bias: QkvBias::Never,
+    qkv_bias: QkvBias::WithOutput,
+    mlp_bias: true,
     qk_norm: false,
     rotary: RotaryStyle::RotateHalf,
     fused_gate_up: false,
     partial_rotary: false,
     rope_parameters: false,
 };
-pub const MISTRAL: Family = Family { model_type: "mistral", hf_class: "MistralForCausalLM", ..LLAMA };
-pub const QWEN2: Family = Family { model_type: "qwen2", hf_class: "Qwen2ForCausalLM", qkv_bias: QkvBias::Always, ..LLAMA };
-pub const QWEN3: Family = Family { model_type: "qwen3", hf_class: "Qwen3ForCausalLM", qk_norm: true, rope_parameters: true, ..LLAMA };
+pub const MISTRAL: Family = Family { model_type: "mistral", hf_class: "MistralForCausalLM", qkv_bias: QkvBias::Never, mlp_bias: false, ..LLAMA };
+pub const QWEN2: Family = Family { model_type: "qwen2", hf_class: "Qwen2ForCausalLM", qkv_bias: QkvBias::Always, mlp_bias: false, ..LLAMA };
+pub const QWEN3: Family = Family { model_type: "qwen3", hf_class: "Qwen3ForCausalLM", qk_norm: true, rope_parameters: true, mlp_bias: false, ..LLAMA };
 pub const GLM: Family = Family {
     model_type: "glm",
     hf_class: "GlmForCausalLM",
     qkv_bias: QkvBias::FromConfig,
+    mlp_bias: false,
     rotary: RotaryStyle::Interleaved,
     fused_gate_up: true,
     partial_rotary: true,

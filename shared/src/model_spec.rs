@@ -119,8 +119,15 @@ pub struct ModelSpec {
     pub rotary_dim: usize,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
-    /// Biases on q/k/v projections (Qwen2, GLM).
+    /// Biases on q/k/v projections (Qwen2, GLM; LLaMA's and Qwen3's `attention_bias`).
     pub attention_bias: bool,
+    /// A bias on o_proj (with q/k/v's, as LLaMA's and Qwen3's `attention_bias` puts them;
+    /// bias compensation writes them, q/k/v's zero, where the model had none).
+    #[serde(default)]
+    pub o_bias: bool,
+    /// Biases on gate, up and down (LLaMA's `mlp_bias`; bias compensation writes them).
+    #[serde(default)]
+    pub mlp_bias: bool,
     /// Mistral's (or Qwen2's, when enabled) attention window. llmprune attends to every
     /// earlier position, which equals windowed attention only for sequences up to this long;
     /// longer ones are refused.
@@ -266,25 +273,28 @@ impl ModelSpec {
             return Err(field_err(path, "partial_rotary_factor", format!("{model_type} rotates every channel of a head")));
         }
         let rotary_dim = (head_dim as f64 * partial) as usize;
-        // Biases are where the family puts them: on q/k/v always (Qwen2), as configured
-        // (GLM), or never. LLaMA's and Qwen3's `attention_bias` also puts one on o_proj, and
-        // `mlp_bias` on the MLP: loading such weights without them would be silently wrong.
+        // Biases are where the family puts them: on q/k/v always (Qwen2), on q/k/v as
+        // configured (GLM), on q/k/v and o_proj as configured (LLaMA, Qwen3), or never; and on
+        // the MLP's three projections as LLaMA's `mlp_bias` says. A config asking for biases its
+        // family's transformers class does not have is refused rather than loaded without them.
         let configured = match obj.get("attention_bias") {
             Some(Value::Bool(b)) => Some(*b),
             Some(Value::Null) | None => None,
             Some(v) => return Err(field_err(path, "attention_bias", format!("expected a boolean, found {v}"))),
         };
-        let attention_bias = match family.qkv_bias {
-            QkvBias::Always => true,
-            QkvBias::FromConfig => configured.unwrap_or(true),
-            QkvBias::Never if configured == Some(true) => return Err(field_err(path, "attention_bias", "biases on o_proj are not supported")),
-            QkvBias::Never => false,
+        let (attention_bias, o_bias) = match family.qkv_bias {
+            QkvBias::Always => (true, false),
+            QkvBias::FromConfig => (configured.unwrap_or(true), false),
+            QkvBias::WithOutput => (configured.unwrap_or(false), configured.unwrap_or(false)),
+            QkvBias::Never if configured == Some(true) => return Err(field_err(path, "attention_bias", format!("{model_type} has no attention biases"))),
+            QkvBias::Never => (false, false),
         };
-        match obj.get("mlp_bias") {
-            Some(Value::Bool(false)) | Some(Value::Null) | None => {}
-            Some(Value::Bool(true)) => return Err(field_err(path, "mlp_bias", "biases on the MLP are not supported")),
+        let mlp_bias = match obj.get("mlp_bias") {
+            Some(Value::Bool(false)) | Some(Value::Null) | None => false,
+            Some(Value::Bool(true)) if family.mlp_bias => true,
+            Some(Value::Bool(true)) => return Err(field_err(path, "mlp_bias", format!("{model_type} has no MLP biases"))),
             Some(v) => return Err(field_err(path, "mlp_bias", format!("expected a boolean, found {v}"))),
-        }
+        };
         let tie_word_embeddings = match obj.get("tie_word_embeddings") {
             Some(Value::Bool(b)) => *b,
             Some(Value::Null) | None => false,
@@ -303,6 +313,8 @@ impl ModelSpec {
             max_position_embeddings: get_usize(obj, path, "max_position_embeddings")?.unwrap_or(2048),
             tie_word_embeddings,
             attention_bias,
+            o_bias,
+            mlp_bias,
             sliding_window: match architecture {
                 Architecture::Mistral => get_usize(obj, path, "sliding_window")?,
                 Architecture::Qwen2 if obj.get("use_sliding_window") == Some(&Value::Bool(true)) => get_usize(obj, path, "sliding_window")?,
@@ -345,6 +357,21 @@ impl ModelSpec {
                 return Err((format!("layer {i} intermediate_size"), "must be positive".into()));
             }
         }
+        let family = self.architecture.family();
+        let attention = match family.qkv_bias {
+            QkvBias::WithOutput => self.o_bias == self.attention_bias,
+            QkvBias::Always => self.attention_bias && !self.o_bias,
+            QkvBias::FromConfig | QkvBias::Never => !self.o_bias && (family.qkv_bias == QkvBias::FromConfig || !self.attention_bias),
+        };
+        if !attention {
+            return Err((
+                "attention_bias".into(),
+                format!("{} cannot hold q/k/v biases {} with an o_proj bias {}", self.architecture.model_type(), self.attention_bias, self.o_bias),
+            ));
+        }
+        if self.mlp_bias && !family.mlp_bias {
+            return Err(("mlp_bias".into(), format!("{} has no MLP biases", self.architecture.model_type())));
+        }
         if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
             return Err(("rms_norm_eps".into(), "must be positive".into()));
         }
@@ -381,6 +408,9 @@ impl ModelSpec {
         });
         let obj = cfg.as_object_mut().expect("json! of an object literal is an object");
         let family = self.architecture.family();
+        if family.mlp_bias {
+            obj.insert("mlp_bias".into(), json!(self.mlp_bias));
+        }
         if family.rope_parameters {
             let mut rope = json!({"rope_type": "default", "rope_theta": self.rope_theta});
             if family.partial_rotary {
@@ -447,6 +477,12 @@ impl ModelSpec {
         }
         if self.attention_bias {
             n += (l.n_heads + 2 * l.n_kv_heads) * self.head_dim;
+        }
+        if self.o_bias {
+            n += self.hidden_size;
+        }
+        if self.mlp_bias {
+            n += 2 * l.intermediate_size + self.hidden_size;
         }
         n
     }
@@ -558,10 +594,11 @@ mod tests {
         let mut v = base();
         v["vocab_size"] = json!("big");
         assert!(err_of(v).contains("cfg.json: field `vocab_size`"));
-        for (field, what) in [("attention_bias", "o_proj"), ("mlp_bias", "the MLP")] {
+        for (field, what) in [("attention_bias", "attention"), ("mlp_bias", "MLP")] {
             let mut v = base();
+            v["model_type"] = json!("mistral");
             v[field] = json!(true);
-            assert!(err_of(v).contains(&format!("field `{field}`: biases on {what} are not supported")));
+            assert!(err_of(v).contains(&format!("field `{field}`: mistral has no {what} biases")));
         }
     }
 
@@ -591,5 +628,25 @@ mod tests {
         v["model_type"] = json!("llama");
         v["attention_bias"] = json!(false);
         assert!(!ModelSpec::from_hf_config(&v, Path::new("c.json")).unwrap().attention_bias);
+    }
+
+    #[test]
+    fn llama_biases_sit_on_q_k_v_and_o_and_on_the_mlp_as_configured() {
+        let mut v = base();
+        let plain = ModelSpec::from_hf_config(&v, Path::new("c.json")).unwrap();
+        assert!(!plain.attention_bias && !plain.o_bias && !plain.mlp_bias);
+        v["attention_bias"] = json!(true);
+        v["mlp_bias"] = json!(true);
+        let spec = ModelSpec::from_hf_config(&v, Path::new("c.json")).unwrap();
+        assert!(spec.attention_bias && spec.o_bias && spec.mlp_bias);
+        // q, k, v, o biases and gate, up, down biases per layer.
+        let (h, l) = (spec.hidden_size, spec.layers[0]);
+        let biases = (l.n_heads + 2 * l.n_kv_heads) * spec.head_dim + h + 2 * l.intermediate_size + h;
+        assert_eq!(spec.layer_params(0), plain.layer_params(0) + biases);
+        let written = spec.to_hf_config();
+        assert_eq!((&written["attention_bias"], &written["mlp_bias"]), (&json!(true), &json!(true)));
+        assert_eq!(ModelSpec::from_hf_config(&written, Path::new("c.json")).unwrap(), spec);
+        let odd = ModelSpec { o_bias: false, ..spec.clone() };
+        assert_eq!(odd.validate().unwrap_err().0, "attention_bias");
     }
 }

@@ -60,14 +60,31 @@ pub struct PlanStep {
     pub reconstruct: Option<Reconstruction>,
 }
 
-/// Least-squares reconstruction after a step's cut: every o_proj and down_proj that lost
-/// input channels gets `W' = W·Hd[:,K]·Hd_KK⁻¹`, `Hd` the Gram matrix of its inputs over the
-/// `windows` (the model before the cut) damped by `damping` × its mean diagonal, `K` the kept
-/// channels: the kept columns that best reproduce the layer's outputs on those inputs.
+/// What a step's cut does to every o_proj and down_proj that loses input channels, from the
+/// statistics of its inputs over the `windows` (the model before the cut), `K` the kept
+/// channels, `R` the removed ones, `μ` the inputs' mean:
+/// - `weights` alone: least squares, `W' = W·Hd[:,K]·Hd_KK⁻¹`, `Hd` the Gram matrix `XᵀX/N`
+///   damped by `damping` × its mean diagonal: the kept columns that best reproduce the
+///   layer's outputs on those inputs (SparseGPT, SlimGPT);
+/// - `bias` alone: `b' = b + W[:,R]·μ_R`, the removed channels' mean contribution kept as a
+///   bias (FLAP's bias compensation);
+/// - both: least squares with an intercept, `W' = W·Σd[:,K]·Σd_KK⁻¹` with the damped
+///   covariance `Σd`, and `b' = b + W·μ − W'·μ_K`.
+///
+/// A model without biases gets them (zero on q/k/v and gate/up) so that transformers' LLaMA
+/// (`attention_bias`, `mlp_bias`) loads it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reconstruction {
     pub damping: f64,
     pub windows: Vec<Vec<u32>>,
+    #[serde(default = "yes")]
+    pub weights: bool,
+    #[serde(default)]
+    pub bias: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,7 +131,7 @@ mod tests {
                 groups: vec![PlanGroup { root: "layers.0.gate".into(), units: 3, kept: vec![0, 2], scores: vec![1.0, 0.5, 2.0] }],
                 removed_layers: vec![],
                 layer_scores: vec![],
-                reconstruct: Some(Reconstruction { damping: 0.01, windows: vec![vec![1, 2, 3]] }),
+                reconstruct: Some(Reconstruction { damping: 0.01, windows: vec![vec![1, 2, 3]], weights: true, bias: false }),
             }],
         );
         let text = serde_json::to_string(&plan).unwrap();

@@ -3,7 +3,7 @@
 tonic::include_proto!("pruner.v1");
 
 /// Sent in Register and Heartbeat; the other side refuses a different one.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest gRPC message either side accepts: scores, shapes and token ids are kilobytes to a
 /// few MiB even for 70B models; tensors never travel through gRPC.

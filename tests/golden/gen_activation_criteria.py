@@ -13,7 +13,12 @@ Calibration = the two rows of `tests/fixtures/tiny_gqa/golden.safetensors` `inpu
   re-solving the others by damped least squares (computed as that residual, not by the
   inverse-block formula llmprune uses)  -> `activation_scores.json`;
 * reconstruction: each consumer with the channels of its first unit removed (where others
-  remain), the rest solved by np.linalg.solve of the damped normal equations  -> `reconstructed.safetensors`.
+  remain), the rest solved by np.linalg.solve of the damped normal equations  -> `reconstructed.safetensors`;
+* bias compensation, the same consumers: alone, the removed columns times the removed channels'
+  mean (`bias_only.NAME`); with reconstruction, least squares with an intercept from the centred
+  inputs, damped like the Gram matrix (`weight.NAME` at full width, `bias.NAME`), the formula
+  checked here against np.linalg.lstsq with an intercept column where the damping is 0
+  -> `compensated.safetensors`.
 
     python tests/golden/gen_activation_criteria.py
 """
@@ -54,7 +59,40 @@ def residual(w, h, kept):
     return float(np.trace(d @ h @ d.T)), full
 
 
+def damped_cov(xc, n, damping=DAMPING):
+    c = xc.T @ xc / n
+    d = np.diag(c).copy()
+    d[d <= 0] = 1.0
+    np.fill_diagonal(c, d)
+    return c + damping * d.mean() * np.eye(len(d))
+
+
+def with_intercept(w, x, kept, damping=DAMPING):
+    """min over W', c of E_x ||W x - W' x_K - c||^2 (ridge-damped): from the centred inputs."""
+    k = np.asarray(kept, dtype=np.int64)
+    mu = x.mean(0)
+    cov = damped_cov(x - mu, x.shape[0], damping)
+    w_new = np.linalg.solve(cov[np.ix_(k, k)], cov[k, :] @ w.T).T
+    full = np.zeros_like(w)
+    full[:, k] = w_new
+    return full, w @ mu - w_new @ mu[k]
+
+
+def check_with_intercept():
+    """Without damping, `with_intercept` is lstsq with an intercept column (on a well-posed
+    problem: the tiny model's 24 tokens leave its consumers' systems underdetermined)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 7)) + rng.normal(size=7)
+    w = rng.normal(size=(4, 7))
+    kept = [0, 2, 3, 6]
+    design = np.concatenate([x[:, kept], np.ones((300, 1))], 1)
+    solved = np.linalg.lstsq(design, x @ w.T, rcond=None)[0]
+    full, bias = with_intercept(w, x, kept, damping=0.0)
+    assert np.allclose(full[:, kept], solved[:-1].T, atol=1e-10) and np.allclose(bias, solved[-1], atol=1e-10)
+
+
 def main():
+    check_with_intercept()
     cfg, golden, weights, model = load_tiny_float64(FIX)
     ids = golden["input_ids"]
     inputs = {}
@@ -74,7 +112,7 @@ def main():
     W = {n: v.double().numpy() for n, v in weights.items()}
     hd = cfg["head_dim"]
     heads, kvs = cfg["num_attention_heads_per_layer"], cfg["num_key_value_heads_per_layer"]
-    stats, scores, rebuilt = {}, {"fluctuation": {}, "wanda": {}, "obs": {}}, {}
+    stats, scores, rebuilt, compensated = {}, {"fluctuation": {}, "wanda": {}, "obs": {}}, {}, {}
     tokens = None
     for i in range(cfg["num_hidden_layers"]):
         rep = heads[i] // kvs[i]
@@ -101,8 +139,15 @@ def main():
             kept = [c for c in everything if c not in units[0]]
             if kept:
                 rebuilt[name] = torch.from_numpy(residual(w, h, kept)[1]).float()
+                removed = list(units[0])
+                compensated[f"bias_only.{name}"] = torch.from_numpy(w[:, removed] @ x[:, removed].mean(0)).float()
+                full, bias = with_intercept(w, x, kept)
+                compensated[f"weight.{name}"] = torch.from_numpy(full).float()
+                compensated[f"bias.{name}"] = torch.from_numpy(bias).float()
+
     save_file({k: v.contiguous() for k, v in stats.items()}, os.path.join(FIX, "activations.safetensors"))
     save_file({k: v.contiguous() for k, v in rebuilt.items()}, os.path.join(FIX, "reconstructed.safetensors"))
+    save_file({k: v.contiguous() for k, v in compensated.items()}, os.path.join(FIX, "compensated.safetensors"))
     with open(os.path.join(FIX, "activation_scores.json"), "w") as f:
         json.dump({"damping": DAMPING, "tokens": tokens, "scores": scores}, f, indent=1)
         f.write("\n")

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Reference fixtures of the model families beyond LLaMA's layout: tiny random Qwen3 (q/k RMSNorm
 inside attention) and GLM (transformers' `glm`, the ChatGLM line: interleaved partial rotary
-embedding, fused gate_up_proj, q/k/v biases).
+embedding, fused gate_up_proj, q/k/v biases); and LLaMA with `attention_bias` and `mlp_bias`
+(biases on all seven projections: what bias compensation exports).
 
 Run from the repository root with the reference venv (README.md beside this file):
 
@@ -41,6 +42,13 @@ GLM = dict(
 )
 
 
+LLAMA_BIAS = dict(
+    vocab_size=64, hidden_size=32, head_dim=8, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    intermediate_size=48, hidden_act="silu", rms_norm_eps=1e-5, max_position_embeddings=64, tie_word_embeddings=False,
+    attention_bias=True, mlp_bias=True, rope_theta=10000.0,
+)
+
+
 def enable_float64_reference():
     gg.enable_float64_reference()
     for module, prefix in ((mq3, "Qwen3"), (mg, "Glm")):
@@ -51,7 +59,7 @@ def enable_float64_reference():
 
 def config_json(model_type: str, kwargs: dict) -> dict:
     cfg = transformers.CONFIG_MAPPING[model_type](**kwargs)
-    cfg.architectures = [{"qwen3": "Qwen3ForCausalLM", "glm": "GlmForCausalLM"}[model_type]]
+    cfg.architectures = [{"qwen3": "Qwen3ForCausalLM", "glm": "GlmForCausalLM", "llama": "LlamaForCausalLM"}[model_type]]
     return json.loads(cfg.to_json_string(use_diff=False))
 
 
@@ -83,7 +91,7 @@ def write(name: str, model_type: str, kwargs: dict, seed: int, batch: int, seq: 
     model2.eval()
     gen = torch.Generator().manual_seed(seed + 1000)
     input_ids = torch.randint(0, cfg_json["vocab_size"], (batch, seq), generator=gen, dtype=torch.int64)
-    rope = dict(model2.config.rope_parameters)
+    rope = dict(model2.config.rope_parameters or {"rope_type": "default", "rope_theta": cfg_json["rope_theta"]})
     rotary_dim = int(cfg_json["head_dim"] * rope.get("partial_rotary_factor", 1.0))
     res = gg.golden_for(model2, input_ids, rope, rotary_dim)
     print(f"  {out_dir}: {len(sd)} tensors: {sorted(sd)[:6]}...")
@@ -91,10 +99,17 @@ def write(name: str, model_type: str, kwargs: dict, seed: int, batch: int, seq: 
 
 
 def main():
+    fixtures = {
+        "tiny_qwen3": ("qwen3", QWEN3, 1357),
+        "tiny_glm": ("glm", GLM, 9753),
+        "tiny_llama_bias": ("llama", LLAMA_BIAS, 8642),
+    }
+    only = sys.argv[sys.argv.index("--only") + 1 :] if "--only" in sys.argv else list(fixtures)
     enable_float64_reference()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}")
-    write("tiny_qwen3", "qwen3", QWEN3, seed=1357, batch=2, seq=16)
-    write("tiny_glm", "glm", GLM, seed=9753, batch=2, seq=16)
+    for name in only:
+        model_type, kwargs, seed = fixtures[name]
+        write(name, model_type, kwargs, seed=seed, batch=2, seq=16)
 
 
 if __name__ == "__main__":

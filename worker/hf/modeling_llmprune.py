@@ -21,10 +21,15 @@ class LlmpruneLlamaConfig(LlamaConfig):
 
 
 class NoAttention(nn.Module):
-    """A layer whose heads were all pruned: its attention adds nothing to the residual."""
+    """A layer whose heads were all pruned: its attention adds nothing to the residual but
+    o_proj's bias, where it has one (bias compensation folds the heads' mean output into it)."""
+
+    def __init__(self, hidden, bias):
+        super().__init__()
+        self.o_proj = nn.Linear(0, hidden, bias=bias)
 
     def forward(self, hidden_states, *args, **kwargs):
-        return torch.zeros_like(hidden_states), None
+        return self.o_proj(hidden_states[..., :0]), None
 
 
 class LlmpruneLlamaForCausalLM(LlamaForCausalLM):
@@ -40,7 +45,7 @@ class LlmpruneLlamaForCausalLM(LlamaForCausalLM):
             kv_heads = config.num_key_value_heads_per_layer[i]
             width = config.intermediate_size_per_layer[i]
             if heads == 0:
-                layer.self_attn = NoAttention()
+                layer.self_attn = NoAttention(hidden, bias)
             else:
                 attn = layer.self_attn
                 attn.q_proj = nn.Linear(hidden, heads * head_dim, bias=bias)

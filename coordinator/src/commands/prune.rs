@@ -107,6 +107,7 @@ pub fn run(settings: &Settings, run_id: &str, args: PruneArgs, shared: Option<&m
         "normalize": job.normalize,
         "layer_profile": req.profile.name(),
         "reconstruct": job.reconstruct,
+        "compensate_bias": job.compensate_bias,
         "damping": job.damping,
         "gqa": req.gqa.name(),
         "round_to": job.round_to,

@@ -1,5 +1,5 @@
-//! The channel graph of a LLaMA-family decoder (per-layer shapes, GQA, q/k/v biases, tied
-//! head), optionally with fused projections as Phi-3 stores them.
+//! The channel graph of a LLaMA-family decoder (per-layer shapes, GQA, q/k/v/o and MLP
+//! biases, tied head), optionally with fused projections as Phi-3 stores them.
 
 use super::{Axis, Graph, Group, GroupMember};
 use crate::ModelSpec;
@@ -69,6 +69,9 @@ pub fn llama_graph(spec: &ModelSpec, fusion: Fusion) -> Graph {
         // o_proj's output is added to the residual stream.
         let attn_proj = g.space(format!("layers.{i}.o_proj.out"), h, 1);
         g.attach(format!("{p}.self_attn.o_proj.weight"), Axis::Rows, attn_proj, 0);
+        if spec.o_bias {
+            g.attach(format!("{p}.self_attn.o_proj.bias"), Axis::Elements, attn_proj, 0);
+        }
         let after_attn = g.space(format!("layers.{i}.attn_residual"), h, 1);
         g.elementwise(&[residual, attn_proj, after_attn]);
 
@@ -83,6 +86,9 @@ pub fn llama_graph(spec: &ModelSpec, fusion: Fusion) -> Graph {
                 for (name, space) in [("gate", gate), ("up", up)] {
                     g.attach(format!("{p}.mlp.{name}_proj.weight"), Axis::Rows, space, 0);
                     g.attach(format!("{p}.mlp.{name}_proj.weight"), Axis::Cols, mlp_in, 0);
+                    if spec.mlp_bias {
+                        g.attach(format!("{p}.mlp.{name}_proj.bias"), Axis::Elements, space, 0);
+                    }
                 }
             }
             Fusion::Fused => {
@@ -97,6 +103,9 @@ pub fn llama_graph(spec: &ModelSpec, fusion: Fusion) -> Graph {
         g.attach(format!("{p}.mlp.down_proj.weight"), Axis::Cols, act, 0);
         let mlp_proj = g.space(format!("layers.{i}.down_proj.out"), h, 1);
         g.attach(format!("{p}.mlp.down_proj.weight"), Axis::Rows, mlp_proj, 0);
+        if spec.mlp_bias {
+            g.attach(format!("{p}.mlp.down_proj.bias"), Axis::Elements, mlp_proj, 0);
+        }
         let next = g.space(format!("layers.{i}.out"), h, 1);
         g.elementwise(&[after_attn, mlp_proj, next]);
         residual = next;

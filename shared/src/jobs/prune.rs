@@ -55,6 +55,12 @@ pub struct PruneSettings {
     /// records the windows so that apply-plan reproduces it).
     #[cfg_attr(feature = "clap", arg(long))]
     pub reconstruct: bool,
+    /// After each step, fold the mean contribution of the removed heads' and neurons' inputs into
+    /// o_proj's and down_proj's biases (FLAP's bias compensation; with --reconstruct, least
+    /// squares with an intercept). LLaMA: the model is written with transformers'
+    /// attention_bias and mlp_bias, zero where nothing was folded.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub compensate_bias: bool,
     /// Damping of the inputs' Gram matrix for --criterion obs and --reconstruct, as a share of
     /// its mean diagonal.
     #[cfg_attr(feature = "clap", arg(long, value_name = "SHARE", default_value_t = PruneSettings::default().damping))]
@@ -120,6 +126,7 @@ impl Default for PruneSettings {
             normalize: false,
             layer_profile: None,
             reconstruct: false,
+            compensate_bias: false,
             damping: 0.01,
             calibration: Vec::new(),
             calibration_ids: None,
@@ -162,6 +169,9 @@ impl PruneSettings {
         if self.reconstruct && no_calibration {
             return Err(JobError::new("calibration", "{reconstruct} needs calibration data: {calibration} FILE (text) or {calibration_ids} FILE"));
         }
+        if self.compensate_bias && no_calibration {
+            return Err(JobError::new("calibration", "{compensate_bias} needs calibration data: {calibration} FILE (text) or {calibration_ids} FILE"));
+        }
         if !(self.damping.is_finite() && self.damping >= 0.0) {
             return Err(JobError::at("damping", self.damping, "must be a finite number ≥ 0"));
         }
@@ -193,6 +203,7 @@ impl PruneSettings {
             steps: self.iterative_steps,
             seed: self.seed,
             reconstruct: self.reconstruct,
+            compensate_bias: self.compensate_bias,
             damping: self.damping,
             profile: self.profile()?,
         };

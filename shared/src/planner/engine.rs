@@ -122,8 +122,8 @@ where
         } else {
             select_units(&spec, &groups, scores.groups, req, target, &mut initial_units)?
         };
-        if req.reconstruct {
-            step.reconstruct = Some(Reconstruction { damping: req.damping, windows });
+        if req.reconstruct || req.compensate_bias {
+            step.reconstruct = Some(Reconstruction { damping: req.damping, windows, weights: req.reconstruct, bias: req.compensate_bias });
         }
         seconds.planning += t.elapsed().as_secs_f64();
         // The new shape, after checking that the step fits the model.

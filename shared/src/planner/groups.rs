@@ -112,6 +112,11 @@ pub fn spec_after_step(spec: &ModelSpec, step: &PlanStep) -> Result<ModelSpec, P
             None => return Err(PlannerError::Misfit(format!("group `{}` is not a structure this planner cuts", g.root))),
         }
     }
+    if step.reconstruct.as_ref().is_some_and(|r| r.bias) {
+        // The compensated biases, and zero ones beside them where the family's
+        // transformers class puts biases on every projection of a kind.
+        (out.attention_bias, out.o_bias, out.mlp_bias) = (true, true, true);
+    }
     if !step.removed_layers.is_empty() {
         let mut gone = vec![false; out.n_layers()];
         for &i in &step.removed_layers {

@@ -4,6 +4,7 @@
 use super::modes::{Criterion, GqaMode, Reduction, Scope, Strategy};
 use super::profile::LayerProfile;
 use super::PlannerError;
+use crate::family::QkvBias;
 use crate::ModelSpec;
 use std::ops::Range;
 
@@ -34,6 +35,9 @@ pub struct PruneRequest {
     pub seed: u64,
     /// Re-solve the consuming projections' kept columns after each step (block-wise).
     pub reconstruct: bool,
+    /// Fold the removed heads' and neurons' mean contribution into o_proj's and down_proj's
+    /// biases after each step (block-wise, LLaMA).
+    pub compensate_bias: bool,
     /// The Gram matrix's damping (share of its mean diagonal) for `obs` and reconstruction.
     pub damping: f64,
 }
@@ -59,12 +63,17 @@ impl PruneRequest {
         if !(self.damping.is_finite() && self.damping >= 0.0) {
             return Err(PlannerError::Damping(self.damping));
         }
+        let family = spec.architecture.family();
         let unsupported = if self.criterion.needs_activations() && self.strategy != Strategy::Block {
             Some("the activation criteria (fluctuation, wanda, obs) score heads and neurons: they need --strategy block")
         } else if self.scope == Scope::Standardized && self.strategy != Strategy::Block {
             Some("the standardized scope shares a parameter budget among heads and neurons: it needs --strategy block")
         } else if self.reconstruct && self.strategy != Strategy::Block {
             Some("reconstruction re-solves the projections that consume pruned heads and neurons: it needs --strategy block")
+        } else if self.compensate_bias && self.strategy != Strategy::Block {
+            Some("bias compensation folds pruned heads and neurons into their consumers' biases: it needs --strategy block")
+        } else if self.compensate_bias && !(family.qkv_bias == QkvBias::WithOutput && family.mlp_bias) {
+            Some("bias compensation writes o_proj and down_proj biases, which only LLaMA's transformers class (attention_bias, mlp_bias) loads")
         } else if self.gqa == GqaMode::QueryHeads && self.strategy != Strategy::Block {
             Some("pruning query heads only (GQA) is a block-wise option")
         } else if self.profile != LayerProfile::Uniform && (self.strategy != Strategy::Block || self.scope != Scope::Local) {

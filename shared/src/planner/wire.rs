@@ -74,10 +74,12 @@ pub fn step_to_wire(step: &PlanStep) -> proto::ApplyPlanRequest {
             .map(|g| proto::KeptUnits { root: g.root.clone(), units: g.units as u32, kept: g.kept.iter().map(|&u| u as u32).collect() })
             .collect(),
         removed_layers: step.removed_layers.iter().map(|&i| i as u32).collect(),
-        reconstruct: step
-            .reconstruct
-            .as_ref()
-            .map(|r| proto::Reconstruction { damping: r.damping, windows: r.windows.iter().map(|w| proto::TokenWindow { ids: w.clone() }).collect() }),
+        reconstruct: step.reconstruct.as_ref().map(|r| proto::Reconstruction {
+            damping: r.damping,
+            windows: r.windows.iter().map(|w| proto::TokenWindow { ids: w.clone() }).collect(),
+            weights: r.weights,
+            bias: r.bias,
+        }),
     }
 }
 
@@ -92,7 +94,12 @@ pub fn step_from_wire(req: proto::ApplyPlanRequest) -> PlanStep {
             .collect(),
         removed_layers: req.removed_layers.into_iter().map(|i| i as usize).collect(),
         layer_scores: vec![],
-        reconstruct: req.reconstruct.map(|r| Reconstruction { damping: r.damping, windows: r.windows.into_iter().map(|w| w.ids).collect() }),
+        reconstruct: req.reconstruct.map(|r| Reconstruction {
+            damping: r.damping,
+            windows: r.windows.into_iter().map(|w| w.ids).collect(),
+            weights: r.weights,
+            bias: r.bias,
+        }),
     }
 }
 
@@ -115,7 +122,7 @@ mod tests {
             groups: vec![PlanGroup { root: "layers.1.gate".into(), units: 4, kept: vec![0, 3], scores: vec![] }],
             removed_layers: vec![2],
             layer_scores: vec![],
-            reconstruct: Some(Reconstruction { damping: 0.5, windows: vec![vec![7, 8], vec![9, 10]] }),
+            reconstruct: Some(Reconstruction { damping: 0.5, windows: vec![vec![7, 8], vec![9, 10]], weights: false, bias: true }),
         };
         assert_eq!(step_from_wire(step_to_wire(&step)), step);
     }

@@ -15,6 +15,8 @@ pub struct Attention {
     pub o: Tensor,
     /// q/k/v biases (Qwen2-style), all or none.
     pub qkv_bias: Option<[Tensor; 3]>,
+    /// o_proj's bias (LLaMA's `attention_bias`, or bias compensation).
+    pub o_bias: Option<Tensor>,
     /// RMSNorm weights over each head's channels of q and k (Qwen3), both or none.
     pub qk_norm: Option<[Tensor; 2]>,
 }
@@ -23,6 +25,8 @@ pub struct Mlp {
     pub gate: Tensor,
     pub up: Tensor,
     pub down: Tensor,
+    /// gate/up/down biases (LLaMA's `mlp_bias`, or bias compensation), all or none.
+    pub biases: Option<[Tensor; 3]>,
 }
 
 /// Where the real tokens of a right-padded `[rows, slots]` batch are: packing keeps them
@@ -193,6 +197,13 @@ impl DecoderLayer {
         } else {
             None
         };
+        let o_bias = if spec.o_bias { Some(w("self_attn.o_proj.bias", &[h])?) } else { None };
+        let mlp_biases = if spec.mlp_bias {
+            let inter = shape.intermediate_size;
+            Some([w("mlp.gate_proj.bias", &[inter])?, w("mlp.up_proj.bias", &[inter])?, w("mlp.down_proj.bias", &[h])?])
+        } else {
+            None
+        };
         let qk_norm = if spec.architecture.family().qk_norm { Some([w("self_attn.q_norm.weight", &[d])?, w("self_attn.k_norm.weight", &[d])?]) } else { None };
         Ok(Self {
             index,
@@ -206,6 +217,7 @@ impl DecoderLayer {
                 v: w("self_attn.v_proj.weight", &[kv_out, h])?,
                 o: w("self_attn.o_proj.weight", &[h, q_out])?,
                 qkv_bias,
+                o_bias,
                 qk_norm,
             },
             post_norm: w("post_attention_layernorm.weight", &[h])?,
@@ -213,6 +225,7 @@ impl DecoderLayer {
                 gate: w("mlp.gate_proj.weight", &[shape.intermediate_size, h])?,
                 up: w("mlp.up_proj.weight", &[shape.intermediate_size, h])?,
                 down: w("mlp.down_proj.weight", &[h, shape.intermediate_size])?,
+                biases: mlp_biases,
             },
             lora: None,
         })
@@ -243,14 +256,23 @@ impl DecoderLayer {
         }
     }
 
+    /// A projection's bias `[out]`, if it has one.
+    pub fn projection_bias(&self, p: Projection) -> Option<&Tensor> {
+        let (a, m) = (&self.attn, &self.mlp);
+        match p {
+            Projection::Q => a.qkv_bias.as_ref().map(|b| &b[0]),
+            Projection::K => a.qkv_bias.as_ref().map(|b| &b[1]),
+            Projection::V => a.qkv_bias.as_ref().map(|b| &b[2]),
+            Projection::O => a.o_bias.as_ref(),
+            Projection::Gate => m.biases.as_ref().map(|b| &b[0]),
+            Projection::Up => m.biases.as_ref().map(|b| &b[1]),
+            Projection::Down => m.biases.as_ref().map(|b| &b[2]),
+        }
+    }
+
     /// `x Wᵀ (+ b)` of projection `p` for `x` `[N, in]`, plus its adapter's term if it has one.
     fn project(&self, x: &Tensor, p: Projection) -> Result<Tensor> {
-        let bias = match (p, &self.attn.qkv_bias) {
-            (Projection::Q, Some(b)) => Some(&b[0]),
-            (Projection::K, Some(b)) => Some(&b[1]),
-            (Projection::V, Some(b)) => Some(&b[2]),
-            _ => None,
-        };
+        let bias = self.projection_bias(p);
         let w = self.projection_weight(p);
         let adapted = self.lora.as_ref().map(|l| l.project(self.index, p, x, w)).transpose()?.flatten();
         let y = match adapted {
@@ -278,16 +300,22 @@ impl DecoderLayer {
             "mlp.down_proj.weight",
         ];
         const BIASES: [&str; 3] = ["self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"];
+        const O_BIAS: [&str; 1] = ["self_attn.o_proj.bias"];
+        const MLP_BIASES: [&str; 3] = ["mlp.gate_proj.bias", "mlp.up_proj.bias", "mlp.down_proj.bias"];
         const QK_NORMS: [&str; 2] = ["self_attn.q_norm.weight", "self_attn.k_norm.weight"];
         let biases = self.attn.qkv_bias.as_ref().map_or(&[][..], |_| &BIASES[..]);
+        let o_bias = self.attn.o_bias.as_ref().map_or(&[][..], |_| &O_BIAS[..]);
+        let mlp_biases = self.mlp.biases.as_ref().map_or(&[][..], |_| &MLP_BIASES[..]);
         let norms = self.attn.qk_norm.as_ref().map_or(&[][..], |_| &QK_NORMS[..]);
-        ALWAYS.iter().chain(biases).chain(norms).map(|n| format!("model.layers.{}.{n}", self.index)).collect()
+        ALWAYS.iter().chain(biases).chain(o_bias).chain(mlp_biases).chain(norms).map(|n| format!("model.layers.{}.{n}", self.index)).collect()
     }
 
     pub fn named_weights(&self) -> Vec<(String, &Tensor)> {
         let a = &self.attn;
         let mut tensors = vec![&self.input_norm, &a.q, &a.k, &a.v, &a.o, &self.post_norm, &self.mlp.gate, &self.mlp.up, &self.mlp.down];
         tensors.extend(a.qkv_bias.iter().flatten());
+        tensors.extend(a.o_bias.iter());
+        tensors.extend(self.mlp.biases.iter().flatten());
         tensors.extend(a.qk_norm.iter().flatten());
         self.names().into_iter().zip(tensors).collect()
     }
@@ -298,6 +326,8 @@ impl DecoderLayer {
         let mut tensors =
             vec![&mut self.input_norm, &mut a.q, &mut a.k, &mut a.v, &mut a.o, &mut self.post_norm, &mut self.mlp.gate, &mut self.mlp.up, &mut self.mlp.down];
         tensors.extend(a.qkv_bias.iter_mut().flatten());
+        tensors.extend(a.o_bias.iter_mut());
+        tensors.extend(self.mlp.biases.iter_mut().flatten());
         tensors.extend(a.qk_norm.iter_mut().flatten());
         names.into_iter().zip(tensors).collect()
     }

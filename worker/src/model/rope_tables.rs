@@ -81,6 +81,8 @@ mod tests {
             max_position_embeddings: 16,
             tie_word_embeddings: true,
             attention_bias: false,
+            o_bias: false,
+            mlp_bias: false,
             sliding_window: None,
             bos_token_id: None,
             eos_token_id: None,

@@ -12,7 +12,7 @@
 use super::activation_scores::activation_group_scores;
 use super::activations::{gather_activation_stats, is_consumer_weight, GatheredInputs};
 use super::importance::{group_scores, layer_score, member_scores};
-use super::reconstruct::reconstruct_consumer;
+use super::reconstruct::rewrite_consumer;
 use super::slice::{layer_shape, remove_layers, slice_weights};
 use super::statistics::{all_reduce_stats, gradient_passes, gradient_stats_with, GradientStats};
 use crate::cluster::shard::Collectives;
@@ -22,13 +22,13 @@ use crate::loader::InMemoryWeights;
 use crate::model::{Exec, LlamaModel, LoadOptions};
 use crate::stage::stage_backward_to_embeddings;
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use llmprune_shared::depgraph::{Axis, Group, GroupMember};
 use llmprune_shared::layout::{layer_of_param, ShardLayout, EMBEDDING};
 use llmprune_shared::plan::{PlanStep, Reconstruction};
 use llmprune_shared::planner::{check_step, renumber_range, scored_members, Criterion, PruneEngine, Reduction, ScoreJob, Scores};
 use llmprune_shared::ModelSpec;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// What one stage scores in a step.
 pub struct StageJob<'a> {
@@ -194,9 +194,10 @@ pub fn cut_stage(
     let gathered = gathered.take();
     let mut weights = model.weights_by_name();
     let checked = check_step(&model.spec, step)?;
-    if let Some(r) = &step.reconstruct {
-        reconstruct_consumers(model, comms, &checked, r, &mut weights, gathered, progress)?;
-    }
+    let bias_deltas = match &step.reconstruct {
+        Some(r) => reconstruct_consumers(model, comms, &checked, r, &mut weights, gathered, progress)?,
+        None => HashMap::new(),
+    };
     let (groups, kept): (Vec<Group>, Vec<Vec<usize>>) = checked
         .into_iter()
         .map(|(g, kept)| {
@@ -206,7 +207,10 @@ pub fn cut_stage(
         })
         .unzip();
     let sliced = slice_weights(&weights, &groups, &kept)?;
-    let sliced = if step.removed_layers.is_empty() { sliced } else { remove_layers(&model.spec, &sliced, &step.removed_layers)?.1 };
+    let mut sliced = if step.removed_layers.is_empty() { sliced } else { remove_layers(&model.spec, &sliced, &step.removed_layers)?.1 };
+    if step.reconstruct.as_ref().is_some_and(|r| r.bias) {
+        add_compensated_biases(&model.spec, &mut sliced, bias_deltas)?;
+    }
     let layers = renumber_range(&layout.layers, &step.removed_layers);
     for i in layers.clone() {
         let shape = layer_shape(&sliced, after.head_dim, i)?;
@@ -222,11 +226,12 @@ pub fn cut_stage(
     Ok(layout)
 }
 
-/// Replaces in `weights` every consumer this stage holds whose input channels the step cuts
-/// by its reconstruction at full width ([`reconstruct_consumer`]), from the consumers' inputs
-/// over the step's windows: those the step's scoring `gathered` over the same windows, else
-/// gathered through the pipeline now. Every stage decides alike (all scored the step, or none
-/// did), so either every stage takes part in the pass or none does.
+/// Rewrites every consumer this stage holds whose input channels the step cuts
+/// ([`rewrite_consumer`]): a re-solved weight replaces the one in `weights` at full width, and
+/// a bias compensation's increment is returned by the weight's name. From the consumers'
+/// inputs over the step's windows: those the step's scoring `gathered` over the same windows,
+/// else gathered through the pipeline now. Every stage decides alike (all scored the step, or
+/// none did), so either every stage takes part in the pass or none does.
 fn reconstruct_consumers(
     model: &LlamaModel,
     comms: &mut Collectives,
@@ -235,7 +240,7 @@ fn reconstruct_consumers(
     weights: &mut HashMap<String, Tensor>,
     gathered: Option<GatheredInputs>,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<()> {
+) -> Result<HashMap<String, Tensor>> {
     let mut targets: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (g, kept) in checked.iter().filter(|(g, kept)| kept.len() < g.units) {
         for m in g.members.iter().filter(|m| m.axis == Axis::Cols && is_consumer_weight(&m.param) && weights.contains_key(&m.param)) {
@@ -250,13 +255,59 @@ fn reconstruct_consumers(
         Some(g) => g.stats,
         None => gather_activation_stats(model, comms, &r.windows, &|name: &str| targets.contains_key(name), progress)?,
     };
+    let mut bias_deltas = HashMap::new();
     for (name, kept) in targets {
         let s = stats.get(&name).ok_or_else(|| Error::Invalid(format!("no input statistics of {name}")))?;
         let w = weights.get(&name).ok_or_else(|| Error::Invalid(format!("no weight `{name}`")))?;
-        let rebuilt = reconstruct_consumer(&name, w, s, &kept, r.damping)?;
-        weights.insert(name, rebuilt);
+        let rewritten = rewrite_consumer(&name, w, s, &kept, r)?;
+        if let Some(delta) = rewritten.bias_delta {
+            bias_deltas.insert(name.clone(), delta);
+        }
+        if let Some(rebuilt) = rewritten.weight {
+            weights.insert(name, rebuilt);
+        }
     }
-    Ok(())
+    Ok(bias_deltas)
+}
+
+/// After a compensating step's slicing: every layer of the stage gets o_proj's and down_proj's
+/// biases with the compensation added (`deltas`, by the consumer weight's name), and, where the
+/// model had none, zero q/k/v and gate/up biases beside them (transformers' LLaMA puts biases
+/// on all of a block's projections or none). Block-wise steps leave the hidden width alone, so
+/// the increments fit the sliced model.
+fn add_compensated_biases(before: &ModelSpec, sliced: &mut HashMap<String, Tensor>, mut deltas: HashMap<String, Tensor>) -> Result<()> {
+    let layers: BTreeSet<usize> = sliced.keys().filter_map(|k| layer_of_param(k)).collect();
+    for i in layers {
+        let p = format!("model.layers.{i}");
+        let mut zeros_like_rows = |of: &str, bias: &str| -> Result<()> {
+            let w = sliced.get(&format!("{p}.{of}")).ok_or_else(|| Error::Invalid(format!("no weight `{p}.{of}`")))?;
+            let zeros = Tensor::zeros(w.dim(0)?, w.dtype(), w.device())?;
+            sliced.insert(format!("{p}.{bias}"), zeros);
+            Ok(())
+        };
+        if !before.o_bias {
+            for proj in ["q", "k", "v", "o"] {
+                zeros_like_rows(&format!("self_attn.{proj}_proj.weight"), &format!("self_attn.{proj}_proj.bias"))?;
+            }
+        }
+        if !before.mlp_bias {
+            for proj in ["gate", "up", "down"] {
+                zeros_like_rows(&format!("mlp.{proj}_proj.weight"), &format!("mlp.{proj}_proj.bias"))?;
+            }
+        }
+        for consumer in ["self_attn.o_proj", "mlp.down_proj"] {
+            if let Some(delta) = deltas.remove(&format!("{p}.{consumer}.weight")) {
+                let name = format!("{p}.{consumer}.bias");
+                let bias = sliced.get(&name).ok_or_else(|| Error::Invalid(format!("no bias `{name}`")))?;
+                let sum = (bias.to_dtype(DType::F32)? + delta.to_dtype(DType::F32)?)?.to_dtype(bias.dtype())?;
+                sliced.insert(name, sum);
+            }
+        }
+    }
+    match deltas.keys().next() {
+        Some(left) => Err(Error::Plan(format!("a bias compensation for {left}, which this stage no longer holds"))),
+        None => Ok(()),
+    }
 }
 
 /// The whole model in this process as the planner's engine: a pipeline of one stage and one
