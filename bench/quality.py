@@ -24,11 +24,21 @@ ROWS = [
     ("wanda_rec_ramp_wiki", "wanda + reconstruct, layer profile ramp:0.5:1.5", "Wikipedia 256 × 128"),
     ("wanda_rec_rramp_wiki", "wanda + reconstruct, layer profile ramp:1.5:0.5", "Wikipedia 256 × 128"),
     ("wanda_rec_arch_wiki", "wanda + reconstruct, layer profile arch (more kept at both ends; `best`)", "Wikipedia 256 × 128"),
+    ("param_first_ids_r34", "param-first (LLM-Pruner), ratio 0.34", "Austen 10 × 64"),
+    ("wanda_rec_wiki_r34", "wanda + reconstruct, ratio 0.34", "Wikipedia 256 × 128"),
+    ("param_first_ids_r53", "param-first (LLM-Pruner), ratio 0.53", "Austen 10 × 64"),
+    ("wanda_rec_wiki_r53", "wanda + reconstruct, ratio 0.53", "Wikipedia 256 × 128"),
+    ("param_first_ids_r84", "param-first (LLM-Pruner), ratio 0.84", "Austen 10 × 64"),
+    ("wanda_rec_wiki_r84", "wanda + reconstruct, ratio 0.84", "Wikipedia 256 × 128"),
 ]
 
 out = pathlib.Path(sys.argv[1])
 print("| method | calibration | params | WikiText-2 (400 chunks) | PTB (400 chunks) | prune time (scoring) | peak memory |")
 print("|---|---|---|---|---|---|---|")
+dense = out / "dense" / "ppl.json"
+if dense.exists():
+    d = json.loads(dense.read_text())["results"]
+    print(f"| dense (no pruning) | – | 134.5M | {d['wikitext2']['ppl']:.2f} | {d['ptb']['ppl']:.2f} | – | – |")
 for name, method, calibration in ROWS:
     path = out / name / "prune_report.json"
     if not path.exists():

@@ -13,6 +13,9 @@
 #                             (TASKS=500: then the seven zero-shot tasks on 500 documents each,
 #                             their average added to the line as "tasks_avg")
 #
+# The rows ending _r34, _r53, _r84 prune 0.34, 0.53 and 0.84 of each layer's heads and neurons on
+# layers 3:27: 21%, 30% and 50% of SmolLM2's parameters (whole KV groups of 3 heads go from 0.34).
+#
 # ONLY="a b" runs some rows; LLMPRUNE=path overrides the binary; DATA_DIR the team's data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,6 +80,13 @@ fi
 mkdir -p "$OUT"
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
+# The dense model on the same chunks: the table's first row.
+if [[ ! -f "$OUT/dense/ppl.json" && ( -z "${ONLY:-}" || " $ONLY " == *" dense "* ) ]]; then
+  echo "== dense"
+  mkdir -p "$OUT/dense"
+  "$LLMPRUNE" ppl --model smollm2 --data "wikitext2=$DATA_DIR/wikitext2/wiki.test.raw" --data "ptb=$DATA_DIR/ptb/ptb.valid.txt" \
+    --max-chunks "$CHUNKS" --json "$OUT/dense/ppl.json" > "$TMP/dense.log" 2>&1 || { tail -5 "$TMP/dense.log" >&2; exit 1; }
+fi
 for spec in \
   "param_first_ids:$IDS --criterion param-first" \
   "param_first_wiki20:$WIKI20 --criterion param-first" \
@@ -97,7 +107,13 @@ for spec in \
   "wanda_rec_wiki:$WIKI --criterion wanda --reconstruct" \
   "wanda_rec_ramp_wiki:$WIKI --criterion wanda --reconstruct --layer-profile ramp:0.5:1.5 --attn-layers 3:3" \
   "wanda_rec_rramp_wiki:$WIKI --criterion wanda --reconstruct --layer-profile ramp:1.5:0.5 --attn-layers 3:3" \
-  "$BEST"; do
+  "$BEST" \
+  "param_first_ids_r34:$IDS --criterion param-first --ratio 0.34" \
+  "wanda_rec_wiki_r34:$WIKI --criterion wanda --reconstruct --ratio 0.34" \
+  "param_first_ids_r53:$IDS --criterion param-first --ratio 0.53" \
+  "wanda_rec_wiki_r53:$WIKI --criterion wanda --reconstruct --ratio 0.53" \
+  "param_first_ids_r84:$IDS --criterion param-first --ratio 0.84" \
+  "wanda_rec_wiki_r84:$WIKI --criterion wanda --reconstruct --ratio 0.84"; do
   name=${spec%%:*}
   if [[ -n "${ONLY:-}" && " $ONLY " != *" $name "* ]]; then continue; fi
   if [[ -f "$OUT/$name/prune_report.json" ]]; then echo "skip $name (done)"; continue; fi
