@@ -361,7 +361,8 @@ impl ModelSpec {
         let attention = match family.qkv_bias {
             QkvBias::WithOutput => self.o_bias == self.attention_bias,
             QkvBias::Always => self.attention_bias && !self.o_bias,
-            QkvBias::FromConfig | QkvBias::Never => !self.o_bias && (family.qkv_bias == QkvBias::FromConfig || !self.attention_bias),
+            QkvBias::FromConfig => !self.o_bias,
+            QkvBias::Never => !self.o_bias && !self.attention_bias,
         };
         if !attention {
             return Err((
