@@ -5,6 +5,7 @@
 //! all-reduce them; each pipeline stage keeps its own layers'. From them come the activation
 //! criteria (`activation_scores`) and the least-squares reconstruction (`reconstruct`).
 
+use super::statistics::all_reduce_by_name;
 use crate::cluster::shard::Collectives;
 use crate::collective::part;
 use crate::error::{Error, Result};
@@ -99,18 +100,18 @@ pub fn gather_activation_stats(
     if copies == 1 {
         return Ok(stats);
     }
-    // Every replica reduces the same tensors in the same order.
-    let mut names: Vec<String> = stats.keys().cloned().collect();
-    names.sort();
-    let total_tokens = windows.len() * len;
-    for name in names {
-        let s = stats.get_mut(&name).ok_or_else(|| Error::Invalid(format!("{name} vanished")))?;
-        let reduce = |t: &Tensor, what: &str, comm: &mut Collectives| {
-            comm.replicas.all_reduce_sum_tensor(t).map_err(|e| Error::collective(format!("all-reducing the input {what} of {name}"), e))
-        };
-        s.sum = reduce(&s.sum, "sums", comms)?;
-        s.gram = reduce(&s.gram, "Gram matrix", comms)?;
-        s.tokens = total_tokens;
+    let (mut sums, mut grams) = (HashMap::new(), HashMap::new());
+    for (name, s) in stats {
+        sums.insert(name.clone(), s.sum);
+        grams.insert(name, s.gram);
     }
-    Ok(stats)
+    let sums = all_reduce_by_name(sums, "input sums", comms.replicas.as_mut())?;
+    let mut grams = all_reduce_by_name(grams, "input Gram matrix", comms.replicas.as_mut())?;
+    let tokens = windows.len() * len;
+    sums.into_iter()
+        .map(|(name, sum)| {
+            let gram = grams.remove(&name).ok_or_else(|| Error::Invalid(format!("no Gram matrix of {name}")))?;
+            Ok((name, InputStats { tokens, sum, gram }))
+        })
+        .collect()
 }

@@ -276,24 +276,20 @@ fn reconstruct_consumers(
 /// on all of a block's projections or none). Block-wise steps leave the hidden width alone, so
 /// the increments fit the sliced model.
 fn add_compensated_biases(before: &ModelSpec, sliced: &mut HashMap<String, Tensor>, mut deltas: HashMap<String, Tensor>) -> Result<()> {
+    let mut absent = Vec::new();
+    if !before.o_bias {
+        absent.extend(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"]);
+    }
+    if !before.mlp_bias {
+        absent.extend(["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]);
+    }
     let layers: BTreeSet<usize> = sliced.keys().filter_map(|k| layer_of_param(k)).collect();
     for i in layers {
         let p = format!("model.layers.{i}");
-        let mut zeros_like_rows = |of: &str, bias: &str| -> Result<()> {
-            let w = sliced.get(&format!("{p}.{of}")).ok_or_else(|| Error::Invalid(format!("no weight `{p}.{of}`")))?;
+        for projection in &absent {
+            let w = sliced.get(&format!("{p}.{projection}.weight")).ok_or_else(|| Error::Invalid(format!("no weight `{p}.{projection}.weight`")))?;
             let zeros = Tensor::zeros(w.dim(0)?, w.dtype(), w.device())?;
-            sliced.insert(format!("{p}.{bias}"), zeros);
-            Ok(())
-        };
-        if !before.o_bias {
-            for proj in ["q", "k", "v", "o"] {
-                zeros_like_rows(&format!("self_attn.{proj}_proj.weight"), &format!("self_attn.{proj}_proj.bias"))?;
-            }
-        }
-        if !before.mlp_bias {
-            for proj in ["gate", "up", "down"] {
-                zeros_like_rows(&format!("mlp.{proj}_proj.weight"), &format!("mlp.{proj}_proj.bias"))?;
-            }
+            sliced.insert(format!("{p}.{projection}.bias"), zeros);
         }
         for consumer in ["self_attn.o_proj", "mlp.down_proj"] {
             if let Some(delta) = deltas.remove(&format!("{p}.{consumer}.weight")) {

@@ -124,25 +124,27 @@ pub fn all_reduce_stats(stats: GradientStats, local: usize, total: usize, comm: 
     if comm.world_size() == 1 {
         return Ok(stats);
     }
-    // Every replica must reduce the same tensors in the same order.
-    let reduce = |map: HashMap<String, Tensor>, scale: f64, comm: &mut dyn Communicator| -> Result<HashMap<String, Tensor>> {
-        let mut names: Vec<String> = map.keys().cloned().collect();
-        names.sort();
-        let mut map = map;
-        names
-            .into_iter()
-            .map(|name| {
-                let t = map.remove(&name).ok_or_else(|| Error::Invalid(format!("{name} vanished")))?;
-                let sum = comm.all_reduce_sum_tensor(&(t * scale)?).map_err(|e| Error::collective(format!("all-reducing the statistics of {name}"), e))?;
-                Ok((name, sum))
-            })
-            .collect()
-    };
     let share = local as f64 / total as f64;
-    let grad = reduce(stats.grad, share, comm)?;
-    let fisher = match stats.fisher {
-        Some(f) => Some(reduce(f, share, comm)?),
-        None => None,
+    let mut reduce = |map: HashMap<String, Tensor>| -> Result<HashMap<String, Tensor>> {
+        let scaled = map.into_iter().map(|(name, t)| Ok((name, (t * share)?))).collect::<Result<_>>()?;
+        all_reduce_by_name(scaled, "statistics", comm)
     };
+    let grad = reduce(stats.grad)?;
+    let fisher = stats.fisher.map(&mut reduce).transpose()?;
     Ok(GradientStats { grad, fisher })
+}
+
+/// Each tensor of `map` summed over the ranks of `comm`, in name order: every rank must reduce
+/// the same tensors in the same order. `what` names them in errors.
+pub fn all_reduce_by_name(mut map: HashMap<String, Tensor>, what: &str, comm: &mut dyn Communicator) -> Result<HashMap<String, Tensor>> {
+    let mut names: Vec<String> = map.keys().cloned().collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let t = map.remove(&name).ok_or_else(|| Error::Invalid(format!("{name} vanished")))?;
+            let sum = comm.all_reduce_sum_tensor(&t).map_err(|e| Error::collective(format!("all-reducing the {what} of {name}"), e))?;
+            Ok((name, sum))
+        })
+        .collect()
 }
