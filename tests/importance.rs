@@ -140,6 +140,52 @@ fn half_precision_weights_give_f32_statistics_near_the_reference() {
     }
 }
 
+/// The statistics gathered a layer at a time (every batch of windows through one layer before
+/// the next) equal those of whole-model passes, one batch of windows after another, to the bit:
+/// the same operations on the same inputs, summed in the same order.
+#[test]
+fn input_statistics_gathered_a_layer_at_a_time_equal_whole_passes_to_the_bit() {
+    use candle_core::{DType, Tensor};
+    use llmprune_worker::cluster::shard::Collectives;
+    use llmprune_worker::collective::SingleRank;
+    use llmprune_worker::lora::Projection;
+    use llmprune_worker::model::Exec;
+    use llmprune_worker::prune::activations::{consumer_weight, gather_activation_stats, is_consumer_weight, WINDOWS_PER_PASS};
+    use std::collections::HashMap;
+    let model = tiny_model("tiny_gqa");
+    // Three batches, the last one short.
+    let count = 2 * WINDOWS_PER_PASS + 3;
+    let windows: Vec<Vec<u32>> = (0..count).map(|w| (0..12).map(|t| ((w * 31 + t * 7) % model.spec.vocab_size) as u32).collect()).collect();
+    let mut comms = Collectives { pipeline: Box::new(SingleRank), replicas: Box::new(SingleRank) };
+    let mut reported = Vec::new();
+    let stats = gather_activation_stats(&model, &mut comms, &windows, &is_consumer_weight, &mut |done, all| reported.push((done, all))).unwrap();
+    assert_eq!(reported.last(), Some(&(3, 3)), "progress ends with every pass done");
+
+    let mut want: HashMap<String, (Tensor, Tensor)> = HashMap::new();
+    for batch in windows.chunks(WINDOWS_PER_PASS) {
+        let ids = Tensor::from_vec(batch.concat(), (batch.len(), 12), model.device()).unwrap();
+        let mut tap = |layer: usize, projection: Projection, x: &Tensor| -> llmprune_worker::error::Result<()> {
+            let name = consumer_weight(layer, projection).unwrap();
+            let x = x.to_dtype(DType::F32)?;
+            let (sum, gram) = (x.sum(0)?, x.t()?.matmul(&x)?);
+            let next = match want.remove(&name) {
+                Some((s, g)) => ((&s + sum)?, (&g + gram)?),
+                None => (sum, gram),
+            };
+            want.insert(name, next);
+            Ok(())
+        };
+        model.forward_layers_tapped(model.embed_tokens(&ids).unwrap(), Exec::Inference, &mut tap).unwrap();
+    }
+    assert_eq!(stats.len(), want.len());
+    for (name, (sum, gram)) in want {
+        let got = &stats[&name];
+        assert_eq!(got.tokens, count * 12, "{name}: tokens");
+        assert_eq!(got.sum.to_vec1::<f32>().unwrap(), sum.to_vec1::<f32>().unwrap(), "{name}: input sums");
+        assert_eq!(got.gram.to_vec2::<f32>().unwrap(), gram.to_vec2::<f32>().unwrap(), "{name}: Gram matrix");
+    }
+}
+
 /// The activation criteria against `tests/golden/gen_activation_criteria.py` (transformers'
 /// forward pass in float64 with hooks on o_proj and down_proj, numpy formulas; obs computed as
 /// the residual of the re-solved consumer rather than by the inverse-block formula).

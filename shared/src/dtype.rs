@@ -43,6 +43,14 @@ impl WeightDtype {
         }
     }
 
+    /// Bytes per weight.
+    pub fn size_in_bytes(self) -> u64 {
+        match self {
+            WeightDtype::F32 => 4,
+            WeightDtype::F16 | WeightDtype::Bf16 => 2,
+        }
+    }
+
     /// As PyTorch and `config.json` spell it.
     pub fn torch_name(self) -> &'static str {
         match self {

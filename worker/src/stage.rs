@@ -6,7 +6,6 @@
 
 use crate::collective::{CommError, Communicator};
 use crate::error::{Error, Result};
-use crate::lora::Projection;
 use crate::model::{Exec, LlamaModel};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
@@ -47,19 +46,27 @@ pub fn stage_forward<T>(
     Ok(None)
 }
 
-/// One inference pass of this stage's layers over `ids` `[B, T]`, handing `tap` the inputs of
-/// their o_proj and down_proj (layer index in the model, projection, `[B·T, in]`); the last
-/// rank stops at its last layer.
-pub fn stage_forward_tapped(
+/// One inference pass of this stage over several batches `ids` (each `[B, T]`), layer by layer:
+/// every batch's input is received (or embedded) first, `layer` then takes all of them through
+/// each of the stage's layers in turn (by position in the stage), and every batch's output goes
+/// on to the next rank last. Each batch meets the operations of [`stage_forward`], so
+/// its numbers are the same; what changes is what lives at once (one layer's worth of whatever
+/// `layer` gathers, every batch's hidden states) and that stages take their turns instead of
+/// overlapping.
+pub fn stage_forward_layer_major(
     model: &LlamaModel,
     comm: &mut dyn Communicator,
-    ids: &Tensor,
-    tap: &mut dyn FnMut(usize, Projection, &Tensor) -> Result<()>,
+    ids: &[Tensor],
+    layer: &mut dyn FnMut(usize, &mut [Tensor]) -> Result<()>,
 ) -> Result<()> {
-    let x = stage_input(model, comm, ids)?;
-    let out = model.forward_layers_tapped(x, Exec::Inference, tap)?;
+    let mut hidden = ids.iter().map(|ids| stage_input(model, comm, ids)).collect::<Result<Vec<_>>>()?;
+    for position in 0..model.layers.len() {
+        layer(position, &mut hidden)?;
+    }
     if !is_last(comm) {
-        comm.send_tensor(&out, comm.rank() + 1).map_err(comm_err)?;
+        for out in &hidden {
+            comm.send_tensor(out, comm.rank() + 1).map_err(comm_err)?;
+        }
     }
     Ok(())
 }

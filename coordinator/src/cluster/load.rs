@@ -45,7 +45,8 @@ pub struct ModelFiles<'a> {
     pub dtype: Option<WeightDtype>,
 }
 
-/// Assigns stages, replicas and layers to the cluster's members and has them load.
+/// Assigns stages, replicas and layers to the cluster's members (by the weights' bytes in the
+/// dtype they will be held in) and has them load.
 pub async fn load_layout(cluster: &mut Cluster, model: ModelFiles<'_>, replicas: usize) -> Result<Layout> {
     let ModelFiles { spec, path: model_path, sha256: model_sha256, dtype } = model;
     let workers = cluster.members.len();
@@ -59,7 +60,8 @@ pub async fn load_layout(cluster: &mut Cluster, model: ModelFiles<'_>, replicas:
     }
     // A stage must fit the smallest of its copies.
     let memories: Vec<u64> = (0..world).map(|s| cluster.members.iter().filter(|m| m.stage == s).map(|m| m.memory_bytes).min().unwrap_or(0)).collect();
-    let shards = assign_shards(spec, &memories)?;
+    let dtype = dtype.unwrap_or_else(|| WeightDtype::default_for(cluster.members.iter().all(on_gpu)));
+    let shards = assign_shards(spec, &memories, dtype)?;
     for m in cluster.members.iter_mut() {
         m.layers = shards[m.stage].clone();
     }
@@ -69,7 +71,6 @@ pub async fn load_layout(cluster: &mut Cluster, model: ModelFiles<'_>, replicas:
         (0..world).map(|s| cluster.members.iter().filter(|m| m.stage == s).map(|m| m.replica_ring_address.clone()).collect()).collect();
     let secret = random_hex()?.into_bytes();
     let (pipeline_ids, replica_ids) = nccl_ids(cluster, world, replicas).await?;
-    let dtype = dtype.unwrap_or_else(|| WeightDtype::default_for(cluster.members.iter().all(on_gpu)));
 
     cluster.enter(Phase::Loading);
     let t = Instant::now();

@@ -162,6 +162,32 @@ impl LlamaModel {
     /// [`LlamaModel::forward_layers`], handing `tap` each layer's index (in the model) and the
     /// inputs of its o_proj and down_proj ([`DecoderLayer::forward_tapped`]).
     pub fn forward_layers_tapped(&self, mut x: Tensor, exec: Exec, tap: &mut dyn FnMut(usize, Projection, &Tensor) -> Result<()>) -> Result<Tensor> {
+        let (cos, sin) = self.rope_tables(&x)?;
+        for layer in &self.layers {
+            x = layer.forward_tapped(&x, &cos, &sin, self.spec.rms_norm_eps, exec, &mut |p, input| tap(layer.index, p, input))?;
+        }
+        Ok(x)
+    }
+
+    /// The layer at `position` among this model's layers alone over `x` `[B, T, H]`, as
+    /// [`LlamaModel::forward_layers_tapped`] runs it (the same operations, so the same numbers):
+    /// for passes that run every batch through one layer before the next.
+    pub fn forward_layer_tapped(
+        &self,
+        position: usize,
+        x: &Tensor,
+        exec: Exec,
+        tap: &mut dyn FnMut(usize, Projection, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
+        let layer =
+            self.layers.get(position).ok_or_else(|| Error::Invalid(format!("this shard holds {} layers, not a layer at {position}", self.layers.len())))?;
+        let (cos, sin) = self.rope_tables(x)?;
+        layer.forward_tapped(x, &cos, &sin, self.spec.rms_norm_eps, exec, &mut |p, input| tap(layer.index, p, input))
+    }
+
+    /// The rotary tables for hidden states `x` `[B, T, H]`, in their dtype, once `T` is checked
+    /// against the positions and the sliding window the model supports.
+    fn rope_tables(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let t = x.dim(1)?;
         if t > self.rope.max_positions() {
             return Err(Error::Invalid(format!("sequence of {t} tokens is longer than max_position_embeddings {}", self.rope.max_positions())));
@@ -170,12 +196,7 @@ impl LlamaModel {
             return Err(Error::Invalid(format!("sequence of {t} tokens is longer than the model's sliding window of {window}, which llmprune does not apply")));
         }
         let dtype = x.dtype();
-        let cos = self.rope.cos.narrow(0, 0, t)?.to_dtype(dtype)?;
-        let sin = self.rope.sin.narrow(0, 0, t)?.to_dtype(dtype)?;
-        for layer in &self.layers {
-            x = layer.forward_tapped(&x, &cos, &sin, self.spec.rms_norm_eps, exec, &mut |p, input| tap(layer.index, p, input))?;
-        }
-        Ok(x)
+        Ok((self.rope.cos.narrow(0, 0, t)?.to_dtype(dtype)?, self.rope.sin.narrow(0, 0, t)?.to_dtype(dtype)?))
     }
 
     /// The head's weight `[V, H]`.

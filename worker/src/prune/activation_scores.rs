@@ -25,9 +25,12 @@ use std::collections::HashMap;
 /// The member of `group` whose input channels are the group's outputs and whose input
 /// statistics were gathered: o_proj's columns for heads, down_proj's for neurons.
 pub fn consumer_member<'g>(group: &'g Group, stats: &ActivationStats) -> Result<&'g GroupMember> {
-    group.members.iter().find(|m| m.axis == Axis::Cols && stats.contains_key(&m.param)).ok_or_else(|| {
-        Error::Invalid(format!("group `{}` has no o_proj or down_proj input among its members: the activation criteria score heads and neurons", group.root))
-    })
+    group.members.iter().find(|m| m.axis == Axis::Cols && stats.contains_key(&m.param)).ok_or_else(|| no_consumer(group))
+}
+
+/// The error for a group none of whose members' inputs were gathered.
+pub fn no_consumer(group: &Group) -> Error {
+    Error::Invalid(format!("group `{}` has no o_proj or down_proj input among its members: the activation criteria score heads and neurons", group.root))
 }
 
 /// One score per unit of `group` by the activation criterion `criterion`.

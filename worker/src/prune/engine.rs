@@ -9,8 +9,8 @@
 //! them. Cutting takes the whole step: each stage slices what it holds, drops its removed
 //! layers and renumbers the rest.
 
-use super::activation_scores::activation_group_scores;
-use super::activations::{gather_activation_stats, is_consumer_weight, GatheredInputs};
+use super::activation_scores::{activation_group_scores, consumer_member, no_consumer};
+use super::activations::{fit_beside_weights, is_consumer_weight, visit_activation_stats, ActivationStats, GatheredInputs};
 use super::importance::{group_scores, layer_score, member_scores};
 use super::reconstruct::rewrite_consumer;
 use super::slice::{layer_shape, remove_layers, slice_weights};
@@ -61,7 +61,8 @@ pub struct StageScores {
 /// Scores `job`'s candidates on this stage. Every stage of every replica calls this with the
 /// same windows and criterion, whether or not it has candidates: gradients flow through all
 /// of them. `progress` gets (passes done, passes in all). An activation criterion leaves the
-/// input statistics it gathered in `gathered` for the step's cut.
+/// input statistics it gathered in `gathered` for the step's cut when those of every stage fit
+/// beside its weights; otherwise the cut gathers them again, a layer at a time.
 pub fn score_stage(
     model: &mut LlamaModel,
     layout: &ShardLayout,
@@ -78,14 +79,33 @@ pub fn score_stage(
     let member_params: HashSet<&str> = job.groups.iter().flat_map(|g| g.members.iter().map(|m| m.param.as_str())).collect();
     if job.criterion.needs_activations() {
         let wanted = |name: &str| is_consumer_weight(name) && member_params.contains(name);
-        let stats = gather_activation_stats(model, comms, job.windows, &wanted, progress)?;
+        let model = &*model;
+        let keep = fit_beside_weights(model, &wanted)?;
         let weights = model.weights_by_name();
+        let (mut scores, mut kept): (Vec<Option<Vec<f32>>>, _) = (vec![None; job.groups.len()], ActivationStats::new());
+        // Each group is scored when its consumer's layer has gone by.
+        visit_activation_stats(model, comms, job.windows, &wanted, progress, &mut |layer| {
+            for (g, score) in job.groups.iter().zip(scores.iter_mut()).filter(|(g, _)| consumer_member(g, &layer).is_ok()) {
+                *score = Some(activation_group_scores(g, job.criterion, &weights, &layer, job.damping)?);
+            }
+            if keep {
+                kept.extend(layer);
+            }
+            Ok(())
+        })?;
         let groups = job
             .groups
             .iter()
-            .map(|g| Ok(GroupPart::Whole(activation_group_scores(g, job.criterion, &weights, &stats, job.damping)?)))
+            .zip(scores)
+            .map(|(g, score)| match score {
+                Some(s) => Ok(GroupPart::Whole(s)),
+                None => Err(no_consumer(g)),
+            })
             .collect::<Result<_>>()?;
-        *gathered = Some(GatheredInputs { windows: job.windows.to_vec(), stats });
+        // Every stage must cut alike: one whose statistics were not kept makes all gather again.
+        if all_ranks_agree(comms, keep)? {
+            *gathered = Some(GatheredInputs { windows: job.windows.to_vec(), stats: kept });
+        }
         return Ok(StageScores { groups, layers: Vec::new() });
     }
     let stats = if job.criterion.needs_gradient() {
@@ -117,6 +137,14 @@ pub fn score_stage(
         })
         .collect::<Result<_>>()?;
     Ok(StageScores { groups, layers })
+}
+
+/// Whether `yes` holds on every stage of every replica (a collective: all of them call it).
+fn all_ranks_agree(comms: &mut Collectives, yes: bool) -> Result<bool> {
+    let mut count = [f32::from(u8::from(yes))];
+    comms.pipeline.all_reduce_sum(&mut count).map_err(|e| Error::collective("pipeline: whether the statistics are kept", e))?;
+    comms.replicas.all_reduce_sum(&mut count).map_err(|e| Error::collective("replicas: whether the statistics are kept", e))?;
+    Ok(count[0] as usize == comms.pipeline.world_size() * comms.replicas.world_size())
 }
 
 /// The gradient statistics of the weights `wanted` accepts, through the pipeline, over this
@@ -251,23 +279,34 @@ fn reconstruct_consumers(
             }
         }
     }
-    let stats = match gathered.filter(|g| g.windows == r.windows) {
-        Some(g) => g.stats,
-        None => gather_activation_stats(model, comms, &r.windows, &|name: &str| targets.contains_key(name), progress)?,
-    };
+    let wanted: BTreeSet<String> = targets.keys().cloned().collect();
     let mut bias_deltas = HashMap::new();
-    for (name, kept) in targets {
-        let s = stats.get(&name).ok_or_else(|| Error::Invalid(format!("no input statistics of {name}")))?;
-        let w = weights.get(&name).ok_or_else(|| Error::Invalid(format!("no weight `{name}`")))?;
-        let rewritten = rewrite_consumer(&name, w, s, &kept, r)?;
-        if let Some(delta) = rewritten.bias_delta {
-            bias_deltas.insert(name.clone(), delta);
+    let mut rewrite = |stats: ActivationStats| -> Result<()> {
+        for (name, s) in stats {
+            let kept = targets.remove(&name).ok_or_else(|| Error::Invalid(format!("input statistics of {name}, which the step does not cut")))?;
+            let w = weights.get(&name).ok_or_else(|| Error::Invalid(format!("no weight `{name}`")))?;
+            let rewritten = rewrite_consumer(&name, w, &s, &kept, r)?;
+            if let Some(delta) = rewritten.bias_delta {
+                bias_deltas.insert(name.clone(), delta);
+            }
+            if let Some(rebuilt) = rewritten.weight {
+                weights.insert(name, rebuilt);
+            }
         }
-        if let Some(rebuilt) = rewritten.weight {
-            weights.insert(name, rebuilt);
+        Ok(())
+    };
+    match gathered.filter(|g| g.windows == r.windows) {
+        Some(g) => {
+            rewrite(g.stats.into_iter().filter(|(name, _)| wanted.contains(name)).collect())?;
+        }
+        None => {
+            visit_activation_stats(model, comms, &r.windows, &|name: &str| wanted.contains(name), progress, &mut rewrite)?;
         }
     }
-    Ok(bias_deltas)
+    match targets.keys().next() {
+        Some(name) => Err(Error::Invalid(format!("no input statistics of {name}"))),
+        None => Ok(bias_deltas),
+    }
 }
 
 /// After a compensating step's slicing: every layer of the stage gets o_proj's and down_proj's
