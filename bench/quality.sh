@@ -7,7 +7,8 @@
 # (PTB too with PTB=1), peak memory, prune time. Results: $OUT/<name>/prune_report.json,
 # $OUT/table.md.
 #
-#   bench/quality.sh          the table (about an hour on 2 cores)
+#   bench/quality.sh          the perplexity columns (about an hour on 2 cores); with TASKS=500
+#                             RECOVER=1 PTB=1 every column, 12–26 minutes more a row
 #   bench/quality.sh best     the best configuration alone (one process, ~5 minutes), ending
 #                             with one JSON line {"method", "params", "wikitext2_ppl_400", "seconds"}
 #                             (TASKS=500: then the seven zero-shot tasks on 500 documents each,
@@ -15,6 +16,16 @@
 #
 # The rows ending _r34, _r53, _r84 prune 0.34, 0.53 and 0.84 of each layer's heads and neurons on
 # layers 3:27: 21%, 30% and 50% of SmolLM2's parameters (whole KV groups of 3 heads go from 0.34).
+#
+# Columns beyond perplexity, added to every row that lacks them (its model re-pruned, without the
+# perplexity, when an earlier run made the row):
+#   TASKS=500   the seven zero-shot tasks on their first 500 documents each: $OUT/<name>/eval_500.{json,md}
+#   RECOVER=1   one fixed LoRA budget for every row, the quickstart's (30 steps of 8 records of the
+#               Alpaca demo set, 100 more held out, lr 2e-4 after 5 warm-up steps, rank 8 on every
+#               projection), then WikiText-2 and PTB again (and the tasks with TASKS):
+#               $OUT/<name>/recovered/{recover_report.json, ppl.json, eval_500.*}
+#   PTB=1       PTB beside WikiText-2 before recovery too ($OUT/<name>/ppl_ptb.json for old rows)
+# A row's pruned and recovered models live in a scratch folder only while the row runs.
 #
 # ONLY="a b" runs some rows; LLMPRUNE=path overrides the binary; DATA_DIR the team's data.
 set -euo pipefail
@@ -39,14 +50,87 @@ BLOCK=(--ratio 0.25 --attn-layers 3:27 --mlp-layers 3:27)
 ARCH=0.65,0.76,0.86,0.95,1.04,1.13,1.20,1.27,1.32,1.36,1.38,1.40,1.40,1.38,1.36,1.32,1.27,1.20,1.13,1.04,0.95,0.86,0.76,0.65
 BEST="wanda_rec_arch_wiki:$WIKI --criterion wanda --reconstruct --layer-profile $ARCH --attn-layers 3:3"
 
+# prune DIR [--eval] FLAGS...: the row's model into DIR, with the table's perplexity if --eval.
 prune() {
-  local name=$1 dir=$2; shift 2
+  local dir=$1; shift
+  local eval=()
+  if [ "$1" = --eval ]; then eval=(--eval-ppl "$EVAL" --eval-max-chunks "$CHUNKS"); shift; fi
   rm -rf "$dir"
   local block=() i
   for ((i = 0; i < ${#BLOCK[@]}; i += 2)); do
     [[ " $* " == *" ${BLOCK[i]} "* ]] || block+=("${BLOCK[i]}" "${BLOCK[i + 1]}")
   done
-  "$LLMPRUNE" prune --model smollm2 --strategy block "${block[@]}" --out "$dir" --eval-ppl "$EVAL" --eval-max-chunks "$CHUNKS" --latency-chunks 0 "$@"
+  "$LLMPRUNE" prune --model smollm2 --strategy block "${block[@]}" --out "$dir" "${eval[@]}" --latency-chunks 0 "$@"
+}
+
+# tasks MODEL DEST: the seven tasks on $TASKS documents each, DEST.json and DEST.md.
+tasks() {
+  "$LLMPRUNE" eval --model "$1" --data-dir "$DATA_DIR/zeroshot" --limit "$TASKS" --local-workers 2 \
+    --out "$TMP/eval.json" > "$TMP/eval.log" 2>&1 || { tail -5 "$TMP/eval.log" >&2; return 1; }
+  cp "$TMP/eval.json" "$2.json"
+  cp "$TMP/eval.md" "$2.md"
+}
+
+# ppl MODEL JSON DATA...: perplexity on the table's chunks.
+ppl() {
+  local model=$1 json=$2; shift 2
+  local data=() d
+  for d in "$@"; do data+=(--data "$d"); done
+  "$LLMPRUNE" ppl --model "$model" "${data[@]}" --max-chunks "$CHUNKS" --json "$json" > "$TMP/ppl.log" 2>&1 \
+    || { tail -5 "$TMP/ppl.log" >&2; return 1; }
+}
+
+# The fixed LoRA budget every row gets with RECOVER=1 (examples/smollm2-laptop.toml's).
+recover() {
+  "$LLMPRUNE" recover --model "$1" --data "$DATA_DIR/instruct/alpaca_en_demo.json" --max-steps 30 --batch-size 8 \
+    --micro-batch-size 4 --lr 2e-4 --warmup-steps 5 --val-size 100 --eval-steps 30 --out "$2" > "$TMP/recover.log" 2>&1 \
+    || { tail -5 "$TMP/recover.log" >&2; return 1; }
+}
+
+WIKITEXT2="wikitext2=$DATA_DIR/wikitext2/wiki.test.raw"
+PTB_DATA="ptb=$DATA_DIR/ptb/ptb.valid.txt"
+
+# row NAME FLAGS...: whatever of the row's columns is missing. Called as `row … || exit 1`, where
+# bash ignores `set -e`, so every step returns on failure itself.
+row() {
+  local name=$1; shift
+  local dir="$OUT/$name" model="$TMP/$name.model" recovered="$TMP/$name.recovered"
+  local need_ptb=0 need_tasks=0 need_recover=0
+  if [[ ! -f "$dir/prune_report.json" ]]; then
+    echo "== $name: prune"
+    prune "$model" --eval "$@" > "$TMP/$name.log" 2>&1 || { tail -5 "$TMP/$name.log" >&2; return 1; }
+    mkdir -p "$dir" && cp "$model/prune_report.json" "$dir/" || return 1
+  fi
+  if [[ "${PTB:-0}" = 1 && ! -f "$dir/ppl_ptb.json" ]] && ! grep -q '"ptb"' "$dir/prune_report.json"; then need_ptb=1; fi
+  if [[ -n "${TASKS:-}" && ! -f "$dir/eval_$TASKS.md" ]]; then need_tasks=1; fi
+  if [[ "${RECOVER:-0}" = 1 && ( ! -f "$dir/recovered/ppl.json" || ( -n "${TASKS:-}" && ! -f "$dir/recovered/eval_$TASKS.md" ) ) ]]; then
+    need_recover=1
+  fi
+  if ((need_ptb + need_tasks + need_recover == 0)); then echo "skip $name (done)"; return 0; fi
+  if [[ ! -f "$model/plan.json" ]]; then
+    echo "== $name: prune again (no perplexity)"
+    prune "$model" "$@" > "$TMP/$name.log" 2>&1 || { tail -5 "$TMP/$name.log" >&2; return 1; }
+  fi
+  if ((need_ptb)); then
+    echo "== $name: PTB"
+    ppl "$model" "$dir/ppl_ptb.json" "$PTB_DATA" || return 1
+  fi
+  if ((need_tasks)); then
+    echo "== $name: $TASKS documents a task"
+    tasks "$model" "$dir/eval_$TASKS" || return 1
+  fi
+  if ((need_recover)); then
+    echo "== $name: recover (30 steps × 8 records)"
+    rm -rf "$recovered"
+    recover "$model" "$recovered" || return 1
+    mkdir -p "$dir/recovered" && cp "$recovered/recover_report.json" "$dir/recovered/" || return 1
+    ppl "$recovered" "$dir/recovered/ppl.json" "$WIKITEXT2" "$PTB_DATA" || return 1
+    if [[ -n "${TASKS:-}" ]]; then
+      echo "== $name: recovered, $TASKS documents a task"
+      tasks "$recovered" "$dir/recovered/eval_$TASKS" || return 1
+    fi
+  fi
+  rm -rf "$model" "$recovered"
 }
 
 if [ "${1:-}" = best ]; then
@@ -54,17 +138,14 @@ if [ "${1:-}" = best ]; then
   trap 'rm -rf "$TMP"' EXIT
   start=$(date +%s.%N)
   # shellcheck disable=SC2086
-  prune best "$TMP/model" ${BEST#*:} > "$TMP/log" 2>&1 || { cat "$TMP/log" >&2; exit 1; }
+  prune "$TMP/model" --eval ${BEST#*:} > "$TMP/log" 2>&1 || { cat "$TMP/log" >&2; exit 1; }
   end=$(date +%s.%N)
   if [ -n "${TASKS:-}" ]; then
-    "$LLMPRUNE" eval --model "$TMP/model" --data-dir "$DATA_DIR/zeroshot" --limit "$TASKS" --local-workers 2 \
-      --out "$TMP/eval.json" > "$TMP/eval.log" 2>&1 || { cat "$TMP/eval.log" >&2; exit 1; }
-    cat "$TMP/eval.md"
     mkdir -p "$OUT/${BEST%%:*}"
-    cp "$TMP/eval.json" "$OUT/${BEST%%:*}/eval_$TASKS.json"
-    cp "$TMP/eval.md" "$OUT/${BEST%%:*}/eval_$TASKS.md"
+    tasks "$TMP/model" "$OUT/${BEST%%:*}/eval_$TASKS"
+    cat "$OUT/${BEST%%:*}/eval_$TASKS.md"
   fi
-  python3 - "$TMP/model/prune_report.json" "${BEST%%:*}" "$start" "$end" "$TMP/eval.json" <<'PY'
+  python3 - "$TMP/model/prune_report.json" "${BEST%%:*}" "$start" "$end" "$OUT/${BEST%%:*}/eval_${TASKS:-none}.json" <<'PY'
 import json, os, sys
 report = json.load(open(sys.argv[1]))
 line = {"method": sys.argv[2], "params": report["params_after"],
@@ -116,13 +197,8 @@ for spec in \
   "wanda_rec_wiki_r84:$WIKI --criterion wanda --reconstruct --ratio 0.84"; do
   name=${spec%%:*}
   if [[ -n "${ONLY:-}" && " $ONLY " != *" $name "* ]]; then continue; fi
-  if [[ -f "$OUT/$name/prune_report.json" ]]; then echo "skip $name (done)"; continue; fi
-  echo "== $name"
   # shellcheck disable=SC2086
-  prune "$name" "$TMP/$name.model" ${spec#*:} > "$TMP/$name.log" 2>&1 || { tail -5 "$TMP/$name.log" >&2; exit 1; }
-  mkdir -p "$OUT/$name"
-  cp "$TMP/$name.model/prune_report.json" "$OUT/$name/"
-  rm -rf "$TMP/$name.model"
+  row "$name" ${spec#*:} || exit 1
 done
 python3 bench/quality.py "$OUT" > "$OUT/table.md"
 cat "$OUT/table.md"
