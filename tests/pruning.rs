@@ -45,7 +45,7 @@ fn removing_heads_and_neurons_equals_silencing_them() {
     kept[pick("layers.0.gate")].retain(|u| ![3, 10, 63].contains(u));
     kept[pick("layers.2.gate")] = (12..24).collect();
 
-    let sliced = slice_weights(&weights, &groups, &kept).unwrap();
+    let sliced = slice_weights(weights.clone(), &groups, &kept).unwrap();
     let spec = sliced_spec(&model.spec, &sliced).unwrap();
     let shapes: Vec<(usize, usize, usize)> = spec.layers.iter().map(|l| (l.n_heads, l.n_kv_heads, l.intermediate_size)).collect();
     assert_eq!(shapes, [(3, 1, 61), (2, 1, 40), (2, 1, 12)]);
@@ -82,7 +82,7 @@ fn hidden_channels_are_cut_everywhere_and_bad_selections_refused() {
     let mut kept: Vec<Vec<usize>> = groups.iter().map(|g| (0..g.units).collect()).collect();
     let hidden = groups.iter().position(|g| g.root == "embed_tokens.out").unwrap();
     kept[hidden] = (0..48).filter(|c| c % 4 != 0).collect();
-    let sliced = slice_weights(&weights, &groups, &kept).unwrap();
+    let sliced = slice_weights(weights.clone(), &groups, &kept).unwrap();
     let spec = sliced_spec(&model.spec, &sliced).unwrap();
     assert_eq!(spec.hidden_size, 36);
     assert_eq!(sliced["model.layers.1.self_attn.o_proj.weight"].dims(), [36, 32]);
@@ -93,9 +93,9 @@ fn hidden_channels_are_cut_everywhere_and_bad_selections_refused() {
     assert_eq!(pruned.logits(&ids(), Exec::Inference).unwrap().dims(), [2, 8, 96]);
 
     kept[hidden] = vec![48];
-    let err = slice_weights(&weights, &groups, &kept).unwrap_err().to_string();
+    let err = slice_weights(weights.clone(), &groups, &kept).unwrap_err().to_string();
     assert!(err.contains("group `embed_tokens.out` has 48 units; cannot keep unit 48"), "{err}");
-    assert!(slice_weights(&weights, &groups, &kept[1..]).is_err());
+    assert!(slice_weights(weights.clone(), &groups, &kept[1..]).is_err());
 }
 
 #[test]
@@ -107,7 +107,7 @@ fn export_then_reload_gives_identical_logits() {
     let mut kept: Vec<Vec<usize>> = groups.iter().map(|g| (0..g.units).collect()).collect();
     kept[groups.iter().position(|g| g.root == "layers.0.k").unwrap()] = vec![0];
     kept[groups.iter().position(|g| g.root == "layers.2.gate").unwrap()] = (0..24).step_by(2).collect();
-    let sliced = slice_weights(&loaded.model.weights_by_name(), &groups, &kept).unwrap();
+    let sliced = slice_weights(loaded.model.weights_by_name(), &groups, &kept).unwrap();
     let spec = sliced_spec(&loaded.model.spec, &sliced).unwrap();
     let source = InMemoryWeights { label: "pruned".into(), tensors: sliced.clone() };
     let pruned = LlamaModel::load(spec.clone(), &source, &LoadOptions::full(&spec), &Device::Cpu).unwrap();

@@ -300,7 +300,15 @@ impl Runtime {
         let mut progress = |done: usize, total: usize| {
             let _ = progress_tx.send(passes_event(rank, "reconstructing", (done, total), tokens_per_pass, t));
         };
-        let shapes = shard.apply(comms, &step, &after, &mut progress)?;
+        let shapes = match shard.apply(comms, &step, &after, &mut progress) {
+            Ok(shapes) => shapes,
+            Err(e) => {
+                // A cut that failed part-way may have left the shard without weights (and its
+                // stages disagreeing): nothing may run on it, so it goes; LoadShard starts over.
+                self.shard = None;
+                return Err(e);
+            }
+        };
         let params = shard.owned_weights().values().map(|t| t.elem_count() as u64).sum();
         let layers = shapes
             .iter()

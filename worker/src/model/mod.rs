@@ -116,6 +116,16 @@ impl LlamaModel {
         self.named_weights().into_iter().map(|(n, w)| (n, w.detach())).collect()
     }
 
+    /// Drops every weight the model holds (embeddings, layers, norm, head), so that tensors
+    /// handed out by [`Self::weights_by_name`] are held there alone and can be freed one by
+    /// one. The model cannot run afterwards: it has to be replaced by one loaded again.
+    pub fn release_weights(&mut self) {
+        self.embed = None;
+        self.layers.clear();
+        self.norm = None;
+        self.lm_head = None;
+    }
+
     fn named_weights_mut(&mut self) -> Vec<(String, &mut Tensor)> {
         let mut out = Vec::new();
         if let Some(e) = &mut self.embed {

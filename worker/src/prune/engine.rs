@@ -209,6 +209,8 @@ fn join_tied_gradient(pipeline: &mut dyn Communicator, store: &mut GradStore, va
 /// `progress` gets its passes), its removed layers go and the rest are renumbered, and the
 /// stage is reloaded with the model's new shape `after`. Returns the new layout. Every stage
 /// of every replica cuts by the same step at once: a reconstruction's pass goes through all.
+/// The weights are sliced in place of the model's own, so an error after the reconstruction
+/// leaves `model` without weights: its owner drops it.
 pub fn cut_stage(
     model: &mut LlamaModel,
     layout: &ShardLayout,
@@ -224,7 +226,10 @@ pub fn cut_stage(
     let checked = check_step(&model.spec, step)?;
     let bias_deltas = match &step.reconstruct {
         Some(r) => reconstruct_consumers(model, comms, &checked, r, &mut weights, gathered, progress)?,
-        None => HashMap::new(),
+        None => {
+            drop(gathered);
+            HashMap::new()
+        }
     };
     let (groups, kept): (Vec<Group>, Vec<Vec<usize>>) = checked
         .into_iter()
@@ -234,7 +239,10 @@ pub fn cut_stage(
             (Group { members, ..g }, kept)
         })
         .unzip();
-    let sliced = slice_weights(&weights, &groups, &kept)?;
+    // From here on `weights` holds the only references to the tensors, so each one is freed as
+    // its sliced copy replaces it (LLaMA-7B in bf16: the weights plus one tensor, not 1.6×).
+    model.release_weights();
+    let sliced = slice_weights(weights, &groups, &kept)?;
     let mut sliced = if step.removed_layers.is_empty() { sliced } else { remove_layers(&model.spec, &sliced, &step.removed_layers)?.1 };
     if step.reconstruct.as_ref().is_some_and(|r| r.bias) {
         add_compensated_biases(&model.spec, &mut sliced, bias_deltas)?;

@@ -8,12 +8,13 @@ use llmprune_shared::{LayerShape, ModelSpec};
 use std::collections::HashMap;
 
 /// The weights with each group cut to its `kept` units (one list per group, ascending).
-/// Groups that keep every unit are left alone.
-pub fn slice_weights(weights: &HashMap<String, Tensor>, groups: &[Group], kept: &[Vec<usize>]) -> Result<HashMap<String, Tensor>> {
+/// Groups that keep every unit are left alone. Each sliced tensor replaces its original in the
+/// map as it is made, so that an original held nowhere else is freed at once: slicing needs
+/// the weights plus one tensor's copy, not two models.
+pub fn slice_weights(mut weights: HashMap<String, Tensor>, groups: &[Group], kept: &[Vec<usize>]) -> Result<HashMap<String, Tensor>> {
     if groups.len() != kept.len() {
         return Err(Error::Invalid(format!("{} groups but {} kept-unit lists", groups.len(), kept.len())));
     }
-    let mut out = weights.clone();
     for (group, kept) in groups.iter().zip(kept) {
         if let Some(&bad) = kept.iter().find(|&&u| u >= group.units) {
             return Err(Error::Invalid(format!("group `{}` has {} units; cannot keep unit {bad}", group.root, group.units)));
@@ -24,17 +25,17 @@ pub fn slice_weights(weights: &HashMap<String, Tensor>, groups: &[Group], kept: 
         for m in &group.members {
             let mut channels: Vec<u32> = kept.iter().flat_map(|&u| m.channels[u].iter().map(|&c| c as u32)).collect();
             channels.sort_unstable();
-            let w = out.get(&m.param).ok_or_else(|| Error::Invalid(format!("group `{}`: no parameter `{}`", group.root, m.param)))?;
+            let w = weights.get(&m.param).ok_or_else(|| Error::Invalid(format!("group `{}`: no parameter `{}`", group.root, m.param)))?;
             let dim = match m.axis {
                 Axis::Rows | Axis::Elements => 0,
                 Axis::Cols => 1,
             };
             let index = Tensor::from_vec(channels.clone(), channels.len(), w.device())?;
             let sliced = w.index_select(&index, dim)?;
-            out.insert(m.param.clone(), sliced);
+            weights.insert(m.param.clone(), sliced);
         }
     }
-    Ok(out)
+    Ok(weights)
 }
 
 /// `spec` with the widths the sliced weights have: hidden size from the embedding, and per
