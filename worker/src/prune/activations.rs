@@ -149,9 +149,9 @@ fn all_reduce_input_stats(stats: ActivationStats, tokens: usize, replicas: &mut 
 }
 
 /// Whether the input statistics of the consumers `wanted` accepts may all be kept at once
-/// beside this stage's weights (from a step's scoring for its cut): see [`statistics_fit`].
-pub fn fit_beside_weights(model: &LlamaModel, wanted: &dyn Fn(&str) -> bool) -> bool {
-    statistics_fit(model.weights_by_name().into_iter().map(|(name, w)| (wanted(&name), w.dims().to_vec(), w.dtype())))
+/// beside this stage's `weights` (from a step's scoring for its cut): see [`statistics_fit`].
+pub fn fit_beside_weights(weights: &HashMap<String, Tensor>, wanted: &dyn Fn(&str) -> bool) -> bool {
+    statistics_fit(weights.iter().map(|(name, w)| (wanted(name), w.dims().to_vec(), w.dtype())))
 }
 
 /// Whether the f32 statistics (sum and Gram matrix of the inputs) of the consumers among

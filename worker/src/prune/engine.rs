@@ -80,8 +80,8 @@ pub fn score_stage(
     if job.criterion.needs_activations() {
         let wanted = |name: &str| is_consumer_weight(name) && member_params.contains(name);
         let model = &*model;
-        let keep = fit_beside_weights(model, &wanted);
         let weights = model.weights_by_name();
+        let keep = fit_beside_weights(&weights, &wanted);
         let (mut scores, mut kept): (Vec<Option<Vec<f32>>>, _) = (vec![None; job.groups.len()], ActivationStats::new());
         // Each group is scored when its consumer's layer has gone by.
         visit_activation_stats(model, comms, job.windows, &wanted, progress, &mut |layer| {
